@@ -1,0 +1,117 @@
+// The one place the addon is loaded: a typed view of every native export, with native errors rethrown as GuestmemfsError.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GuestmemfsError } from './errors';
+
+export interface NativeFdInfo {
+  size: number;
+  blocks512: number;
+  mode: number;
+  dev: number;
+  ino: number;
+  /** statfs f_type: HUGETLBFS_MAGIC or TMPFS_MAGIC for the backends we support. */
+  fsType: number;
+  /** statfs f_bsize: the huge page size on hugetlbfs, 4096 on tmpfs. */
+  fsBlockSize: number;
+  /** True when FD_CLOEXEC is clear, i.e. the fd survives execve. */
+  inherit: boolean;
+}
+
+export interface NativeMapOptions {
+  populate: boolean;
+  writable: boolean;
+  /** Page size of the pool: extents and the virtual address are aligned to it. */
+  alignment: number;
+  dontDump: boolean;
+  dontFork: boolean;
+  hugepage: boolean;
+  lock: boolean;
+}
+
+export interface NativeMapResult {
+  id: number;
+  buffer: ArrayBuffer;
+  address: bigint;
+  length: number;
+  /** mmap(MAP_FIXED) calls made after coalescing adjacent extents. */
+  mmapCalls: number;
+  /** Whether MADV_HUGEPAGE was requested and accepted. */
+  hugepageAdvice: boolean;
+}
+
+export type NativeProgress = (done: number, total: number) => void;
+
+export interface NativeBinding {
+  // Pool family
+  fileOpen(path: string, create: boolean, exclusive: boolean, mode: number): number;
+  fdClose(fd: number): void;
+  fileResize(fd: number, size: number): void;
+  fileAllocate(fd: number, offset: number, length: number): void;
+  filePunchHole(fd: number, offset: number, length: number): void;
+  fdInfo(fd: number): NativeFdInfo;
+  memfdCreate(name: string, hugePageSize: number): number;
+  fdSetInherit(fd: number, inherit: boolean): void;
+  mount(source: string, target: string, fstype: string, data: string): void;
+  umount(target: string): void;
+  // Map family
+  mapExtents(fd: number, extents: Float64Array, options: NativeMapOptions): NativeMapResult;
+  unmap(id: number): void;
+  madvise(id: number, offset: number, length: number, advice: number): void;
+  mlock(id: number, lock: boolean): void;
+  zero(id: number, offset: number, length: number): void;
+  zeroAsync(id: number, offset: number, length: number, onProgress?: NativeProgress): Promise<void>;
+  populateAsync(id: number, offset: number, length: number, onProgress: NativeProgress | undefined, write: boolean): Promise<void>;
+  liveMappings(): number;
+  readonly advice: Readonly<Record<
+    | 'MADV_NORMAL' | 'MADV_WILLNEED' | 'MADV_DONTNEED' | 'MADV_DONTFORK' | 'MADV_DOFORK' | 'MADV_DONTDUMP'
+    | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;
+  // Pagemap family
+  pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
+  readonly napiVersion: number;
+  readonly buildType: 'Release' | 'Debug';
+}
+
+function packageRoot(): string {
+  // Works both from lib/ (vitest runs the sources) and from dist/lib/ (compiled).
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'binding.gyp'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`guestmemfs: cannot find the package root above ${__dirname}`);
+    dir = parent;
+  }
+  return dir;
+}
+
+function loadBinding(): NativeBinding {
+  const buildType = process.env.GUESTMEMFS_BUILD === 'Debug' ? 'Debug' : 'Release';
+  const file = path.join(packageRoot(), 'build', buildType, 'guestmemfs_native.node');
+  if (!fs.existsSync(file)) {
+    throw new GuestmemfsError('ENOENT', `native addon not built at ${file}: run \`npm install\` (or \`npm run build${buildType === 'Debug' ? ':debug' : ''}\`)`, {
+      syscall: 'dlopen',
+      path: file,
+    });
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const raw = require(file) as Record<string, unknown>;
+  const wrapped: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(raw)) {
+    wrapped[name] = typeof value === 'function' ? rethrowAsGuestmemfsError(value as (...args: unknown[]) => unknown) : value;
+  }
+  return Object.freeze(wrapped) as unknown as NativeBinding;
+}
+
+function rethrowAsGuestmemfsError(fn: (...args: unknown[]) => unknown): (...args: unknown[]) => unknown {
+  const convert = (error: unknown): never => {
+    throw GuestmemfsError.from(error);
+  };
+  return (...args: unknown[]) => {
+    try {
+      const result = fn(...args);
+      return result instanceof Promise ? result.catch(convert) : result;
+    } catch (error) {
+      return convert(error);
+    }
+  };
+}
+
+export const native: NativeBinding = loadBinding();

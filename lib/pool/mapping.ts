@@ -1,0 +1,174 @@
+// A pool region mapped into this process: an external ArrayBuffer over the pages, detached on unmap.
+import * as fs from 'node:fs';
+import { GuestmemfsError } from '../errors';
+import { native, type NativeMapResult } from '../native';
+
+export interface Extent {
+  /** Byte offset in the pool, aligned to the pool's page size. */
+  offset: number;
+  /** Bytes, a non-zero multiple of the pool's page size. */
+  length: number;
+}
+
+export interface MapOptions {
+  /** Pre-fault every page now (MAP_POPULATE), as guestmemfs does. Default true. */
+  populate?: boolean;
+  /** Map read-write. Default true. */
+  writable?: boolean;
+  /** Keep the memory out of core dumps (MADV_DONTDUMP): guest RAM is secret. */
+  dontDump?: boolean;
+  /** Keep the memory out of fork()ed children (MADV_DONTFORK). */
+  dontFork?: boolean;
+  /** Ask for transparent huge pages (MADV_HUGEPAGE); on by default for the 4 KiB fallback. */
+  hugepage?: boolean;
+  /** mlock the range. The kernel ignores this for hugetlb mappings (huge pages are never swapped); it matters on the 4 KiB fallback. */
+  lock?: boolean;
+}
+
+export interface ProgressOptions {
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** One physical frame per page of the mapping: its PFN, or null when the page is not present. */
+export type PhysicalFrame = bigint | null;
+
+const PAGEMAP_PRESENT = 1n << 63n;
+const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
+
+export class Mapping {
+  readonly id: number;
+  readonly address: bigint;
+  readonly length: number;
+  /** mmap calls used to stitch the extents: one per run of adjacent extents. */
+  readonly mmapCalls: number;
+  readonly pageSize: number;
+  readonly extents: readonly Extent[];
+  readonly hugepageAdvice: boolean;
+  readonly #buffer: ArrayBuffer;
+  #mapped = true;
+  readonly #label: string | undefined;
+
+  /** @internal Created by Pool.map. */
+  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string) {
+    this.id = result.id;
+    this.address = result.address;
+    this.length = result.length;
+    this.mmapCalls = result.mmapCalls;
+    this.hugepageAdvice = result.hugepageAdvice;
+    this.#buffer = result.buffer;
+    this.pageSize = pageSize;
+    this.extents = extents;
+    this.#label = label;
+  }
+
+  get mapped(): boolean {
+    return this.#mapped;
+  }
+
+  /** The memory itself. After unmap() the buffer is detached: views over it read as empty, never as freed memory. */
+  get buffer(): ArrayBuffer {
+    this.#requireMapped('buffer');
+    return this.#buffer;
+  }
+
+  /** A byte view over the whole mapping. */
+  bytes(offset = 0, length = this.length - offset): Uint8Array {
+    this.#requireMapped('bytes');
+    return new Uint8Array(this.#buffer, offset, length);
+  }
+
+  unmap(): void {
+    this.#requireMapped('munmap');
+    native.unmap(this.id);
+    this.#mapped = false;
+  }
+
+  advise(advice: keyof typeof native.advice, offset = 0, length = this.length - offset): void {
+    this.#requireMapped('madvise');
+    native.madvise(this.id, offset, length, native.advice[advice]);
+  }
+
+  lock(lock = true): void {
+    this.#requireMapped(lock ? 'mlock' : 'munlock');
+    native.mlock(this.id, lock);
+  }
+
+  /** memset to zero on the JS thread; the pages stay allocated and reserved. */
+  zero(offset = 0, length = this.length - offset): void {
+    this.#requireMapped('memset');
+    native.zero(this.id, offset, length);
+  }
+
+  /** Zeroes on a libuv worker thread, reporting progress; unmap() refuses with EBUSY until it settles. */
+  async zeroAsync(offset = 0, length = this.length - offset, options: ProgressOptions = {}): Promise<void> {
+    this.#requireMapped('memset');
+    await native.zeroAsync(this.id, offset, length, options.onProgress);
+    options.onProgress?.(length, length);
+  }
+
+  /** Pre-faults the range on a worker thread (MADV_POPULATE_READ/WRITE), reporting progress. */
+  async populateAsync(options: ProgressOptions & { write?: boolean; offset?: number; length?: number } = {}): Promise<void> {
+    this.#requireMapped('madvise');
+    const offset = options.offset ?? 0;
+    const length = options.length ?? this.length - offset;
+    await native.populateAsync(this.id, offset, length, options.onProgress, options.write ?? false);
+    options.onProgress?.(length, length);
+  }
+
+  /**
+   * Physical frame numbers behind each page (from /proc/self/pagemap): the proof that the same pages survive
+   * a restart. Needs root; without it the kernel hides PFNs and this throws EPERM.
+   */
+  physicalFrames(offset = 0, length = this.length - offset): PhysicalFrame[] {
+    this.#requireMapped('pread');
+    const entries = native.pagemapEntries(this.id, offset, length, this.pageSize);
+    const frames: PhysicalFrame[] = [];
+    let presentWithoutFrame = 0;
+    for (const entry of entries) {
+      if ((entry & PAGEMAP_PRESENT) === 0n) {
+        frames.push(null);
+        continue;
+      }
+      const pfn = entry & PAGEMAP_PFN_MASK;
+      if (pfn === 0n) presentWithoutFrame++;
+      frames.push(pfn);
+    }
+    if (presentWithoutFrame > 0) {
+      throw new GuestmemfsError('EPERM', 'the kernel hides physical frame numbers from this process: run as root (CAP_SYS_ADMIN) to read /proc/self/pagemap', {
+        syscall: 'pread',
+        path: '/proc/self/pagemap',
+      });
+    }
+    return frames;
+  }
+
+  /** The KernelPageSize of every VMA that makes up this mapping, from /proc/self/smaps (e.g. [2097152]). */
+  kernelPageSizes(): number[] {
+    this.#requireMapped('smaps');
+    const start = this.address;
+    const end = this.address + BigInt(this.length);
+    const sizes = new Set<number>();
+    let inside = false;
+    for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+      const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+      if (range) {
+        const vmaStart = BigInt(`0x${range[1]}`);
+        const vmaEnd = BigInt(`0x${range[2]}`);
+        inside = vmaStart < end && vmaEnd > start;
+        continue;
+      }
+      const pageSize = /^KernelPageSize:\s+(\d+) kB$/.exec(line);
+      if (inside && pageSize) sizes.add(Number(pageSize[1]) * 1024);
+    }
+    return [...sizes].sort((a, b) => a - b);
+  }
+
+  #requireMapped(syscall: string): void {
+    if (!this.#mapped) {
+      throw new GuestmemfsError('EINVAL', `mapping ${this.id} was unmapped; map the region again before using it`, {
+        syscall,
+        path: this.#label,
+      });
+    }
+  }
+}

@@ -1,0 +1,273 @@
+// A pool: one large region of reserved memory (hugetlbfs file, hugetlb memfd, or the 4 KiB fallback) that files are carved from.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GuestmemfsError, hasCode } from '../errors';
+import { native } from '../native';
+import { formatSize, GiB } from '../units';
+import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
+import { type Extent, type MapOptions, Mapping } from './mapping';
+
+export type PoolBackend = 'hugetlbfs' | 'memfd-hugetlb' | 'shm-4k' | 'memfd-4k';
+
+export const SMALL_PAGE_SIZE = 4096;
+
+export interface CreatePoolOptions {
+  backend: PoolBackend;
+  /** Bytes; a multiple of the page size. */
+  size: number;
+  /** Huge page size for hugetlb backends (default: the kernel's default huge page size). Ignored by the 4 KiB fallback. */
+  pageSize?: number;
+  /** File path for 'hugetlbfs' (on a hugetlbfs mount) and 'shm-4k' (on tmpfs, e.g. /dev/shm). */
+  path?: string;
+  /** memfd name for the memfd backends (shows in /proc/PID/fd). */
+  name?: string;
+  /** File mode for path-backed pools. Default 0600: guest memory is private. */
+  mode?: number;
+  /** Called as pages are pre-allocated, which takes seconds for many GiB. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || backend === 'memfd-hugetlb';
+
+/** Pre-allocation granularity: progress is reported once per chunk. */
+const ALLOCATE_CHUNK = 1 * GiB;
+
+export class Pool {
+  readonly fd: number;
+  readonly backend: PoolBackend;
+  readonly path: string | undefined;
+  readonly size: number;
+  readonly pageSize: number;
+  #open = true;
+
+  private constructor(fd: number, backend: PoolBackend, poolPath: string | undefined, size: number, pageSize: number) {
+    this.fd = fd;
+    this.backend = backend;
+    this.path = poolPath;
+    this.size = size;
+    this.pageSize = pageSize;
+  }
+
+  /** True for the 4 KiB-page fallback, which works anywhere but gives guests no huge pages. */
+  get isFallback(): boolean {
+    return !isHugetlbBackend(this.backend);
+  }
+
+  get isOpen(): boolean {
+    return this.#open;
+  }
+
+  /** Where this pool is, for messages: its path, or memfd:NAME (fd N). */
+  get label(): string {
+    return this.path ?? `memfd (fd ${this.fd})`;
+  }
+
+  describe(): string {
+    const pages = this.isFallback
+      ? `${formatSize(SMALL_PAGE_SIZE)} pages (fallback: no huge pages, guests lose the TLB benefit)`
+      : `${formatSize(this.pageSize)} huge pages`;
+    return `${this.backend} pool ${this.label}: ${formatSize(this.size)} of ${pages}`;
+  }
+
+  /**
+   * Creates a pool and reserves every page of it now, so that no later fault can fail.
+   * Huge page availability is checked first: a short machine gets ENOMEM naming the command that fixes it,
+   * and nothing is created.
+   */
+  static create(options: CreatePoolOptions): Pool {
+    const { backend } = options;
+    const pageSize = isHugetlbBackend(backend) ? (options.pageSize ?? defaultHugePageSize()) : SMALL_PAGE_SIZE;
+    const size = options.size;
+    if (!['hugetlbfs', 'memfd-hugetlb', 'shm-4k', 'memfd-4k'].includes(backend)) {
+      throw new GuestmemfsError('EINVAL', `unknown pool backend "${backend}": use hugetlbfs, memfd-hugetlb, shm-4k or memfd-4k`);
+    }
+    if (!Number.isSafeInteger(size) || size <= 0 || size % pageSize !== 0) {
+      throw new GuestmemfsError('EINVAL', `pool size ${size} must be a positive multiple of the ${formatSize(pageSize)} page size`, {
+        path: options.path,
+      });
+    }
+    const needsPath = backend === 'hugetlbfs' || backend === 'shm-4k';
+    if (needsPath && !options.path) throw new GuestmemfsError('EINVAL', `the ${backend} backend needs a path`);
+    const poolPath = needsPath ? path.resolve(options.path!) : undefined;
+
+    if (poolPath) checkDirectoryFilesystem(backend, poolPath, pageSize);
+    if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath });
+
+    const fd = poolPath
+      ? native.fileOpen(poolPath, true, true, options.mode ?? 0o600)
+      : native.memfdCreate(options.name ?? 'guestmemfs-pool', isHugetlbBackend(backend) ? pageSize : 0);
+    try {
+      native.fileResize(fd, size);
+      for (let offset = 0; offset < size; offset += ALLOCATE_CHUNK) {
+        const length = Math.min(ALLOCATE_CHUNK, size - offset);
+        try {
+          native.fileAllocate(fd, offset, length);
+        } catch (error) {
+          throw explainAllocateFailure(error, backend, pageSize, size, poolPath);
+        }
+        options.onProgress?.(offset + length, size);
+      }
+    } catch (error) {
+      native.fdClose(fd);
+      if (poolPath) fs.rmSync(poolPath, { force: true });
+      throw error;
+    }
+    return new Pool(fd, backend, poolPath, size, pageSize);
+  }
+
+  /** Opens an existing path-backed pool; the backend and page size come from the filesystem it lives on. */
+  static open(poolPath: string): Pool {
+    const resolved = path.resolve(poolPath);
+    let fd: number;
+    try {
+      fd = native.fileOpen(resolved, false, false, 0);
+    } catch (error) {
+      const converted = GuestmemfsError.from(error, { path: resolved });
+      throw hasCode(converted, 'ENOENT') ? converted.withRemedy('no pool there; create one first (Pool.create or `guestmemfs mkfs`)') : converted;
+    }
+    return Pool.#adopt(fd, resolved, 'open');
+  }
+
+  /** Adopts an inherited pool fd (a memfd passed across execve, as QEMU's cpr-exec does). */
+  static fromFd(fd: number): Pool {
+    return Pool.#adopt(fd, undefined, 'fromFd');
+  }
+
+  static #adopt(fd: number, poolPath: string | undefined, syscall: string): Pool {
+    try {
+      const info = native.fdInfo(fd);
+      const huge = info.fsType === HUGETLBFS_MAGIC;
+      if (!huge && info.fsType !== TMPFS_MAGIC) {
+        throw new GuestmemfsError('EINVAL', `not a pool: the file is on neither hugetlbfs nor tmpfs (statfs type 0x${info.fsType.toString(16)})`, {
+          syscall,
+          path: poolPath,
+        });
+      }
+      const pageSize = huge ? info.fsBlockSize : SMALL_PAGE_SIZE;
+      if (info.size === 0 || info.size % pageSize !== 0) {
+        throw new GuestmemfsError('EINVAL', `not a pool: size ${info.size} is not a positive multiple of the ${formatSize(pageSize)} page size`, {
+          syscall,
+          path: poolPath,
+        });
+      }
+      const backend: PoolBackend = poolPath ? (huge ? 'hugetlbfs' : 'shm-4k') : huge ? 'memfd-hugetlb' : 'memfd-4k';
+      return new Pool(fd, backend, poolPath, info.size, pageSize);
+    } catch (error) {
+      if (poolPath) native.fdClose(fd);
+      throw error;
+    }
+  }
+
+  /**
+   * Maps extents of the pool into one contiguous virtual range, coalescing adjacent extents into single mmap calls.
+   * Every extent must be page-aligned and inside the pool.
+   */
+  map(extents: readonly Extent[], options: MapOptions = {}): Mapping {
+    this.#requireOpen('mmap');
+    if (!Array.isArray(extents) || extents.length === 0) {
+      throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
+    }
+    const flat = new Float64Array(extents.length * 2);
+    extents.forEach((extent, index) => {
+      const { offset, length } = extent ?? {};
+      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
+        throw new GuestmemfsError('EINVAL', `extent ${index} must have a non-negative integer offset and a positive integer length`, {
+          syscall: 'mmap',
+          path: this.path,
+        });
+      }
+      if (offset % this.pageSize !== 0 || length % this.pageSize !== 0) {
+        throw new GuestmemfsError(
+          'EINVAL',
+          `extent ${index} (offset ${offset}, length ${length}) is not aligned to the pool's ${formatSize(this.pageSize)} pages`,
+          { syscall: 'mmap', path: this.path },
+        );
+      }
+      if (offset + length > this.size) {
+        throw new GuestmemfsError('EINVAL', `extent ${index} ends at ${offset + length}, beyond the ${formatSize(this.size)} pool`, {
+          syscall: 'mmap',
+          path: this.path,
+        });
+      }
+      flat[index * 2] = offset;
+      flat[index * 2 + 1] = length;
+    });
+    const result = native.mapExtents(this.fd, flat, {
+      populate: options.populate ?? true,
+      writable: options.writable ?? true,
+      alignment: this.pageSize,
+      dontDump: options.dontDump ?? false,
+      dontFork: options.dontFork ?? false,
+      hugepage: options.hugepage ?? this.isFallback,
+      lock: options.lock ?? false,
+    });
+    return new Mapping(result, this.pageSize, extents.map(({ offset, length }) => ({ offset, length })), this.path);
+  }
+
+  /** Maps the whole pool as one range. */
+  mapAll(options: MapOptions = {}): Mapping {
+    return this.map([{ offset: 0, length: this.size }], options);
+  }
+
+  /** Keeps (or stops keeping) the pool fd open across execve. */
+  setInheritable(inherit: boolean): void {
+    this.#requireOpen('fcntl');
+    native.fdSetInherit(this.fd, inherit);
+  }
+
+  /** Closes the fd. Existing mappings stay valid: they hold their own reference to the pages. */
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    native.fdClose(this.fd);
+  }
+
+  /** Closes and deletes a path-backed pool, returning its pages to the kernel once no mapping holds them. */
+  destroy(): void {
+    this.close();
+    if (this.path) fs.rmSync(this.path, { force: true });
+  }
+
+  #requireOpen(syscall: string): void {
+    if (!this.#open) throw new GuestmemfsError('EBADF', `pool ${this.label} is closed; open it again`, { syscall, path: this.path });
+  }
+}
+
+/** Refuses a path whose directory is not on the right filesystem, naming mounts that would work. */
+function checkDirectoryFilesystem(backend: PoolBackend, poolPath: string, pageSize: number): void {
+  const dir = path.dirname(poolPath);
+  let stats: fs.StatsFs;
+  try {
+    stats = fs.statfsSync(dir);
+  } catch (error) {
+    throw GuestmemfsError.from(error, { path: dir }).withRemedy('create the directory (or mount hugetlbfs there) first');
+  }
+  if (backend === 'hugetlbfs') {
+    const candidates = hugetlbfsMounts().filter((mount) => mount.pageSize === pageSize).map((mount) => mount.mountpoint);
+    const suggestion = candidates.length
+      ? `put the pool under ${candidates.join(' or ')}`
+      : `mount one (mount -t hugetlbfs -o pagesize=${formatSize(pageSize).replace(' ', '').replace('iB', '')} none DIR, or reserveHugePages({ mount: true }))`;
+    if (stats.type !== HUGETLBFS_MAGIC) {
+      throw new GuestmemfsError('EINVAL', `${dir} is not on a hugetlbfs mount: ${suggestion}`, { syscall: 'statfs', path: poolPath });
+    }
+    if (stats.bsize !== pageSize) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `${dir} is a hugetlbfs mount of ${formatSize(stats.bsize)} pages, not ${formatSize(pageSize)}: ${suggestion}`,
+        { syscall: 'statfs', path: poolPath },
+      );
+    }
+  } else if (stats.type !== TMPFS_MAGIC) {
+    throw new GuestmemfsError('EINVAL', `${dir} is not on tmpfs: put a 4k-fallback pool under /dev/shm`, { syscall: 'statfs', path: poolPath });
+  }
+}
+
+function explainAllocateFailure(error: unknown, backend: PoolBackend, pageSize: number, size: number, poolPath?: string): GuestmemfsError {
+  const converted = GuestmemfsError.from(error, { path: poolPath });
+  if (!hasCode(converted, 'ENOSPC') && !hasCode(converted, 'ENOMEM')) return converted;
+  return isHugetlbBackend(backend)
+    ? converted.withRemedy(
+        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages (another process took them, or the hugetlbfs mount's size= limit is lower): raise nr_hugepages or the mount limit, or use the 4k fallback`,
+      )
+    : converted.withRemedy(`could not reserve ${formatSize(size)} of shared memory: free memory, enlarge /dev/shm, or use a smaller pool`);
+}

@@ -1,0 +1,110 @@
+// Root helper that reserves huge pages and mounts a private hugetlbfs for a pool, and undoes exactly what it changed.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GuestmemfsError } from '../errors';
+import { native } from '../native';
+import { formatSize } from '../units';
+import { hugePageSizeInfo, nrHugepagesFile, requireFreeHugePages } from './hugepages';
+
+export interface ReserveOptions {
+  pageSize: number;
+  /** Huge pages that must be available (free and unreserved) after the call. */
+  pages: number;
+  /** Mount a private hugetlbfs: true for a fresh directory under the temp dir, or a path to mount on. */
+  mount?: boolean | string;
+}
+
+export interface Reservation {
+  pageSize: number;
+  /** nr_hugepages before the call, restored by release(). */
+  previousTotal: number;
+  /** nr_hugepages after the call (equal to previousTotal when enough pages were already free). */
+  total: number;
+  mountpoint: string | undefined;
+  /** Human-readable list of what was changed, for CLIs that must say so. */
+  changes: string[];
+  release(): void;
+}
+
+function writeTotal(pageSize: number, total: number): number {
+  const file = nrHugepagesFile(pageSize);
+  fs.writeFileSync(file, `${total}\n`);
+  return Number.parseInt(fs.readFileSync(file, 'utf8'), 10);
+}
+
+export function reserveHugePages(options: ReserveOptions): Reservation {
+  const { pageSize, pages } = options;
+  if (!Number.isSafeInteger(pages) || pages < 0) throw new GuestmemfsError('EINVAL', `pages must be a non-negative integer, got ${pages}`);
+  const before = hugePageSizeInfo(pageSize);
+  if (!before) requireFreeHugePages(pageSize, pages); // throws the "no such page size" error
+  const info = before!;
+  const changes: string[] = [];
+  const needed = pages - info.available;
+  let total = info.total;
+  if (needed > 0) {
+    if (process.getuid?.() !== 0) {
+      throw new GuestmemfsError(
+        'EACCES',
+        `reserving ${needed} more ${formatSize(pageSize)} huge pages needs root: run as root, or have an administrator run ` +
+          `echo ${info.total + needed} > ${nrHugepagesFile(pageSize)}`,
+        { syscall: 'write', path: nrHugepagesFile(pageSize) },
+      );
+    }
+    total = writeTotal(pageSize, info.total + needed);
+    if ((hugePageSizeInfo(pageSize)?.available ?? 0) < pages) {
+      // The kernel hands out fewer pages when physical memory is too fragmented: put the count back.
+      const got = total - info.total;
+      writeTotal(pageSize, info.total);
+      throw new GuestmemfsError(
+        'ENOMEM',
+        `the kernel could only add ${got} of ${needed} ${formatSize(pageSize)} huge pages (memory too fragmented or too small): ` +
+          `reserve them at boot (hugepagesz=${formatSize(pageSize).replace(' ', '').replace('iB', '')} hugepages=${info.total + needed}) or use a smaller pool`,
+        { syscall: 'write', path: nrHugepagesFile(pageSize) },
+      );
+    }
+    changes.push(`raised ${nrHugepagesFile(pageSize)} from ${info.total} to ${total}`);
+  }
+
+  let mountpoint: string | undefined;
+  let createdDir = false;
+  if (options.mount) {
+    try {
+      if (typeof options.mount === 'string') {
+        mountpoint = options.mount;
+        if (!fs.existsSync(mountpoint)) {
+          fs.mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
+          createdDir = true;
+        }
+      } else {
+        mountpoint = fs.mkdtempSync(path.join(os.tmpdir(), `guestmemfs-hugetlbfs-${formatSize(pageSize).replace(' ', '')}-`));
+        createdDir = true;
+      }
+      native.mount('guestmemfs', mountpoint, 'hugetlbfs', `pagesize=${pageSize},mode=0700`);
+      changes.push(`mounted hugetlbfs (pagesize ${formatSize(pageSize)}) on ${mountpoint}`);
+    } catch (error) {
+      if (createdDir && mountpoint) fs.rmdirSync(mountpoint);
+      if (total !== info.total) writeTotal(pageSize, info.total);
+      throw GuestmemfsError.from(error).withRemedy('mounting hugetlbfs needs root (CAP_SYS_ADMIN)');
+    }
+  }
+
+  let released = false;
+  return {
+    pageSize,
+    previousTotal: info.total,
+    total,
+    mountpoint,
+    changes,
+    release() {
+      if (released) return;
+      released = true;
+      if (mountpoint) {
+        native.umount(mountpoint);
+        if (createdDir) fs.rmdirSync(mountpoint);
+      }
+      // Pages still held by pool files become surplus and go back to the kernel when those files go.
+      if (total !== info.total) writeTotal(pageSize, info.total);
+    },
+  };
+}

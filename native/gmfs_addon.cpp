@@ -1,0 +1,23 @@
+// Module entry point: each syscall family registers its flat functions on the exports object.
+#include <napi.h>
+
+#include "gmfs_families.h"
+
+namespace {
+
+Napi::Object GmfsInit(Napi::Env env, Napi::Object exports) {
+  gmfs::RegisterPoolFamily(env, exports);
+  gmfs::RegisterMapFamily(env, exports);
+  gmfs::RegisterPagemapFamily(env, exports);
+  exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
+#ifdef NDEBUG
+  exports.Set("buildType", Napi::String::New(env, "Release"));
+#else
+  exports.Set("buildType", Napi::String::New(env, "Debug"));
+#endif
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(guestmemfs_native, GmfsInit)

@@ -1,0 +1,11 @@
+// Registration entry points of each syscall family; gmfs_addon.cpp wires them into the module.
+#pragma once
+#include <napi.h>
+
+namespace gmfs {
+
+void RegisterPoolFamily(Napi::Env env, Napi::Object exports);     // open/create/fallocate/memfd/fd inheritance/mount
+void RegisterMapFamily(Napi::Env env, Napi::Object exports);      // reserve + MAP_FIXED stitching, madvise, mlock, munmap, zeroing
+void RegisterPagemapFamily(Napi::Env env, Napi::Object exports);  // /proc/self/pagemap frame numbers
+
+}  // namespace gmfs

@@ -1,0 +1,418 @@
+// Map syscall family: reserve a virtual range, stitch pool extents into it with MAP_FIXED, madvise/mlock,
+// zero or populate it (optionally off the JS thread), and unmap it, detaching the ArrayBuffer first.
+#include "gmfs_map.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gmfs_errors.h"
+#include "gmfs_families.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace gmfs {
+
+bool Mapping::Release() {
+  bool expected = false;
+  if (!released.compare_exchange_strong(expected, true)) return false;
+  munmap(base, length);
+  return true;
+}
+
+namespace {
+
+constexpr int64_t kMaxBytes = 9007199254740992LL;
+// Work granularity of zero/populate: large enough to amortise the syscall, small enough for smooth progress.
+constexpr size_t kChunkBytes = 64u << 20;
+
+struct RegistryEntry {
+  std::shared_ptr<Mapping> mapping;
+  Napi::Reference<Napi::ArrayBuffer> buffer;  // weak: the mapping must not keep its own buffer alive
+};
+
+// Per-environment state, so worker threads and environment teardown each see only their own mappings.
+struct MapRegistry {
+  std::unordered_map<uint32_t, RegistryEntry> entries;
+  uint32_t nextId = 1;
+
+  ~MapRegistry() {
+    // Environment teardown: unmap what is left. A mapping with a worker still running is leaked rather
+    // than pulled from under it.
+    for (auto& [id, entry] : entries) {
+      if (entry.mapping->busy.load() == 0) entry.mapping->Release();
+      entry.buffer.SuppressDestruct();
+    }
+  }
+
+  void PruneReleased() {
+    for (auto it = entries.begin(); it != entries.end();) {
+      if (it->second.mapping->released.load()) {
+        it = entries.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+};
+
+MapRegistry& Registry(Napi::Env env) {
+  MapRegistry* registry = env.GetInstanceData<MapRegistry>();
+  if (registry == nullptr) {
+    registry = new MapRegistry();
+    env.SetInstanceData(registry);
+  }
+  return *registry;
+}
+
+void FinalizeBuffer(Napi::Env /*env*/, void* /*data*/, std::shared_ptr<Mapping>* owner) {
+  // The buffer is unreachable, so no JS can touch the memory again: unmap unless a worker still holds it
+  // (cannot happen: workers hold a strong reference to the buffer).
+  if ((*owner)->busy.load() == 0) (*owner)->Release();
+  delete owner;
+}
+
+struct Extent {
+  int64_t offset;
+  int64_t length;
+};
+
+Napi::Value MapExtents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  if (info.Length() < 3 || !info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array || !info[2].IsObject()) {
+    throw CodeError(env, "EINVAL", EINVAL, "mmap", "mapExtents(fd, Float64Array [offset, length, ...], options)");
+  }
+  Napi::Float64Array flat = info[1].As<Napi::Float64Array>();
+  Napi::Object options = info[2].As<Napi::Object>();
+  auto flag = [&](const char* name) { return options.Get(name).ToBoolean().Value(); };
+  bool populate = flag("populate");
+  bool writable = flag("writable");
+  bool dontDump = flag("dontDump");
+  bool dontFork = flag("dontFork");
+  bool hugepage = flag("hugepage");
+  bool lock = flag("lock");
+  double alignmentValue = options.Get("alignment").ToNumber().DoubleValue();
+  int64_t alignment = static_cast<int64_t>(alignmentValue);
+  if (alignmentValue != static_cast<double>(alignment) || alignment < 4096 || (alignment & (alignment - 1)) != 0 ||
+      alignment > (1LL << 30)) {
+    throw CodeError(env, "EINVAL", EINVAL, "mmap", "alignment must be a power of two between 4096 and 1 GiB");
+  }
+  size_t count = flat.ElementLength();
+  if (count == 0 || count % 2 != 0) {
+    throw CodeError(env, "EINVAL", EINVAL, "mmap", "extents must be a non-empty list of [offset, length] pairs");
+  }
+
+  struct stat st;
+  if (fstat(fd, &st) < 0) throw ErrnoError(env, errno, "fstat");
+
+  // Re-check what JS validated: a bad extent here would map the wrong memory or SIGBUS later.
+  std::vector<Extent> runs;
+  runs.reserve(count / 2);
+  int64_t total = 0;
+  for (size_t i = 0; i < count; i += 2) {
+    double offsetValue = flat[i];
+    double lengthValue = flat[i + 1];
+    int64_t offset = static_cast<int64_t>(offsetValue);
+    int64_t length = static_cast<int64_t>(lengthValue);
+    if (offsetValue != static_cast<double>(offset) || lengthValue != static_cast<double>(length) || offset < 0 ||
+        length <= 0 || offset > kMaxBytes || length > kMaxBytes) {
+      throw CodeError(env, "EINVAL", EINVAL, "mmap", "extent " + std::to_string(i / 2) + " is not a non-negative integer range");
+    }
+    if (offset % alignment != 0 || length % alignment != 0) {
+      throw CodeError(env, "EINVAL", EINVAL, "mmap",
+                      "extent " + std::to_string(i / 2) + " is not aligned to " + std::to_string(alignment) + " bytes");
+    }
+    if (offset + length > st.st_size) {
+      throw CodeError(env, "EINVAL", EINVAL, "mmap",
+                      "extent " + std::to_string(i / 2) + " ends at " + std::to_string(offset + length) +
+                          ", beyond the pool's " + std::to_string(st.st_size) + " bytes");
+    }
+    // One mmap per run of adjacent extents: per-call VMA setup dominates stitching cost.
+    if (!runs.empty() && runs.back().offset + runs.back().length == offset) {
+      runs.back().length += length;
+    } else {
+      runs.push_back({offset, length});
+    }
+    total += length;
+    if (total > kMaxBytes) throw CodeError(env, "EINVAL", EINVAL, "mmap", "extents add up to more than 2^53 bytes");
+  }
+
+  // Reserve first so the stitched pieces are contiguous and nothing else lands between them; over-reserve by
+  // the alignment because hugetlb MAP_FIXED needs a huge-page-aligned address.
+  size_t reserveLength = static_cast<size_t>(total) + static_cast<size_t>(alignment);
+  void* reserved = mmap(nullptr, reserveLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (reserved == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
+  uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
+  uintptr_t aligned = (start + static_cast<uintptr_t>(alignment) - 1) & ~(static_cast<uintptr_t>(alignment) - 1);
+  if (aligned > start) munmap(reserved, aligned - start);
+  uintptr_t end = start + reserveLength;
+  uintptr_t alignedEnd = aligned + static_cast<uintptr_t>(total);
+  if (end > alignedEnd) munmap(reinterpret_cast<void*>(alignedEnd), end - alignedEnd);
+  uint8_t* base = reinterpret_cast<uint8_t*>(aligned);
+
+  auto failWith = [&](int err, const char* syscall) {
+    munmap(base, static_cast<size_t>(total));
+    return ErrnoError(env, err, syscall);
+  };
+
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  int mapFlags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
+  size_t position = 0;
+  for (const Extent& run : runs) {
+    void* piece = mmap(base + position, static_cast<size_t>(run.length), prot, mapFlags, fd, run.offset);
+    if (piece == MAP_FAILED) throw failWith(errno, "mmap");
+    position += static_cast<size_t>(run.length);
+  }
+  if (dontDump && madvise(base, total, MADV_DONTDUMP) < 0) throw failWith(errno, "madvise");
+  if (dontFork && madvise(base, total, MADV_DONTFORK) < 0) throw failWith(errno, "madvise");
+  // MADV_HUGEPAGE is advice for the 4 KiB fallback; shmem may refuse it (shmem_enabled=never), which is not an error.
+  bool hugepageAccepted = hugepage && madvise(base, total, MADV_HUGEPAGE) == 0;
+  if (lock && mlock(base, total) < 0) throw failWith(errno, "mlock");
+
+  auto mapping = std::make_shared<Mapping>();
+  mapping->base = base;
+  mapping->length = static_cast<size_t>(total);
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, base, static_cast<size_t>(total), FinalizeBuffer,
+                                                    new std::shared_ptr<Mapping>(mapping));
+  MapRegistry& registry = Registry(env);
+  registry.PruneReleased();
+  uint32_t id = registry.nextId++;
+  registry.entries.emplace(id, RegistryEntry{mapping, Napi::Weak(buffer)});
+
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("id", Napi::Number::New(env, id));
+  result.Set("buffer", buffer);
+  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(aligned)));
+  result.Set("length", Napi::Number::New(env, static_cast<double>(total)));
+  result.Set("mmapCalls", Napi::Number::New(env, static_cast<double>(runs.size())));
+  result.Set("hugepageAdvice", Napi::Boolean::New(env, hugepageAccepted));
+  return result;
+}
+
+uint32_t ArgId(const Napi::CallbackInfo& info) {
+  return static_cast<uint32_t>(ArgInt64(info, 0, "id", 1, std::numeric_limits<uint32_t>::max()));
+}
+
+Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id = ArgId(info);
+  MapRegistry& registry = Registry(env);
+  auto it = registry.entries.find(id);
+  if (it == registry.entries.end() || it->second.mapping->released.load()) {
+    throw CodeError(env, "EINVAL", EINVAL, "munmap", "mapping " + std::to_string(id) + " is not mapped");
+  }
+  if (it->second.mapping->busy.load() != 0) {
+    throw CodeError(env, "EBUSY", EBUSY, "munmap",
+                    "mapping " + std::to_string(id) + " has zero/populate work in flight; await it before unmapping");
+  }
+  // Detach before munmap: from here on any access through the buffer throws a TypeError instead of faulting.
+  if (!it->second.buffer.IsEmpty()) {
+    Napi::ArrayBuffer buffer = it->second.buffer.Value();
+    if (!buffer.IsEmpty() && !buffer.IsDetached()) buffer.Detach();
+  }
+  it->second.mapping->Release();
+  registry.entries.erase(it);
+  return env.Undefined();
+}
+
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, ArgId(info), "madvise");
+  int64_t offset = ArgInt64(info, 1, "offset", 0, kMaxBytes);
+  int64_t length = ArgInt64(info, 2, "length", 1, kMaxBytes);
+  int advice = static_cast<int>(ArgInt64(info, 3, "advice", 0, 1000));
+  CheckRange(env, *mapping, offset, length, "madvise");
+  if (madvise(mapping->base + offset, static_cast<size_t>(length), advice) < 0) throw ErrnoError(env, errno, "madvise");
+  return env.Undefined();
+}
+
+Napi::Value Mlock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, ArgId(info), "mlock");
+  bool lock = ArgBool(info, 1, "lock");
+  int rc = lock ? mlock(mapping->base, mapping->length) : munlock(mapping->base, mapping->length);
+  if (rc < 0) throw ErrnoError(env, errno, lock ? "mlock" : "munlock");
+  return env.Undefined();
+}
+
+Napi::Value ZeroSync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, ArgId(info), "memset");
+  int64_t offset = ArgInt64(info, 1, "offset", 0, kMaxBytes);
+  int64_t length = ArgInt64(info, 2, "length", 1, kMaxBytes);
+  CheckRange(env, *mapping, offset, length, "memset");
+  std::memset(mapping->base + offset, 0, static_cast<size_t>(length));
+  return env.Undefined();
+}
+
+enum class RangeWork { kZero, kPopulateRead, kPopulateWrite };
+
+// Zeroes or pre-faults a range on a libuv pool thread, reporting bytes done, so gigabytes of memory work
+// never block the event loop.
+class RangeWorker : public Napi::AsyncProgressWorker<uint64_t> {
+ public:
+  RangeWorker(Napi::Env env, Napi::Function noop, std::shared_ptr<Mapping> mapping, Napi::ArrayBuffer buffer,
+              RangeWork work, int64_t offset, int64_t length, Napi::Function onProgress)
+      : Napi::AsyncProgressWorker<uint64_t>(noop, "guestmemfs.rangeWork"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        mapping_(std::move(mapping)),
+        work_(work),
+        offset_(offset),
+        length_(length) {
+    // Strong reference: the buffer (and so the memory) must outlive the worker even if JS drops it.
+    if (!buffer.IsEmpty()) buffer_ = Napi::Persistent(buffer);
+    if (!onProgress.IsEmpty()) onProgress_ = Napi::Persistent(onProgress);
+    mapping_->busy.fetch_add(1);
+  }
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute(const ExecutionProgress& progress) override {
+    uint8_t* start = mapping_->base + offset_;
+    uint64_t done = 0;
+    uint64_t total = static_cast<uint64_t>(length_);
+    while (done < total) {
+      size_t chunk = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, total - done));
+      if (work_ == RangeWork::kZero) {
+        std::memset(start + done, 0, chunk);
+      } else {
+        int advice = work_ == RangeWork::kPopulateWrite ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+        int rc;
+        do {
+          rc = madvise(start + done, chunk, advice);
+        } while (rc < 0 && errno == EINTR);
+        if (rc < 0) {
+          errno_ = errno;
+          SetError("madvise");
+          return;
+        }
+      }
+      done += chunk;
+      progress.Send(&done, 1);
+    }
+  }
+
+  void OnProgress(const uint64_t* data, size_t count) override {
+    if (count == 0 || onProgress_.IsEmpty()) return;
+    Napi::Env env = Env();
+    onProgress_.Call({Napi::Number::New(env, static_cast<double>(data[0])), Napi::Number::New(env, static_cast<double>(length_))});
+  }
+
+  void OnOK() override {
+    mapping_->busy.fetch_sub(1);
+    deferred_.Resolve(Env().Undefined());
+  }
+
+  void OnError(const Napi::Error& error) override {
+    mapping_->busy.fetch_sub(1);
+    if (errno_ != 0) {
+      deferred_.Reject(ErrnoError(Env(), errno_, "madvise").Value());
+    } else {
+      deferred_.Reject(error.Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Mapping> mapping_;
+  Napi::Reference<Napi::ArrayBuffer> buffer_;
+  Napi::FunctionReference onProgress_;
+  RangeWork work_;
+  int64_t offset_;
+  int64_t length_;
+  int errno_ = 0;
+};
+
+Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
+
+Napi::Value StartRangeWork(const Napi::CallbackInfo& info, RangeWork work, const char* syscall) {
+  Napi::Env env = info.Env();
+  uint32_t id = ArgId(info);
+  MapRegistry& registry = Registry(env);
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, id, syscall);
+  int64_t offset = ArgInt64(info, 1, "offset", 0, kMaxBytes);
+  int64_t length = ArgInt64(info, 2, "length", 1, kMaxBytes);
+  CheckRange(env, *mapping, offset, length, syscall);
+  Napi::Function onProgress;
+  if (info.Length() > 3 && info[3].IsFunction()) onProgress = info[3].As<Napi::Function>();
+  Napi::ArrayBuffer buffer;
+  auto& weak = registry.entries.at(id).buffer;
+  if (!weak.IsEmpty()) buffer = weak.Value();
+  auto* worker = new RangeWorker(env, Napi::Function::New(env, Noop), mapping, buffer, work, offset, length, onProgress);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ZeroAsync(const Napi::CallbackInfo& info) { return StartRangeWork(info, RangeWork::kZero, "memset"); }
+
+Napi::Value PopulateAsync(const Napi::CallbackInfo& info) {
+  bool write = info.Length() > 4 && info[4].ToBoolean().Value();
+  return StartRangeWork(info, write ? RangeWork::kPopulateWrite : RangeWork::kPopulateRead, "madvise");
+}
+
+Napi::Value LiveMappings(const Napi::CallbackInfo& info) {
+  MapRegistry& registry = Registry(info.Env());
+  registry.PruneReleased();
+  return Napi::Number::New(info.Env(), static_cast<double>(registry.entries.size()));
+}
+
+}  // namespace
+
+std::shared_ptr<Mapping> LookupMapping(Napi::Env env, uint32_t id, const char* syscall) {
+  MapRegistry& registry = Registry(env);
+  auto it = registry.entries.find(id);
+  if (it == registry.entries.end() || it->second.mapping->released.load()) {
+    throw CodeError(env, "EINVAL", EINVAL, syscall, "mapping " + std::to_string(id) + " is not mapped (already unmapped?)");
+  }
+  return it->second.mapping;
+}
+
+void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t length, const char* syscall) {
+  if (offset < 0 || length < 0 || static_cast<uint64_t>(offset) + static_cast<uint64_t>(length) > mapping.length) {
+    throw CodeError(env, "EINVAL", EINVAL, syscall,
+                    "range [" + std::to_string(offset) + ", +" + std::to_string(length) + ") is outside the " +
+                        std::to_string(mapping.length) + "-byte mapping");
+  }
+}
+
+void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
+  exports.Set("mapExtents", Napi::Function::New(env, MapExtents, "mapExtents"));
+  exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
+  exports.Set("mlock", Napi::Function::New(env, Mlock, "mlock"));
+  exports.Set("zero", Napi::Function::New(env, ZeroSync, "zero"));
+  exports.Set("zeroAsync", Napi::Function::New(env, ZeroAsync, "zeroAsync"));
+  exports.Set("populateAsync", Napi::Function::New(env, PopulateAsync, "populateAsync"));
+  exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
+  Napi::Object advice = Napi::Object::New(env);
+  advice.Set("MADV_NORMAL", MADV_NORMAL);
+  advice.Set("MADV_WILLNEED", MADV_WILLNEED);
+  advice.Set("MADV_DONTNEED", MADV_DONTNEED);
+  advice.Set("MADV_DONTFORK", MADV_DONTFORK);
+  advice.Set("MADV_DOFORK", MADV_DOFORK);
+  advice.Set("MADV_DONTDUMP", MADV_DONTDUMP);
+  advice.Set("MADV_DODUMP", MADV_DODUMP);
+  advice.Set("MADV_HUGEPAGE", MADV_HUGEPAGE);
+  advice.Set("MADV_NOHUGEPAGE", MADV_NOHUGEPAGE);
+  advice.Set("MADV_POPULATE_READ", MADV_POPULATE_READ);
+  advice.Set("MADV_POPULATE_WRITE", MADV_POPULATE_WRITE);
+  exports.Set("advice", advice);
+}
+
+}  // namespace gmfs

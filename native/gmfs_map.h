@@ -1,0 +1,30 @@
+// Live mappings of pool memory, shared by the map and pagemap families.
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace gmfs {
+
+// One contiguous virtual range stitched from pool extents. Owned jointly by the registry and the
+// external ArrayBuffer's finalizer, so whichever of unmap/GC/environment teardown comes first unmaps it once.
+struct Mapping {
+  uint8_t* base = nullptr;
+  size_t length = 0;
+  std::atomic<int> busy{0};  // async zero/populate workers in flight; unmap refuses while non-zero
+  std::atomic<bool> released{false};
+
+  // munmap exactly once, whoever gets here first.
+  bool Release();
+};
+
+// The mapping registered under id in this environment, or a thrown EINVAL naming the id.
+std::shared_ptr<Mapping> LookupMapping(Napi::Env env, uint32_t id, const char* syscall);
+
+// Checks [offset, offset+length) lies inside the mapping; throws ERANGE-style EINVAL otherwise.
+void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t length, const char* syscall);
+
+}  // namespace gmfs

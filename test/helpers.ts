@@ -1,0 +1,56 @@
+// Shared test helpers: machine context from the global setup, unique pool paths, child processes running compiled code.
+import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as path from 'node:path';
+import { inject } from 'vitest';
+import type { MachineContext } from './setup/machine';
+
+export const repoRoot = path.resolve(__dirname, '..');
+export const distLib = path.join(repoRoot, 'dist', 'lib', 'index.js');
+
+export function machine(): MachineContext {
+  return inject('machine');
+}
+
+/** A fresh file name inside dir, unique across parallel test files. */
+export function uniquePath(dir: string, stem: string): string {
+  return path.join(dir, `${stem}-${process.pid}-${crypto.randomBytes(4).toString('hex')}`);
+}
+
+/** Logs why a test is skipped, so a skipped run says what the machine lacked. */
+export function skipReason(reason: string): string {
+  if (reason) process.stdout.write(`[skip] ${reason}\n`);
+  return reason;
+}
+
+/** Runs a compiled fixture (dist/test/fixtures/NAME.js) in a fresh Node process and parses its JSON stdout. */
+export function runFixture<T>(name: string, args: string[], options: SpawnSyncOptions = {}): T {
+  const script = path.join(repoRoot, 'dist', 'test', 'fixtures', `${name}.js`);
+  const result = spawnSync(process.execPath, [script, ...args], { encoding: 'utf8', ...options });
+  if (result.status !== 0) {
+    throw new Error(`fixture ${name} exited ${result.status} (signal ${result.signal}): ${result.stderr}`);
+  }
+  return JSON.parse(String(result.stdout)) as T;
+}
+
+export type CapturedError = Error & { code?: string; errno?: number; syscall?: string; path?: string };
+
+/** Runs fn and returns what it threw; fails the test when it does not throw. */
+export function captureError(fn: () => unknown): CapturedError {
+  try {
+    fn();
+  } catch (error) {
+    return error as CapturedError;
+  }
+  throw new Error('expected an error, but the call succeeded');
+}
+
+/** Awaits promise and returns its rejection; fails the test when it resolves. */
+export async function captureRejection(promise: Promise<unknown>): Promise<CapturedError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as CapturedError;
+  }
+  throw new Error('expected a rejection, but the promise resolved');
+}

@@ -1,0 +1,239 @@
+// The data path: extent stitching and coalescing, madvise/mlock flags, zero/populate, pagemap, and unmap safety.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MiB, native, Pool } from '../lib/index';
+import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
+
+const m = machine();
+
+/** The VmFlags of the VMA that starts at address, from /proc/self/smaps ("dd" = dontdump, "dc" = dontfork, "lo" = locked). */
+function vmFlags(address: bigint): string[] {
+  const lines = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n');
+  const start = lines.findIndex((line) => line.startsWith(`${address.toString(16)}-`));
+  if (start < 0) throw new Error(`no VMA at 0x${address.toString(16)}`);
+  const flagsLine = lines.slice(start).find((line) => line.startsWith('VmFlags:'))!;
+  return flagsLine.slice('VmFlags:'.length).trim().split(/\s+/);
+}
+
+function isMapped(address: bigint): boolean {
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => line.startsWith(`${address.toString(16)}-`));
+}
+
+describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', () => {
+  let pool: Pool;
+  beforeAll(() => {
+    pool = Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'map'), size: 32 * MiB });
+    // Give each 2 MiB page a recognisable first byte: its page index.
+    const whole = pool.mapAll();
+    for (let page = 0; page < 16; page++) whole.bytes()[page * 2 * MiB] = page;
+    whole.unmap();
+  });
+  afterAll(() => pool.destroy());
+
+  it('coalesces adjacent extents into one mmap call and stitches the rest in the order given', () => {
+    const extents = [
+      { offset: 10 * MiB, length: 2 * MiB },
+      { offset: 12 * MiB, length: 4 * MiB },
+      { offset: 0, length: 2 * MiB },
+      { offset: 2 * MiB, length: 2 * MiB },
+      { offset: 30 * MiB, length: 2 * MiB },
+    ];
+    const mapping = pool.map(extents);
+    expect(mapping.mmapCalls).toBe(3);
+    expect(mapping.length).toBe(12 * MiB);
+    const firstBytes = [0, 1, 2, 3, 4, 5].map((page) => mapping.bytes()[page * 2 * MiB]);
+    expect(firstBytes).toEqual([5, 6, 7, 0, 1, 15]);
+    expect(mapping.kernelPageSizes()).toEqual([2 * MiB]);
+    expect(mapping.address % BigInt(2 * MiB)).toBe(0n);
+    mapping.unmap();
+  });
+
+  it('maps 16 separate extents with 16 calls and one adjacent run with one call', () => {
+    const scattered = Array.from({ length: 8 }, (_, i) => ({ offset: (15 - 2 * i) * 2 * MiB - 2 * MiB + 2 * MiB, length: 2 * MiB }));
+    const apart = pool.map(scattered);
+    expect(apart.mmapCalls).toBe(8);
+    apart.unmap();
+    const adjacent = pool.map(Array.from({ length: 16 }, (_, i) => ({ offset: i * 2 * MiB, length: 2 * MiB })));
+    expect(adjacent.mmapCalls).toBe(1);
+    adjacent.unmap();
+  });
+
+  it('two mappings of the same extent sit on the same physical pages (pagemap)', () => {
+    const a = pool.map([{ offset: 4 * MiB, length: 4 * MiB }]);
+    const b = pool.map([{ offset: 4 * MiB, length: 4 * MiB }]);
+    const framesA = a.physicalFrames();
+    expect(framesA).toHaveLength(2);
+    expect(framesA.every((frame) => typeof frame === 'bigint' && frame > 0n)).toBe(true);
+    expect(b.physicalFrames()).toEqual(framesA);
+    // 2 MiB pages are physically contiguous: 512 frames of 4 KiB each.
+    expect(framesA[0]! % 512n).toBe(0n);
+    a.unmap();
+    b.unmap();
+  });
+
+  it('applies MADV_DONTDUMP and MADV_DONTFORK as asked', () => {
+    const plain = pool.map([{ offset: 0, length: 2 * MiB }]);
+    expect(vmFlags(plain.address)).not.toContain('dd');
+    expect(vmFlags(plain.address)).not.toContain('dc');
+    const guest = pool.map([{ offset: 0, length: 2 * MiB }], { dontDump: true, dontFork: true, lock: true });
+    expect(vmFlags(guest.address)).toEqual(expect.arrayContaining(['dd', 'dc']));
+    // The kernel never marks hugetlb VMAs VM_LOCKED (huge pages cannot be swapped): lock succeeds without "lo".
+    expect(vmFlags(guest.address)).not.toContain('lo');
+    guest.advise('MADV_DODUMP');
+    expect(vmFlags(guest.address)).not.toContain('dd');
+    plain.unmap();
+    guest.unmap();
+  });
+
+  it('maps read-only when asked, leaving writes impossible from that mapping', () => {
+    const mapping = pool.map([{ offset: 0, length: 2 * MiB }], { writable: false });
+    expect(vmFlags(mapping.address)).not.toContain('wr');
+    mapping.unmap();
+  });
+
+  it('zeroes synchronously and asynchronously with progress, keeping the pages allocated', async () => {
+    const mapping = pool.map([{ offset: 16 * MiB, length: 8 * MiB }]);
+    mapping.bytes().fill(0xab);
+    mapping.zero(0, 2 * MiB);
+    expect(mapping.bytes(0, 2 * MiB).every((byte) => byte === 0)).toBe(true);
+    expect(mapping.bytes()[2 * MiB]).toBe(0xab);
+    const progress: number[] = [];
+    await mapping.zeroAsync(2 * MiB, 6 * MiB, { onProgress: (done) => progress.push(done) });
+    expect(mapping.bytes().every((byte) => byte === 0)).toBe(true);
+    expect(progress.at(-1)).toBe(6 * MiB);
+    expect(fs.statSync(pool.path!).blocks * 512).toBe(32 * MiB);
+    mapping.unmap();
+  });
+
+  it('populates off the JS thread (MADV_POPULATE_WRITE) with progress', async () => {
+    const mapping = pool.map([{ offset: 0, length: 8 * MiB }], { populate: false });
+    let last = 0;
+    await mapping.populateAsync({ write: true, onProgress: (done) => (last = done) });
+    expect(last).toBe(8 * MiB);
+    expect(mapping.physicalFrames().every((frame) => frame !== null)).toBe(true);
+    mapping.unmap();
+  });
+
+  it('refuses to unmap while async work is in flight (EBUSY), then unmaps once it settles', async () => {
+    const mapping = pool.map([{ offset: 0, length: 8 * MiB }]);
+    const work = mapping.zeroAsync();
+    expect(captureError(() => mapping.unmap())).toMatchObject({ code: 'EBUSY', errno: -16, syscall: 'munmap' });
+    await work;
+    mapping.unmap();
+    expect(isMapped(mapping.address)).toBe(false);
+  });
+
+  it('detaches the buffer on unmap: use after unmap throws, never faults', () => {
+    const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
+    const buffer = mapping.buffer;
+    const view = new DataView(buffer);
+    const bytes = mapping.bytes();
+    mapping.unmap();
+    expect(isMapped(mapping.address)).toBe(false);
+    expect(buffer.byteLength).toBe(0);
+    expect(bytes.length).toBe(0);
+    expect(bytes[0]).toBeUndefined();
+    expect(() => view.getUint8(0)).toThrow(TypeError);
+    expect(() => new Uint8Array(buffer)).toThrow(TypeError);
+    for (const use of [() => mapping.buffer, () => mapping.bytes(), () => mapping.zero(), () => mapping.unmap(), () => mapping.physicalFrames()]) {
+      expect(captureError(use)).toMatchObject({ code: 'EINVAL', errno: -22 });
+    }
+    expect(captureError(() => mapping.bytes()).message).toContain('was unmapped; map the region again');
+  });
+
+  it('rejects bad extents with specific errors and maps nothing', () => {
+    const before = native.liveMappings();
+    const cases: Array<[unknown, string]> = [
+      [[{ offset: 1 * MiB, length: 2 * MiB }], 'is not aligned to the pool\'s 2 MiB pages'],
+      [[{ offset: 0, length: 3 * MiB }], 'is not aligned'],
+      [[{ offset: 30 * MiB, length: 4 * MiB }], 'beyond the 32 MiB pool'],
+      [[{ offset: 64 * MiB, length: 2 * MiB }], 'beyond the 32 MiB pool'],
+      [[{ offset: -2 * MiB, length: 2 * MiB }], 'non-negative integer offset'],
+      [[{ offset: 0, length: 0 }], 'positive integer length'],
+      [[{ offset: 0.5, length: 2 * MiB }], 'non-negative integer offset'],
+      [[], 'at least one extent'],
+    ];
+    for (const [extents, message] of cases) {
+      const error = captureError(() => pool.map(extents as never));
+      expect(error).toMatchObject({ code: 'EINVAL', errno: -22, syscall: 'mmap', path: pool.path });
+      expect(error.message).toContain(message);
+    }
+    expect(native.liveMappings()).toBe(before);
+  });
+
+  it('zero and populate outside the mapping are refused', async () => {
+    const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
+    expect(captureError(() => mapping.zero(2 * MiB - 1, 2))).toMatchObject({ code: 'EINVAL', syscall: 'memset' });
+    expect(await captureRejection(mapping.populateAsync({ offset: 0, length: 4 * MiB }))).toMatchObject({ code: 'EINVAL' });
+    mapping.unmap();
+  });
+
+  it('unmaps a mapping whose buffer was garbage-collected', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) throw new Error('run vitest with --expose-gc (see vitest.config.mts)');
+    let address = 0n;
+    (() => {
+      const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
+      address = mapping.address;
+    })();
+    expect(isMapped(address)).toBe(true);
+    for (let attempt = 0; attempt < 50 && isMapped(address); attempt++) {
+      gc();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(isMapped(address)).toBe(false);
+  });
+
+  it('unmaps everything when a worker thread environment is torn down', async () => {
+    const worker = new Worker(path.join(repoRoot, 'dist', 'test', 'fixtures', 'map-in-worker.js'), { workerData: { path: pool.path } });
+    const address = BigInt(`0x${await new Promise<string>((resolve, reject) => worker.once('message', resolve).once('error', reject))}`);
+    await new Promise((resolve) => worker.once('exit', resolve));
+    expect(isMapped(address)).toBe(false);
+  });
+});
+
+describe('mlock on the 4 KiB fallback', () => {
+  it('locks and unlocks the range (VmFlags "lo")', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: 1 * MiB });
+    const mapping = pool.mapAll({ lock: true });
+    expect(vmFlags(mapping.address)).toContain('lo');
+    mapping.lock(false);
+    expect(vmFlags(mapping.address)).not.toContain('lo');
+    mapping.lock(true);
+    expect(vmFlags(mapping.address)).toContain('lo');
+    mapping.unmap();
+    pool.close();
+  });
+});
+
+describe('native layer re-checks its arguments', () => {
+  it('rejects wrong types, fractions, negatives and misaligned extents without touching memory', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: 64 * 1024 });
+    try {
+      const options = { populate: false, writable: true, alignment: 4096, dontDump: false, dontFork: false, hugepage: false, lock: false };
+      const bad: Array<[() => unknown, string]> = [
+        [() => native.fileResize('3' as never, 1), 'fd must be a number'],
+        [() => native.fileResize(pool.fd, 1.5), 'size must be an integer'],
+        [() => native.fileAllocate(pool.fd, -4096, 4096), 'offset must be an integer'],
+        [() => native.mapExtents(pool.fd, [0, 4096] as never, options), 'mapExtents(fd, Float64Array'],
+        [() => native.mapExtents(pool.fd, new Float64Array([0, 4096, 1]), options), '[offset, length] pairs'],
+        [() => native.mapExtents(pool.fd, new Float64Array([100, 4096]), options), 'is not aligned to 4096'],
+        [() => native.mapExtents(pool.fd, new Float64Array([0, 1 << 20]), options), 'beyond the pool'],
+        [() => native.mapExtents(pool.fd, new Float64Array([0, 4096]), { ...options, alignment: 3000 }), 'alignment must be a power of two'],
+        [() => native.unmap(999_999), 'is not mapped'],
+        [() => native.memfdCreate('x', 3 << 20), 'power of two'],
+        [() => native.fileOpen('a\0b', false, false, 0), 'must not contain NUL'],
+      ];
+      for (const [call, message] of bad) {
+        const error = captureError(call);
+        expect(error).toMatchObject({ code: 'EINVAL', errno: -22 });
+        expect(error.message).toContain(message);
+      }
+      expect(captureError(() => native.fdInfo(987_654))).toMatchObject({ code: 'EBADF', errno: -9, syscall: 'fstat' });
+    } finally {
+      pool.close();
+    }
+  });
+});
