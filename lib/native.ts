@@ -30,7 +30,6 @@ export interface NativeMapOptions {
 
 export interface NativeMapResult {
   id: number;
-  buffer: ArrayBuffer;
   address: bigint;
   length: number;
   /** mmap(MAP_FIXED) calls made after coalescing adjacent extents. */
@@ -55,7 +54,10 @@ export interface NativeBinding {
   umount(target: string): void;
   // Map family
   mapExtents(fd: number, extents: Float64Array, options: NativeMapOptions): NativeMapResult;
-  unmap(id: number): void;
+  /** deferIfBusy: leave the munmap to the last in-flight worker instead of throwing EBUSY (used by the GC path). */
+  unmap(id: number, deferIfBusy?: boolean): void;
+  /** An external ArrayBuffer over part of a mapping; unmap detaches it. */
+  mappingBuffer(id: number, offset: number, length: number): ArrayBuffer;
   madvise(id: number, offset: number, length: number, advice: number): void;
   mlock(id: number, lock: boolean): void;
   zero(id: number, offset: number, length: number): void;

@@ -1,5 +1,9 @@
 // Map syscall family: reserve a virtual range, stitch pool extents into it with MAP_FIXED, madvise/mlock,
-// zero or populate it (optionally off the JS thread), and unmap it, detaching the ArrayBuffer first.
+// zero or populate it (optionally off the JS thread), and unmap it, detaching its ArrayBuffers first.
+//
+// ArrayBuffers are created on request (mappingBuffer), not with the mapping: V8 answers every large external
+// backing store with a full mark-compact GC ("external memory pressure"), ~4 ms for 4 GiB, and guest RAM handed
+// to KVM never needs one.
 #include "gmfs_map.h"
 
 #include <sys/mman.h>
@@ -41,7 +45,8 @@ constexpr size_t kChunkBytes = 64u << 20;
 
 struct RegistryEntry {
   std::shared_ptr<Mapping> mapping;
-  Napi::Reference<Napi::ArrayBuffer> buffer;  // weak: the mapping must not keep its own buffer alive
+  // Weak references to every buffer handed out over this mapping, so unmap can detach them all.
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> buffers;
 };
 
 // Per-environment state, so worker threads and environment teardown each see only their own mappings.
@@ -54,7 +59,7 @@ struct MapRegistry {
     // than pulled from under it.
     for (auto& [id, entry] : entries) {
       if (entry.mapping->busy.load() == 0) entry.mapping->Release();
-      entry.buffer.SuppressDestruct();
+      for (auto& buffer : entry.buffers) buffer.SuppressDestruct();
     }
   }
 
@@ -76,13 +81,6 @@ MapRegistry& Registry(Napi::Env env) {
     env.SetInstanceData(registry);
   }
   return *registry;
-}
-
-void FinalizeBuffer(Napi::Env /*env*/, void* /*data*/, std::shared_ptr<Mapping>* owner) {
-  // The buffer is unreachable, so no JS can touch the memory again: unmap unless a worker still holds it
-  // (cannot happen: workers hold a strong reference to the buffer).
-  if ((*owner)->busy.load() == 0) (*owner)->Release();
-  delete owner;
 }
 
 struct Extent {
@@ -152,31 +150,42 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
     if (total > kMaxBytes) throw CodeError(env, "EINVAL", EINVAL, "mmap", "extents add up to more than 2^53 bytes");
   }
 
-  // Reserve first so the stitched pieces are contiguous and nothing else lands between them; over-reserve by
-  // the alignment because hugetlb MAP_FIXED needs a huge-page-aligned address.
-  size_t reserveLength = static_cast<size_t>(total) + static_cast<size_t>(alignment);
-  void* reserved = mmap(nullptr, reserveLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (reserved == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
-  uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
-  uintptr_t aligned = (start + static_cast<uintptr_t>(alignment) - 1) & ~(static_cast<uintptr_t>(alignment) - 1);
-  if (aligned > start) munmap(reserved, aligned - start);
-  uintptr_t end = start + reserveLength;
-  uintptr_t alignedEnd = aligned + static_cast<uintptr_t>(total);
-  if (end > alignedEnd) munmap(reinterpret_cast<void*>(alignedEnd), end - alignedEnd);
-  uint8_t* base = reinterpret_cast<uint8_t*>(aligned);
-
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  int mapFlags = MAP_SHARED | (populate ? MAP_POPULATE : 0);
+  uint8_t* base = nullptr;
   auto failWith = [&](int err, const char* syscall) {
-    munmap(base, static_cast<size_t>(total));
+    if (base != nullptr) munmap(base, static_cast<size_t>(total));
     return ErrnoError(env, err, syscall);
   };
 
-  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-  int mapFlags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
-  size_t position = 0;
-  for (const Extent& run : runs) {
-    void* piece = mmap(base + position, static_cast<size_t>(run.length), prot, mapFlags, fd, run.offset);
+  if (runs.size() == 1) {
+    // One run needs no reservation: the kernel aligns hugetlbfs mappings to their page size itself, and every
+    // extra mmap/munmap costs a TLB shootdown across this (multithreaded) process.
+    void* piece = mmap(nullptr, static_cast<size_t>(total), prot, mapFlags, fd, runs[0].offset);
     if (piece == MAP_FAILED) throw failWith(errno, "mmap");
-    position += static_cast<size_t>(run.length);
+    base = static_cast<uint8_t*>(piece);
+    if (reinterpret_cast<uintptr_t>(base) % static_cast<uintptr_t>(alignment) != 0) {
+      throw failWith(EINVAL, "mmap");  // not a hugetlbfs file of this page size: the caller's alignment is wrong
+    }
+  } else {
+    // Reserve first so the stitched pieces are contiguous and nothing else lands between them; over-reserve by
+    // the alignment because hugetlb MAP_FIXED needs a huge-page-aligned address.
+    size_t reserveLength = static_cast<size_t>(total) + static_cast<size_t>(alignment);
+    void* reserved = mmap(nullptr, reserveLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reserved == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
+    uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
+    uintptr_t aligned = (start + static_cast<uintptr_t>(alignment) - 1) & ~(static_cast<uintptr_t>(alignment) - 1);
+    if (aligned > start) munmap(reserved, aligned - start);
+    uintptr_t end = start + reserveLength;
+    uintptr_t alignedEnd = aligned + static_cast<uintptr_t>(total);
+    if (end > alignedEnd) munmap(reinterpret_cast<void*>(alignedEnd), end - alignedEnd);
+    base = reinterpret_cast<uint8_t*>(aligned);
+    size_t position = 0;
+    for (const Extent& run : runs) {
+      void* piece = mmap(base + position, static_cast<size_t>(run.length), prot, mapFlags | MAP_FIXED, fd, run.offset);
+      if (piece == MAP_FAILED) throw failWith(errno, "mmap");
+      position += static_cast<size_t>(run.length);
+    }
   }
   if (dontDump && madvise(base, total, MADV_DONTDUMP) < 0) throw failWith(errno, "madvise");
   if (dontFork && madvise(base, total, MADV_DONTFORK) < 0) throw failWith(errno, "madvise");
@@ -187,17 +196,14 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
   auto mapping = std::make_shared<Mapping>();
   mapping->base = base;
   mapping->length = static_cast<size_t>(total);
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, base, static_cast<size_t>(total), FinalizeBuffer,
-                                                    new std::shared_ptr<Mapping>(mapping));
   MapRegistry& registry = Registry(env);
   registry.PruneReleased();
   uint32_t id = registry.nextId++;
-  registry.entries.emplace(id, RegistryEntry{mapping, Napi::Weak(buffer)});
+  registry.entries.emplace(id, RegistryEntry{mapping, {}});
 
   Napi::Object result = Napi::Object::New(env);
   result.Set("id", Napi::Number::New(env, id));
-  result.Set("buffer", buffer);
-  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(aligned)));
+  result.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(base))));
   result.Set("length", Napi::Number::New(env, static_cast<double>(total)));
   result.Set("mmapCalls", Napi::Number::New(env, static_cast<double>(runs.size())));
   result.Set("hugepageAdvice", Napi::Boolean::New(env, hugepageAccepted));
@@ -208,26 +214,57 @@ uint32_t ArgId(const Napi::CallbackInfo& info) {
   return static_cast<uint32_t>(ArgInt64(info, 0, "id", 1, std::numeric_limits<uint32_t>::max()));
 }
 
+// Detach before munmap: from then on any access through a buffer throws a TypeError instead of faulting.
+void DetachAndRelease(MapRegistry& registry, std::unordered_map<uint32_t, RegistryEntry>::iterator it) {
+  for (auto& weak : it->second.buffers) {
+    if (weak.IsEmpty()) continue;
+    Napi::ArrayBuffer buffer = weak.Value();
+    if (!buffer.IsEmpty() && !buffer.IsDetached()) buffer.Detach();
+  }
+  it->second.mapping->Release();
+  registry.entries.erase(it);
+}
+
+// unmap(id, deferIfBusy): an explicit unmap refuses while async work runs; the garbage collector's unmap
+// (deferIfBusy) instead leaves the munmap to the last worker.
 Napi::Value Unmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t id = ArgId(info);
+  bool deferIfBusy = info.Length() > 1 && info[1].ToBoolean().Value();
   MapRegistry& registry = Registry(env);
   auto it = registry.entries.find(id);
   if (it == registry.entries.end() || it->second.mapping->released.load()) {
     throw CodeError(env, "EINVAL", EINVAL, "munmap", "mapping " + std::to_string(id) + " is not mapped");
   }
   if (it->second.mapping->busy.load() != 0) {
+    if (deferIfBusy) {
+      it->second.mapping->releaseWhenIdle = true;
+      return env.Undefined();
+    }
     throw CodeError(env, "EBUSY", EBUSY, "munmap",
                     "mapping " + std::to_string(id) + " has zero/populate work in flight; await it before unmapping");
   }
-  // Detach before munmap: from here on any access through the buffer throws a TypeError instead of faulting.
-  if (!it->second.buffer.IsEmpty()) {
-    Napi::ArrayBuffer buffer = it->second.buffer.Value();
-    if (!buffer.IsEmpty() && !buffer.IsDetached()) buffer.Detach();
-  }
-  it->second.mapping->Release();
-  registry.entries.erase(it);
+  DetachAndRelease(registry, it);
   return env.Undefined();
+}
+
+// An external ArrayBuffer over [offset, offset+length) of the mapping. It does not own the memory: the mapping
+// does, and unmap detaches every buffer it handed out.
+Napi::Value MappingBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id = ArgId(info);
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, id, "buffer");
+  int64_t offset = ArgInt64(info, 1, "offset", 0, kMaxBytes);
+  int64_t length = ArgInt64(info, 2, "length", 0, kMaxBytes);
+  CheckRange(env, *mapping, offset, length, "buffer");
+  RegistryEntry& entry = Registry(env).entries.at(id);
+  // Forget buffers the GC already collected, so a long-lived mapping's list stays short.
+  entry.buffers.erase(std::remove_if(entry.buffers.begin(), entry.buffers.end(),
+                                     [](Napi::Reference<Napi::ArrayBuffer>& weak) { return weak.Value().IsEmpty(); }),
+                      entry.buffers.end());
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, mapping->base + offset, static_cast<size_t>(length));
+  entry.buffers.push_back(Napi::Weak(buffer));
+  return buffer;
 }
 
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
@@ -266,16 +303,15 @@ enum class RangeWork { kZero, kPopulateRead, kPopulateWrite };
 // never block the event loop.
 class RangeWorker : public Napi::AsyncProgressWorker<uint64_t> {
  public:
-  RangeWorker(Napi::Env env, Napi::Function noop, std::shared_ptr<Mapping> mapping, Napi::ArrayBuffer buffer,
-              RangeWork work, int64_t offset, int64_t length, Napi::Function onProgress)
+  RangeWorker(Napi::Env env, Napi::Function noop, uint32_t id, std::shared_ptr<Mapping> mapping, RangeWork work,
+              int64_t offset, int64_t length, Napi::Function onProgress)
       : Napi::AsyncProgressWorker<uint64_t>(noop, "guestmemfs.rangeWork"),
         deferred_(Napi::Promise::Deferred::New(env)),
+        id_(id),
         mapping_(std::move(mapping)),
         work_(work),
         offset_(offset),
         length_(length) {
-    // Strong reference: the buffer (and so the memory) must outlive the worker even if JS drops it.
-    if (!buffer.IsEmpty()) buffer_ = Napi::Persistent(buffer);
     if (!onProgress.IsEmpty()) onProgress_ = Napi::Persistent(onProgress);
     mapping_->busy.fetch_add(1);
   }
@@ -314,12 +350,12 @@ class RangeWorker : public Napi::AsyncProgressWorker<uint64_t> {
   }
 
   void OnOK() override {
-    mapping_->busy.fetch_sub(1);
+    Finish();
     deferred_.Resolve(Env().Undefined());
   }
 
   void OnError(const Napi::Error& error) override {
-    mapping_->busy.fetch_sub(1);
+    Finish();
     if (errno_ != 0) {
       deferred_.Reject(ErrnoError(Env(), errno_, "madvise").Value());
     } else {
@@ -328,9 +364,17 @@ class RangeWorker : public Napi::AsyncProgressWorker<uint64_t> {
   }
 
  private:
+  // Runs on the JS thread: performs an unmap that the GC requested while this worker was running.
+  void Finish() {
+    if (mapping_->busy.fetch_sub(1) != 1 || !mapping_->releaseWhenIdle) return;
+    MapRegistry& registry = Registry(Env());
+    auto it = registry.entries.find(id_);
+    if (it != registry.entries.end()) DetachAndRelease(registry, it);
+  }
+
   Napi::Promise::Deferred deferred_;
+  uint32_t id_;
   std::shared_ptr<Mapping> mapping_;
-  Napi::Reference<Napi::ArrayBuffer> buffer_;
   Napi::FunctionReference onProgress_;
   RangeWork work_;
   int64_t offset_;
@@ -343,17 +387,13 @@ Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined()
 Napi::Value StartRangeWork(const Napi::CallbackInfo& info, RangeWork work, const char* syscall) {
   Napi::Env env = info.Env();
   uint32_t id = ArgId(info);
-  MapRegistry& registry = Registry(env);
   std::shared_ptr<Mapping> mapping = LookupMapping(env, id, syscall);
   int64_t offset = ArgInt64(info, 1, "offset", 0, kMaxBytes);
   int64_t length = ArgInt64(info, 2, "length", 1, kMaxBytes);
   CheckRange(env, *mapping, offset, length, syscall);
   Napi::Function onProgress;
   if (info.Length() > 3 && info[3].IsFunction()) onProgress = info[3].As<Napi::Function>();
-  Napi::ArrayBuffer buffer;
-  auto& weak = registry.entries.at(id).buffer;
-  if (!weak.IsEmpty()) buffer = weak.Value();
-  auto* worker = new RangeWorker(env, Napi::Function::New(env, Noop), mapping, buffer, work, offset, length, onProgress);
+  auto* worker = new RangeWorker(env, Napi::Function::New(env, Noop), id, mapping, work, offset, length, onProgress);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -394,6 +434,7 @@ void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t l
 void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("mapExtents", Napi::Function::New(env, MapExtents, "mapExtents"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  exports.Set("mappingBuffer", Napi::Function::New(env, MappingBuffer, "mappingBuffer"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("mlock", Napi::Function::New(env, Mlock, "mlock"));
   exports.Set("zero", Napi::Function::New(env, ZeroSync, "zero"));

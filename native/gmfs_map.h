@@ -9,13 +9,14 @@
 
 namespace gmfs {
 
-// One contiguous virtual range stitched from pool extents. Owned jointly by the registry and the
-// external ArrayBuffer's finalizer, so whichever of unmap/GC/environment teardown comes first unmaps it once.
+// One contiguous virtual range stitched from pool extents. The registry owns it until unmap or environment
+// teardown; async workers share ownership so an unmap requested mid-work (by GC) completes when they finish.
 struct Mapping {
   uint8_t* base = nullptr;
   size_t length = 0;
-  std::atomic<int> busy{0};  // async zero/populate workers in flight; unmap refuses while non-zero
+  std::atomic<int> busy{0};  // async zero/populate workers in flight; explicit unmap refuses while non-zero
   std::atomic<bool> released{false};
+  bool releaseWhenIdle = false;  // set by a deferred unmap; the last worker to finish performs it
 
   // munmap exactly once, whoever gets here first.
   bool Release();

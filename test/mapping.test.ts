@@ -17,6 +17,17 @@ function vmFlags(address: bigint): string[] {
   return flagsLine.slice('VmFlags:'.length).trim().split(/\s+/);
 }
 
+/** Runs the garbage collector (vitest runs with --expose-gc) and lets finalizers run, until done() or 50 rounds. */
+async function collectUntil(done: () => boolean): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('run vitest with --expose-gc (see vitest.config.mts)');
+  for (let round = 0; round < 50; round++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (done()) return;
+  }
+}
+
 function isMapped(address: bigint): boolean {
   return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => line.startsWith(`${address.toString(16)}-`));
 }
@@ -170,20 +181,50 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
     mapping.unmap();
   });
 
-  it('unmaps a mapping whose buffer was garbage-collected', async () => {
-    const gc = (globalThis as { gc?: () => void }).gc;
-    if (!gc) throw new Error('run vitest with --expose-gc (see vitest.config.mts)');
+  it('unmaps a Mapping that was garbage-collected, detaching buffers still held', async () => {
     let address = 0n;
+    let kept: ArrayBuffer | undefined;
     (() => {
       const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
       address = mapping.address;
+      kept = mapping.buffer;
     })();
-    expect(isMapped(address)).toBe(true);
-    for (let attempt = 0; attempt < 50 && isMapped(address); attempt++) {
-      gc();
-      await new Promise((resolve) => setImmediate(resolve));
-    }
+    expect(kept!.byteLength).toBe(2 * MiB);
+    await collectUntil(() => !isMapped(address));
     expect(isMapped(address)).toBe(false);
+    expect(kept!.byteLength).toBe(0);
+  });
+
+  it('a Mapping collected while native work runs on it is unmapped when the work ends, not before', async () => {
+    let address = 0n;
+    let collected = false;
+    const watcher = new FinalizationRegistry(() => (collected = true));
+    const work = (() => {
+      const mapping = pool.map([{ offset: 0, length: 32 * MiB }]);
+      address = mapping.address;
+      watcher.register(mapping, 0);
+      // Hold only the id, so the Mapping object is unreachable while the worker zeroes its memory.
+      return native.zeroAsync(mapping.id, 0, 32 * MiB);
+    })();
+    await collectUntil(() => collected);
+    expect(collected).toBe(true);
+    await work;
+    await collectUntil(() => !isMapped(address));
+    expect(isMapped(address)).toBe(false);
+  });
+
+  it('creates no ArrayBuffer until one is asked for, and small views get small buffers', () => {
+    const mapping = pool.map([{ offset: 0, length: 8 * MiB }]);
+    const window = mapping.bytes(2 * MiB, 16);
+    expect(window.buffer.byteLength).toBe(16);
+    window[3] = 0x5a;
+    const whole = mapping.buffer;
+    expect(whole.byteLength).toBe(8 * MiB);
+    expect(new Uint8Array(whole)[2 * MiB + 3]).toBe(0x5a);
+    expect(mapping.bytes(2 * MiB, 16).buffer).toBe(whole);
+    mapping.unmap();
+    expect(window.length).toBe(0);
+    expect(whole.byteLength).toBe(0);
   });
 
   it('unmaps everything when a worker thread environment is torn down', async () => {

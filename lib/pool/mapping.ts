@@ -1,4 +1,4 @@
-// A pool region mapped into this process: an external ArrayBuffer over the pages, detached on unmap.
+// A pool region mapped into this process: it owns the pages' mapping; ArrayBuffers over it are made on request and detached on unmap.
 import * as fs from 'node:fs';
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
@@ -32,6 +32,15 @@ export interface ProgressOptions {
 /** One physical frame per page of the mapping: its PFN, or null when the page is not present. */
 export type PhysicalFrame = bigint | null;
 
+// A Mapping that becomes unreachable unmaps its memory; buffers taken from it are detached then, never left dangling.
+const unmapWhenCollected = new FinalizationRegistry<number>((id) => {
+  try {
+    native.unmap(id, true);
+  } catch {
+    // Already unmapped by environment teardown.
+  }
+});
+
 const PAGEMAP_PRESENT = 1n << 63n;
 const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
 
@@ -44,7 +53,7 @@ export class Mapping {
   readonly pageSize: number;
   readonly extents: readonly Extent[];
   readonly hugepageAdvice: boolean;
-  readonly #buffer: ArrayBuffer;
+  #wholeBuffer: ArrayBuffer | undefined;
   #mapped = true;
   readonly #label: string | undefined;
 
@@ -55,32 +64,43 @@ export class Mapping {
     this.length = result.length;
     this.mmapCalls = result.mmapCalls;
     this.hugepageAdvice = result.hugepageAdvice;
-    this.#buffer = result.buffer;
     this.pageSize = pageSize;
     this.extents = extents;
     this.#label = label;
+    unmapWhenCollected.register(this, this.id, this);
   }
 
   get mapped(): boolean {
     return this.#mapped;
   }
 
-  /** The memory itself. After unmap() the buffer is detached: views over it read as empty, never as freed memory. */
+  /**
+   * The whole mapping as an external ArrayBuffer, made on first use. After unmap() it is detached: views over it
+   * read as empty and DataView/constructors throw, never touching freed memory. Keep the Mapping itself
+   * reachable while using it: a collected Mapping unmaps its memory.
+   */
   get buffer(): ArrayBuffer {
     this.#requireMapped('buffer');
-    return this.#buffer;
+    this.#wholeBuffer ??= native.mappingBuffer(this.id, 0, this.length);
+    return this.#wholeBuffer;
   }
 
-  /** A byte view over the whole mapping. */
+  /**
+   * A byte view of [offset, offset+length). Without a whole buffer yet, it gets its own buffer over just that
+   * window: V8 runs a full GC for every large external buffer, so small views of big mappings stay cheap.
+   */
   bytes(offset = 0, length = this.length - offset): Uint8Array {
     this.#requireMapped('bytes');
-    return new Uint8Array(this.#buffer, offset, length);
+    if (this.#wholeBuffer) return new Uint8Array(this.#wholeBuffer, offset, length);
+    return new Uint8Array(native.mappingBuffer(this.id, offset, length));
   }
 
   unmap(): void {
     this.#requireMapped('munmap');
     native.unmap(this.id);
     this.#mapped = false;
+    this.#wholeBuffer = undefined;
+    unmapWhenCollected.unregister(this);
   }
 
   advise(advice: keyof typeof native.advice, offset = 0, length = this.length - offset): void {

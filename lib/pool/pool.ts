@@ -117,7 +117,8 @@ export class Pool {
 
   /** Opens an existing path-backed pool; the backend and page size come from the filesystem it lives on. */
   static open(poolPath: string): Pool {
-    const resolved = path.resolve(poolPath);
+    // path.resolve costs a getcwd and, cold, up to half a millisecond: skip it for the usual absolute path.
+    const resolved = path.isAbsolute(poolPath) ? poolPath : path.resolve(poolPath);
     let fd: number;
     try {
       fd = native.fileOpen(resolved, false, false, 0);

@@ -1,0 +1,77 @@
+// Shared benchmark plumbing: statistics, machine description, C baseline builds, result files, and huge page set-up.
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { hugePageSizes } from '../lib/pool/hugepages';
+import { reserveHugePages, type Reservation } from '../lib/pool/reserve';
+
+export const repoRoot = path.resolve(__dirname, '..', '..');
+export const resultsDir = path.join(repoRoot, 'bench', 'results');
+
+export interface Stats {
+  median: number;
+  min: number;
+  max: number;
+  samples: number[];
+}
+
+export function stats(samples: number[]): Stats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  const median = sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+  return { median, min: sorted[0]!, max: sorted.at(-1)!, samples };
+}
+
+export function machineDescription(): Record<string, unknown> {
+  return {
+    date: new Date().toISOString(),
+    kernel: os.release(),
+    cpus: os.cpus().map((cpu) => cpu.model).filter((model, index, all) => all.indexOf(model) === index),
+    cpuCount: os.cpus().length,
+    memoryBytes: os.totalmem(),
+    node: process.version,
+    hugePageSizes: hugePageSizes().map((size) => size.pageSize),
+  };
+}
+
+/** Compiles bench/baselines/NAME.c with -O2 into build/bench/ and returns the binary's path. */
+export function buildBaseline(name: string): string {
+  const source = path.join(repoRoot, 'bench', 'baselines', `${name}.c`);
+  const outDir = path.join(repoRoot, 'build', 'bench');
+  fs.mkdirSync(outDir, { recursive: true });
+  const binary = path.join(outDir, name);
+  execFileSync('cc', ['-O2', '-Wall', '-o', binary, source], { stdio: 'inherit' });
+  return binary;
+}
+
+/** Runs a command and parses the JSON object on its last stdout line. */
+export function runJson<T>(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): T {
+  const result = spawnSync(command, args, { encoding: 'utf8', env });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr}`);
+  return JSON.parse(result.stdout.trim().split('\n').at(-1)!) as T;
+}
+
+export function writeResults(name: string, results: Record<string, unknown>, quick: boolean): string {
+  fs.mkdirSync(resultsDir, { recursive: true });
+  const file = path.join(resultsDir, `${name}${quick ? '.quick' : ''}.json`);
+  fs.writeFileSync(file, `${JSON.stringify({ benchmark: name, quick, machine: machineDescription(), ...results }, null, 2)}\n`);
+  return file;
+}
+
+/** Reserves huge pages and mounts a private hugetlbfs for a benchmark; exits with the reason when the machine cannot. */
+export function reserveForBench(pageSize: number, pages: number): Reservation {
+  try {
+    return reserveHugePages({ pageSize, pages, mount: true });
+  } catch (error) {
+    process.stderr.write(`benchmark needs ${pages} huge pages of ${pageSize} bytes and root: ${(error as Error).message}\n`);
+    process.exit(3);
+  }
+}
+
+export const quickMode = process.argv.includes('--quick');
+
+export function runsArg(defaultRuns: number): number {
+  const index = process.argv.indexOf('--runs');
+  return index > 0 ? Number(process.argv[index + 1]) : quickMode ? 1 : defaultRuns;
+}

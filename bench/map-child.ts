@@ -1,0 +1,37 @@
+// bench:map child: a fresh process that opens the pool and maps it through the addon; the map is timed apart from the open.
+import { Pool } from '../lib/pool/pool';
+
+const [poolPath, mode, lengthText, sweepText] = process.argv.slice(2);
+const length = Number(lengthText);
+// Same cache state as the C baseline (see baselines/mmap_populate.c): sweep a buffer larger than the LLC.
+const sweep = Number(sweepText);
+if (sweep > 0) new Uint8Array(sweep).fill(1);
+// The sweep's 64 MiB ArrayBuffer schedules a V8 GC for external memory pressure: run it now, not inside the timing.
+(globalThis as { gc?: () => void }).gc?.();
+// 'cold' variants time the very first call (V8 compiles map() and Mapping lazily: ~0.5-1 ms once per process);
+// the others first run the same JS on a throwaway 4 KiB memfd, leaving the measured pool's kernel state untouched.
+const cold = mode!.endsWith('-cold');
+if (!cold) {
+  const scratch = Pool.create({ backend: 'memfd-4k', size: 8192 });
+  scratch.map([{ offset: 0, length: 4096 }, { offset: 4096, length: 4096 }]).unmap();
+  scratch.close();
+}
+const openStarted = process.hrtime.bigint();
+const pool = Pool.open(poolPath!);
+const openMs = Number(process.hrtime.bigint() - openStarted) / 1e6;
+const pageSize = pool.pageSize;
+const count = length / pageSize;
+// 'one'/'one-cold': a single extent; 'adjacent': one extent per page, coalesced by the addon; 'scattered': one per page in
+// reverse order, so nothing coalesces and every page costs an mmap call.
+const extents =
+  mode!.startsWith('one')
+    ? [{ offset: 0, length }]
+    : Array.from({ length: count }, (_, i) => ({ offset: (mode === 'scattered' ? count - 1 - i : i) * pageSize, length: pageSize }));
+const started = process.hrtime.bigint();
+const mapping = pool.map(extents, { populate: true });
+const ms = Number(process.hrtime.bigint() - started) / 1e6;
+const bytes = mapping.bytes();
+if (bytes[0] === undefined || bytes[length - 1] === undefined) throw new Error('mapping not readable');
+process.stdout.write(`${JSON.stringify({ ms, openMs, mmapCalls: mapping.mmapCalls })}\n`);
+mapping.unmap();
+pool.close();

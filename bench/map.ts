@@ -1,0 +1,78 @@
+// npm run bench:map — re-map a populated 4 GiB 2 MiB-page pool in a fresh process: addon vs one C mmap(MAP_POPULATE).
+//
+// Each side times its map+populate call alone (open is reported apart). Both children start from the same cache
+// state (a 1 GiB sweep, larger than the LLC, before the timed map) and without
+// NODE_EXTRA_CA_CERTS, which would make every Node start-up parse a CA bundle on a second core meanwhile.
+import * as path from 'node:path';
+import { Pool } from '../lib/pool/pool';
+import { formatSize, GiB, MiB } from '../lib/units';
+import { buildBaseline, quickMode, repoRoot, reserveForBench, runJson, runsArg, stats, writeResults } from './common';
+
+const pageSize = 2 * MiB;
+const size = quickMode ? 64 * MiB : 4 * GiB;
+const runs = runsArg(15);
+const sweepBytes = GiB; // larger than the 480 MiB L3 of the machine this was tuned on: both sides start cache-cold
+const childEnv = { ...process.env };
+delete childEnv.NODE_EXTRA_CA_CERTS;
+
+const baseline = buildBaseline('mmap_populate');
+const reservation = reserveForBench(pageSize, size / pageSize);
+const pool = Pool.create({ backend: 'hugetlbfs', path: path.join(reservation.mountpoint!, 'bench-map'), size });
+try {
+  // Populate once, as a preserved pool would be: every page exists before the timed re-maps.
+  pool.mapAll({ populate: true }).unmap();
+  const child = path.join(repoRoot, 'dist', 'bench', 'map-child.js');
+  const samples: Record<string, number[]> = {
+    c_mmap_populate: [],
+    addon_one_extent: [],
+    addon_one_extent_cold_js: [],
+    addon_adjacent_extents: [],
+    addon_scattered_extents: [],
+    c_mmap_populate_hot_cache: [],
+  };
+  const calls: Record<string, number> = {};
+  const openMs: Record<string, number[]> = { c: [], addon: [] };
+  for (let run = 0; run < runs; run++) {
+    // Interleave the variants so drift on the machine affects all of them alike.
+    const floor = runJson<{ ms: number; openMs: number }>(baseline, [pool.path!, String(size), String(sweepBytes)], childEnv);
+    samples.c_mmap_populate!.push(floor.ms);
+    openMs.c!.push(floor.openMs);
+    samples.c_mmap_populate_hot_cache!.push(runJson<{ ms: number }>(baseline, [pool.path!, String(size), '0'], childEnv).ms);
+    for (const mode of ['one', 'one-cold', 'adjacent', 'scattered'] as const) {
+      const result = runJson<{ ms: number; openMs: number; mmapCalls: number }>(process.execPath, ['--expose-gc', child, pool.path!, mode, String(size), String(sweepBytes)], childEnv);
+      const key = { one: 'addon_one_extent', 'one-cold': 'addon_one_extent_cold_js', adjacent: 'addon_adjacent_extents', scattered: 'addon_scattered_extents' }[mode];
+      samples[key]!.push(result.ms);
+      if (mode === 'one') openMs.addon!.push(result.openMs);
+      calls[key] = result.mmapCalls;
+    }
+  }
+  const summary = Object.fromEntries(Object.entries(samples).map(([key, values]) => [key, stats(values)]));
+  const floor = summary.c_mmap_populate!.median;
+  const ratios = {
+    addon_one_extent_vs_c: summary.addon_one_extent!.median / floor,
+    addon_one_extent_cold_js_vs_c: summary.addon_one_extent_cold_js!.median / floor,
+    addon_adjacent_extents_vs_c: summary.addon_adjacent_extents!.median / floor,
+    addon_scattered_extents_vs_c: summary.addon_scattered_extents!.median / floor,
+  };
+  // Paired ratios (each addon sample over the C sample of the same round) cancel the machine's drift between rounds.
+  const paired = (key: string) => stats(samples[key]!.map((value, index) => value / samples.c_mmap_populate![index]!));
+  const pairedRatios = {
+    addon_one_extent_vs_c: paired('addon_one_extent'),
+    addon_one_extent_cold_js_vs_c: paired('addon_one_extent_cold_js'),
+    addon_adjacent_extents_vs_c: paired('addon_adjacent_extents'),
+    addon_scattered_extents_vs_c: paired('addon_scattered_extents'),
+  };
+  const file = writeResults('map', { size, pageSize, runs, cacheSweepBytes: sweepBytes, childEnvDrops: ['NODE_EXTRA_CA_CERTS'], mmapCalls: { c_mmap_populate: 1, ...calls }, ms: summary, pairedRatios, openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) }, ratios, target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)' }, quickMode);
+  process.stdout.write(`re-map ${formatSize(size)} of ${formatSize(pageSize)} pages in a fresh process (median of ${runs}):\n`);
+  for (const [key, value] of Object.entries(summary)) {
+    process.stdout.write(`  ${key.padEnd(26)} ${value.median.toFixed(3).padStart(9)} ms  [${value.min.toFixed(3)} .. ${value.max.toFixed(3)}]  ${calls[key] ?? 1} mmap calls\n`);
+  }
+  for (const [key, value] of Object.entries(ratios)) {
+    const pair = pairedRatios[key as keyof typeof pairedRatios];
+    process.stdout.write(`  ${key.padEnd(30)} ${value.toFixed(2)}x (ratio of medians), ${pair.median.toFixed(2)}x (median of paired ratios)\n`);
+  }
+  process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
+} finally {
+  pool.destroy();
+  reservation.release();
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// The guestmemfs command: inspect what the machine offers for pools, and run the demo.
+import { Command } from 'commander';
+import { runRestartDemo, verifyInFreshProcess } from '../lib/demo/restart-demo';
+import { GuestmemfsError } from '../lib/errors';
+import { machineSupport } from '../lib/pool/hugepages';
+import { formatSize, MiB, parseSize } from '../lib/units';
+
+const program = new Command();
+program
+  .name('guestmemfs')
+  .description('Persistent in-memory filesystem for VM guest memory over a hugetlbfs pool')
+  .option('--debug', 'show stack traces for errors');
+
+program
+  .command('detect')
+  .description('show huge page sizes, free pages, hugetlbfs mounts and what a pool can use here')
+  .option('--json', 'machine-readable output')
+  .addHelpText('after', '\nExample:\n  $ guestmemfs detect --json')
+  .action((options: { json?: boolean }) => {
+    const support = machineSupport();
+    if (options.json) {
+      process.stdout.write(`${JSON.stringify(support, null, 2)}\n`);
+      return;
+    }
+    const out: string[] = [];
+    out.push(`root: ${support.isRoot ? 'yes' : 'no (cannot reserve huge pages or mount hugetlbfs)'}`);
+    out.push(`default huge page size: ${formatSize(support.defaultHugePageSize)}`);
+    for (const size of support.hugePageSizes) {
+      out.push(`${formatSize(size.pageSize)} pages: ${size.total} total, ${size.free} free, ${size.reserved} reserved, ${size.available} available`);
+    }
+    if (support.hugetlbfsMounts.length === 0) out.push('hugetlbfs mounts: none');
+    for (const mount of support.hugetlbfsMounts) out.push(`hugetlbfs mount: ${mount.mountpoint} (${formatSize(mount.pageSize)} pages)`);
+    out.push(`4 KiB fallback: always available (shmem THP: ${support.shmemTransparentHugePages ?? 'unknown'})`);
+    out.push(`/dev/kvm: ${support.kvm ? 'usable' : 'not usable'}`);
+    process.stdout.write(`${out.join('\n')}\n`);
+  });
+
+program
+  .command('demo')
+  .description('write guest memory into a pool, then verify it from a fresh process on the same physical pages')
+  .option('--size <size>', 'pool size (K/M/G suffixes)', '512M')
+  .addHelpText('after', '\nExample:\n  $ sudo guestmemfs demo --size 1G')
+  .action((options: { size: string }) => {
+    const size = parseSize(options.size);
+    if (size % (2 * MiB) !== 0) throw new GuestmemfsError('EINVAL', `demo size must be a multiple of 2 MiB, got ${options.size}`);
+    runRestartDemo({
+      size,
+      log: (line) => process.stdout.write(`${line}\n`),
+      verifierArgv: (poolPath, checksum, framesFile) => [process.execPath, __filename, 'demo-verify', poolPath, checksum, framesFile],
+    });
+  });
+
+program
+  .command('demo-verify', { hidden: true })
+  .argument('<pool>')
+  .argument('<checksum>')
+  .argument('<framesFile>')
+  .action((poolPath: string, checksum: string, framesFile: string) => {
+    verifyInFreshProcess(poolPath, checksum, framesFile, (line) => process.stdout.write(`${line}\n`));
+  });
+
+try {
+  program.parse();
+} catch (error) {
+  const debug = program.opts<{ debug?: boolean }>().debug;
+  if (error instanceof GuestmemfsError && !debug) {
+    process.stderr.write(`guestmemfs: ${error.message}\n`);
+    process.exit(1);
+  }
+  throw error;
+}
