@@ -16,3 +16,20 @@ export {
 } from './pool/hugepages';
 export { reserveHugePages, type Reservation, type ReserveOptions } from './pool/reserve';
 export { native } from './native';
+export {
+  mkfs,
+  mount,
+  Filesystem,
+  type CreateOptions,
+  type DirEntry,
+  type FileMapOptions,
+  type FormatInfo,
+  type MkdirOptions,
+  type MkfsOptions,
+  type MountOptions,
+  type Stat,
+  type StatFs,
+} from './fs/filesystem';
+export type { FileTypeName } from './fs/inodes';
+export type { Credentials } from './fs/permissions';
+export type { Geometry, Superblock } from './fs/layout';

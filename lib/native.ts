@@ -50,6 +50,9 @@ export interface NativeBinding {
   fdInfo(fd: number): NativeFdInfo;
   memfdCreate(name: string, hugePageSize: number): number;
   fdSetInherit(fd: number, inherit: boolean): void;
+  /** flock: false when another open file description holds a conflicting lock and wait is false. */
+  fdLock(fd: number, exclusive: boolean, wait: boolean): boolean;
+  fdUnlock(fd: number): void;
   mount(source: string, target: string, fstype: string, data: string): void;
   umount(target: string): void;
   // Map family

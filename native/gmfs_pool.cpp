@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/memfd.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -127,6 +128,31 @@ Napi::Value FdSetInherit(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// flock(2) on the pool's open file description: the mount lock. The kernel drops it when the holder dies, so a
+// crashed owner never leaves a stale lock, and it survives execve with the fd (the handover keeps it).
+// Returns false instead of blocking when another description holds it.
+Napi::Value FdLock(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  bool exclusive = ArgBool(info, 1, "exclusive");
+  bool wait = ArgBool(info, 2, "wait");
+  int operation = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
+  int rc;
+  do {
+    rc = flock(fd, operation);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+    throw ErrnoError(info.Env(), errno, "flock");
+  }
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+Napi::Value FdUnlock(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (flock(fd, LOCK_UN) < 0) throw ErrnoError(info.Env(), errno, "flock");
+  return info.Env().Undefined();
+}
+
 Napi::Value MountFs(const Napi::CallbackInfo& info) {
   std::string source = ArgString(info, 0, "source");
   std::string target = ArgString(info, 1, "target");
@@ -155,6 +181,8 @@ void RegisterPoolFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("fdInfo", Napi::Function::New(env, FdInfo, "fdInfo"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("fdSetInherit", Napi::Function::New(env, FdSetInherit, "fdSetInherit"));
+  exports.Set("fdLock", Napi::Function::New(env, FdLock, "fdLock"));
+  exports.Set("fdUnlock", Napi::Function::New(env, FdUnlock, "fdUnlock"));
   exports.Set("mount", Napi::Function::New(env, MountFs, "mount"));
   exports.Set("umount", Napi::Function::New(env, UmountFs, "umount"));
 }

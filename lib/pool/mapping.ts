@@ -21,6 +21,8 @@ export interface MapOptions {
   dontFork?: boolean;
   /** Ask for transparent huge pages (MADV_HUGEPAGE); on by default for the 4 KiB fallback. */
   hugepage?: boolean;
+  /** Called once when the mapping goes, by unmap() or by garbage collection (the filesystem counts mappings with it). */
+  onUnmap?: () => void;
   /** mlock the range. The kernel ignores this for hugetlb mappings (huge pages are never swapped); it matters on the 4 KiB fallback. */
   lock?: boolean;
 }
@@ -33,12 +35,13 @@ export interface ProgressOptions {
 export type PhysicalFrame = bigint | null;
 
 // A Mapping that becomes unreachable unmaps its memory; buffers taken from it are detached then, never left dangling.
-const unmapWhenCollected = new FinalizationRegistry<number>((id) => {
+const unmapWhenCollected = new FinalizationRegistry<{ id: number; onUnmap: (() => void) | undefined }>(({ id, onUnmap }) => {
   try {
     native.unmap(id, true);
   } catch {
     // Already unmapped by environment teardown.
   }
+  onUnmap?.();
 });
 
 const PAGEMAP_PRESENT = 1n << 63n;
@@ -56,9 +59,10 @@ export class Mapping {
   #wholeBuffer: ArrayBuffer | undefined;
   #mapped = true;
   readonly #label: string | undefined;
+  readonly #onUnmap: (() => void) | undefined;
 
   /** @internal Created by Pool.map. */
-  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string) {
+  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string, onUnmap?: () => void) {
     this.id = result.id;
     this.address = result.address;
     this.length = result.length;
@@ -67,7 +71,8 @@ export class Mapping {
     this.pageSize = pageSize;
     this.extents = extents;
     this.#label = label;
-    unmapWhenCollected.register(this, this.id, this);
+    this.#onUnmap = onUnmap;
+    unmapWhenCollected.register(this, { id: this.id, onUnmap }, this);
   }
 
   get mapped(): boolean {
@@ -101,6 +106,7 @@ export class Mapping {
     this.#mapped = false;
     this.#wholeBuffer = undefined;
     unmapWhenCollected.unregister(this);
+    this.#onUnmap?.();
   }
 
   advise(advice: keyof typeof native.advice, offset = 0, length = this.length - offset): void {

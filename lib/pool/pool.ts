@@ -38,9 +38,11 @@ export class Pool {
   readonly path: string | undefined;
   readonly size: number;
   readonly pageSize: number;
+  #fresh: boolean;
   #open = true;
 
-  private constructor(fd: number, backend: PoolBackend, poolPath: string | undefined, size: number, pageSize: number) {
+  private constructor(fd: number, backend: PoolBackend, poolPath: string | undefined, size: number, pageSize: number, fresh = false) {
+    this.#fresh = fresh;
     this.fd = fd;
     this.backend = backend;
     this.path = poolPath;
@@ -51,6 +53,11 @@ export class Pool {
   /** True for the 4 KiB-page fallback, which works anywhere but gives guests no huge pages. */
   get isFallback(): boolean {
     return !isHugetlbBackend(this.backend);
+  }
+
+  /** True while every page is known to be zero: this object created the pool and nothing has mapped it writable since. */
+  get freshlyAllocated(): boolean {
+    return this.#fresh;
   }
 
   get isOpen(): boolean {
@@ -112,7 +119,7 @@ export class Pool {
       if (poolPath) fs.rmSync(poolPath, { force: true });
       throw error;
     }
-    return new Pool(fd, backend, poolPath, size, pageSize);
+    return new Pool(fd, backend, poolPath, size, pageSize, true);
   }
 
   /** Opens an existing path-backed pool; the backend and page size come from the filesystem it lives on. */
@@ -193,6 +200,7 @@ export class Pool {
       flat[index * 2] = offset;
       flat[index * 2 + 1] = length;
     });
+    if (options.writable ?? true) this.#fresh = false;
     const result = native.mapExtents(this.fd, flat, {
       populate: options.populate ?? true,
       writable: options.writable ?? true,
@@ -202,7 +210,7 @@ export class Pool {
       hugepage: options.hugepage ?? this.isFallback,
       lock: options.lock ?? false,
     });
-    return new Mapping(result, this.pageSize, extents.map(({ offset, length }) => ({ offset, length })), this.path);
+    return new Mapping(result, this.pageSize, extents.map(({ offset, length }) => ({ offset, length })), this.path, options.onUnmap);
   }
 
   /** Maps the whole pool as one range. */

@@ -1,0 +1,229 @@
+// Block allocator over the pool's bitmaps: one bit per block allocated, one bit per block dirty (freed, not yet zeroed).
+//
+// Allocation prefers, in order: growing the file's last extent in place, one contiguous run (so the file maps with a
+// single mmap), then several runs first-fit. It only chooses; the caller orders the stores (see filesystem.ts).
+import type { BlockRun } from './extents';
+import { type Geometry, HINTS } from './layout';
+
+const FULL = 0xffffffff;
+
+function popcount32(word: number): number {
+  let v = word - ((word >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+export class BlockAllocator {
+  readonly blockCount: number;
+  readonly metadataBlocks: number;
+  readonly #allocated: Uint32Array;
+  readonly #dirty: Uint32Array;
+  readonly #hints: Uint32Array;
+
+  constructor(metadata: ArrayBuffer, geometry: Geometry, hints: Uint32Array) {
+    this.blockCount = geometry.blockCount;
+    this.metadataBlocks = geometry.metadataBlocks;
+    const words = geometry.bitmapLength / 4;
+    this.#allocated = new Uint32Array(metadata, geometry.bitmapOffset, words);
+    this.#dirty = new Uint32Array(metadata, geometry.dirtyOffset, words);
+    this.#hints = hints;
+  }
+
+  get freeBlocks(): number {
+    return this.#hints[HINTS.freeBlocks / 4]!;
+  }
+  get dirtyBlocks(): number {
+    return this.#hints[HINTS.dirtyBlocks / 4]!;
+  }
+  /** Blocks files can use: all but the metadata region. */
+  get dataBlocks(): number {
+    return this.blockCount - this.metadataBlocks;
+  }
+
+  /** mkfs: metadata blocks allocated, every data block free and clean (fallocate hands out zeroed pages). */
+  format(): void {
+    this.#allocated.fill(0);
+    this.#dirty.fill(0);
+    this.#setRange(this.#allocated, 0, this.metadataBlocks, true);
+    // Bits past the last block stay set so no search can return them.
+    this.#setRange(this.#allocated, this.blockCount, this.#allocated.length * 32 - this.blockCount, true);
+    this.#hints[HINTS.freeBlocks / 4] = this.dataBlocks;
+    this.#hints[HINTS.dirtyBlocks / 4] = 0;
+  }
+
+  isAllocated(block: number): boolean {
+    return (this.#allocated[block >>> 5]! & (1 << (block & 31))) !== 0;
+  }
+  isDirty(block: number): boolean {
+    return (this.#dirty[block >>> 5]! & (1 << (block & 31))) !== 0;
+  }
+
+  /** Picks blocks for `count` more blocks of a file whose data currently ends at block `after` (or -1). Null when short. */
+  choose(count: number, after: number): BlockRun[] | null {
+    if (count === 0) return [];
+    if (count > this.freeBlocks) return null;
+    if (after >= 0 && this.#isFreeRange(after, count)) return [{ start: after, length: count }];
+    const run = this.#findRun(count);
+    if (run >= 0) return [{ start: run, length: count }];
+    return this.#gather(count);
+  }
+
+  /** Marks runs allocated (and updates the free count). */
+  markAllocated(runs: readonly BlockRun[]): void {
+    let total = 0;
+    for (const run of runs) {
+      this.#setRange(this.#allocated, run.start, run.length, true);
+      total += run.length;
+    }
+    this.#hints[HINTS.freeBlocks / 4] = this.freeBlocks - total;
+  }
+
+  markFree(runs: readonly BlockRun[]): void {
+    let total = 0;
+    for (const run of runs) {
+      this.#setRange(this.#allocated, run.start, run.length, false);
+      total += run.length;
+    }
+    this.#hints[HINTS.freeBlocks / 4] = this.freeBlocks + total;
+  }
+
+  /** Marks runs dirty (their bytes belonged to a file) or clean (zeroed), keeping the dirty count. */
+  markDirty(runs: readonly BlockRun[], dirty: boolean): void {
+    let changed = 0;
+    for (const run of runs) {
+      for (let block = run.start; block < run.start + run.length; block++) {
+        if (this.isDirty(block) !== dirty) changed++;
+      }
+      this.#setRange(this.#dirty, run.start, run.length, dirty);
+    }
+    this.#hints[HINTS.dirtyBlocks / 4] = this.dirtyBlocks + (dirty ? changed : -changed);
+  }
+
+  /** The dirty blocks among runs, as runs, in order. */
+  dirtyWithin(runs: readonly BlockRun[]): BlockRun[] {
+    const out: BlockRun[] = [];
+    for (const run of runs) {
+      let block = run.start;
+      const end = run.start + run.length;
+      while (block < end) {
+        if (!this.isDirty(block)) {
+          block++;
+          continue;
+        }
+        const start = block;
+        while (block < end && this.isDirty(block)) block++;
+        out.push({ start, length: block - start });
+      }
+    }
+    return out;
+  }
+
+  /** Free blocks that are dirty, as runs (what a scrub must zero). */
+  dirtyFreeRuns(limit = Infinity): BlockRun[] {
+    const out: BlockRun[] = [];
+    let taken = 0;
+    for (let word = 0; word < this.#dirty.length && taken < limit; word++) {
+      const candidates = this.#dirty[word]! & ~this.#allocated[word]!;
+      if (candidates === 0) continue;
+      for (let bit = 0; bit < 32 && taken < limit; bit++) {
+        if ((candidates & (1 << bit)) === 0) continue;
+        const block = word * 32 + bit;
+        const last = out.at(-1);
+        if (last && last.start + last.length === block) last.length++;
+        else out.push({ start: block, length: 1 });
+        taken++;
+      }
+    }
+    return out;
+  }
+
+  /** Popcounts of both bitmaps over real blocks (used at mount to check the hints, and by the checker). */
+  count(): { allocated: number; dirty: number } {
+    let allocated = 0;
+    let dirty = 0;
+    for (let block = 0; block < this.blockCount; block += 32) {
+      const word = block >>> 5;
+      const valid = Math.min(32, this.blockCount - block);
+      const mask = valid === 32 ? FULL : (1 << valid) - 1;
+      allocated += popcount32(this.#allocated[word]! & mask);
+      dirty += popcount32(this.#dirty[word]! & mask);
+    }
+    return { allocated, dirty };
+  }
+
+  #isFreeRange(start: number, count: number): boolean {
+    if (start < this.metadataBlocks || start + count > this.blockCount) return false;
+    for (let block = start; block < start + count; ) {
+      if ((block & 31) === 0 && block + 32 <= start + count) {
+        if (this.#allocated[block >>> 5] !== 0) return false;
+        block += 32;
+      } else {
+        if (this.isAllocated(block)) return false;
+        block++;
+      }
+    }
+    return true;
+  }
+
+  /** First-fit search for `count` contiguous free blocks, a word at a time where words are all-free or all-used. */
+  #findRun(count: number): number {
+    let runStart = -1;
+    let runLength = 0;
+    const words = this.#allocated.length;
+    for (let word = 0; word < words; word++) {
+      const bits = this.#allocated[word]!;
+      if (bits === 0) {
+        if (runLength === 0) runStart = word * 32;
+        runLength += 32;
+        if (runLength >= count) return runStart;
+        continue;
+      }
+      if (bits === FULL) {
+        runLength = 0;
+        continue;
+      }
+      for (let bit = 0; bit < 32; bit++) {
+        if ((bits & (1 << bit)) === 0) {
+          if (runLength === 0) runStart = word * 32 + bit;
+          runLength++;
+          if (runLength >= count) return runStart;
+        } else {
+          runLength = 0;
+        }
+      }
+    }
+    return -1;
+  }
+
+  /** Several runs, first-fit, adding up to exactly `count` (the caller checked the free count). */
+  #gather(count: number): BlockRun[] | null {
+    const runs: BlockRun[] = [];
+    let needed = count;
+    for (let word = 0; word < this.#allocated.length && needed > 0; word++) {
+      const bits = this.#allocated[word]!;
+      if (bits === FULL) continue;
+      for (let bit = 0; bit < 32 && needed > 0; bit++) {
+        if ((bits & (1 << bit)) !== 0) continue;
+        const block = word * 32 + bit;
+        const last = runs.at(-1);
+        if (last && last.start + last.length === block) last.length++;
+        else runs.push({ start: block, length: 1 });
+        needed--;
+      }
+    }
+    return needed === 0 ? runs : null;
+  }
+
+  #setRange(bitmap: Uint32Array, start: number, length: number, value: boolean): void {
+    let block = start;
+    const end = start + length;
+    while (block < end) {
+      const word = block >>> 5;
+      const bit = block & 31;
+      const span = Math.min(32 - bit, end - block);
+      const mask = span === 32 ? FULL : ((1 << span) - 1) << bit;
+      bitmap[word] = value ? (bitmap[word]! | mask) >>> 0 : (bitmap[word]! & ~mask) >>> 0;
+      block += span;
+    }
+  }
+}

@@ -1,0 +1,236 @@
+// Per-file block mappings as extents (runs of blocks): four inline in the inode, the rest in a chain of 512-byte
+// extent pages, so a file can grow to the whole pool.
+//
+// Extent page layout: 0 owner ino u32, 4 next page u32, 8 nextFree u32 (free list link), 12 reserved,
+// 16.. 62 extents of (start u32, length u32). Page 0 is never used, so 0 means "none".
+//
+// Ordering (see filesystem.ts): new extent entries and pages are written and linked first and the inode's
+// extentCount is raised last, so the count is the commit point; a kill before it leaves unused entries that
+// readers ignore and the checker frees.
+import { GuestmemfsError } from '../errors';
+import { EXTENT_PAGE_SIZE, EXTENTS_PER_PAGE, type Geometry, HINTS, INLINE_EXTENTS } from './layout';
+import type { InodeTable } from './inodes';
+
+export interface BlockRun {
+  start: number;
+  length: number;
+}
+
+const PAGE_WORDS = EXTENT_PAGE_SIZE / 4;
+const P = { owner: 0, next: 1, nextFree: 2, extents: 4 } as const;
+
+export class ExtentStore {
+  readonly pageCount: number;
+  readonly #u32: Uint32Array;
+  readonly #hints: Uint32Array;
+  readonly #inodes: InodeTable;
+
+  constructor(metadata: ArrayBuffer, geometry: Geometry, hints: Uint32Array, inodes: InodeTable) {
+    this.pageCount = geometry.extentPageCount;
+    this.#u32 = new Uint32Array(metadata, geometry.extentOffset, (geometry.extentPageCount * EXTENT_PAGE_SIZE) / 4);
+    this.#hints = hints;
+    this.#inodes = inodes;
+  }
+
+  get freePages(): number {
+    return this.#hints[HINTS.freePages / 4]!;
+  }
+
+  pageOwner(page: number): number {
+    return this.#u32[page * PAGE_WORDS + P.owner]!;
+  }
+  pageNext(page: number): number {
+    return this.#u32[page * PAGE_WORDS + P.next]!;
+  }
+  pageNextFree(page: number): number {
+    return this.#u32[page * PAGE_WORDS + P.nextFree]!;
+  }
+
+  /** mkfs: every page except page 0 on the free list, in order. */
+  format(): void {
+    for (let page = 1; page < this.pageCount; page++) {
+      this.#u32.fill(0, page * PAGE_WORDS, (page + 1) * PAGE_WORDS);
+      this.#u32[page * PAGE_WORDS + P.nextFree] = page + 1 < this.pageCount ? page + 1 : 0;
+    }
+    this.#hints[HINTS.freePageHead / 4] = this.pageCount > 1 ? 1 : 0;
+    this.#hints[HINTS.freePages / 4] = this.pageCount - 1;
+  }
+
+  /** The file's extents in file order. Entries are bounds-checked: a damaged chain ends the list early. */
+  read(ino: number): BlockRun[] {
+    const inodes = this.#inodes;
+    const count = inodes.extentCount(ino);
+    const runs: BlockRun[] = [];
+    for (let i = 0; i < Math.min(count, INLINE_EXTENTS); i++) {
+      runs.push({ start: inodes.inlineStart(ino, i), length: inodes.inlineLength(ino, i) });
+    }
+    let page = inodes.firstPage(ino);
+    let index = INLINE_EXTENTS;
+    let hops = 0;
+    while (index < count && page > 0 && page < this.pageCount && hops++ < this.pageCount) {
+      const base = page * PAGE_WORDS + P.extents;
+      for (let slot = 0; slot < EXTENTS_PER_PAGE && index < count; slot++, index++) {
+        runs.push({ start: this.#u32[base + slot * 2]!, length: this.#u32[base + slot * 2 + 1]! });
+      }
+      page = this.pageNext(page);
+    }
+    return runs;
+  }
+
+  /** Pages in the inode's chain, in order (bounded, so a damaged cycle cannot hang). */
+  chain(ino: number): number[] {
+    const pages: number[] = [];
+    let page = this.#inodes.firstPage(ino);
+    while (page > 0 && page < this.pageCount && pages.length < this.pageCount) {
+      pages.push(page);
+      page = this.pageNext(page);
+    }
+    return pages;
+  }
+
+  /** Extent pages a file with `count` extents needs. */
+  static pagesFor(count: number): number {
+    return count <= INLINE_EXTENTS ? 0 : Math.ceil((count - INLINE_EXTENTS) / EXTENTS_PER_PAGE);
+  }
+
+  /**
+   * Appends runs after the file's existing extents, merging the first into the last extent when contiguous.
+   * The caller has checked pagesNeeded() against freePages, so this cannot fail half-way.
+   */
+  append(ino: number, runs: readonly BlockRun[]): void {
+    const inodes = this.#inodes;
+    let count = inodes.extentCount(ino);
+    let pending = runs;
+    if (count > 0 && pending.length > 0) {
+      const last = this.#entryIndex(ino, count - 1);
+      const lastStart = this.#entryStart(last);
+      const lastLength = this.#entryLength(last);
+      if (lastStart + lastLength === pending[0]!.start) {
+        // A single 32-bit store grows the last extent: it is its own commit point.
+        this.#setEntryLength(last, lastLength + pending[0]!.length);
+        pending = pending.slice(1);
+      }
+    }
+    if (pending.length === 0) return;
+    const target = count + pending.length;
+    const chain = this.chain(ino);
+    const needed = ExtentStore.pagesFor(target);
+    // Link the pages first; they stay unused until extentCount covers them.
+    while (chain.length < needed) {
+      const page = this.#popFreePage(ino);
+      if (chain.length === 0) inodes.setFirstPage(ino, page);
+      else this.#u32[chain.at(-1)! * PAGE_WORDS + P.next] = page;
+      chain.push(page);
+    }
+    for (const run of pending) {
+      const entry = this.#entryIndexIn(ino, chain, count);
+      this.#setEntry(entry, run.start, run.length);
+      count++;
+    }
+    inodes.setExtentCount(ino, target); // commit point
+  }
+
+  pagesNeeded(ino: number, newRuns: number): number {
+    const count = this.#inodes.extentCount(ino);
+    return Math.max(0, ExtentStore.pagesFor(count + newRuns) - this.chain(ino).length);
+  }
+
+  /**
+   * Keeps the first `keepBlocks` blocks of the file and returns the runs cut off. The count drops first, then the
+   * kept boundary extent shrinks, then surplus pages go back to the free list: each step leaves a state the
+   * checker reads as "more blocks than the size needs", which it trims.
+   */
+  truncate(ino: number, keepBlocks: number): BlockRun[] {
+    const inodes = this.#inodes;
+    const runs = this.read(ino);
+    const freed: BlockRun[] = [];
+    let kept = 0;
+    let keepCount = 0;
+    let boundaryLength = -1;
+    for (const run of runs) {
+      if (kept >= keepBlocks) {
+        freed.push(run);
+        continue;
+      }
+      keepCount++;
+      if (kept + run.length > keepBlocks) {
+        boundaryLength = keepBlocks - kept;
+        freed.push({ start: run.start + boundaryLength, length: run.length - boundaryLength });
+      }
+      kept += Math.min(run.length, keepBlocks - kept);
+    }
+    inodes.setExtentCount(ino, keepCount);
+    if (boundaryLength >= 0) this.#setEntryLength(this.#entryIndex(ino, keepCount - 1), boundaryLength);
+    const chain = this.chain(ino);
+    const keepPages = ExtentStore.pagesFor(keepCount);
+    if (chain.length > keepPages) {
+      if (keepPages === 0) inodes.setFirstPage(ino, 0);
+      else this.#u32[chain[keepPages - 1]! * PAGE_WORDS + P.next] = 0;
+      for (const page of chain.slice(keepPages)) this.#pushFreePage(page);
+    }
+    return freed;
+  }
+
+  #popFreePage(owner: number): number {
+    const head = this.#hints[HINTS.freePageHead / 4]!;
+    if (head === 0) throw new GuestmemfsError('ENOSPC', 'extent pages exhausted (cannot happen with a consistent pool: run the checker)');
+    this.#hints[HINTS.freePageHead / 4] = this.pageNextFree(head);
+    this.#hints[HINTS.freePages / 4] = this.freePages - 1;
+    this.#u32.fill(0, head * PAGE_WORDS, (head + 1) * PAGE_WORDS);
+    this.#u32[head * PAGE_WORDS + P.owner] = owner;
+    return head;
+  }
+
+  #pushFreePage(page: number): void {
+    this.#u32[page * PAGE_WORDS + P.owner] = 0;
+    this.#u32[page * PAGE_WORDS + P.next] = 0;
+    this.#u32[page * PAGE_WORDS + P.nextFree] = this.#hints[HINTS.freePageHead / 4]!;
+    this.#hints[HINTS.freePageHead / 4] = page;
+    this.#hints[HINTS.freePages / 4] = this.freePages + 1;
+  }
+
+  // Entry addressing: an entry index is -1 - inlineSlot for inline extents, or a u32 word index into the page area.
+  #entryIndex(ino: number, index: number): number {
+    return this.#entryIndexIn(ino, index < INLINE_EXTENTS ? [] : this.chain(ino), index);
+  }
+  #entryIndexIn(ino: number, chain: readonly number[], index: number): number {
+    if (index < INLINE_EXTENTS) return -1 - (ino * INLINE_EXTENTS + index);
+    const page = chain[Math.floor((index - INLINE_EXTENTS) / EXTENTS_PER_PAGE)]!;
+    return page * PAGE_WORDS + P.extents + ((index - INLINE_EXTENTS) % EXTENTS_PER_PAGE) * 2;
+  }
+  #inlineOf(entry: number): [number, number] {
+    const flat = -1 - entry;
+    return [Math.floor(flat / INLINE_EXTENTS), flat % INLINE_EXTENTS];
+  }
+  #entryStart(entry: number): number {
+    if (entry < 0) {
+      const [ino, slot] = this.#inlineOf(entry);
+      return this.#inodes.inlineStart(ino, slot);
+    }
+    return this.#u32[entry]!;
+  }
+  #entryLength(entry: number): number {
+    if (entry < 0) {
+      const [ino, slot] = this.#inlineOf(entry);
+      return this.#inodes.inlineLength(ino, slot);
+    }
+    return this.#u32[entry + 1]!;
+  }
+  #setEntry(entry: number, start: number, length: number): void {
+    if (entry < 0) {
+      const [ino, slot] = this.#inlineOf(entry);
+      this.#inodes.setInline(ino, slot, start, length);
+    } else {
+      this.#u32[entry] = start;
+      this.#u32[entry + 1] = length;
+    }
+  }
+  #setEntryLength(entry: number, length: number): void {
+    if (entry < 0) {
+      const [ino, slot] = this.#inlineOf(entry);
+      this.#inodes.setInlineLength(ino, slot, length);
+    } else {
+      this.#u32[entry + 1] = length;
+    }
+  }
+}

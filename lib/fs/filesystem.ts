@@ -1,0 +1,1115 @@
+// The guestmemfs filesystem over a pool: mkfs, mount, namespace operations, truncate, map, read/write, unmount.
+//
+// Crash ordering. The pool outlives the process, and a process killed at any instant leaves every store it made
+// visible and nothing after it. Each operation writes the *primary* state (an inode's type, parent, name, extents,
+// size, and the dirty bitmap) so that one final store commits it, and keeps the *derived* state (allocated bitmap,
+// free lists, directory sibling lists, counters) in step afterwards or before, in whichever order turns a kill into
+// a leak rather than a double use. The checker rebuilds derived state from primary state; the comments marked
+// "commit point" below are where an operation becomes true for it.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { GuestmemfsError } from '../errors';
+import { native } from '../native';
+import type { Mapping, MapOptions, ProgressOptions } from '../pool/mapping';
+import type { Pool } from '../pool/pool';
+import { formatSize, MiB } from '../units';
+import { BlockAllocator } from './allocator';
+import { type AuditReport, auditMetadata } from './audit';
+import { type BlockRun, ExtentStore } from './extents';
+import { FILE_TYPE_NAMES, type FileTypeName, FLAG_ORPHAN, FileType, InodeTable, InodeType } from './inodes';
+import {
+  computeGeometry,
+  defaultInodeCount,
+  FIXED_HEADER_BYTES,
+  FORMAT_MAJOR,
+  FORMAT_MINOR,
+  type Geometry,
+  hasMagic,
+  HINTS,
+  HINTS_OFFSET,
+  INTENT,
+  INTENT_ACTIVE,
+  INTENT_OFFSET,
+  INTENT_OP_RENAME,
+  intentChecksum,
+  newUuid,
+  PoolState,
+  readSuperblock,
+  ROOT_INO,
+  type Superblock,
+  writeSuperblockSlot,
+} from './layout';
+import { encodeNewName, splitPath } from './paths';
+import { type Credentials, describeWant, permits, R_OK, W_OK, X_OK } from './permissions';
+
+export interface MkfsOptions {
+  /** Inodes in the flat table (default: two per block, 1024..65536). */
+  inodes?: number;
+  /** Allocation block: the pool's page size on huge pages, 2 MiB on the 4 KiB fallback, unless chosen here. */
+  blockSize?: number;
+  /** Reformat a pool that already holds a guestmemfs filesystem. */
+  force?: boolean;
+}
+
+export interface FormatInfo {
+  uuid: string;
+  geometry: Geometry;
+}
+
+export interface MountOptions extends Partial<Credentials> {}
+
+export interface CreateOptions {
+  /** guest: guest RAM, mmap only, mapped MADV_DONTDUMP|MADV_DONTFORK; state: VMM/device state, read/write; plain. */
+  type?: FileTypeName;
+  /** Permission bits (default 0600 for guest and state files, 0644 for plain). */
+  mode?: number;
+}
+
+export interface MkdirOptions {
+  mode?: number;
+  /** Create missing parents and accept an existing directory, like mkdir -p. */
+  recursive?: boolean;
+}
+
+export interface Stat {
+  ino: number;
+  generation: number;
+  type: 'file' | 'directory';
+  /** For files: plain, guest or state. */
+  fileType: FileTypeName | undefined;
+  size: number;
+  /** Allocated blocks of blockSize bytes. */
+  blocks: number;
+  blockSize: number;
+  /** Extents (contiguous runs of blocks) holding the file. */
+  extents: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  birthtimeNs: bigint;
+}
+
+export interface StatFs {
+  blockSize: number;
+  pageSize: number;
+  totalBlocks: number;
+  /** Blocks files can use (total minus the metadata region). */
+  dataBlocks: number;
+  freeBlocks: number;
+  /** Free blocks still holding old bytes; they are zeroed before reaching a file (or by scrub()). */
+  dirtyFreeBlocks: number;
+  totalInodes: number;
+  freeInodes: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: number;
+  type: 'file' | 'directory';
+}
+
+export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {}
+
+/** Pools mounted by this process (the flock cannot tell two mounts through the same open file description apart). */
+const mountedHere = new Set<string>();
+
+/** True when the last non-empty component of path is '.' (which splitPath drops). */
+function endsWithDot(path: string): boolean {
+  const trimmed = path.replace(/\/+$/, '');
+  return trimmed === '.' || trimmed.endsWith('/.');
+}
+
+function nowNs(): bigint {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+}
+
+function processStartTime(): bigint {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return BigInt(fields[19]!);
+}
+
+function poolKey(pool: Pool): string {
+  const info = native.fdInfo(pool.fd);
+  return `${info.dev}:${info.ino}`;
+}
+
+function currentCredentials(options: MountOptions): Credentials {
+  return {
+    uid: options.uid ?? process.getuid?.() ?? 0,
+    gid: options.gid ?? process.getgid?.() ?? 0,
+    groups: options.groups ?? process.getgroups?.() ?? [],
+  };
+}
+
+function defaultBlockSize(pool: Pool): number {
+  return pool.isFallback ? 2 * MiB : pool.pageSize;
+}
+
+function requireHeaderRoom(pool: Pool, syscall: string): void {
+  if (pool.size < FIXED_HEADER_BYTES) {
+    throw new GuestmemfsError('EINVAL', `pool of ${pool.size} bytes is too small to hold a guestmemfs filesystem`, { syscall, path: pool.label });
+  }
+}
+
+function lockOrExplain(pool: Pool, syscall: string): void {
+  if (native.fdLock(pool.fd, true, false)) return;
+  let holder = 'another process';
+  try {
+    const header = pool.map([{ offset: 0, length: Math.max(pool.pageSize, FIXED_HEADER_BYTES) }], { populate: false, writable: false });
+    try {
+      const sb = readSuperblock(header.bytes(0, FIXED_HEADER_BYTES), pool);
+      if (sb.ownerPid) holder = `pid ${sb.ownerPid}`;
+    } finally {
+      header.unmap();
+    }
+  } catch {
+    // An unreadable header still leaves the lock's holder unknown, which the message says.
+  }
+  throw new GuestmemfsError('EBUSY', `pool is mounted by ${holder}: unmount it there first (only one mount at a time)`, { syscall, path: pool.label });
+}
+
+/**
+ * Formats a pool: superblock (both copies), empty inode table with the root directory, bitmaps and extent pages.
+ * A pool that already holds guestmemfs is refused unless `force` is set.
+ */
+export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
+  const blockSize = options.blockSize ?? defaultBlockSize(pool);
+  if (!Number.isSafeInteger(blockSize) || blockSize <= 0 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new GuestmemfsError('EINVAL', `block size ${blockSize} must be a power of two`, { syscall: 'mkfs', path: pool.label });
+  }
+  requireHeaderRoom(pool, 'mkfs');
+  const blockCount = pool.size / blockSize;
+  const geometry = computeGeometry(pool.size, pool.pageSize, blockSize, options.inodes ?? defaultInodeCount(Math.floor(blockCount)));
+  const key = poolKey(pool);
+  if (mountedHere.has(key)) throw new GuestmemfsError('EBUSY', 'pool is mounted by this process: unmount it before mkfs', { syscall: 'mkfs', path: pool.label });
+  lockOrExplain(pool, 'mkfs');
+  const zeroed = pool.freshlyAllocated;
+  const mapping = pool.map([{ offset: 0, length: geometry.metadataBytes }], { populate: true });
+  try {
+    const metadata = mapping.buffer;
+    const bytes = new Uint8Array(metadata);
+    if (hasMagic(bytes) && !options.force) {
+      throw new GuestmemfsError('EEXIST', 'pool already holds a guestmemfs filesystem: pass force to reformat it (every file is lost)', {
+        syscall: 'mkfs',
+        path: pool.label,
+      });
+    }
+    bytes.fill(0);
+    const hints = new Uint32Array(metadata, HINTS_OFFSET, 1024);
+    const inodes = new InodeTable(metadata, geometry);
+    const allocator = new BlockAllocator(metadata, geometry, hints);
+    const extents = new ExtentStore(metadata, geometry, hints, inodes);
+    allocator.format();
+    // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
+    if (!zeroed) allocator.markDirty([{ start: geometry.metadataBlocks, length: allocator.dataBlocks }], true);
+    extents.format();
+    for (let ino = 2; ino < geometry.inodeCount; ino++) inodes.setNextFree(ino, ino + 1 < geometry.inodeCount ? ino + 1 : 0);
+    hints[HINTS.freeInodeHead / 4] = geometry.inodeCount > 2 ? 2 : 0;
+    hints[HINTS.freeInodes / 4] = geometry.inodeCount - 2;
+    const now = nowNs();
+    const cred = currentCredentials({});
+    inodes.setMode(ROOT_INO, 0o755);
+    inodes.setUid(ROOT_INO, cred.uid);
+    inodes.setGid(ROOT_INO, cred.gid);
+    inodes.setNlink(ROOT_INO, 2);
+    inodes.setParent(ROOT_INO, ROOT_INO);
+    inodes.setGeneration(ROOT_INO, 1);
+    for (const field of ['atime', 'mtime', 'ctime', 'btime'] as const) inodes.setTime(ROOT_INO, field, now);
+    inodes.setType(ROOT_INO, InodeType.Directory);
+    const uuid = newUuid();
+    const sb = {
+      major: FORMAT_MAJOR,
+      minor: FORMAT_MINOR,
+      compat: 0,
+      incompat: 0,
+      roCompat: 0,
+      uuid,
+      createdNs: now,
+      geometry,
+      sequence: 1n,
+      generation: 0n,
+      state: PoolState.Clean,
+      ownerPid: 0,
+      ownerStartTime: 0n,
+      mountCount: 0n,
+    };
+    writeSuperblockSlot(bytes, 1, sb);
+    writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
+    return { uuid, geometry };
+  } finally {
+    mapping.unmap();
+    native.fdUnlock(pool.fd);
+  }
+}
+
+/** Mounts a formatted pool for this process, exclusively. */
+export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
+  if (os.endianness() !== 'LE') throw new GuestmemfsError('EINVAL', 'guestmemfs pools are little-endian; this host is big-endian', { syscall: 'mount' });
+  requireHeaderRoom(pool, 'mount');
+  const key = poolKey(pool);
+  if (mountedHere.has(key)) {
+    throw new GuestmemfsError('EBUSY', `pool is mounted by pid ${process.pid} (this process): unmount that mount first (only one mount at a time)`, {
+      syscall: 'mount',
+      path: pool.label,
+    });
+  }
+  lockOrExplain(pool, 'mount');
+  let whole: Mapping | undefined;
+  try {
+    whole = pool.mapAll({ populate: false, dontDump: true, dontFork: true });
+    const sb = readSuperblock(whole.bytes(0, FIXED_HEADER_BYTES), pool);
+    if (sb.state === PoolState.Mounted) {
+      throw new GuestmemfsError(
+        'EUCLEAN',
+        `pool was not unmounted cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted; it must be checked and repaired before it is mounted again`,
+        { syscall: 'mount', path: pool.label },
+      );
+    }
+    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key);
+    mountedHere.add(key);
+    return filesystem;
+  } catch (error) {
+    whole?.unmap();
+    native.fdUnlock(pool.fd);
+    throw error;
+  }
+}
+
+export class Filesystem {
+  readonly pool: Pool;
+  readonly geometry: Geometry;
+  readonly uuid: string;
+  /** The credentials permission checks use (from mount options, else this process's). */
+  readonly credentials: Credentials;
+  readonly #whole: Mapping;
+  readonly #metadata: Uint8Array;
+  readonly #hints: Uint32Array;
+  readonly #intent: Uint32Array;
+  readonly #inodes: InodeTable;
+  readonly #extents: ExtentStore;
+  readonly #allocator: BlockAllocator;
+  readonly #key: string;
+  #superblock: Superblock;
+  /** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
+  readonly #index = new Map<number, Map<string, number>>();
+  /** Live mappings per inode in this process. */
+  readonly #mapped = new Map<number, number>();
+  /** Inodes with asynchronous work in flight. */
+  readonly #busy = new Set<number>();
+  #mounted = true;
+
+  /** @internal Use mount(). */
+  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string) {
+    this.pool = pool;
+    this.geometry = sb.geometry;
+    this.uuid = sb.uuid;
+    this.credentials = credentials;
+    this.#whole = whole;
+    this.#key = key;
+    this.#superblock = sb;
+    whole.advise('MADV_POPULATE_WRITE', 0, sb.geometry.metadataBytes);
+    const metadata = native.mappingBuffer(whole.id, 0, sb.geometry.metadataBytes);
+    this.#metadata = new Uint8Array(metadata);
+    this.#hints = new Uint32Array(metadata, HINTS_OFFSET, 1024);
+    this.#intent = new Uint32Array(metadata, INTENT_OFFSET, 1024);
+    this.#inodes = new InodeTable(metadata, sb.geometry);
+    this.#allocator = new BlockAllocator(metadata, sb.geometry, this.#hints);
+    this.#extents = new ExtentStore(metadata, sb.geometry, this.#hints, this.#inodes);
+    if (this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
+      throw new GuestmemfsError('EUCLEAN', 'pool has an unfinished rename in its intent record; it must be checked and repaired before mounting', {
+        syscall: 'mount',
+        path: pool.label,
+      });
+    }
+    // The superblock says "mounted" before anything else changes, so a kill from here on is detected as unclean.
+    this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n });
+    this.#buildIndex();
+  }
+
+  get mounted(): boolean {
+    return this.#mounted;
+  }
+
+  /** Superblock fields as last written (state, owner, generation...). */
+  get superblock(): Readonly<Superblock> {
+    return this.#superblock;
+  }
+
+  // ---------------------------------------------------------------- namespace
+
+  /** Creates an empty file of the given type. */
+  create(path: string, options: CreateOptions = {}): Stat {
+    this.#requireMounted('open');
+    const type = options.type ?? 'plain';
+    const fileType = FILE_TYPE_NAMES.indexOf(type);
+    if (fileType < 0) throw new GuestmemfsError('EINVAL', `file type "${type}" is not one of ${FILE_TYPE_NAMES.join(', ')}`, { syscall: 'open', path });
+    const mode = this.#checkMode(options.mode ?? (type === 'plain' ? 0o644 : 0o600), 'open', path);
+    const ino = this.#createInode(path, 'open', InodeType.File, fileType, mode);
+    return this.#stat(ino);
+  }
+
+  mkdir(path: string, options: MkdirOptions = {}): Stat {
+    this.#requireMounted('mkdir');
+    const mode = this.#checkMode(options.mode ?? 0o755, 'mkdir', path);
+    if (options.recursive) {
+      const parts = splitPath(path, 'mkdir');
+      let prefix = '';
+      let ino = ROOT_INO;
+      for (const part of parts) {
+        prefix += `/${part}`;
+        const existing = part === '..' ? this.#inodes.parent(ino) : this.#index.get(ino)?.get(part);
+        if (existing !== undefined) {
+          if (this.#inodes.type(existing) !== InodeType.Directory) {
+            throw new GuestmemfsError('ENOTDIR', `not a directory, mkdir '${prefix}'`, { syscall: 'mkdir', path: prefix });
+          }
+          this.#requireAccess(existing, X_OK, 'mkdir', prefix);
+          ino = existing;
+        } else {
+          ino = this.#createInode(prefix, 'mkdir', InodeType.Directory, FileType.Plain, mode);
+        }
+      }
+      return this.#stat(ino);
+    }
+    return this.#stat(this.#createInode(path, 'mkdir', InodeType.Directory, FileType.Plain, mode));
+  }
+
+  /** The inode number at path (following '..'), checking search permission on every directory on the way. */
+  lookup(path: string): number {
+    this.#requireMounted('lookup');
+    return this.#resolve(path, 'lookup');
+  }
+
+  exists(path: string): boolean {
+    try {
+      this.lookup(path);
+      return true;
+    } catch (error) {
+      if ((error as GuestmemfsError).code === 'ENOENT' || (error as GuestmemfsError).code === 'ENOTDIR') return false;
+      throw error;
+    }
+  }
+
+  stat(path: string): Stat {
+    this.#requireMounted('stat');
+    return this.#stat(this.#resolve(path, 'stat'));
+  }
+
+  /** Names in a directory, in the order of its entry list (newest first). */
+  readdir(path: string): string[] {
+    return this.readdirEntries(path).map((entry) => entry.name);
+  }
+
+  readdirEntries(path: string): DirEntry[] {
+    this.#requireMounted('scandir');
+    const dir = this.#resolve(path, 'scandir');
+    if (this.#inodes.type(dir) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, scandir '${path}'`, { syscall: 'scandir', path });
+    this.#requireAccess(dir, R_OK, 'scandir', path);
+    const entries: DirEntry[] = [];
+    const inodes = this.#inodes;
+    for (let child = inodes.firstChild(dir), hops = 0; child !== 0 && hops < inodes.count; child = inodes.next(child), hops++) {
+      entries.push({ name: inodes.name(child), ino: child, type: inodes.type(child) === InodeType.Directory ? 'directory' : 'file' });
+    }
+    return entries;
+  }
+
+  /** Removes a file's name; its blocks are freed now, or when its last mapping in this process goes. */
+  unlink(path: string): void {
+    this.#requireMounted('unlink');
+    const { parent, name, ino } = this.#resolveExisting(path, 'unlink');
+    if (this.#inodes.type(ino) === InodeType.Directory) {
+      throw new GuestmemfsError('EISDIR', `is a directory, unlink '${path}': use rmdir`, { syscall: 'unlink', path });
+    }
+    this.#requireNotBusy(ino, 'unlink', path);
+    this.#requireAccess(parent, W_OK | X_OK, 'unlink', path);
+    this.#detach(parent, name, ino);
+    if (!this.#mapped.get(ino)) this.#release(ino);
+  }
+
+  rmdir(path: string): void {
+    this.#requireMounted('rmdir');
+    const { parent, name, ino } = this.#resolveExisting(path, 'rmdir');
+    if (ino === ROOT_INO) throw new GuestmemfsError('EBUSY', 'the root directory cannot be removed', { syscall: 'rmdir', path });
+    if (this.#inodes.type(ino) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, rmdir '${path}'`, { syscall: 'rmdir', path });
+    if (this.#inodes.firstChild(ino) !== 0) {
+      throw new GuestmemfsError('ENOTEMPTY', `directory not empty, rmdir '${path}': remove its entries first`, { syscall: 'rmdir', path });
+    }
+    this.#requireAccess(parent, W_OK | X_OK, 'rmdir', path);
+    this.#detach(parent, name, ino);
+    this.#inodes.setNlink(parent, this.#inodes.nlink(parent) - 1);
+    this.#release(ino);
+  }
+
+  /**
+   * Moves `from` to `to` with POSIX rules: an existing file `to` is replaced by a file, an existing empty directory by
+   * a directory; a directory cannot move into itself. The intent record makes it atomic across a kill.
+   */
+  rename(from: string, to: string): void {
+    this.#requireMounted('rename');
+    const source = this.#resolveExisting(from, 'rename');
+    const target = this.#resolveParent(to, 'rename');
+    const inodes = this.#inodes;
+    const isDir = inodes.type(source.ino) === InodeType.Directory;
+    if (source.ino === ROOT_INO) throw new GuestmemfsError('EBUSY', 'the root directory cannot be renamed', { syscall: 'rename', path: from });
+    const victim = this.#index.get(target.parent)?.get(target.name);
+    if (victim === source.ino) return;
+    if (isDir) {
+      for (let dir = target.parent; ; dir = inodes.parent(dir)) {
+        if (dir === source.ino) {
+          throw new GuestmemfsError('EINVAL', `cannot move directory '${from}' into itself ('${to}')`, { syscall: 'rename', path: to });
+        }
+        if (dir === ROOT_INO) break;
+      }
+    }
+    if (victim !== undefined) {
+      const victimIsDir = inodes.type(victim) === InodeType.Directory;
+      if (isDir && !victimIsDir) throw new GuestmemfsError('ENOTDIR', `not a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
+      if (!isDir && victimIsDir) throw new GuestmemfsError('EISDIR', `is a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
+      if (victimIsDir && inodes.firstChild(victim) !== 0) {
+        throw new GuestmemfsError('ENOTEMPTY', `directory not empty, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
+      }
+      this.#requireNotBusy(victim, 'rename', to);
+    }
+    this.#requireNotBusy(source.ino, 'rename', from);
+    this.#requireAccess(source.parent, W_OK | X_OK, 'rename', from);
+    this.#requireAccess(target.parent, W_OK | X_OK, 'rename', to);
+
+    // 1. The intent record, fields first and the magic last (commit point): from here a kill is rolled forward.
+    const intent = this.#intent;
+    const intentBytes = this.#metadata.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096);
+    intent[INTENT.op / 4] = INTENT_OP_RENAME;
+    intent[INTENT.srcIno / 4] = source.ino;
+    intent[INTENT.dstParent / 4] = target.parent;
+    intent[INTENT.victimIno / 4] = victim ?? 0;
+    intent[INTENT.nameLength / 4] = target.nameBytes.length;
+    intentBytes.set(target.nameBytes, INTENT.name);
+    intent[INTENT.crc / 4] = intentChecksum(intentBytes, target.nameBytes.length);
+    intent[INTENT.magic / 4] = INTENT_ACTIVE;
+    // 2. The steps, each idempotent so the checker can replay them from the record.
+    const now = nowNs();
+    if (victim !== undefined) {
+      this.#detach(target.parent, target.name, victim);
+      if (inodes.type(victim) === InodeType.Directory) inodes.setNlink(target.parent, inodes.nlink(target.parent) - 1);
+    }
+    this.#unlinkChild(source.parent, source.ino);
+    this.#index.get(source.parent)?.delete(source.name);
+    inodes.setName(source.ino, target.nameBytes);
+    inodes.setParent(source.ino, target.parent);
+    this.#linkChild(target.parent, source.ino);
+    this.#indexFor(target.parent).set(target.name, source.ino);
+    if (isDir && source.parent !== target.parent) {
+      inodes.setNlink(source.parent, inodes.nlink(source.parent) - 1);
+      inodes.setNlink(target.parent, inodes.nlink(target.parent) + 1);
+    }
+    for (const dir of new Set([source.parent, target.parent])) {
+      inodes.setTime(dir, 'mtime', now);
+      inodes.setTime(dir, 'ctime', now);
+    }
+    inodes.setTime(source.ino, 'ctime', now);
+    // 3. Done: clear the record. The replaced file's blocks go now unless it is mapped.
+    intent[INTENT.magic / 4] = 0;
+    if (victim !== undefined && !this.#mapped.get(victim)) this.#release(victim);
+  }
+
+  chmod(path: string, mode: number): void {
+    this.#requireMounted('chmod');
+    const ino = this.#resolve(path, 'chmod');
+    this.#requireOwner(ino, 'chmod', path);
+    this.#inodes.setMode(ino, this.#checkMode(mode, 'chmod', path));
+    this.#inodes.setTime(ino, 'ctime', nowNs());
+  }
+
+  /** Changes owner and/or group (-1 or undefined keeps one); only root may, as on Linux without CAP_CHOWN. */
+  chown(path: string, uid: number | undefined, gid: number | undefined): void {
+    this.#requireMounted('chown');
+    const ino = this.#resolve(path, 'chown');
+    for (const [what, id] of [['uid', uid], ['gid', gid]] as const) {
+      if (id !== undefined && id !== -1 && (!Number.isInteger(id) || id < 0 || id > 0xfffffffe)) {
+        throw new GuestmemfsError('EINVAL', `${what} ${id} is not a valid id`, { syscall: 'chown', path });
+      }
+    }
+    if (this.credentials.uid !== 0) {
+      throw new GuestmemfsError('EPERM', `operation not permitted, chown '${path}': only root (uid 0) may change ownership`, { syscall: 'chown', path });
+    }
+    if (uid !== undefined && uid !== -1) this.#inodes.setUid(ino, uid);
+    if (gid !== undefined && gid !== -1) this.#inodes.setGid(ino, gid);
+    this.#inodes.setTime(ino, 'ctime', nowNs());
+  }
+
+  /** Sets access and modification times, in nanoseconds since the epoch. */
+  utimes(path: string, atimeNs: bigint, mtimeNs: bigint): void {
+    this.#requireMounted('utime');
+    const ino = this.#resolve(path, 'utime');
+    for (const value of [atimeNs, mtimeNs]) {
+      if (typeof value !== 'bigint' || value < 0n || value >= 1n << 64n) {
+        throw new GuestmemfsError('EINVAL', 'times must be non-negative bigint nanoseconds', { syscall: 'utime', path });
+      }
+    }
+    this.#requireOwner(ino, 'utime', path);
+    this.#inodes.setTime(ino, 'atime', atimeNs);
+    this.#inodes.setTime(ino, 'mtime', mtimeNs);
+    this.#inodes.setTime(ino, 'ctime', nowNs());
+  }
+
+  // ---------------------------------------------------------------- data
+
+  /**
+   * Sets a file's size. Growing allocates blocks (one contiguous run when the pool has one) and zeroes any that held
+   * old bytes; shrinking frees whole blocks past the end. On ENOSPC nothing changes.
+   */
+  truncate(path: string, size: number): void {
+    this.#requireMounted('ftruncate');
+    const ino = this.#resolveFileForWrite(path, 'ftruncate');
+    const plan = this.#planResize(ino, size, path);
+    if (plan.grow) {
+      for (const run of plan.dirty) this.#zeroRun(run);
+      this.#commitGrow(ino, plan);
+    } else {
+      this.#shrink(ino, size, path);
+    }
+  }
+
+  /** truncate() with the zeroing done off the JS thread, reporting progress; the file is busy until it settles. */
+  async truncateAsync(path: string, size: number, options: ProgressOptions = {}): Promise<void> {
+    this.#requireMounted('ftruncate');
+    const ino = this.#resolveFileForWrite(path, 'ftruncate');
+    const plan = this.#planResize(ino, size, path);
+    if (!plan.grow) {
+      this.#shrink(ino, size, path);
+      options.onProgress?.(0, 0);
+      return;
+    }
+    const total = plan.dirty.reduce((sum, run) => sum + run.length, 0) * this.geometry.blockSize;
+    this.#busy.add(ino);
+    try {
+      let done = 0;
+      for (const run of plan.dirty) {
+        const length = run.length * this.geometry.blockSize;
+        await native.zeroAsync(this.#whole.id, run.start * this.geometry.blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
+        done += length;
+      }
+    } catch (error) {
+      // The chosen blocks go back; those not yet zeroed are still marked dirty.
+      this.#allocator.markFree(plan.runs);
+      throw error;
+    } finally {
+      this.#busy.delete(ino);
+    }
+    this.#commitGrow(ino, plan);
+    options.onProgress?.(total, total);
+  }
+
+  /**
+   * Maps a file's blocks into one contiguous range (pre-faulted by default, as guestmemfs does). Guest files are
+   * always mapped MADV_DONTDUMP and MADV_DONTFORK. The file cannot shrink below a live mapping.
+   */
+  map(path: string, options: FileMapOptions = {}): Mapping {
+    this.#requireMounted('mmap');
+    const ino = this.#resolve(path, 'mmap');
+    if (this.#inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, mmap '${path}'`, { syscall: 'mmap', path });
+    const writable = options.writable ?? true;
+    this.#requireAccess(ino, writable ? R_OK | W_OK : R_OK, 'mmap', path);
+    const runs = this.#extents.read(ino);
+    if (runs.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
+    const guest = this.#inodes.fileType(ino) === FileType.Guest;
+    const blockSize = this.geometry.blockSize;
+    const mapping = this.pool.map(
+      runs.map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize })),
+      {
+        ...options,
+        writable,
+        dontDump: guest || options.dontDump,
+        dontFork: guest || options.dontFork,
+        onUnmap: () => this.#unmapped(ino),
+      },
+    );
+    this.#mapped.set(ino, (this.#mapped.get(ino) ?? 0) + 1);
+    this.#inodes.setTime(ino, 'atime', nowNs());
+    return mapping;
+  }
+
+  /** Reads up to `length` bytes from `position` of a state or plain file (guest files are mmap-only). */
+  read(path: string, position = 0, length?: number): Uint8Array {
+    this.#requireMounted('read');
+    const ino = this.#resolve(path, 'read');
+    this.#requireReadWritable(ino, 'read', path);
+    this.#requireAccess(ino, R_OK, 'read', path);
+    const size = this.#inodes.size(ino);
+    if (!Number.isSafeInteger(position) || position < 0) throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall: 'read', path });
+    const end = Math.min(size, length === undefined ? size : position + length);
+    const out = new Uint8Array(Math.max(0, end - position));
+    this.#copy(ino, position, out, 'read');
+    this.#inodes.setTime(ino, 'atime', nowNs());
+    return out;
+  }
+
+  /** Writes bytes at `position` of a state or plain file, growing it as needed; returns the bytes written. */
+  write(path: string, data: Uint8Array, position = 0): number {
+    this.#requireMounted('write');
+    const ino = this.#resolveFileForWrite(path, 'write');
+    this.#requireReadWritable(ino, 'write', path);
+    if (!(data instanceof Uint8Array)) throw new GuestmemfsError('EINVAL', 'data must be a Uint8Array or Buffer', { syscall: 'write', path });
+    if (!Number.isSafeInteger(position) || position < 0) throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall: 'write', path });
+    const end = position + data.length;
+    if (end > this.#inodes.size(ino)) {
+      const plan = this.#planResize(ino, end, path);
+      for (const run of plan.dirty) this.#zeroRun(run);
+      this.#commitGrow(ino, plan);
+    }
+    this.#copy(ino, position, data, 'write');
+    const now = nowNs();
+    this.#inodes.setTime(ino, 'mtime', now);
+    this.#inodes.setTime(ino, 'ctime', now);
+    return data.length;
+  }
+
+  /** Zeroes free blocks that still hold old bytes, off the JS thread, so later allocations need no zeroing. */
+  async scrub(options: ProgressOptions = {}): Promise<number> {
+    this.#requireMounted('scrub');
+    const runs = this.#allocator.dirtyFreeRuns();
+    const blockSize = this.geometry.blockSize;
+    const total = runs.reduce((sum, run) => sum + run.length, 0) * blockSize;
+    let done = 0;
+    for (const run of runs) {
+      // Claim the run while it is zeroed so no allocation hands it out half-zeroed.
+      this.#allocator.markAllocated([run]);
+      try {
+        await native.zeroAsync(this.#whole.id, run.start * blockSize, run.length * blockSize, (chunk) => options.onProgress?.(done + chunk, total));
+        this.#allocator.markDirty([run], false);
+      } finally {
+        this.#allocator.markFree([run]);
+      }
+      done += run.length * blockSize;
+    }
+    options.onProgress?.(total, total);
+    return total;
+  }
+
+  statfs(): StatFs {
+    this.#requireMounted('statfs');
+    const allocator = this.#allocator;
+    const dirtyFree = allocator.dirtyFreeRuns().reduce((sum, run) => sum + run.length, 0);
+    return {
+      blockSize: this.geometry.blockSize,
+      pageSize: this.geometry.pageSize,
+      totalBlocks: this.geometry.blockCount,
+      dataBlocks: allocator.dataBlocks,
+      freeBlocks: allocator.freeBlocks,
+      dirtyFreeBlocks: dirtyFree,
+      totalInodes: this.geometry.inodeCount - 1,
+      freeInodes: this.#hints[HINTS.freeInodes / 4]!,
+    };
+  }
+
+  /** Recomputes all derived metadata from the primary state and lists every disagreement (empty when consistent). */
+  audit(): AuditReport {
+    this.#requireMounted('audit');
+    return auditMetadata({ geometry: this.geometry, inodes: this.#inodes, extents: this.#extents, allocator: this.#allocator, hints: this.#hints });
+  }
+
+  /** Pool byte ranges holding a file's blocks, in file order. */
+  extents(path: string): Array<{ offset: number; length: number }> {
+    this.#requireMounted('extents');
+    const ino = this.#resolve(path, 'extents');
+    const blockSize = this.geometry.blockSize;
+    return this.#extents.read(ino).map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
+  }
+
+  /**
+   * Marks the pool cleanly unmounted and releases it. Refuses (EBUSY) while this process still maps files from it or
+   * has asynchronous work in flight, as umount refuses a busy filesystem.
+   */
+  unmount(): void {
+    this.#requireMounted('umount');
+    const mapped = [...this.#mapped.values()].reduce((sum, count) => sum + count, 0);
+    if (mapped > 0) {
+      throw new GuestmemfsError('EBUSY', `${mapped} file mapping(s) are still live: unmap them before unmounting`, { syscall: 'umount', path: this.pool.label });
+    }
+    if (this.#busy.size > 0) {
+      throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before unmounting', { syscall: 'umount', path: this.pool.label });
+    }
+    this.#writeSuperblock({ state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n });
+    this.#mounted = false;
+    this.#whole.unmap();
+    mountedHere.delete(this.#key);
+    native.fdUnlock(this.pool.fd);
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  #writeSuperblock(changes: Partial<Superblock>): void {
+    const next = { ...this.#superblock, ...changes, sequence: this.#superblock.sequence + 1n };
+    // Overwrite the copy that is not the newest: a kill mid-write leaves the newest one intact.
+    const slot = 1 - this.#superblock.slot;
+    writeSuperblockSlot(this.#metadata, slot, next);
+    this.#superblock = { ...next, slot };
+  }
+
+  #buildIndex(): void {
+    const inodes = this.#inodes;
+    const orphans: number[] = [];
+    for (let ino = 1; ino < inodes.count; ino++) {
+      const type = inodes.type(ino);
+      if (type === InodeType.Free) continue;
+      if (inodes.flags(ino) & FLAG_ORPHAN) {
+        orphans.push(ino);
+        continue;
+      }
+      if (ino === ROOT_INO) continue;
+      this.#indexFor(inodes.parent(ino)).set(inodes.name(ino), ino);
+    }
+    // Unlinked files whose mapping process is gone: nothing can reach them any more.
+    for (const ino of orphans) this.#release(ino);
+  }
+
+  #indexFor(dir: number): Map<string, number> {
+    let names = this.#index.get(dir);
+    if (!names) {
+      names = new Map();
+      this.#index.set(dir, names);
+    }
+    return names;
+  }
+
+  #resolve(path: string, syscall: string): number {
+    const parts = splitPath(path, syscall);
+    const inodes = this.#inodes;
+    let ino = ROOT_INO;
+    for (let i = 0; i < parts.length; i++) {
+      if (inodes.type(ino) !== InodeType.Directory) {
+        throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
+      }
+      this.#requireAccess(ino, X_OK, syscall, path);
+      const part = parts[i]!;
+      const next = part === '..' ? inodes.parent(ino) : this.#index.get(ino)?.get(part);
+      if (next === undefined) throw new GuestmemfsError('ENOENT', `no such file or directory, ${syscall} '${path}'`, { syscall, path });
+      ino = next;
+    }
+    return ino;
+  }
+
+  #resolveParent(path: string, syscall: string): { parent: number; name: string; nameBytes: Uint8Array } {
+    const parts = splitPath(path, syscall);
+    if (endsWithDot(path)) {
+      // "dir/." names an existing directory (or nothing): it can never be created.
+      this.#resolve(path, syscall);
+      throw new GuestmemfsError('EEXIST', `file already exists, ${syscall} '${path}'`, { syscall, path });
+    }
+    const name = parts.pop();
+    if (name === undefined) throw new GuestmemfsError('EEXIST', `the root directory already exists, ${syscall} '${path}'`, { syscall, path });
+    if (name === '..') throw new GuestmemfsError('EINVAL', `"..": cannot be the last part of a path to ${syscall}`, { syscall, path });
+    const nameBytes = encodeNewName(name, syscall, path);
+    const parentPath = `/${parts.join('/')}`;
+    const parent = this.#resolve(parentPath, syscall);
+    if (this.#inodes.type(parent) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
+    return { parent, name, nameBytes };
+  }
+
+  #resolveExisting(path: string, syscall: string): { parent: number; name: string; ino: number } {
+    const parts = splitPath(path, syscall);
+    if (endsWithDot(path)) throw new GuestmemfsError('EINVAL', `cannot ${syscall} '.', ${syscall} '${path}'`, { syscall, path });
+    const name = parts.pop();
+    if (name === undefined) {
+      throw new GuestmemfsError(syscall === 'rmdir' || syscall === 'rename' ? 'EBUSY' : 'EISDIR', `cannot ${syscall} the root directory`, { syscall, path });
+    }
+    if (name === '..') throw new GuestmemfsError('EINVAL', `cannot ${syscall} '..'`, { syscall, path });
+    const parent = this.#resolve(`/${parts.join('/')}`, syscall);
+    if (this.#inodes.type(parent) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
+    this.#requireAccess(parent, X_OK, syscall, path);
+    const ino = this.#index.get(parent)?.get(name);
+    if (ino === undefined) throw new GuestmemfsError('ENOENT', `no such file or directory, ${syscall} '${path}'`, { syscall, path });
+    return { parent, name, ino };
+  }
+
+  #resolveFileForWrite(path: string, syscall: string): number {
+    const ino = this.#resolve(path, syscall);
+    if (this.#inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, ${syscall} '${path}'`, { syscall, path });
+    this.#requireNotBusy(ino, syscall, path);
+    this.#requireAccess(ino, W_OK, syscall, path);
+    return ino;
+  }
+
+  #requireReadWritable(ino: number, syscall: string, path: string): void {
+    if (this.#inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, ${syscall} '${path}'`, { syscall, path });
+    if (this.#inodes.fileType(ino) === FileType.Guest) {
+      throw new GuestmemfsError('EPERM', `guest files have no ${syscall}(): their memory is only reachable through map(), ${syscall} '${path}'`, { syscall, path });
+    }
+  }
+
+  #requireAccess(ino: number, want: number, syscall: string, path: string): void {
+    const inodes = this.#inodes;
+    const owner = { mode: inodes.mode(ino), uid: inodes.uid(ino), gid: inodes.gid(ino) };
+    if (permits(owner, this.credentials, want, inodes.type(ino) === InodeType.Directory)) return;
+    throw new GuestmemfsError(
+      'EACCES',
+      `permission denied, ${syscall} '${path}': uid ${this.credentials.uid} lacks ${describeWant(want)} permission on inode ${ino} ` +
+        `(mode ${owner.mode.toString(8).padStart(4, '0')}, owner ${owner.uid}:${owner.gid}); chmod/chown it or mount with other credentials`,
+      { syscall, path },
+    );
+  }
+
+  #requireOwner(ino: number, syscall: string, path: string): void {
+    if (this.credentials.uid === 0 || this.credentials.uid === this.#inodes.uid(ino)) return;
+    throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall} '${path}': only the owner (uid ${this.#inodes.uid(ino)}) or root may`, {
+      syscall,
+      path,
+    });
+  }
+
+  #requireNotBusy(ino: number, syscall: string, path: string): void {
+    if (this.#busy.has(ino)) {
+      throw new GuestmemfsError('EBUSY', `an asynchronous truncate of this file is in flight, ${syscall} '${path}': await it first`, { syscall, path });
+    }
+  }
+
+  #requireMounted(syscall: string): void {
+    if (!this.#mounted) throw new GuestmemfsError('EINVAL', `the filesystem was unmounted; mount the pool again, ${syscall}`, { syscall, path: this.pool.label });
+  }
+
+  #checkMode(mode: number, syscall: string, path: string): number {
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
+      throw new GuestmemfsError('EINVAL', `mode ${mode} must be permission bits between 0 and 07777`, { syscall, path });
+    }
+    return mode;
+  }
+
+  /** Allocates and initialises an inode, then links it: the type store is the commit point. */
+  #createInode(path: string, syscall: string, type: InodeType, fileType: FileType, mode: number): number {
+    const { parent, name, nameBytes } = this.#resolveParent(path, syscall);
+    if (this.#index.get(parent)?.has(name)) throw new GuestmemfsError('EEXIST', `file already exists, ${syscall} '${path}'`, { syscall, path });
+    this.#requireAccess(parent, W_OK | X_OK, syscall, path);
+    const inodes = this.#inodes;
+    const hints = this.#hints;
+    const ino = hints[HINTS.freeInodeHead / 4]!;
+    if (ino === 0) {
+      throw new GuestmemfsError(
+        'ENOSPC',
+        `no free inodes: all ${inodes.count - 1} are in use, ${syscall} '${path}'; delete files or mkfs with more inodes (--inodes)`,
+        { syscall, path },
+      );
+    }
+    // Pop from the free list first: a kill after this leaks a free inode, which the checker puts back.
+    hints[HINTS.freeInodeHead / 4] = inodes.nextFree(ino);
+    hints[HINTS.freeInodes / 4] = hints[HINTS.freeInodes / 4]! - 1;
+    const generation = inodes.generation(ino) + 1;
+    inodes.clear(ino);
+    const now = nowNs();
+    inodes.setGeneration(ino, generation);
+    inodes.setFileType(ino, fileType);
+    inodes.setMode(ino, mode);
+    inodes.setUid(ino, this.credentials.uid);
+    inodes.setGid(ino, this.credentials.gid);
+    inodes.setNlink(ino, type === InodeType.Directory ? 2 : 1);
+    for (const field of ['atime', 'mtime', 'ctime', 'btime'] as const) inodes.setTime(ino, field, now);
+    inodes.setName(ino, nameBytes);
+    inodes.setParent(ino, parent);
+    inodes.setType(ino, type); // commit point: the name now exists
+    this.#linkChild(parent, ino);
+    this.#indexFor(parent).set(name, ino);
+    if (type === InodeType.Directory) inodes.setNlink(parent, inodes.nlink(parent) + 1);
+    inodes.setTime(parent, 'mtime', now);
+    inodes.setTime(parent, 'ctime', now);
+    return ino;
+  }
+
+  /** Takes a name out of the namespace: the orphan flag is the commit point; the entry list and index follow. */
+  #detach(parent: number, name: string, ino: number): void {
+    const inodes = this.#inodes;
+    inodes.setNlink(ino, 0);
+    inodes.setFlags(ino, inodes.flags(ino) | FLAG_ORPHAN); // commit point: the name is gone
+    this.#unlinkChild(parent, ino);
+    this.#index.get(parent)?.delete(name);
+    if (this.#index.get(ino)?.size === 0) this.#index.delete(ino);
+    const now = nowNs();
+    inodes.setTime(parent, 'mtime', now);
+    inodes.setTime(parent, 'ctime', now);
+    inodes.setTime(ino, 'ctime', now);
+  }
+
+  /** Frees an orphan's blocks and its inode: blocks turn dirty before the file lets go of them, the type store commits. */
+  #release(ino: number): void {
+    const inodes = this.#inodes;
+    const runs = this.#extents.read(ino);
+    this.#allocator.markDirty(runs, true);
+    this.#extents.truncate(ino, 0);
+    this.#allocator.markFree(runs);
+    inodes.setBlockCount(ino, 0);
+    inodes.setSize(ino, 0);
+    inodes.setNextFree(ino, this.#hints[HINTS.freeInodeHead / 4]!);
+    inodes.setType(ino, InodeType.Free); // commit point: the inode is free
+    this.#hints[HINTS.freeInodeHead / 4] = ino;
+    this.#hints[HINTS.freeInodes / 4] = this.#hints[HINTS.freeInodes / 4]! + 1;
+    this.#mapped.delete(ino);
+  }
+
+  #linkChild(parent: number, ino: number): void {
+    const inodes = this.#inodes;
+    const first = inodes.firstChild(parent);
+    inodes.setNext(ino, first);
+    inodes.setPrev(ino, 0);
+    if (first !== 0) inodes.setPrev(first, ino);
+    inodes.setFirstChild(parent, ino);
+  }
+
+  #unlinkChild(parent: number, ino: number): void {
+    const inodes = this.#inodes;
+    const prev = inodes.prev(ino);
+    const next = inodes.next(ino);
+    if (prev !== 0) inodes.setNext(prev, next);
+    else inodes.setFirstChild(parent, next);
+    if (next !== 0) inodes.setPrev(next, prev);
+    inodes.setNext(ino, 0);
+    inodes.setPrev(ino, 0);
+  }
+
+  #unmapped(ino: number): void {
+    const count = (this.#mapped.get(ino) ?? 1) - 1;
+    if (count > 0) {
+      this.#mapped.set(ino, count);
+      return;
+    }
+    this.#mapped.delete(ino);
+    if (this.#mounted && this.#inodes.type(ino) !== InodeType.Free && this.#inodes.flags(ino) & FLAG_ORPHAN) this.#release(ino);
+  }
+
+  #planResize(ino: number, size: number, path: string): { grow: boolean; runs: BlockRun[]; dirty: BlockRun[]; size: number } {
+    if (!Number.isSafeInteger(size) || size < 0) throw new GuestmemfsError('EINVAL', `size ${size} must be a non-negative integer`, { syscall: 'ftruncate', path });
+    const blockSize = this.geometry.blockSize;
+    const oldSize = this.#inodes.size(ino);
+    const have = this.#inodes.blockCount(ino);
+    const want = Math.ceil(size / blockSize);
+    if (size <= oldSize) return { grow: false, runs: [], dirty: [], size };
+    if (want <= have) return { grow: true, runs: [], dirty: [], size };
+    const needed = want - have;
+    const existing = this.#extents.read(ino);
+    const last = existing.at(-1);
+    const runs = this.#allocator.choose(needed, last ? last.start + last.length : -1);
+    if (!runs) {
+      throw new GuestmemfsError(
+        'ENOSPC',
+        `pool has ${this.#allocator.freeBlocks} free ${formatSize(blockSize)} blocks, truncate needs ${needed}, ftruncate '${path}': delete files or use a larger pool`,
+        { syscall: 'ftruncate', path },
+      );
+    }
+    const mergesWithLast = last !== undefined && last.start + last.length === runs[0]!.start ? 1 : 0;
+    if (this.#extents.pagesNeeded(ino, runs.length - mergesWithLast) > this.#extents.freePages) {
+      throw new GuestmemfsError('ENOSPC', `no free extent pages for ${runs.length} more extents, ftruncate '${path}': run the checker`, { syscall: 'ftruncate', path });
+    }
+    // Blocks are claimed before they are zeroed or linked: a kill now leaks them to the checker, never to another file.
+    this.#allocator.markAllocated(runs);
+    return { grow: true, runs, dirty: this.#allocator.dirtyWithin(runs), size };
+  }
+
+  #zeroRun(run: BlockRun): void {
+    native.zero(this.#whole.id, run.start * this.geometry.blockSize, run.length * this.geometry.blockSize);
+  }
+
+  /** Links zeroed blocks into the file (extent count is the commit point), then publishes the size. */
+  #commitGrow(ino: number, plan: { runs: BlockRun[]; dirty: BlockRun[]; size: number }): void {
+    const inodes = this.#inodes;
+    const blockSize = this.geometry.blockSize;
+    this.#allocator.markDirty(plan.dirty, false);
+    // Bytes past the old size inside the old last block may hold data from before a shrink: zero them first.
+    const oldSize = inodes.size(ino);
+    const allocatedEnd = inodes.blockCount(ino) * blockSize;
+    if (oldSize < allocatedEnd) this.#zeroFileRange(ino, oldSize, Math.min(plan.size, allocatedEnd));
+    if (plan.runs.length > 0) {
+      this.#extents.append(ino, plan.runs);
+      inodes.setBlockCount(ino, inodes.blockCount(ino) + plan.runs.reduce((sum, run) => sum + run.length, 0));
+    }
+    inodes.setSize(ino, plan.size); // commit point
+    const now = nowNs();
+    inodes.setTime(ino, 'mtime', now);
+    inodes.setTime(ino, 'ctime', now);
+  }
+
+  /** Publishes the smaller size first, then turns the cut blocks dirty, unlinks them and frees them. */
+  #shrink(ino: number, size: number, path: string): void {
+    const inodes = this.#inodes;
+    const blockSize = this.geometry.blockSize;
+    const keep = Math.ceil(size / blockSize);
+    if (keep < inodes.blockCount(ino) && this.#mapped.get(ino)) {
+      throw new GuestmemfsError('EBUSY', `file is mapped, ftruncate '${path}': unmap it before shrinking (its blocks would be freed under the mapping)`, {
+        syscall: 'ftruncate',
+        path,
+      });
+    }
+    inodes.setSize(ino, size); // commit point
+    if (keep < inodes.blockCount(ino)) {
+      const cut = this.#cutRuns(this.#extents.read(ino), keep);
+      this.#allocator.markDirty(cut, true);
+      this.#extents.truncate(ino, keep);
+      this.#allocator.markFree(cut);
+      inodes.setBlockCount(ino, keep);
+    }
+    const now = nowNs();
+    inodes.setTime(ino, 'mtime', now);
+    inodes.setTime(ino, 'ctime', now);
+  }
+
+  #cutRuns(runs: readonly BlockRun[], keep: number): BlockRun[] {
+    const cut: BlockRun[] = [];
+    let seen = 0;
+    for (const run of runs) {
+      if (seen >= keep) cut.push(run);
+      else if (seen + run.length > keep) cut.push({ start: run.start + (keep - seen), length: run.length - (keep - seen) });
+      seen += run.length;
+    }
+    return cut;
+  }
+
+  /** Visits the pool byte ranges behind [from, to) of a file. */
+  #forEachRange(ino: number, from: number, to: number, visit: (poolOffset: number, fileOffset: number, length: number) => void): void {
+    const blockSize = this.geometry.blockSize;
+    let fileOffset = 0;
+    for (const run of this.#extents.read(ino)) {
+      const runBytes = run.length * blockSize;
+      const start = Math.max(from, fileOffset);
+      const end = Math.min(to, fileOffset + runBytes);
+      if (start < end) visit(run.start * blockSize + (start - fileOffset), start, end - start);
+      fileOffset += runBytes;
+      if (fileOffset >= to) break;
+    }
+  }
+
+  #zeroFileRange(ino: number, from: number, to: number): void {
+    this.#forEachRange(ino, from, to, (poolOffset, _fileOffset, length) => native.zero(this.#whole.id, poolOffset, length));
+  }
+
+  #copy(ino: number, position: number, buffer: Uint8Array, direction: 'read' | 'write'): void {
+    const end = position + buffer.length;
+    this.#forEachRange(ino, position, end, (poolOffset, fileOffset, length) => {
+      const window = this.#whole.bytes(poolOffset, length);
+      const slice = buffer.subarray(fileOffset - position, fileOffset - position + length);
+      if (direction === 'read') slice.set(window);
+      else window.set(slice);
+    });
+  }
+
+  #stat(ino: number): Stat {
+    const inodes = this.#inodes;
+    const isDir = inodes.type(ino) === InodeType.Directory;
+    return {
+      ino,
+      generation: inodes.generation(ino),
+      type: isDir ? 'directory' : 'file',
+      fileType: isDir ? undefined : FILE_TYPE_NAMES[inodes.fileType(ino)],
+      size: inodes.size(ino),
+      blocks: inodes.blockCount(ino),
+      blockSize: this.geometry.blockSize,
+      extents: inodes.extentCount(ino),
+      mode: inodes.mode(ino),
+      uid: inodes.uid(ino),
+      gid: inodes.gid(ino),
+      nlink: inodes.nlink(ino),
+      atimeNs: inodes.time(ino, 'atime'),
+      mtimeNs: inodes.time(ino, 'mtime'),
+      ctimeNs: inodes.time(ino, 'ctime'),
+      birthtimeNs: inodes.time(ino, 'btime'),
+    };
+  }
+}

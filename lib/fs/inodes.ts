@@ -1,0 +1,247 @@
+// The inode table: fixed 512-byte inodes in the pool, read and written through aligned typed arrays.
+//
+// Every field is written with a single aligned 16/32/64-bit typed-array store, so a process killed at any instant
+// leaves each field either old or new, never torn. Inode layout (byte offsets):
+//   0 type u16 (0 free, 1 directory, 2 file)   2 fileType u16 (plain/guest/state)   4 flags u32 (ORPHAN)
+//   8 mode u32  12 uid u32  16 gid u32  20 nlink u32  24 size u64
+//   32 atime ns u64  40 mtime ns u64  48 ctime ns u64  56 birth time ns u64
+//   64 parent u32  68 firstChild u32  72 nextSibling u32  76 prevSibling u32  80 nextFree u32  84 generation u32
+//   88 extentCount u32  92 firstExtentPage u32  96 blockCount u32  100 nameLength u32
+//   104 four inline extents (start u32, length u32)   256 name (up to 255 bytes of UTF-8)
+import { INODE_SIZE, INLINE_EXTENTS, type Geometry } from './layout';
+
+export enum InodeType {
+  Free = 0,
+  Directory = 1,
+  File = 2,
+}
+
+export enum FileType {
+  Plain = 0,
+  Guest = 1,
+  State = 2,
+}
+
+export const FILE_TYPE_NAMES = ['plain', 'guest', 'state'] as const;
+export type FileTypeName = (typeof FILE_TYPE_NAMES)[number];
+
+/** Unlinked but still holding blocks (mapped somewhere): freed at last unmap or at the next mount. */
+export const FLAG_ORPHAN = 1;
+
+export const NAME_MAX = 255;
+const NAME_OFFSET = 256;
+
+// 32-bit word offsets inside an inode.
+const W = {
+  flags: 1,
+  mode: 2,
+  uid: 3,
+  gid: 4,
+  nlink: 5,
+  parent: 16,
+  firstChild: 17,
+  next: 18,
+  prev: 19,
+  nextFree: 20,
+  generation: 21,
+  extentCount: 22,
+  firstPage: 23,
+  blockCount: 24,
+  nameLength: 25,
+  inline: 26,
+} as const;
+// 64-bit word offsets inside an inode.
+const Q = { size: 3, atime: 4, mtime: 5, ctime: 6, btime: 7 } as const;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: false });
+
+export type TimeField = 'atime' | 'mtime' | 'ctime' | 'btime';
+
+export class InodeTable {
+  readonly count: number;
+  readonly #u16: Uint16Array;
+  readonly #u32: Uint32Array;
+  readonly #u64: BigUint64Array;
+  readonly #bytes: Uint8Array;
+  readonly #base8: number;
+
+  constructor(metadata: ArrayBuffer, geometry: Geometry) {
+    this.count = geometry.inodeCount;
+    this.#base8 = geometry.inodeOffset;
+    this.#u16 = new Uint16Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 2);
+    this.#u32 = new Uint32Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 4);
+    this.#u64 = new BigUint64Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 8);
+    this.#bytes = new Uint8Array(metadata, geometry.inodeOffset, geometry.inodeCount * INODE_SIZE);
+  }
+
+  isValidIno(ino: number): boolean {
+    return Number.isInteger(ino) && ino >= 1 && ino < this.count;
+  }
+
+  type(ino: number): InodeType {
+    return this.#u16[ino * 256]!;
+  }
+  setType(ino: number, type: InodeType): void {
+    this.#u16[ino * 256] = type;
+  }
+  fileType(ino: number): FileType {
+    return this.#u16[ino * 256 + 1]!;
+  }
+  setFileType(ino: number, fileType: FileType): void {
+    this.#u16[ino * 256 + 1] = fileType;
+  }
+
+  #get(ino: number, word: number): number {
+    return this.#u32[ino * 128 + word]!;
+  }
+  #set(ino: number, word: number, value: number): void {
+    this.#u32[ino * 128 + word] = value;
+  }
+
+  flags(ino: number): number {
+    return this.#get(ino, W.flags);
+  }
+  setFlags(ino: number, value: number): void {
+    this.#set(ino, W.flags, value);
+  }
+  mode(ino: number): number {
+    return this.#get(ino, W.mode);
+  }
+  setMode(ino: number, value: number): void {
+    this.#set(ino, W.mode, value);
+  }
+  uid(ino: number): number {
+    return this.#get(ino, W.uid);
+  }
+  setUid(ino: number, value: number): void {
+    this.#set(ino, W.uid, value);
+  }
+  gid(ino: number): number {
+    return this.#get(ino, W.gid);
+  }
+  setGid(ino: number, value: number): void {
+    this.#set(ino, W.gid, value);
+  }
+  nlink(ino: number): number {
+    return this.#get(ino, W.nlink);
+  }
+  setNlink(ino: number, value: number): void {
+    this.#set(ino, W.nlink, value);
+  }
+  parent(ino: number): number {
+    return this.#get(ino, W.parent);
+  }
+  setParent(ino: number, value: number): void {
+    this.#set(ino, W.parent, value);
+  }
+  firstChild(ino: number): number {
+    return this.#get(ino, W.firstChild);
+  }
+  setFirstChild(ino: number, value: number): void {
+    this.#set(ino, W.firstChild, value);
+  }
+  next(ino: number): number {
+    return this.#get(ino, W.next);
+  }
+  setNext(ino: number, value: number): void {
+    this.#set(ino, W.next, value);
+  }
+  prev(ino: number): number {
+    return this.#get(ino, W.prev);
+  }
+  setPrev(ino: number, value: number): void {
+    this.#set(ino, W.prev, value);
+  }
+  nextFree(ino: number): number {
+    return this.#get(ino, W.nextFree);
+  }
+  setNextFree(ino: number, value: number): void {
+    this.#set(ino, W.nextFree, value);
+  }
+  generation(ino: number): number {
+    return this.#get(ino, W.generation);
+  }
+  setGeneration(ino: number, value: number): void {
+    this.#set(ino, W.generation, value >>> 0);
+  }
+  extentCount(ino: number): number {
+    return this.#get(ino, W.extentCount);
+  }
+  setExtentCount(ino: number, value: number): void {
+    this.#set(ino, W.extentCount, value);
+  }
+  firstPage(ino: number): number {
+    return this.#get(ino, W.firstPage);
+  }
+  setFirstPage(ino: number, value: number): void {
+    this.#set(ino, W.firstPage, value);
+  }
+  blockCount(ino: number): number {
+    return this.#get(ino, W.blockCount);
+  }
+  setBlockCount(ino: number, value: number): void {
+    this.#set(ino, W.blockCount, value);
+  }
+  inlineStart(ino: number, index: number): number {
+    return this.#get(ino, W.inline + index * 2);
+  }
+  inlineLength(ino: number, index: number): number {
+    return this.#get(ino, W.inline + index * 2 + 1);
+  }
+  setInline(ino: number, index: number, start: number, length: number): void {
+    this.#set(ino, W.inline + index * 2, start);
+    this.#set(ino, W.inline + index * 2 + 1, length);
+  }
+  setInlineLength(ino: number, index: number, length: number): void {
+    this.#set(ino, W.inline + index * 2 + 1, length);
+  }
+
+  size(ino: number): number {
+    return Number(this.#u64[ino * 64 + Q.size]);
+  }
+  setSize(ino: number, value: number): void {
+    this.#u64[ino * 64 + Q.size] = BigInt(value);
+  }
+  time(ino: number, field: TimeField): bigint {
+    return this.#u64[ino * 64 + Q[field]]!;
+  }
+  setTime(ino: number, field: TimeField, value: bigint): void {
+    this.#u64[ino * 64 + Q[field]] = value;
+  }
+
+  name(ino: number): string {
+    const length = Math.min(this.#get(ino, W.nameLength), NAME_MAX);
+    const start = ino * INODE_SIZE + NAME_OFFSET;
+    return decoder.decode(this.#bytes.subarray(start, start + length));
+  }
+
+  /** Writes the name bytes, then the length: a reader never sees a length longer than the bytes written. */
+  setName(ino: number, encoded: Uint8Array): void {
+    const start = ino * INODE_SIZE + NAME_OFFSET;
+    this.#bytes.set(encoded, start);
+    this.#set(ino, W.nameLength, encoded.length);
+  }
+
+  /** Name bytes for comparison with an intent record, without decoding. */
+  nameBytes(ino: number): Uint8Array {
+    const start = ino * INODE_SIZE + NAME_OFFSET;
+    return this.#bytes.subarray(start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
+  }
+
+  /** Zeroes every field (used on a free inode before it is initialised, and by mkfs). */
+  clear(ino: number): void {
+    this.#bytes.fill(0, ino * INODE_SIZE, (ino + 1) * INODE_SIZE);
+  }
+
+  /** Byte offset of an inode inside the metadata region (for the handover blob and the checker). */
+  offsetOf(ino: number): number {
+    return this.#base8 + ino * INODE_SIZE;
+  }
+
+  static readonly inlineExtents = INLINE_EXTENTS;
+}
+
+export function encodeName(name: string): Uint8Array {
+  return encoder.encode(name);
+}

@@ -1,0 +1,26 @@
+// Helpers for filesystem tests: small formatted pools on the 4 KiB fallback (no huge pages needed) with small blocks.
+import { type Filesystem, KiB, mkfs, type MkfsOptions, mount, type MountOptions, Pool } from '../lib/index';
+
+export interface TestFs {
+  pool: Pool;
+  fs: Filesystem;
+  /** Unmounts if still mounted and closes the pool. */
+  close(): void;
+}
+
+/** A memfd-4k pool of `size` bytes formatted with `blockSize` blocks (64 KiB by default) and mounted. */
+export function smallFs(options: { size?: number; blockSize?: number; inodes?: number; mount?: MountOptions } = {}): TestFs {
+  const pool = Pool.create({ backend: 'memfd-4k', size: options.size ?? 4 * 1024 * KiB });
+  const format: MkfsOptions = { blockSize: options.blockSize ?? 64 * KiB };
+  if (options.inodes) format.inodes = options.inodes;
+  mkfs(pool, format);
+  const fs = mount(pool, options.mount);
+  return {
+    pool,
+    fs,
+    close() {
+      if (fs.mounted) fs.unmount();
+      pool.close();
+    },
+  };
+}

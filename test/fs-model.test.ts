@@ -1,0 +1,295 @@
+// Property test: random operation sequences against a plain in-memory model. After every step the filesystem must
+// agree with the model (outcome and error code, namespace, sizes, bytes) and its audit must find nothing.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { type Filesystem, KiB, mkfs, mount, Pool } from '../lib/index';
+
+const B = 16 * KiB;
+const POOL_SIZE = 1024 * KiB; // 64 blocks of 16 KiB, a few of them metadata
+const INODES = 14;
+
+type Node = { kind: 'dir' } | { kind: 'file'; type: 'plain' | 'state' | 'guest'; data: Uint8Array };
+
+class Model {
+  readonly nodes = new Map<string, Node>([['/', { kind: 'dir' }]]);
+  constructor(
+    readonly dataBlocks: number,
+    readonly inodes: number,
+  ) {}
+
+  usedBlocks(): number {
+    let used = 0;
+    for (const node of this.nodes.values()) if (node.kind === 'file') used += Math.ceil(node.data.length / B);
+    return used;
+  }
+
+  /** Resolves like the filesystem: ENOTDIR when a file is crossed, ENOENT when a name is missing. */
+  resolve(path: string): string {
+    const parts = path.split('/').filter(Boolean);
+    let current = '/';
+    for (const part of parts) {
+      if (this.nodes.get(current)!.kind !== 'dir') throw code('ENOTDIR');
+      const next = current === '/' ? `/${part}` : `${current}/${part}`;
+      if (!this.nodes.has(next)) throw code('ENOENT');
+      current = next;
+    }
+    return current;
+  }
+
+  parentOf(path: string): string {
+    const parent = path.slice(0, path.lastIndexOf('/')) || '/';
+    if (this.nodes.get(this.resolve(parent))!.kind !== 'dir') throw code('ENOTDIR');
+    return parent;
+  }
+
+  children(dir: string): string[] {
+    const prefix = dir === '/' ? '/' : `${dir}/`;
+    return [...this.nodes.keys()].filter((key) => key !== dir && key.startsWith(prefix) && !key.slice(prefix.length).includes('/'));
+  }
+
+  create(path: string, node: Node): void {
+    this.parentOf(path);
+    if (this.nodes.has(path)) throw code('EEXIST');
+    if (this.nodes.size >= this.inodes) throw code('ENOSPC');
+    this.nodes.set(path, node);
+  }
+
+  removeFile(path: string): void {
+    this.parentOf(path);
+    const node = this.nodes.get(path);
+    if (!node) throw code('ENOENT');
+    if (node.kind === 'dir') throw code('EISDIR');
+    this.nodes.delete(path);
+  }
+
+  removeDir(path: string): void {
+    this.parentOf(path);
+    const node = this.nodes.get(path);
+    if (!node) throw code('ENOENT');
+    if (node.kind !== 'dir') throw code('ENOTDIR');
+    if (this.children(path).length > 0) throw code('ENOTEMPTY');
+    this.nodes.delete(path);
+  }
+
+  rename(from: string, to: string): void {
+    this.parentOf(from);
+    const node = this.nodes.get(from);
+    if (!node) throw code('ENOENT');
+    this.parentOf(to);
+    if (from === to) return;
+    if (node.kind === 'dir' && (to + '/').startsWith(from + '/')) throw code('EINVAL');
+    const victim = this.nodes.get(to);
+    if (victim) {
+      if (node.kind === 'dir' && victim.kind !== 'dir') throw code('ENOTDIR');
+      if (node.kind !== 'dir' && victim.kind === 'dir') throw code('EISDIR');
+      if (victim.kind === 'dir' && this.children(to).length > 0) throw code('ENOTEMPTY');
+      this.nodes.delete(to);
+    }
+    const moved = [...this.nodes.entries()].filter(([key]) => key === from || key.startsWith(`${from}/`));
+    for (const [key] of moved) this.nodes.delete(key);
+    for (const [key, value] of moved) this.nodes.set(to + key.slice(from.length), value);
+  }
+
+  file(path: string): Node & { kind: 'file' } {
+    const node = this.nodes.get(this.resolve(path))!;
+    if (node.kind !== 'file') throw code('EISDIR');
+    return node;
+  }
+
+  resize(path: string, size: number): void {
+    const node = this.file(path);
+    const extra = Math.ceil(size / B) - Math.ceil(node.data.length / B);
+    if (extra > 0 && extra > this.dataBlocks - this.usedBlocks()) throw code('ENOSPC');
+    const data = new Uint8Array(size);
+    data.set(node.data.subarray(0, Math.min(size, node.data.length)));
+    node.data = data;
+  }
+
+  write(path: string, position: number, bytes: Uint8Array): void {
+    const node = this.file(path);
+    if (node.type === 'guest') throw code('EPERM');
+    if (position + bytes.length > node.data.length) this.resize(path, position + bytes.length);
+    node.data.set(bytes, position);
+  }
+}
+
+function code(value: string): Error & { code: string } {
+  return Object.assign(new Error(value), { code: value });
+}
+
+const names = ['a', 'b', 'c', 'd'];
+const literalPath = fc.array(fc.constantFrom(...names), { minLength: 1, maxLength: 3 }).map((parts) => `/${parts.join('/')}`);
+/** Mostly an entry that exists in the model when the step runs (picked by index), sometimes any path (for the errors). */
+const pathRef = fc.oneof(
+  { weight: 5, arbitrary: fc.nat().map((pick) => ({ pick })) },
+  { weight: 1, arbitrary: literalPath.map((literal) => ({ literal })) },
+);
+type PathRef = { pick: number } | { literal: string };
+/** A new name under an existing directory (or a literal path). */
+const newPathRef = fc.oneof(
+  { weight: 5, arbitrary: fc.record({ dir: fc.nat(), name: fc.constantFrom(...names) }) },
+  { weight: 1, arbitrary: literalPath.map((literal) => ({ literal })) },
+);
+type NewPathRef = { dir: number; name: string } | { literal: string };
+const sizeArb = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 6 * B }), fc.constantFrom(B, 2 * B, 12 * B, 80 * B));
+const opArb = fc.oneof(
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('create' as const), target: newPathRef, type: fc.constantFrom('plain' as const, 'state' as const, 'guest' as const) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('mkdir' as const), target: newPathRef }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('unlink' as const), target: pathRef }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('rmdir' as const), target: pathRef }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('rename' as const), target: pathRef, to: fc.oneof(newPathRef, pathRef) }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('truncate' as const), target: pathRef, size: sizeArb }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('write' as const),
+      target: pathRef,
+      position: fc.integer({ min: 0, max: 3 * B }),
+      length: fc.integer({ min: 1, max: 2 * B }),
+      fill: fc.integer({ min: 1, max: 255 }),
+    }),
+  },
+);
+type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
+
+/** Turns a reference into a concrete path against the model as it is now. */
+function concrete(model: Model, ref: PathRef | NewPathRef): string {
+  if ('literal' in ref) return ref.literal;
+  const entries = [...model.nodes.keys()].sort();
+  if ('pick' in ref) {
+    const candidates = entries.filter((path) => path !== '/');
+    return candidates.length ? candidates[ref.pick % candidates.length]! : '/a';
+  }
+  const dirs = entries.filter((path) => model.nodes.get(path)!.kind === 'dir');
+  const dir = dirs[ref.dir % dirs.length]!;
+  return dir === '/' ? `/${ref.name}` : `${dir}/${ref.name}`;
+}
+
+interface Step {
+  op: Op['op'];
+  path: string;
+  to?: string;
+  type?: 'plain' | 'state' | 'guest';
+  size?: number;
+  position?: number;
+  bytes?: Uint8Array;
+}
+
+function resolveStep(model: Model, op: Op): Step {
+  const step: Step = { op: op.op, path: concrete(model, op.target) };
+  if (op.op === 'create') step.type = op.type;
+  if (op.op === 'rename') step.to = concrete(model, op.to);
+  if (op.op === 'truncate') step.size = op.size;
+  if (op.op === 'write') {
+    step.position = op.position;
+    step.bytes = new Uint8Array(op.length).fill(op.fill);
+  }
+  return step;
+}
+
+function apply(target: 'fs' | 'model', gfs: Filesystem, model: Model, step: Step): void {
+  const onFs = target === 'fs';
+  switch (step.op) {
+    case 'create':
+      return onFs ? void gfs.create(step.path, { type: step.type! }) : model.create(step.path, { kind: 'file', type: step.type!, data: new Uint8Array(0) });
+    case 'mkdir':
+      return onFs ? void gfs.mkdir(step.path) : model.create(step.path, { kind: 'dir' });
+    case 'unlink':
+      return onFs ? gfs.unlink(step.path) : model.removeFile(step.path);
+    case 'rmdir':
+      return onFs ? gfs.rmdir(step.path) : model.removeDir(step.path);
+    case 'rename':
+      return onFs ? gfs.rename(step.path, step.to!) : model.rename(step.path, step.to!);
+    case 'truncate':
+      return onFs ? gfs.truncate(step.path, step.size!) : model.resize(step.path, step.size!);
+    case 'write':
+      return onFs ? void gfs.write(step.path, step.bytes!, step.position!) : model.write(step.path, step.position!, step.bytes!);
+  }
+}
+
+function outcome(run: () => void): string {
+  try {
+    run();
+    return 'ok';
+  } catch (error) {
+    const errorCode = (error as { code?: string }).code;
+    if (!errorCode) throw error;
+    return errorCode;
+  }
+}
+
+function compare(gfs: Filesystem, model: Model): void {
+  const seen = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const entry of gfs.readdirEntries(dir)) {
+      const path = dir === '/' ? `/${entry.name}` : `${dir}/${entry.name}`;
+      if (entry.type === 'directory') {
+        seen.set(path, 'dir');
+        walk(path);
+      } else {
+        const stat = gfs.stat(path);
+        seen.set(path, `${stat.fileType}:${stat.size}`);
+      }
+    }
+  };
+  walk('/');
+  const expected = new Map<string, string>();
+  for (const [path, node] of model.nodes) {
+    if (path !== '/') expected.set(path, node.kind === 'dir' ? 'dir' : `${node.type}:${node.data.length}`);
+  }
+  expect(Object.fromEntries([...seen].sort())).toEqual(Object.fromEntries([...expected].sort()));
+  for (const [path, node] of model.nodes) {
+    if (node.kind === 'file' && node.type !== 'guest') expect(Buffer.from(gfs.read(path)).equals(Buffer.from(node.data))).toBe(true);
+  }
+  const report = gfs.audit();
+  expect(report.problems).toEqual([]);
+  const statfs = gfs.statfs();
+  expect(statfs.freeBlocks).toBe(statfs.dataBlocks - model.usedBlocks());
+  expect(statfs.freeInodes).toBe(INODES - model.nodes.size - 1);
+}
+
+describe('filesystem against a model (fast-check)', () => {
+  it('agrees with the model after every step of random operation sequences', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: POOL_SIZE });
+    try {
+      fc.assert(
+        fc.property(fc.array(opArb, { minLength: 1, maxLength: 50, size: 'max' }), (ops) => {
+          mkfs(pool, { blockSize: B, inodes: INODES, force: true });
+          const gfs = mount(pool);
+          try {
+            const model = new Model(gfs.statfs().dataBlocks, INODES - 1);
+            for (const op of ops) {
+              const step = resolveStep(model, op);
+              const modelResult = outcome(() => apply('model', gfs, model, step));
+              const fsResult = outcome(() => apply('fs', gfs, model, step));
+              expect({ step: describeStep(step), result: fsResult }).toEqual({ step: describeStep(step), result: modelResult });
+              tally(step.op, fsResult);
+              compare(gfs, model);
+            }
+          } finally {
+            gfs.unmount();
+          }
+        }),
+        { numRuns: 300 },
+      );
+    } finally {
+      pool.close();
+    }
+    process.stdout.write(`[model] outcomes: ${JSON.stringify(Object.fromEntries([...outcomes].sort()))}\n`);
+    // The sequences must really exercise the filesystem: every operation succeeds often, and ENOSPC is reached.
+    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write']) expect(outcomes.get(`${op}:ok`) ?? 0).toBeGreaterThan(50);
+    expect(outcomes.get('truncate:ENOSPC') ?? 0).toBeGreaterThan(10);
+    for (const errorCode of ['EEXIST', 'ENOTEMPTY', 'EISDIR', 'ENOTDIR', 'EINVAL', 'EPERM']) {
+      expect([...outcomes.keys()].some((key) => key.endsWith(`:${errorCode}`)), errorCode).toBe(true);
+    }
+  });
+});
+
+const outcomes = new Map<string, number>();
+function tally(op: string, result: string): void {
+  outcomes.set(`${op}:${result}`, (outcomes.get(`${op}:${result}`) ?? 0) + 1);
+}
+
+function describeStep(step: Step): string {
+  return `${step.op} ${step.path}${step.to ? ` -> ${step.to}` : ''}${step.size !== undefined ? ` size=${step.size}` : ''}${step.bytes ? ` @${step.position}+${step.bytes.length}` : ''}`;
+}
