@@ -90,29 +90,30 @@ export class BlockAllocator {
   /** Marks runs dirty (their bytes belonged to a file) or clean (zeroed), keeping the dirty count. */
   markDirty(runs: readonly BlockRun[], dirty: boolean): void {
     let changed = 0;
-    for (const run of runs) {
-      for (let block = run.start; block < run.start + run.length; block++) {
-        if (this.isDirty(block) !== dirty) changed++;
-      }
-      this.#setRange(this.#dirty, run.start, run.length, dirty);
-    }
+    for (const run of runs) changed += this.#setRange(this.#dirty, run.start, run.length, dirty);
     this.#hints[HINTS.dirtyBlocks / 4] = this.dirtyBlocks + (dirty ? changed : -changed);
   }
 
-  /** The dirty blocks among runs, as runs, in order. */
+  /** The dirty blocks among runs, as runs, in order (a word at a time; nothing to scan when no block is dirty). */
   dirtyWithin(runs: readonly BlockRun[]): BlockRun[] {
     const out: BlockRun[] = [];
+    if (this.dirtyBlocks === 0) return out;
     for (const run of runs) {
-      let block = run.start;
       const end = run.start + run.length;
+      let block = run.start;
       while (block < end) {
+        if ((block & 31) === 0 && block + 32 <= end && this.#dirty[block >>> 5] === 0) {
+          block += 32;
+          continue;
+        }
         if (!this.isDirty(block)) {
           block++;
           continue;
         }
-        const start = block;
-        while (block < end && this.isDirty(block)) block++;
-        out.push({ start, length: block - start });
+        const last = out.at(-1);
+        if (last && last.start + last.length === block) last.length++;
+        else out.push({ start: block, length: 1 });
+        block++;
       }
     }
     return out;
@@ -214,16 +215,22 @@ export class BlockAllocator {
     return needed === 0 ? runs : null;
   }
 
-  #setRange(bitmap: Uint32Array, start: number, length: number, value: boolean): void {
+  /** Sets or clears a range of bits a word at a time; returns how many bits changed. */
+  #setRange(bitmap: Uint32Array, start: number, length: number, value: boolean): number {
     let block = start;
+    let changed = 0;
     const end = start + length;
     while (block < end) {
       const word = block >>> 5;
       const bit = block & 31;
       const span = Math.min(32 - bit, end - block);
-      const mask = span === 32 ? FULL : ((1 << span) - 1) << bit;
-      bitmap[word] = value ? (bitmap[word]! | mask) >>> 0 : (bitmap[word]! & ~mask) >>> 0;
+      const mask = (span === 32 ? FULL : ((1 << span) - 1) << bit) >>> 0;
+      const before = bitmap[word]!;
+      const after = value ? (before | mask) >>> 0 : (before & ~mask) >>> 0;
+      changed += popcount32((before ^ after) >>> 0);
+      bitmap[word] = after;
       block += span;
     }
+    return changed;
   }
 }

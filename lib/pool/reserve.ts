@@ -27,6 +27,15 @@ export interface Reservation {
   release(): void;
 }
 
+/** How long to keep asking when the kernel supplies fewer pages than asked: pages released moments ago are
+ * returned to the buddy allocator by a kernel workqueue, so a reservation right after a large release can come short. */
+const RESERVE_RETRY_MS = 3000;
+const RESERVE_RETRY_STEP_MS = 100;
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 function writeTotal(pageSize: number, total: number): number {
   const file = nrHugepagesFile(pageSize);
   fs.writeFileSync(file, `${total}\n`);
@@ -52,6 +61,10 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
       );
     }
     total = writeTotal(pageSize, info.total + needed);
+    for (let waited = 0; (hugePageSizeInfo(pageSize)?.available ?? 0) < pages && waited < RESERVE_RETRY_MS; waited += RESERVE_RETRY_STEP_MS) {
+      sleepSync(RESERVE_RETRY_STEP_MS);
+      total = writeTotal(pageSize, info.total + needed);
+    }
     if ((hugePageSizeInfo(pageSize)?.available ?? 0) < pages) {
       // The kernel hands out fewer pages when physical memory is too fragmented: put the count back.
       const got = total - info.total;
