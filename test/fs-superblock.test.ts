@@ -154,12 +154,13 @@ describe('exclusive mount', () => {
     mount(pool).unmount();
   });
 
-  it('another process holding the mount makes ours fail with its pid; its death by SIGKILL is detected as unclean', async () => {
+  it('another process holding the mount makes ours fail with its pid; its death by SIGKILL is detected and recovered', async () => {
     const dir = '/dev/shm';
     const poolPath = path.join(dir, `guestmemfs-excl-${process.pid}`);
     const pool = Pool.create({ backend: 'shm-4k', path: poolPath, size: 4 * MiB });
     try {
       mkfs(pool, { blockSize: 64 * KiB });
+      mount(pool).unmount();
       const script = `const g=require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});const p=g.Pool.open(${JSON.stringify(poolPath)});g.mount(p);process.stdout.write('mounted\\n');setInterval(()=>{},1000);`;
       const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
@@ -168,9 +169,16 @@ describe('exclusive mount', () => {
       expect(busy.message).toContain(`pool is mounted by pid ${child.pid}`);
       child.kill('SIGKILL');
       await new Promise((resolve) => child.once('exit', resolve));
-      const unclean = captureError(() => mount(pool));
+      const unclean = captureError(() => mount(pool, { repair: false }));
       expect(unclean).toMatchObject({ code: 'EUCLEAN' });
       expect(unclean.message).toContain(`owner (pid ${child.pid}) died while it was mounted`);
+      const recovered = mount(pool);
+      expect(recovered.recovery).toMatchObject({ previousOwnerPid: child.pid });
+      expect(recovered.audit().problems).toEqual([]);
+      recovered.unmount();
+      const clean = mount(pool);
+      expect(clean.recovery).toBeUndefined();
+      clean.unmount();
     } finally {
       pool.destroy();
     }

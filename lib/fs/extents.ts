@@ -17,6 +17,18 @@ export interface BlockRun {
 }
 
 const PAGE_WORDS = EXTENT_PAGE_SIZE / 4;
+
+/** The runs past the first `keep` blocks of a file whose extents are `runs`. */
+export function cutAfter(runs: readonly BlockRun[], keep: number): BlockRun[] {
+  const cut: BlockRun[] = [];
+  let seen = 0;
+  for (const run of runs) {
+    if (seen >= keep) cut.push(run);
+    else if (seen + run.length > keep) cut.push({ start: run.start + (keep - seen), length: run.length - (keep - seen) });
+    seen += run.length;
+  }
+  return cut;
+}
 const P = { owner: 0, next: 1, nextFree: 2, extents: 4 } as const;
 
 export class ExtentStore {
@@ -54,6 +66,21 @@ export class ExtentStore {
     }
     this.#hints[HINTS.freePageHead / 4] = this.pageCount > 1 ? 1 : 0;
     this.#hints[HINTS.freePages / 4] = this.pageCount - 1;
+  }
+
+  /** Recovery: every page not marked used goes on the free list, in order. */
+  rebuildFreeList(used: Uint8Array): void {
+    let head = 0;
+    let free = 0;
+    for (let page = this.pageCount - 1; page >= 1; page--) {
+      if (used[page]) continue;
+      this.#u32.fill(0, page * PAGE_WORDS, (page + 1) * PAGE_WORDS);
+      this.#u32[page * PAGE_WORDS + P.nextFree] = head;
+      head = page;
+      free++;
+    }
+    this.#hints[HINTS.freePageHead / 4] = head;
+    this.#hints[HINTS.freePages / 4] = free;
   }
 
   /** The file's extents in file order. Entries are bounds-checked: a damaged chain ends the list early. */

@@ -15,7 +15,8 @@ import type { Pool } from '../pool/pool';
 import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
-import { type BlockRun, ExtentStore } from './extents';
+import { repairDerived } from './repair';
+import { type BlockRun, cutAfter, ExtentStore } from './extents';
 import { FILE_TYPE_NAMES, type FileTypeName, FLAG_ORPHAN, FileType, InodeTable, InodeType } from './inodes';
 import {
   computeGeometry,
@@ -56,7 +57,20 @@ export interface FormatInfo {
   geometry: Geometry;
 }
 
-export interface MountOptions extends Partial<Credentials> {}
+export interface MountOptions extends Partial<Credentials> {
+  /**
+   * What to do with a pool whose owner died while it was mounted: recover it (the default: finish or discard an
+   * interrupted rename, free orphans and leaked blocks, rebuild free lists, entry lists and counters), or refuse
+   * with EUCLEAN (false).
+   */
+  repair?: boolean;
+}
+
+/** What mount did to a pool that was not unmounted cleanly. */
+export interface Recovery {
+  previousOwnerPid: number;
+  fixes: string[];
+}
 
 export interface CreateOptions {
   /** guest: guest RAM, mmap only, mapped MADV_DONTDUMP|MADV_DONTFORK; state: VMM/device state, read/write; plain. */
@@ -263,14 +277,7 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   try {
     whole = pool.mapAll({ populate: false, dontDump: true, dontFork: true });
     const sb = readSuperblock(whole.bytes(0, FIXED_HEADER_BYTES), pool);
-    if (sb.state === PoolState.Mounted) {
-      throw new GuestmemfsError(
-        'EUCLEAN',
-        `pool was not unmounted cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted; it must be checked and repaired before it is mounted again`,
-        { syscall: 'mount', path: pool.label },
-      );
-    }
-    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key);
+    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key, options.repair ?? true);
     mountedHere.add(key);
     return filesystem;
   } catch (error) {
@@ -295,6 +302,8 @@ export class Filesystem {
   readonly #allocator: BlockAllocator;
   readonly #key: string;
   #superblock: Superblock;
+  /** Set when this mount recovered a pool whose previous owner died while it was mounted. */
+  readonly recovery: Recovery | undefined;
   /** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
   readonly #index = new Map<number, Map<string, number>>();
   /** Live mappings per inode in this process. */
@@ -304,7 +313,7 @@ export class Filesystem {
   #mounted = true;
 
   /** @internal Use mount(). */
-  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string) {
+  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string, repair: boolean) {
     this.pool = pool;
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
@@ -320,11 +329,27 @@ export class Filesystem {
     this.#inodes = new InodeTable(metadata, sb.geometry);
     this.#allocator = new BlockAllocator(metadata, sb.geometry, this.#hints);
     this.#extents = new ExtentStore(metadata, sb.geometry, this.#hints, this.#inodes);
-    if (this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
-      throw new GuestmemfsError('EUCLEAN', 'pool has an unfinished rename in its intent record; it must be checked and repaired before mounting', {
-        syscall: 'mount',
-        path: pool.label,
+    if (sb.state === PoolState.Mounted || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
+      const fields = { syscall: 'mount', path: pool.label };
+      const cause = `its owner (pid ${sb.ownerPid}) died while it was mounted`;
+      if (!repair) {
+        throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly: ${cause}; mount it with { repair: true } (the default) to recover it`, fields);
+      }
+      // Still marked as the dead owner's while recovering: a kill now is recovered from by the next mount.
+      const result = repairDerived({
+        geometry: sb.geometry,
+        metadata: this.#metadata,
+        inodes: this.#inodes,
+        extents: this.#extents,
+        allocator: this.#allocator,
+        hints: this.#hints,
+        intent: this.#intent,
+        intentBytes: this.#metadata.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096),
       });
+      if (result.unrepairable.length > 0) {
+        throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly (${cause}) and cannot be recovered: ${result.unrepairable.join('; ')}; it was left as it was`, fields);
+      }
+      this.recovery = { previousOwnerPid: sb.ownerPid, fixes: result.fixes };
     }
     // The superblock says "mounted" before anything else changes, so a kill from here on is detected as unclean.
     this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n });
@@ -1040,7 +1065,7 @@ export class Filesystem {
     }
     inodes.setSize(ino, size); // commit point
     if (keep < inodes.blockCount(ino)) {
-      const cut = this.#cutRuns(this.#extents.read(ino), keep);
+      const cut = cutAfter(this.#extents.read(ino), keep);
       this.#allocator.markDirty(cut, true);
       this.#extents.truncate(ino, keep);
       this.#allocator.markFree(cut);
@@ -1049,17 +1074,6 @@ export class Filesystem {
     const now = nowNs();
     inodes.setTime(ino, 'mtime', now);
     inodes.setTime(ino, 'ctime', now);
-  }
-
-  #cutRuns(runs: readonly BlockRun[], keep: number): BlockRun[] {
-    const cut: BlockRun[] = [];
-    let seen = 0;
-    for (const run of runs) {
-      if (seen >= keep) cut.push(run);
-      else if (seen + run.length > keep) cut.push({ start: run.start + (keep - seen), length: run.length - (keep - seen) });
-      seen += run.length;
-    }
-    return cut;
   }
 
   /** Visits the pool byte ranges behind [from, to) of a file. */
