@@ -1,11 +1,21 @@
 // Truncate and the block allocator: contiguous runs first, extents that grow without a cap, ENOSPC that changes nothing,
 // zero-on-reuse, the dirty bitmap and scrub, asynchronous truncate with progress.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { KiB } from '../lib/index';
+import { type Filesystem, KiB } from '../lib/index';
 import { captureError, captureRejection } from './helpers';
 import { smallFs, type TestFs } from './fs-helpers';
 
 const B = 64 * KiB;
+/** Fills the pool with one-block files and deletes every other one, so no two free blocks are adjacent. */
+function fragment(fs: Filesystem): void {
+  const free = fs.statfs().freeBlocks;
+  for (let i = 0; i < free; i++) {
+    fs.create(`/s${i}`);
+    fs.truncate(`/s${i}`, B);
+  }
+  for (let i = 0; i < free; i += 2) fs.unlink(`/s${i}`);
+}
+
 let t: TestFs;
 beforeEach(() => {
   t = smallFs({ size: 8 * 1024 * KiB }); // 128 blocks of 64 KiB
@@ -45,13 +55,7 @@ describe('truncate', () => {
     fs.truncate('/wall', B);
     fs.truncate('/a', 6 * B);
     expect(fs.stat('/a').extents).toBe(2); // cannot grow in place: the rest comes as one run elsewhere
-    // Fragment the pool: fill it with 1-block files and free every other one.
-    const free = fs.statfs().freeBlocks;
-    for (let i = 0; i < free; i++) {
-      fs.create(`/s${i}`);
-      fs.truncate(`/s${i}`, B);
-    }
-    for (let i = 0; i < free; i += 2) fs.unlink(`/s${i}`);
+    fragment(fs);
     fs.create('/fragmented');
     fs.truncate('/fragmented', 10 * B);
     const stat = fs.stat('/fragmented');
@@ -64,12 +68,7 @@ describe('truncate', () => {
     const big = smallFs({ size: 64 * 1024 * KiB }); // 1024 blocks
     try {
       const { fs } = big;
-      const count = fs.statfs().freeBlocks;
-      for (let i = 0; i < count; i++) {
-        fs.create(`/s${i}`);
-        fs.truncate(`/s${i}`, B);
-      }
-      for (let i = 0; i < count; i += 2) fs.unlink(`/s${i}`);
+      fragment(fs);
       fs.create('/f');
       const blocks = fs.statfs().freeBlocks;
       fs.truncate('/f', blocks * B);
