@@ -33,3 +33,7 @@ export {
 export type { FileTypeName } from './fs/inodes';
 export type { Credentials } from './fs/permissions';
 export type { Geometry, Superblock } from './fs/layout';
+export type { KexecOptions, Recovery, Restore, SerialiseResult } from './fs/filesystem';
+export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
+export { openHandedOverPool, waitForHandover, type WaitOptions } from './handover/successor';
+export { parseFdt, FdtWriter, FdtError } from './handover/fdt';

@@ -72,6 +72,9 @@ export interface NativeBinding {
     | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
+  // Exec family
+  /** execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. */
+  processExec(file: string, argv: string[], env: string[], keepFds: number[]): never;
   readonly napiVersion: number;
   readonly buildType: 'Release' | 'Debug';
 }

@@ -9,6 +9,7 @@ Napi::Object GmfsInit(Napi::Env env, Napi::Object exports) {
   gmfs::RegisterPoolFamily(env, exports);
   gmfs::RegisterMapFamily(env, exports);
   gmfs::RegisterPagemapFamily(env, exports);
+  gmfs::RegisterExecFamily(env, exports);
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
 #ifdef NDEBUG
   exports.Set("buildType", Napi::String::New(env, "Release"));

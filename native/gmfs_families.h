@@ -7,5 +7,6 @@ namespace gmfs {
 void RegisterPoolFamily(Napi::Env env, Napi::Object exports);     // open/create/fallocate/memfd/fd inheritance/mount
 void RegisterMapFamily(Napi::Env env, Napi::Object exports);      // reserve + MAP_FIXED stitching, madvise, mlock, munmap, zeroing
 void RegisterPagemapFamily(Napi::Env env, Napi::Object exports);  // /proc/self/pagemap frame numbers
+void RegisterExecFamily(Napi::Env env, Napi::Object exports);     // execve with inherited fds
 
 }  // namespace gmfs

@@ -8,6 +8,7 @@
 // "commit point" below are where an operation becomes true for it.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 import { native } from '../native';
 import type { Mapping, MapOptions, ProgressOptions } from '../pool/mapping';
@@ -16,6 +17,7 @@ import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
 import { repairDerived } from './repair';
+import { buildHandoverBlob, type HandoverDescription, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
 import { type BlockRun, cutAfter, ExtentStore } from './extents';
 import { FILE_TYPE_NAMES, type FileTypeName, FLAG_ORPHAN, FileType, InodeTable, InodeType } from './inodes';
 import {
@@ -26,6 +28,7 @@ import {
   FORMAT_MINOR,
   type Geometry,
   hasMagic,
+  crc32,
   HINTS,
   HINTS_OFFSET,
   INTENT,
@@ -64,6 +67,37 @@ export interface MountOptions extends Partial<Credentials> {
    * with EUCLEAN (false).
    */
   repair?: boolean;
+  /**
+   * A serialised pool is restored from its handover blob. With this set, the blob is ignored and the pool is
+   * recovered as if its owner had died (for a blob that fails its checks).
+   */
+  discardHandover?: boolean;
+}
+
+/** What serialise() produced. */
+export interface SerialiseResult {
+  generation: bigint;
+  /** The blob itself (an FDT), as written into the pool's handover area. */
+  blob: Uint8Array;
+  /** Live inodes and extent pages it describes. */
+  files: number;
+  mappingBlocks: number;
+  ms: number;
+  /** Set when the blob was also exported to a file. */
+  out?: string;
+}
+
+/** What mount did when it found a handover. */
+export interface Restore {
+  generation: bigint;
+  files: number;
+  ms: number;
+  description: HandoverDescription;
+}
+
+export interface KexecOptions {
+  /** Environment for the new program (default: this process's). The pool location is added to it. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** What mount did to a pool that was not unmounted cleanly. */
@@ -130,6 +164,21 @@ export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {}
 
 /** Pools mounted by this process (the flock cannot tell two mounts through the same open file description apart). */
 const mountedHere = new Set<string>();
+
+/** The file execve should run for argv[0]: a path as given, or the first match on PATH. */
+function resolveExecutable(program: string): string {
+  if (program.includes('/')) return program;
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const candidate = path.join(dir || '.', program);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      if (fs.statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  throw new GuestmemfsError('ENOENT', `no executable "${program}" on PATH`, { syscall: 'execve', path: program });
+}
 
 /** True when the last non-empty component of path is '.' (which splitPath drops). */
 function endsWithDot(path: string): boolean {
@@ -251,6 +300,9 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       ownerPid: 0,
       ownerStartTime: 0n,
       mountCount: 0n,
+      handoverBytes: 0,
+      handoverCrc: 0,
+      handoverGeneration: 0n,
     };
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
@@ -277,7 +329,7 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   try {
     whole = pool.mapAll({ populate: false, dontDump: true, dontFork: true });
     const sb = readSuperblock(whole.bytes(0, FIXED_HEADER_BYTES), pool);
-    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key, options.repair ?? true);
+    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key, options);
     mountedHere.add(key);
     return filesystem;
   } catch (error) {
@@ -304,6 +356,12 @@ export class Filesystem {
   #superblock: Superblock;
   /** Set when this mount recovered a pool whose previous owner died while it was mounted. */
   readonly recovery: Recovery | undefined;
+  /** Set when this mount adopted a handover (the previous owner serialised and handed the pool over). */
+  readonly restored: Restore | undefined;
+  /** Unlinked inodes still mapped here: live, but in no directory. */
+  readonly #orphans = new Set<number>();
+  /** The generation this filesystem was serialised at, while frozen for handover. */
+  #frozenAt: bigint | undefined;
   /** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
   readonly #index = new Map<number, Map<string, number>>();
   /** Live mappings per inode in this process. */
@@ -313,7 +371,8 @@ export class Filesystem {
   #mounted = true;
 
   /** @internal Use mount(). */
-  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string, repair: boolean) {
+  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string, options: MountOptions) {
+    const started = process.hrtime.bigint();
     this.pool = pool;
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
@@ -329,10 +388,35 @@ export class Filesystem {
     this.#inodes = new InodeTable(metadata, sb.geometry);
     this.#allocator = new BlockAllocator(metadata, sb.geometry, this.#hints);
     this.#extents = new ExtentStore(metadata, sb.geometry, this.#hints, this.#inodes);
-    if (sb.state === PoolState.Mounted || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
-      const fields = { syscall: 'mount', path: pool.label };
-      const cause = `its owner (pid ${sb.ownerPid}) died while it was mounted`;
-      if (!repair) {
+    const fields = { syscall: 'mount', path: pool.label };
+    if (sb.state === PoolState.Serialised && !options.discardHandover) {
+      // Handed over: adopt the metadata in place after checking the blob describes it; only the volatile index is built.
+      const area = this.#metadata.subarray(sb.geometry.handoverOffset, sb.geometry.handoverOffset + sb.geometry.handoverLength);
+      if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
+        throw new GuestmemfsError('EUCLEAN', `handover refused (length): the superblock records a ${sb.handoverBytes}-byte blob in a ${area.length}-byte area; the pool was left untouched`, fields);
+      }
+      if (sb.handoverGeneration !== sb.generation) {
+        throw new GuestmemfsError('EUCLEAN', `handover refused (generation): the blob was made at generation ${sb.handoverGeneration}, the superblock is at ${sb.generation}; the pool was left untouched`, fields);
+      }
+      const description = verifyHandoverBlob(area.subarray(0, sb.handoverBytes), {
+        geometry: sb.geometry,
+        uuid: sb.uuid,
+        generation: sb.generation,
+        pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
+        metadata: this.#metadata,
+        isLive: (ino) => this.#inodes.type(ino) !== InodeType.Free,
+        chainOf: (ino) => (this.#inodes.isValidIno(ino) ? this.#extents.chain(ino) : []),
+        blobCrc: sb.handoverCrc,
+      });
+      // Mounted first: freeing orphans below changes metadata the blob describes.
+      this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
+      this.#buildIndex(description.liveInodes);
+      this.restored = { generation: sb.generation, files: description.liveInodes.length, ms: Number(process.hrtime.bigint() - started) / 1e6, description };
+      return;
+    }
+    if (sb.state !== PoolState.Clean || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
+      const cause = sb.state === PoolState.Serialised ? 'its handover was discarded' : `its owner (pid ${sb.ownerPid}) died while it was mounted`;
+      if (options.repair === false) {
         throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly: ${cause}; mount it with { repair: true } (the default) to recover it`, fields);
       }
       // Still marked as the dead owner's while recovering: a kill now is recovered from by the next mount.
@@ -352,8 +436,13 @@ export class Filesystem {
       this.recovery = { previousOwnerPid: sb.ownerPid, fixes: result.fixes };
     }
     // The superblock says "mounted" before anything else changes, so a kill from here on is detected as unclean.
-    this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n });
+    this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
     this.#buildIndex();
+  }
+
+  /** True between serialise() and abort(): metadata cannot change, data and mappings keep working. */
+  get serialised(): boolean {
+    return this.#frozenAt !== undefined;
   }
 
   get mounted(): boolean {
@@ -369,7 +458,7 @@ export class Filesystem {
 
   /** Creates an empty file of the given type. */
   create(path: string, options: CreateOptions = {}): Stat {
-    this.#requireMounted('open');
+    this.#requireWritable('open');
     const type = options.type ?? 'plain';
     const fileType = FILE_TYPE_NAMES.indexOf(type);
     if (fileType < 0) throw new GuestmemfsError('EINVAL', `file type "${type}" is not one of ${FILE_TYPE_NAMES.join(', ')}`, { syscall: 'open', path });
@@ -379,7 +468,7 @@ export class Filesystem {
   }
 
   mkdir(path: string, options: MkdirOptions = {}): Stat {
-    this.#requireMounted('mkdir');
+    this.#requireWritable('mkdir');
     const mode = this.#checkMode(options.mode ?? 0o755, 'mkdir', path);
     if (options.recursive) {
       const parts = splitPath(path, 'mkdir');
@@ -444,7 +533,7 @@ export class Filesystem {
 
   /** Removes a file's name; its blocks are freed now, or when its last mapping in this process goes. */
   unlink(path: string): void {
-    this.#requireMounted('unlink');
+    this.#requireWritable('unlink');
     const { parent, name, ino } = this.#resolveExisting(path, 'unlink');
     if (this.#inodes.type(ino) === InodeType.Directory) {
       throw new GuestmemfsError('EISDIR', `is a directory, unlink '${path}': use rmdir`, { syscall: 'unlink', path });
@@ -456,7 +545,7 @@ export class Filesystem {
   }
 
   rmdir(path: string): void {
-    this.#requireMounted('rmdir');
+    this.#requireWritable('rmdir');
     const { parent, name, ino } = this.#resolveExisting(path, 'rmdir');
     if (ino === ROOT_INO) throw new GuestmemfsError('EBUSY', 'the root directory cannot be removed', { syscall: 'rmdir', path });
     if (this.#inodes.type(ino) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, rmdir '${path}'`, { syscall: 'rmdir', path });
@@ -474,7 +563,7 @@ export class Filesystem {
    * a directory; a directory cannot move into itself. The intent record makes it atomic across a kill.
    */
   rename(from: string, to: string): void {
-    this.#requireMounted('rename');
+    this.#requireWritable('rename');
     const source = this.#resolveExisting(from, 'rename');
     const target = this.#resolveParent(to, 'rename');
     const inodes = this.#inodes;
@@ -541,7 +630,7 @@ export class Filesystem {
   }
 
   chmod(path: string, mode: number): void {
-    this.#requireMounted('chmod');
+    this.#requireWritable('chmod');
     const ino = this.#resolve(path, 'chmod');
     this.#requireOwner(ino, 'chmod', path);
     this.#inodes.setMode(ino, this.#checkMode(mode, 'chmod', path));
@@ -550,7 +639,7 @@ export class Filesystem {
 
   /** Changes owner and/or group (-1 or undefined keeps one); only root may, as on Linux without CAP_CHOWN. */
   chown(path: string, uid: number | undefined, gid: number | undefined): void {
-    this.#requireMounted('chown');
+    this.#requireWritable('chown');
     const ino = this.#resolve(path, 'chown');
     for (const [what, id] of [['uid', uid], ['gid', gid]] as const) {
       if (id !== undefined && id !== -1 && (!Number.isInteger(id) || id < 0 || id > 0xfffffffe)) {
@@ -567,7 +656,7 @@ export class Filesystem {
 
   /** Sets access and modification times, in nanoseconds since the epoch. */
   utimes(path: string, atimeNs: bigint, mtimeNs: bigint): void {
-    this.#requireMounted('utime');
+    this.#requireWritable('utime');
     const ino = this.#resolve(path, 'utime');
     for (const value of [atimeNs, mtimeNs]) {
       if (typeof value !== 'bigint' || value < 0n || value >= 1n << 64n) {
@@ -587,7 +676,7 @@ export class Filesystem {
    * old bytes; shrinking frees whole blocks past the end. On ENOSPC nothing changes.
    */
   truncate(path: string, size: number): void {
-    this.#requireMounted('ftruncate');
+    this.#requireWritable('ftruncate');
     const ino = this.#resolveFileForWrite(path, 'ftruncate');
     const plan = this.#planResize(ino, size, path);
     if (plan.grow) {
@@ -600,7 +689,7 @@ export class Filesystem {
 
   /** truncate() with the zeroing done off the JS thread, reporting progress; the file is busy until it settles. */
   async truncateAsync(path: string, size: number, options: ProgressOptions = {}): Promise<void> {
-    this.#requireMounted('ftruncate');
+    this.#requireWritable('ftruncate');
     const ino = this.#resolveFileForWrite(path, 'ftruncate');
     const plan = this.#planResize(ino, size, path);
     if (!plan.grow) {
@@ -653,7 +742,7 @@ export class Filesystem {
       },
     );
     this.#mapped.set(ino, (this.#mapped.get(ino) ?? 0) + 1);
-    this.#inodes.setTime(ino, 'atime', nowNs());
+    this.#touchAtime(ino);
     return mapping;
   }
 
@@ -668,13 +757,13 @@ export class Filesystem {
     const end = Math.min(size, length === undefined ? size : position + length);
     const out = new Uint8Array(Math.max(0, end - position));
     this.#copy(ino, position, out, 'read');
-    this.#inodes.setTime(ino, 'atime', nowNs());
+    this.#touchAtime(ino);
     return out;
   }
 
   /** Writes bytes at `position` of a state or plain file, growing it as needed; returns the bytes written. */
   write(path: string, data: Uint8Array, position = 0): number {
-    this.#requireMounted('write');
+    this.#requireWritable('write');
     const ino = this.#resolveFileForWrite(path, 'write');
     this.#requireReadWritable(ino, 'write', path);
     if (!(data instanceof Uint8Array)) throw new GuestmemfsError('EINVAL', 'data must be a Uint8Array or Buffer', { syscall: 'write', path });
@@ -694,7 +783,7 @@ export class Filesystem {
 
   /** Zeroes free blocks that still hold old bytes, off the JS thread, so later allocations need no zeroing. */
   async scrub(options: ProgressOptions = {}): Promise<number> {
-    this.#requireMounted('scrub');
+    this.#requireWritable('scrub');
     const runs = this.#allocator.dirtyFreeRuns();
     const blockSize = this.geometry.blockSize;
     const total = runs.reduce((sum, run) => sum + run.length, 0) * blockSize;
@@ -751,6 +840,12 @@ export class Filesystem {
   unmount(): void {
     this.#requireMounted('umount');
     const mapped = [...this.#mapped.values()].reduce((sum, count) => sum + count, 0);
+    if (this.#frozenAt !== undefined) {
+      // Handed over: the pool stays serialised for the next owner; mappings here stay valid (guest memory keeps
+      // running) because nothing can change the metadata any more.
+      this.#releaseMount();
+      return;
+    }
     if (mapped > 0) {
       throw new GuestmemfsError('EBUSY', `${mapped} file mapping(s) are still live: unmap them before unmounting`, { syscall: 'umount', path: this.pool.label });
     }
@@ -758,10 +853,148 @@ export class Filesystem {
       throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before unmounting', { syscall: 'umount', path: this.pool.label });
     }
     this.#writeSuperblock({ state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n });
+    this.#releaseMount();
+  }
+
+  #releaseMount(): void {
     this.#mounted = false;
     this.#whole.unmap();
     mountedHere.delete(this.#key);
     native.fdUnlock(this.pool.fd);
+  }
+
+  // ---------------------------------------------------------------- handover
+
+  /**
+   * Serialises the metadata's description into a handover blob (an FDT) in the pool's handover area and freezes
+   * the filesystem: every operation that would change metadata fails with EBUSY until abort(). Reads, stat,
+   * readdir and mapping keep working. Serialising again returns the same blob.
+   */
+  serialise(options: { out?: string } = {}): SerialiseResult {
+    this.#requireMounted('serialise');
+    const started = process.hrtime.bigint();
+    const g = this.geometry;
+    const area = this.#metadata.subarray(g.handoverOffset, g.handoverOffset + g.handoverLength);
+    let blob: Uint8Array;
+    let files: number;
+    let mappingBlocks: number;
+    if (this.#frozenAt !== undefined) {
+      blob = area.slice(0, this.#superblock.handoverBytes);
+      const description = verifyHandoverBlob(blob, this.#restoreExpectations(this.#superblock.generation, this.#superblock.handoverCrc));
+      files = description.liveInodes.length;
+      mappingBlocks = description.mappingsBlocks.length;
+    } else {
+      if (this.#busy.size > 0) {
+        throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before serialising', { syscall: 'serialise', path: this.pool.label });
+      }
+      const live = [ROOT_INO, ...this.#orphans];
+      for (const names of this.#index.values()) for (const ino of names.values()) live.push(ino);
+      live.sort((a, b) => a - b);
+      const pages: number[] = [];
+      const owners: number[] = [];
+      for (const ino of live) {
+        for (const page of this.#extents.chain(ino)) {
+          pages.push(page);
+          owners.push(ino);
+        }
+      }
+      const generation = this.#superblock.generation + 1n;
+      blob = buildHandoverBlob({
+        pool: {
+          backend: this.pool.backend,
+          path: this.pool.path,
+          fd: this.pool.path === undefined ? this.pool.fd : undefined,
+          size: this.pool.size,
+          pageSize: this.pool.pageSize,
+        },
+        geometry: g,
+        uuid: this.uuid,
+        generation,
+        metadata: this.#metadata,
+        liveInodes: live,
+        pages,
+        pageOwners: owners,
+      });
+      if (blob.length > area.length) {
+        throw new GuestmemfsError(
+          'ENOSPC',
+          `handover blob of ${blob.length} bytes does not fit the ${area.length}-byte handover area (${live.length} files, ${pages.length} extent pages): delete files or mkfs with fewer, larger files`,
+          { syscall: 'serialise', path: this.pool.label },
+        );
+      }
+      area.set(blob);
+      // Commit point: the superblock names the blob, its checksum and generation, and says "serialised".
+      this.#writeSuperblock({ state: PoolState.Serialised, generation, handoverBytes: blob.length, handoverCrc: crc32(blob), handoverGeneration: generation });
+      this.#frozenAt = generation;
+      files = live.length;
+      mappingBlocks = pages.length;
+    }
+    const result: SerialiseResult = { generation: this.#frozenAt!, blob, files, mappingBlocks, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+    if (options.out) {
+      fs.writeFileSync(options.out, blob);
+      result.out = path.resolve(options.out);
+    }
+    return result;
+  }
+
+  /** Lifts the freeze of serialise() (the RFC's KEXEC_KHO_ABORT): the blob becomes stale and changes are allowed again. */
+  abort(): void {
+    this.#requireMounted('abort');
+    if (this.#frozenAt === undefined) {
+      throw new GuestmemfsError('EINVAL', 'the filesystem is not serialised: nothing to abort', { syscall: 'abort', path: this.pool.label });
+    }
+    this.#writeSuperblock({ state: PoolState.Mounted, handoverBytes: 0, handoverCrc: 0 });
+    this.#frozenAt = undefined;
+  }
+
+  /**
+   * Serialises, then replaces this process with `argv` through execve (same PID). A memfd pool's fd is kept open and
+   * its number passed in GUESTMEMFS_POOL_FD (as QEMU's cpr-exec does); a path pool's path goes in GUESTMEMFS_POOL.
+   * Everything else the new program needs is in the handover blob. Returns only by throwing: if execve fails, the
+   * serialisation is aborted and the filesystem keeps working here.
+   */
+  kexec(argv: readonly string[], options: KexecOptions = {}): never {
+    this.#requireMounted('execve');
+    if (!Array.isArray(argv) || argv.length === 0 || !argv.every((arg) => typeof arg === 'string')) {
+      throw new GuestmemfsError('EINVAL', 'kexec needs argv: a non-empty array of strings (program first)', { syscall: 'execve' });
+    }
+    const file = resolveExecutable(argv[0]!);
+    const wasFrozen = this.#frozenAt !== undefined;
+    this.serialise();
+    const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
+    delete env[POOL_FD_ENV];
+    delete env[POOL_PATH_ENV];
+    // Exactly the pool's fd survives (a path pool is found again by path; its fd and mount lock go with the exec).
+    const keepFds: number[] = [];
+    if (this.pool.path === undefined) {
+      keepFds.push(this.pool.fd);
+      env[POOL_FD_ENV] = String(this.pool.fd);
+    } else {
+      env[POOL_PATH_ENV] = this.pool.path;
+    }
+    const envList = Object.entries(env)
+      .filter((entry): entry is [string, string] => entry[1] !== undefined)
+      .map(([key, value]) => `${key}=${value}`);
+    try {
+      native.processExec(file, [...argv], envList, keepFds);
+    } catch (error) {
+      if (!wasFrozen) this.abort();
+      throw GuestmemfsError.from(error).withRemedy('the handover was aborted and this process keeps the filesystem');
+    }
+    throw new GuestmemfsError('EIO', 'execve returned without an error', { syscall: 'execve' });
+  }
+
+  #restoreExpectations(generation: bigint, blobCrc: number) {
+    return {
+      geometry: this.geometry,
+      uuid: this.uuid,
+      generation,
+      pool: { size: this.pool.size, pageSize: this.pool.pageSize, label: this.pool.label },
+      metadata: this.#metadata,
+      isLive: (ino: number) => this.#inodes.type(ino) !== InodeType.Free,
+      chainOf: (ino: number) => (this.#inodes.isValidIno(ino) ? this.#extents.chain(ino) : []),
+      blobCrc,
+    };
   }
 
   // ---------------------------------------------------------------- internals
@@ -774,10 +1007,12 @@ export class Filesystem {
     this.#superblock = { ...next, slot };
   }
 
-  #buildIndex(): void {
+  /** Builds the name index from every inode in the table, or from the handover's list of live inodes. */
+  #buildIndex(live?: readonly number[]): void {
     const inodes = this.#inodes;
     const orphans: number[] = [];
-    for (let ino = 1; ino < inodes.count; ino++) {
+    const candidates = live ?? Array.from({ length: inodes.count - 1 }, (_, index) => index + 1);
+    for (const ino of candidates) {
       const type = inodes.type(ino);
       if (type === InodeType.Free) continue;
       if (inodes.flags(ino) & FLAG_ORPHAN) {
@@ -891,6 +1126,22 @@ export class Filesystem {
     }
   }
 
+  #requireWritable(syscall: string): void {
+    this.#requireMounted(syscall);
+    if (this.#frozenAt !== undefined) {
+      throw new GuestmemfsError(
+        'EBUSY',
+        `the filesystem is serialised for handover (generation ${this.#frozenAt}), ${syscall}: abort() the handover to change it again`,
+        { syscall, path: this.pool.label },
+      );
+    }
+  }
+
+  /** Access times are metadata too: a serialised filesystem must not change under its blob's checksum. */
+  #touchAtime(ino: number): void {
+    if (this.#frozenAt === undefined) this.#inodes.setTime(ino, 'atime', nowNs());
+  }
+
   #requireMounted(syscall: string): void {
     if (!this.#mounted) throw new GuestmemfsError('EINVAL', `the filesystem was unmounted; mount the pool again, ${syscall}`, { syscall, path: this.pool.label });
   }
@@ -946,6 +1197,7 @@ export class Filesystem {
     const inodes = this.#inodes;
     inodes.setNlink(ino, 0);
     inodes.setFlags(ino, inodes.flags(ino) | FLAG_ORPHAN); // commit point: the name is gone
+    this.#orphans.add(ino);
     this.#unlinkChild(parent, ino);
     this.#index.get(parent)?.delete(name);
     if (this.#index.get(ino)?.size === 0) this.#index.delete(ino);
@@ -969,6 +1221,7 @@ export class Filesystem {
     this.#hints[HINTS.freeInodeHead / 4] = ino;
     this.#hints[HINTS.freeInodes / 4] = this.#hints[HINTS.freeInodes / 4]! + 1;
     this.#mapped.delete(ino);
+    this.#orphans.delete(ino);
   }
 
   #linkChild(parent: number, ino: number): void {

@@ -78,6 +78,9 @@ const SB = {
   ownerPid: 180,
   ownerStartTime: 184,
   mountCount: 192,
+  handoverBytes: 200,
+  handoverCrc: 204,
+  handoverGeneration: 208,
   crc: SLOT_CHECKED_BYTES,
 } as const;
 
@@ -109,6 +112,11 @@ export interface SuperblockState {
   ownerPid: number;
   ownerStartTime: bigint;
   mountCount: bigint;
+  /** Length and CRC-32 of the handover blob in the handover area, valid while state is Serialised. */
+  handoverBytes: number;
+  handoverCrc: number;
+  /** Generation the blob was serialised at. */
+  handoverGeneration: bigint;
 }
 
 export interface Superblock extends SuperblockState {
@@ -243,6 +251,9 @@ export function writeSuperblockSlot(metadata: Uint8Array, slot: number, sb: Omit
   view.setUint32(SB.ownerPid, sb.ownerPid, true);
   view.setBigUint64(SB.ownerStartTime, sb.ownerStartTime, true);
   view.setBigUint64(SB.mountCount, sb.mountCount, true);
+  view.setUint32(SB.handoverBytes, sb.handoverBytes, true);
+  view.setUint32(SB.handoverCrc, sb.handoverCrc, true);
+  view.setBigUint64(SB.handoverGeneration, sb.handoverGeneration, true);
   view.setUint32(SB.crc, crc32(new Uint8Array(view.buffer, view.byteOffset, SLOT_CHECKED_BYTES)), true);
 }
 
@@ -296,6 +307,9 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
       ownerPid: view.getUint32(SB.ownerPid, true),
       ownerStartTime: view.getBigUint64(SB.ownerStartTime, true),
       mountCount: view.getBigUint64(SB.mountCount, true),
+      handoverBytes: view.getUint32(SB.handoverBytes, true),
+      handoverCrc: view.getUint32(SB.handoverCrc, true),
+      handoverGeneration: view.getBigUint64(SB.handoverGeneration, true),
       geometry,
       slot,
     },

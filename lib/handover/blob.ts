@@ -1,0 +1,335 @@
+// The handover blob: what the filesystem tells its successor, as an FDT mirroring the guestmemfs RFC's KHO tree.
+//
+// Every property, its byte order and its meaning (this comment is the reference). FDT cells are big-endian;
+// "u64" is two big-endian 32-bit cells; every offset is a byte offset into the pool; "mem" is a list of
+// (offset u64, length u64) pairs.
+//
+//   memory reservation map        one entry: (0, metadata bytes) - the pool's metadata region
+//   /guestmemfs
+//     compatible                  string "guestmemfs-v1"
+//     handover-version            u32: 1
+//     format-version              u32 major, u32 minor of the pool format the metadata is in (1, 0)
+//     generation                  u64: superblock generation the blob was made at; restore requires the superblock's
+//     uuid                        string: the pool UUID
+//     fs_mem                      the pool itself
+//       backend                   string: hugetlbfs | memfd-hugetlb | shm-4k | memfd-4k
+//       path                      string (path backends): where the pool file is
+//       inherited-fd              u32 (memfd backends): the fd number kept open across execve
+//       fd-env                    string (memfd backends): the environment variable that carries that fd number
+//       mem                       (0, pool size)
+//       page-size, block-size     u64 each
+//       block-count               u32
+//     superblock                  where the metadata lives
+//       mem                       6 ranges: header, allocated bitmap, dirty bitmap, inode table, extent pages, handover area
+//       mem-names                 stringlist naming those 6 ranges in order
+//       inode-count, inode-size, extent-page-count, extent-page-size, metadata-blocks   u32 each
+//       crc32                     u32: CRC-32 (IEEE) over, in order: intent+hints [8192, 16384), both bitmaps, the
+//                                 512-byte record of every live inode in `inodes/live` order, and every extent page in
+//                                 `mappings_blocks` order. Free inodes and pages are not covered: they are rewritten
+//                                 before reuse, and the superblock copies carry their own CRCs.
+//     inodes
+//       live                      u32 list: every inode in use, root (1) included, ascending
+//     mappings_blocks
+//       mem                       one (offset, 512) range per extent page in use
+//     mappings_to_inode
+//       num_inodes                u32: number of live inodes
+//       inodes                    u32 list: for each mappings_blocks range, the inode whose extents it holds
+import { GuestmemfsError } from '../errors';
+import { crc32, FIXED_HEADER_BYTES, FORMAT_MAJOR, FORMAT_MINOR, type Geometry, INODE_SIZE, EXTENT_PAGE_SIZE, INTENT_OFFSET } from '../fs/layout';
+import { child, FdtError, type FdtNode, FdtWriter, parseFdt } from './fdt';
+import * as zlib from 'node:zlib';
+
+export const HANDOVER_COMPATIBLE = 'guestmemfs-v1';
+export const HANDOVER_VERSION = 1;
+export const POOL_FD_ENV = 'GUESTMEMFS_POOL_FD';
+export const POOL_PATH_ENV = 'GUESTMEMFS_POOL';
+
+const REGION_NAMES = ['header', 'allocated-bitmap', 'dirty-bitmap', 'inode-table', 'extent-pages', 'handover-area'] as const;
+
+export interface PoolIdentity {
+  backend: string;
+  path: string | undefined;
+  fd: number | undefined;
+  size: number;
+  pageSize: number;
+}
+
+export interface HandoverInput {
+  pool: PoolIdentity;
+  geometry: Geometry;
+  uuid: string;
+  generation: bigint;
+  metadata: Uint8Array;
+  /** Live inodes, ascending, root included. */
+  liveInodes: readonly number[];
+  /** Extent pages in use and their owners, in the same order. */
+  pages: readonly number[];
+  pageOwners: readonly number[];
+}
+
+/** The decoded blob (also what `inspect` prints). */
+export interface HandoverDescription {
+  compatible: string;
+  handoverVersion: number;
+  formatVersion: [number, number];
+  generation: string;
+  uuid: string;
+  fsMem: { backend: string; path?: string; inheritedFd?: number; fdEnv?: string; size: number; pageSize: number; blockSize: number; blockCount: number };
+  regions: Array<{ name: string; offset: number; length: number }>;
+  crc32: number;
+  liveInodes: number[];
+  mappingsBlocks: Array<{ offset: number; length: number; inode: number }>;
+  reservations: Array<{ offset: number; length: number }>;
+}
+
+function regions(g: Geometry): Array<[number, number]> {
+  return [
+    [0, FIXED_HEADER_BYTES],
+    [g.bitmapOffset, g.bitmapLength],
+    [g.dirtyOffset, g.bitmapLength],
+    [g.inodeOffset, g.inodeCount * INODE_SIZE],
+    [g.extentOffset, g.extentPageCount * EXTENT_PAGE_SIZE],
+    [g.handoverOffset, g.handoverLength],
+  ];
+}
+
+/** CRC over the live metadata, as the `superblock/crc32` property defines it. */
+export function liveMetadataCrc(metadata: Uint8Array, g: Geometry, liveInodes: readonly number[], pages: readonly number[]): number {
+  let crc = crc32(metadata.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES));
+  crc = zlib.crc32(metadata.subarray(g.bitmapOffset, g.bitmapOffset + g.bitmapLength), crc);
+  crc = zlib.crc32(metadata.subarray(g.dirtyOffset, g.dirtyOffset + g.bitmapLength), crc);
+  for (const ino of liveInodes) {
+    const offset = g.inodeOffset + ino * INODE_SIZE;
+    crc = zlib.crc32(metadata.subarray(offset, offset + INODE_SIZE), crc);
+  }
+  for (const page of pages) {
+    const offset = g.extentOffset + page * EXTENT_PAGE_SIZE;
+    crc = zlib.crc32(metadata.subarray(offset, offset + EXTENT_PAGE_SIZE), crc);
+  }
+  return crc >>> 0;
+}
+
+export function buildHandoverBlob(input: HandoverInput): Uint8Array {
+  const g = input.geometry;
+  const w = new FdtWriter();
+  w.reserve(0n, BigInt(g.metadataBytes));
+  w.beginNode('');
+  w.beginNode('guestmemfs');
+  w.propString('compatible', HANDOVER_COMPATIBLE);
+  w.propU32('handover-version', HANDOVER_VERSION);
+  w.propU32('format-version', FORMAT_MAJOR, FORMAT_MINOR);
+  w.propU64('generation', input.generation);
+  w.propString('uuid', input.uuid);
+
+  w.beginNode('fs_mem');
+  w.propString('backend', input.pool.backend);
+  if (input.pool.path !== undefined) w.propString('path', input.pool.path);
+  if (input.pool.fd !== undefined) {
+    w.propU32('inherited-fd', input.pool.fd);
+    w.propString('fd-env', POOL_FD_ENV);
+  }
+  w.propU64('mem', 0, input.pool.size);
+  w.propU64('page-size', input.pool.pageSize);
+  w.propU64('block-size', g.blockSize);
+  w.propU32('block-count', g.blockCount);
+  w.endNode();
+
+  w.beginNode('superblock');
+  w.propU64('mem', ...regions(g).flat());
+  w.propStrings('mem-names', REGION_NAMES);
+  w.propU32('inode-count', g.inodeCount);
+  w.propU32('inode-size', INODE_SIZE);
+  w.propU32('extent-page-count', g.extentPageCount);
+  w.propU32('extent-page-size', EXTENT_PAGE_SIZE);
+  w.propU32('metadata-blocks', g.metadataBlocks);
+  w.propU32('crc32', liveMetadataCrc(input.metadata, g, input.liveInodes, input.pages));
+  w.endNode();
+
+  w.beginNode('inodes');
+  w.propU32('live', ...input.liveInodes);
+  w.endNode();
+
+  w.beginNode('mappings_blocks');
+  w.propU64('mem', ...input.pages.flatMap((page) => [g.extentOffset + page * EXTENT_PAGE_SIZE, EXTENT_PAGE_SIZE]));
+  w.endNode();
+
+  w.beginNode('mappings_to_inode');
+  w.propU32('num_inodes', input.liveInodes.length);
+  w.propU32('inodes', ...input.pageOwners);
+  w.endNode();
+
+  w.endNode();
+  w.endNode();
+  return w.finish();
+}
+
+// ------------------------------------------------------------------ decoding
+
+class BlobReject extends Error {
+  constructor(
+    readonly code: string,
+    readonly check: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function prop(node: FdtNode, name: string, where: string): Uint8Array {
+  const value = node.props.get(name);
+  if (!value) throw new BlobReject('EUCLEAN', 'missing-property', `${where} has no "${name}" property`);
+  return value;
+}
+
+function u32s(node: FdtNode, name: string, where: string, count?: number): number[] {
+  const value = prop(node, name, where);
+  if (value.length % 4 !== 0 || (count !== undefined && value.length !== count * 4)) {
+    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 32-bit cells`);
+  }
+  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
+  return Array.from({ length: value.length / 4 }, (_, index) => view.getUint32(index * 4));
+}
+
+function u64s(node: FdtNode, name: string, where: string, count?: number): bigint[] {
+  const value = prop(node, name, where);
+  if (value.length % 8 !== 0 || (count !== undefined && value.length !== count * 8)) {
+    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 64-bit values`);
+  }
+  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
+  return Array.from({ length: value.length / 8 }, (_, index) => view.getBigUint64(index * 8));
+}
+
+function str(node: FdtNode, name: string, where: string): string {
+  const value = prop(node, name, where);
+  if (value.length === 0 || value[value.length - 1] !== 0) throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is not a NUL-terminated string`);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(value.subarray(0, value.length - 1));
+  } catch {
+    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is not valid UTF-8`);
+  }
+}
+
+function node(parent: FdtNode, name: string): FdtNode {
+  const found = child(parent, name);
+  if (!found) throw new BlobReject('EUCLEAN', 'missing-node', `blob has no /guestmemfs/${name} node`);
+  return found;
+}
+
+const toNumber = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : Number.NaN);
+
+/** Decodes a blob without judging it against a pool (for inspect, and as restore's first step). */
+export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
+  const parsed = parseFdt(blob, { maxNodes: 64 });
+  const root = child(parsed.root, 'guestmemfs');
+  if (!root) throw new BlobReject('EINVAL', 'compatible', 'blob has no /guestmemfs node: it is not a guestmemfs handover');
+  const compatible = str(root, 'compatible', '/guestmemfs');
+  const fsMem = node(root, 'fs_mem');
+  const sb = node(root, 'superblock');
+  const inodes = node(root, 'inodes');
+  const mappings = node(root, 'mappings_blocks');
+  const owners = node(root, 'mappings_to_inode');
+  const regionValues = u64s(sb, 'mem', '/guestmemfs/superblock', REGION_NAMES.length * 2).map(toNumber);
+  const pageMem = u64s(mappings, 'mem', '/guestmemfs/mappings_blocks').map(toNumber);
+  const pageOwners = u32s(owners, 'inodes', '/guestmemfs/mappings_to_inode');
+  if (pageOwners.length * 2 !== pageMem.length) {
+    throw new BlobReject('EUCLEAN', 'mappings', `mappings_blocks lists ${pageMem.length / 2} pages but mappings_to_inode names ${pageOwners.length} owners`);
+  }
+  const poolMem = u64s(fsMem, 'mem', '/guestmemfs/fs_mem', 2).map(toNumber);
+  const description: HandoverDescription = {
+    compatible,
+    handoverVersion: u32s(root, 'handover-version', '/guestmemfs', 1)[0]!,
+    formatVersion: u32s(root, 'format-version', '/guestmemfs', 2) as [number, number],
+    generation: u64s(root, 'generation', '/guestmemfs', 1)[0]!.toString(),
+    uuid: str(root, 'uuid', '/guestmemfs'),
+    fsMem: {
+      backend: str(fsMem, 'backend', '/guestmemfs/fs_mem'),
+      size: poolMem[1]!,
+      pageSize: toNumber(u64s(fsMem, 'page-size', '/guestmemfs/fs_mem', 1)[0]!),
+      blockSize: toNumber(u64s(fsMem, 'block-size', '/guestmemfs/fs_mem', 1)[0]!),
+      blockCount: u32s(fsMem, 'block-count', '/guestmemfs/fs_mem', 1)[0]!,
+    },
+    regions: REGION_NAMES.map((name, index) => ({ name, offset: regionValues[index * 2]!, length: regionValues[index * 2 + 1]! })),
+    crc32: u32s(sb, 'crc32', '/guestmemfs/superblock', 1)[0]!,
+    liveInodes: u32s(inodes, 'live', '/guestmemfs/inodes'),
+    mappingsBlocks: pageOwners.map((inode, index) => ({ offset: pageMem[index * 2]!, length: pageMem[index * 2 + 1]!, inode })),
+    reservations: parsed.reservations.map((entry) => ({ offset: toNumber(entry.address), length: toNumber(entry.size) })),
+  };
+  if (fsMem.props.has('path')) description.fsMem.path = str(fsMem, 'path', '/guestmemfs/fs_mem');
+  if (fsMem.props.has('inherited-fd')) description.fsMem.inheritedFd = u32s(fsMem, 'inherited-fd', '/guestmemfs/fs_mem', 1)[0]!;
+  if (fsMem.props.has('fd-env')) description.fsMem.fdEnv = str(fsMem, 'fd-env', '/guestmemfs/fs_mem');
+  return description;
+}
+
+export interface RestoreExpectations {
+  geometry: Geometry;
+  uuid: string;
+  generation: bigint;
+  pool: { size: number; pageSize: number; label: string };
+  metadata: Uint8Array;
+  /** Whether an inode number is in use (for checking the blob's live list against the table). */
+  isLive: (ino: number) => boolean;
+  /** The chain of extent pages an inode holds. */
+  chainOf: (ino: number) => number[];
+  /** CRC-32 of the whole blob, recorded in the superblock when it was written. */
+  blobCrc: number;
+}
+
+/**
+ * Decodes the blob and checks it describes this pool's metadata exactly: compatible string, versions, generation,
+ * UUID, geometry, regions, live inodes, mapping blocks, the live-metadata checksum, then the whole-blob checksum.
+ * Throws a GuestmemfsError naming the first check that failed.
+ */
+export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations): HandoverDescription {
+  const fields = { syscall: 'mount', path: expect.pool.label };
+  try {
+    const d = decodeHandoverBlob(blob);
+    const g = expect.geometry;
+    const reject = (code: string, check: string, message: string): never => {
+      throw new BlobReject(code, check, message);
+    };
+    if (d.compatible !== HANDOVER_COMPATIBLE) reject('EINVAL', 'compatible', `compatible is "${d.compatible}", this guestmemfs reads "${HANDOVER_COMPATIBLE}"`);
+    if (d.handoverVersion !== HANDOVER_VERSION) reject('EINVAL', 'version', `handover version ${d.handoverVersion} is not supported (this guestmemfs reads ${HANDOVER_VERSION})`);
+    if (d.formatVersion[0] !== FORMAT_MAJOR) reject('EINVAL', 'version', `metadata format ${d.formatVersion.join('.')} is not supported (this guestmemfs reads ${FORMAT_MAJOR}.x)`);
+    if (d.uuid !== expect.uuid) reject('EINVAL', 'uuid', `blob belongs to pool ${d.uuid}, this pool is ${expect.uuid}`);
+    if (d.generation !== expect.generation.toString()) reject('EUCLEAN', 'generation', `blob is from generation ${d.generation}, the superblock expects ${expect.generation}`);
+    if (d.fsMem.size !== expect.pool.size) reject('EINVAL', 'geometry', `blob describes a pool of ${d.fsMem.size} bytes, this pool has ${expect.pool.size}`);
+    if (d.fsMem.pageSize !== expect.pool.pageSize) reject('EINVAL', 'geometry', `blob describes ${d.fsMem.pageSize}-byte pages, this pool has ${expect.pool.pageSize}`);
+    if (d.fsMem.blockSize !== g.blockSize || d.fsMem.blockCount !== g.blockCount) {
+      reject('EINVAL', 'geometry', `blob describes ${d.fsMem.blockCount} blocks of ${d.fsMem.blockSize} bytes, the superblock ${g.blockCount} of ${g.blockSize}`);
+    }
+    regions(g).forEach(([offset, length], index) => {
+      const region = d.regions[index]!;
+      if (region.offset !== offset || region.length !== length) {
+        reject('EUCLEAN', 'regions', `blob places ${region.name} at [${region.offset}, +${region.length}), the superblock at [${offset}, +${length})`);
+      }
+    });
+    if (d.reservations.length !== 1 || d.reservations[0]!.offset !== 0 || d.reservations[0]!.length !== g.metadataBytes) {
+      reject('EUCLEAN', 'reservations', `reservation map ${JSON.stringify(d.reservations)} does not reserve the metadata region [0, +${g.metadataBytes})`);
+    }
+    let previous = 0;
+    for (const ino of d.liveInodes) {
+      if (ino <= previous || ino >= g.inodeCount) reject('EUCLEAN', 'inodes', `live inode list is not ascending inside the table at inode ${ino}`);
+      if (!expect.isLive(ino)) reject('EUCLEAN', 'inodes', `blob lists inode ${ino} as live, the inode table has it free`);
+      previous = ino;
+    }
+    if (d.liveInodes[0] !== 1) reject('EUCLEAN', 'inodes', 'live inode list lacks the root directory');
+    const pages: number[] = [];
+    for (const block of d.mappingsBlocks) {
+      const page = (block.offset - g.extentOffset) / EXTENT_PAGE_SIZE;
+      if (block.length !== EXTENT_PAGE_SIZE || !Number.isInteger(page) || page < 1 || page >= g.extentPageCount) {
+        reject('EUCLEAN', 'mappings', `mappings block [${block.offset}, +${block.length}) is not an extent page`);
+      }
+      if (!expect.chainOf(block.inode).includes(page)) reject('EUCLEAN', 'mappings', `extent page ${page} is not in inode ${block.inode}'s chain`);
+      pages.push(page);
+    }
+    const crc = liveMetadataCrc(expect.metadata, g, d.liveInodes, pages);
+    if (crc !== d.crc32) reject('EUCLEAN', 'checksum', `metadata changed after serialise: live-metadata CRC32 is ${crc.toString(16)}, the blob recorded ${d.crc32.toString(16)}`);
+    const blobCrc = crc32(blob);
+    if (blobCrc !== expect.blobCrc) reject('EUCLEAN', 'blob-checksum', `blob CRC32 is ${blobCrc.toString(16)}, the superblock recorded ${expect.blobCrc.toString(16)}`);
+    return d;
+  } catch (error) {
+    if (error instanceof BlobReject) throw new GuestmemfsError(error.code, `handover refused (${error.check}): ${error.message}; the pool was left untouched`, fields);
+    if (error instanceof FdtError) throw new GuestmemfsError('EUCLEAN', `handover refused (fdt-${error.check}): ${error.message}; the pool was left untouched`, fields);
+    throw error;
+  }
+}
