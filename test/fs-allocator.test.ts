@@ -5,6 +5,7 @@ import { BlockAllocator } from '../lib/fs/allocator';
 import { type BlockRun, ExtentStore } from '../lib/fs/extents';
 import { InodeTable } from '../lib/fs/inodes';
 import { computeGeometry, EXTENTS_PER_PAGE, HINTS_OFFSET, INLINE_EXTENTS } from '../lib/fs/layout';
+import { BufferMetadata } from '../lib/fs/metadata';
 
 const BLOCK = 4096;
 
@@ -12,9 +13,10 @@ function views(blocks: number) {
   const geometry = computeGeometry(blocks * BLOCK, 4096, BLOCK, 64);
   const buffer = new ArrayBuffer(geometry.metadataBytes);
   const hints = new Uint32Array(buffer, HINTS_OFFSET, 1024);
-  const inodes = new InodeTable(buffer, geometry);
-  const allocator = new BlockAllocator(buffer, geometry, hints);
-  const extents = new ExtentStore(buffer, geometry, hints, inodes);
+  const source = new BufferMetadata(buffer);
+  const inodes = new InodeTable(source, geometry);
+  const allocator = new BlockAllocator(source, geometry, hints);
+  const extents = new ExtentStore(source, geometry, hints, inodes);
   allocator.format();
   extents.format();
   return { geometry, allocator, extents, inodes };

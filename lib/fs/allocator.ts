@@ -4,6 +4,7 @@
 // single mmap), then several runs first-fit. It only chooses; the caller orders the stores (see filesystem.ts).
 import type { BlockRun } from './extents';
 import { type Geometry, HINTS } from './layout';
+import type { MetadataSource } from './metadata';
 
 const FULL = 0xffffffff;
 
@@ -20,13 +21,19 @@ export class BlockAllocator {
   readonly #dirty: Uint32Array;
   readonly #hints: Uint32Array;
 
-  constructor(metadata: ArrayBuffer, geometry: Geometry, hints: Uint32Array) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Uint32Array) {
     this.blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
-    const words = geometry.bitmapLength / 4;
-    this.#allocated = new Uint32Array(metadata, geometry.bitmapOffset, words);
-    this.#dirty = new Uint32Array(metadata, geometry.dirtyOffset, words);
+    const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
+    const dirty = source.window(geometry.dirtyOffset, geometry.bitmapLength);
+    this.#allocated = new Uint32Array(allocated.buffer, allocated.byteOffset, geometry.bitmapLength / 4);
+    this.#dirty = new Uint32Array(dirty.buffer, dirty.byteOffset, geometry.bitmapLength / 4);
     this.#hints = hints;
+  }
+
+  /** Both bitmaps' bytes (for the handover checksum). */
+  bitmapBytes(): [Uint8Array, Uint8Array] {
+    return [new Uint8Array(this.#allocated.buffer, this.#allocated.byteOffset, this.#allocated.byteLength), new Uint8Array(this.#dirty.buffer, this.#dirty.byteOffset, this.#dirty.byteLength)];
   }
 
   get freeBlocks(): number {

@@ -10,6 +10,7 @@
 import { GuestmemfsError } from '../errors';
 import { EXTENT_PAGE_SIZE, EXTENTS_PER_PAGE, type Geometry, HINTS, INLINE_EXTENTS } from './layout';
 import type { InodeTable } from './inodes';
+import { ChunkedRecords, type MetadataSource } from './metadata';
 
 export interface BlockRun {
   start: number;
@@ -31,17 +32,37 @@ export function cutAfter(runs: readonly BlockRun[], keep: number): BlockRun[] {
 }
 const P = { owner: 0, next: 1, nextFree: 2, extents: 4 } as const;
 
+/** 2048 pages (1 MiB) per window. */
+const CHUNK_SHIFT = 11;
+
 export class ExtentStore {
   readonly pageCount: number;
-  readonly #u32: Uint32Array;
+  readonly #pages: ChunkedRecords;
   readonly #hints: Uint32Array;
   readonly #inodes: InodeTable;
 
-  constructor(metadata: ArrayBuffer, geometry: Geometry, hints: Uint32Array, inodes: InodeTable) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Uint32Array, inodes: InodeTable) {
     this.pageCount = geometry.extentPageCount;
-    this.#u32 = new Uint32Array(metadata, geometry.extentOffset, (geometry.extentPageCount * EXTENT_PAGE_SIZE) / 4);
+    this.#pages = new ChunkedRecords(source, geometry.extentOffset, EXTENT_PAGE_SIZE, geometry.extentPageCount, CHUNK_SHIFT);
     this.#hints = hints;
     this.#inodes = inodes;
+  }
+
+  /** Word `word` of page `page`. */
+  #word(page: number, word: number): number {
+    return this.#pages.u32(page)[this.#pages.local(page) * PAGE_WORDS + word]!;
+  }
+  #setWord(page: number, word: number, value: number): void {
+    this.#pages.u32(page)[this.#pages.local(page) * PAGE_WORDS + word] = value;
+  }
+  #clearPage(page: number): void {
+    const start = this.#pages.local(page) * PAGE_WORDS;
+    this.#pages.u32(page).fill(0, start, start + PAGE_WORDS);
+  }
+
+  /** The page's 512 bytes (for the handover checksum). */
+  pageRecord(page: number): Uint8Array {
+    return this.#pages.bytes(page);
   }
 
   get freePages(): number {
@@ -49,20 +70,20 @@ export class ExtentStore {
   }
 
   pageOwner(page: number): number {
-    return this.#u32[page * PAGE_WORDS + P.owner]!;
+    return this.#word(page, P.owner);
   }
   pageNext(page: number): number {
-    return this.#u32[page * PAGE_WORDS + P.next]!;
+    return this.#word(page, P.next);
   }
   pageNextFree(page: number): number {
-    return this.#u32[page * PAGE_WORDS + P.nextFree]!;
+    return this.#word(page, P.nextFree);
   }
 
   /** mkfs: every page except page 0 on the free list, in order. */
   format(): void {
     for (let page = 1; page < this.pageCount; page++) {
-      this.#u32.fill(0, page * PAGE_WORDS, (page + 1) * PAGE_WORDS);
-      this.#u32[page * PAGE_WORDS + P.nextFree] = page + 1 < this.pageCount ? page + 1 : 0;
+      this.#clearPage(page);
+      this.#setWord(page, P.nextFree, page + 1 < this.pageCount ? page + 1 : 0);
     }
     this.#hints[HINTS.freePageHead / 4] = this.pageCount > 1 ? 1 : 0;
     this.#hints[HINTS.freePages / 4] = this.pageCount - 1;
@@ -74,8 +95,8 @@ export class ExtentStore {
     let free = 0;
     for (let page = this.pageCount - 1; page >= 1; page--) {
       if (used[page]) continue;
-      this.#u32.fill(0, page * PAGE_WORDS, (page + 1) * PAGE_WORDS);
-      this.#u32[page * PAGE_WORDS + P.nextFree] = head;
+      this.#clearPage(page);
+      this.#setWord(page, P.nextFree, head);
       head = page;
       free++;
     }
@@ -95,9 +116,10 @@ export class ExtentStore {
     let index = INLINE_EXTENTS;
     let hops = 0;
     while (index < count && page > 0 && page < this.pageCount && hops++ < this.pageCount) {
-      const base = page * PAGE_WORDS + P.extents;
+      const words = this.#pages.u32(page);
+      const base = this.#pages.local(page) * PAGE_WORDS + P.extents;
       for (let slot = 0; slot < EXTENTS_PER_PAGE && index < count; slot++, index++) {
-        runs.push({ start: this.#u32[base + slot * 2]!, length: this.#u32[base + slot * 2 + 1]! });
+        runs.push({ start: words[base + slot * 2]!, length: words[base + slot * 2 + 1]! });
       }
       page = this.pageNext(page);
     }
@@ -146,7 +168,7 @@ export class ExtentStore {
     while (chain.length < needed) {
       const page = this.#popFreePage(ino);
       if (chain.length === 0) inodes.setFirstPage(ino, page);
-      else this.#u32[chain.at(-1)! * PAGE_WORDS + P.next] = page;
+      else this.#setWord(chain.at(-1)!, P.next, page);
       chain.push(page);
     }
     for (const run of pending) {
@@ -192,7 +214,7 @@ export class ExtentStore {
     const keepPages = ExtentStore.pagesFor(keepCount);
     if (chain.length > keepPages) {
       if (keepPages === 0) inodes.setFirstPage(ino, 0);
-      else this.#u32[chain[keepPages - 1]! * PAGE_WORDS + P.next] = 0;
+      else this.#setWord(chain[keepPages - 1]!, P.next, 0);
       for (const page of chain.slice(keepPages)) this.#pushFreePage(page);
     }
     return freed;
@@ -203,53 +225,59 @@ export class ExtentStore {
     if (head === 0) throw new GuestmemfsError('ENOSPC', 'extent pages exhausted (cannot happen with a consistent pool: run the checker)');
     this.#hints[HINTS.freePageHead / 4] = this.pageNextFree(head);
     this.#hints[HINTS.freePages / 4] = this.freePages - 1;
-    this.#u32.fill(0, head * PAGE_WORDS, (head + 1) * PAGE_WORDS);
-    this.#u32[head * PAGE_WORDS + P.owner] = owner;
+    this.#clearPage(head);
+    this.#setWord(head, P.owner, owner);
     return head;
   }
 
   #pushFreePage(page: number): void {
-    this.#u32[page * PAGE_WORDS + P.owner] = 0;
-    this.#u32[page * PAGE_WORDS + P.next] = 0;
-    this.#u32[page * PAGE_WORDS + P.nextFree] = this.#hints[HINTS.freePageHead / 4]!;
+    this.#setWord(page, P.owner, 0);
+    this.#setWord(page, P.next, 0);
+    this.#setWord(page, P.nextFree, this.#hints[HINTS.freePageHead / 4]!);
     this.#hints[HINTS.freePageHead / 4] = page;
     this.#hints[HINTS.freePages / 4] = this.freePages + 1;
   }
 
-  // Entry addressing: an entry index is -1 - inlineSlot for inline extents, or a u32 word index into the page area.
+  // Entry addressing: an entry is -1 - (ino * 4 + slot) for an inline extent, or page * 64 + slot for one in a page.
   #entryIndex(ino: number, index: number): number {
     return this.#entryIndexIn(ino, index < INLINE_EXTENTS ? [] : this.chain(ino), index);
   }
   #entryIndexIn(ino: number, chain: readonly number[], index: number): number {
     if (index < INLINE_EXTENTS) return -1 - (ino * INLINE_EXTENTS + index);
     const page = chain[Math.floor((index - INLINE_EXTENTS) / EXTENTS_PER_PAGE)]!;
-    return page * PAGE_WORDS + P.extents + ((index - INLINE_EXTENTS) % EXTENTS_PER_PAGE) * 2;
+    return page * 64 + ((index - INLINE_EXTENTS) % EXTENTS_PER_PAGE);
   }
   #inlineOf(entry: number): [number, number] {
     const flat = -1 - entry;
     return [Math.floor(flat / INLINE_EXTENTS), flat % INLINE_EXTENTS];
+  }
+  #pageWord(entry: number): [number, number] {
+    return [Math.floor(entry / 64), P.extents + (entry % 64) * 2];
   }
   #entryStart(entry: number): number {
     if (entry < 0) {
       const [ino, slot] = this.#inlineOf(entry);
       return this.#inodes.inlineStart(ino, slot);
     }
-    return this.#u32[entry]!;
+    const [page, word] = this.#pageWord(entry);
+    return this.#word(page, word);
   }
   #entryLength(entry: number): number {
     if (entry < 0) {
       const [ino, slot] = this.#inlineOf(entry);
       return this.#inodes.inlineLength(ino, slot);
     }
-    return this.#u32[entry + 1]!;
+    const [page, word] = this.#pageWord(entry);
+    return this.#word(page, word + 1);
   }
   #setEntry(entry: number, start: number, length: number): void {
     if (entry < 0) {
       const [ino, slot] = this.#inlineOf(entry);
       this.#inodes.setInline(ino, slot, start, length);
     } else {
-      this.#u32[entry] = start;
-      this.#u32[entry + 1] = length;
+      const [page, word] = this.#pageWord(entry);
+      this.#setWord(page, word, start);
+      this.#setWord(page, word + 1, length);
     }
   }
   #setEntryLength(entry: number, length: number): void {
@@ -257,7 +285,8 @@ export class ExtentStore {
       const [ino, slot] = this.#inlineOf(entry);
       this.#inodes.setInlineLength(ino, slot, length);
     } else {
-      this.#u32[entry + 1] = length;
+      const [page, word] = this.#pageWord(entry);
+      this.#setWord(page, word + 1, length);
     }
   }
 }

@@ -17,7 +17,8 @@ import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
 import { repairDerived } from './repair';
-import { buildHandoverBlob, type HandoverDescription, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
+import { BufferMetadata, MappedMetadata } from './metadata';
+import { buildHandoverBlob, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
 import { type BlockRun, cutAfter, ExtentStore } from './extents';
 import { FILE_TYPE_NAMES, type FileTypeName, FLAG_ORPHAN, FileType, InodeTable, InodeType } from './inodes';
 import {
@@ -190,10 +191,16 @@ function nowNs(): bigint {
   return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 }
 
+let cachedStartTime: { pid: number; value: bigint } | undefined;
+
+/** This process's start time in clock ticks (with the pid, it names an owner even after pid reuse). */
 function processStartTime(): bigint {
-  const stat = fs.readFileSync('/proc/self/stat', 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return BigInt(fields[19]!);
+  if (cachedStartTime?.pid !== process.pid) {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    cachedStartTime = { pid: process.pid, value: BigInt(fields[19]!) };
+  }
+  return cachedStartTime.value;
 }
 
 function poolKey(pool: Pool): string {
@@ -219,17 +226,23 @@ function requireHeaderRoom(pool: Pool, syscall: string): void {
   }
 }
 
+/** Reads and checks the pool's superblock through a mapping of just its header. */
+export function readPoolSuperblock(pool: Pool): Superblock {
+  requireHeaderRoom(pool, 'mount');
+  const header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], { populate: false, writable: false });
+  try {
+    return readSuperblock(header.bytes(0, FIXED_HEADER_BYTES), pool);
+  } finally {
+    header.unmap();
+  }
+}
+
 function lockOrExplain(pool: Pool, syscall: string): void {
   if (native.fdLock(pool.fd, true, false)) return;
   let holder = 'another process';
   try {
-    const header = pool.map([{ offset: 0, length: Math.max(pool.pageSize, FIXED_HEADER_BYTES) }], { populate: false, writable: false });
-    try {
-      const sb = readSuperblock(header.bytes(0, FIXED_HEADER_BYTES), pool);
-      if (sb.ownerPid) holder = `pid ${sb.ownerPid}`;
-    } finally {
-      header.unmap();
-    }
+    const sb = readPoolSuperblock(pool);
+    if (sb.ownerPid) holder = `pid ${sb.ownerPid}`;
   } catch {
     // An unreadable header still leaves the lock's holder unknown, which the message says.
   }
@@ -263,10 +276,11 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       });
     }
     bytes.fill(0);
+    const source = new BufferMetadata(metadata);
     const hints = new Uint32Array(metadata, HINTS_OFFSET, 1024);
-    const inodes = new InodeTable(metadata, geometry);
-    const allocator = new BlockAllocator(metadata, geometry, hints);
-    const extents = new ExtentStore(metadata, geometry, hints, inodes);
+    const inodes = new InodeTable(source, geometry);
+    const allocator = new BlockAllocator(source, geometry, hints);
+    const extents = new ExtentStore(source, geometry, hints, inodes);
     allocator.format();
     // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
     if (!zeroed) allocator.markDirty([{ start: geometry.metadataBlocks, length: allocator.dataBlocks }], true);
@@ -325,15 +339,16 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
     });
   }
   lockOrExplain(pool, 'mount');
-  let whole: Mapping | undefined;
+  let meta: Mapping | undefined;
   try {
-    whole = pool.mapAll({ populate: false, dontDump: true, dontFork: true });
-    const sb = readSuperblock(whole.bytes(0, FIXED_HEADER_BYTES), pool);
-    const filesystem = new Filesystem(pool, whole, sb, currentCredentials(options), key, options);
+    const sb = readPoolSuperblock(pool);
+    // Only the metadata region is mapped now; data blocks get a mapping the first time data is touched.
+    meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false, dontDump: true, dontFork: true });
+    const filesystem = new Filesystem(pool, meta, sb, currentCredentials(options), key, options);
     mountedHere.add(key);
     return filesystem;
   } catch (error) {
-    whole?.unmap();
+    meta?.unmap();
     native.fdUnlock(pool.fd);
     throw error;
   }
@@ -345,8 +360,14 @@ export class Filesystem {
   readonly uuid: string;
   /** The credentials permission checks use (from mount options, else this process's). */
   readonly credentials: Credentials;
-  readonly #whole: Mapping;
-  readonly #metadata: Uint8Array;
+  /** The metadata region, mapped for the life of the mount. */
+  readonly #meta: Mapping;
+  /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
+  #data: Mapping | undefined;
+  /** Superblock copies, intent record and hints: the first 16 KiB of the pool. */
+  readonly #header: Uint8Array;
+  readonly #source: MappedMetadata;
+  #handoverWindow: Uint8Array | undefined;
   readonly #hints: Uint32Array;
   readonly #intent: Uint32Array;
   readonly #inodes: InodeTable;
@@ -371,27 +392,27 @@ export class Filesystem {
   #mounted = true;
 
   /** @internal Use mount(). */
-  constructor(pool: Pool, whole: Mapping, sb: Superblock, credentials: Credentials, key: string, options: MountOptions) {
+  constructor(pool: Pool, meta: Mapping, sb: Superblock, credentials: Credentials, key: string, options: MountOptions) {
     const started = process.hrtime.bigint();
     this.pool = pool;
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
     this.credentials = credentials;
-    this.#whole = whole;
+    this.#meta = meta;
     this.#key = key;
     this.#superblock = sb;
-    whole.advise('MADV_POPULATE_WRITE', 0, sb.geometry.metadataBytes);
-    const metadata = native.mappingBuffer(whole.id, 0, sb.geometry.metadataBytes);
-    this.#metadata = new Uint8Array(metadata);
-    this.#hints = new Uint32Array(metadata, HINTS_OFFSET, 1024);
-    this.#intent = new Uint32Array(metadata, INTENT_OFFSET, 1024);
-    this.#inodes = new InodeTable(metadata, sb.geometry);
-    this.#allocator = new BlockAllocator(metadata, sb.geometry, this.#hints);
-    this.#extents = new ExtentStore(metadata, sb.geometry, this.#hints, this.#inodes);
+    // No pre-faulting and no view of the whole region: a mount (above all a restore) touches a few metadata pages.
+    this.#source = new MappedMetadata(meta.id);
+    this.#header = this.#source.window(0, FIXED_HEADER_BYTES);
+    this.#hints = new Uint32Array(this.#header.buffer, this.#header.byteOffset + HINTS_OFFSET, 1024);
+    this.#intent = new Uint32Array(this.#header.buffer, this.#header.byteOffset + INTENT_OFFSET, 1024);
+    this.#inodes = new InodeTable(this.#source, sb.geometry);
+    this.#allocator = new BlockAllocator(this.#source, sb.geometry, this.#hints);
+    this.#extents = new ExtentStore(this.#source, sb.geometry, this.#hints, this.#inodes);
     const fields = { syscall: 'mount', path: pool.label };
     if (sb.state === PoolState.Serialised && !options.discardHandover) {
       // Handed over: adopt the metadata in place after checking the blob describes it; only the volatile index is built.
-      const area = this.#metadata.subarray(sb.geometry.handoverOffset, sb.geometry.handoverOffset + sb.geometry.handoverLength);
+      const area = this.#handoverArea();
       if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
         throw new GuestmemfsError('EUCLEAN', `handover refused (length): the superblock records a ${sb.handoverBytes}-byte blob in a ${area.length}-byte area; the pool was left untouched`, fields);
       }
@@ -403,7 +424,7 @@ export class Filesystem {
         uuid: sb.uuid,
         generation: sb.generation,
         pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
-        metadata: this.#metadata,
+        metadata: this.#liveMetadata(),
         isLive: (ino) => this.#inodes.type(ino) !== InodeType.Free,
         chainOf: (ino) => (this.#inodes.isValidIno(ino) ? this.#extents.chain(ino) : []),
         blobCrc: sb.handoverCrc,
@@ -422,13 +443,12 @@ export class Filesystem {
       // Still marked as the dead owner's while recovering: a kill now is recovered from by the next mount.
       const result = repairDerived({
         geometry: sb.geometry,
-        metadata: this.#metadata,
         inodes: this.#inodes,
         extents: this.#extents,
         allocator: this.#allocator,
         hints: this.#hints,
         intent: this.#intent,
-        intentBytes: this.#metadata.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096),
+        intentBytes: this.#header.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096),
       });
       if (result.unrepairable.length > 0) {
         throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly (${cause}) and cannot be recovered: ${result.unrepairable.join('; ')}; it was left as it was`, fields);
@@ -594,7 +614,7 @@ export class Filesystem {
 
     // 1. The intent record, fields first and the magic last (commit point): from here a kill is rolled forward.
     const intent = this.#intent;
-    const intentBytes = this.#metadata.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096);
+    const intentBytes = this.#header.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096);
     intent[INTENT.op / 4] = INTENT_OP_RENAME;
     intent[INTENT.srcIno / 4] = source.ino;
     intent[INTENT.dstParent / 4] = target.parent;
@@ -703,7 +723,7 @@ export class Filesystem {
       let done = 0;
       for (const run of plan.dirty) {
         const length = run.length * this.geometry.blockSize;
-        await native.zeroAsync(this.#whole.id, run.start * this.geometry.blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
+        await native.zeroAsync(this.#dataMapping().id, run.start * this.geometry.blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
         done += length;
       }
     } catch (error) {
@@ -792,7 +812,7 @@ export class Filesystem {
       // Claim the run while it is zeroed so no allocation hands it out half-zeroed.
       this.#allocator.markAllocated([run]);
       try {
-        await native.zeroAsync(this.#whole.id, run.start * blockSize, run.length * blockSize, (chunk) => options.onProgress?.(done + chunk, total));
+        await native.zeroAsync(this.#dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) => options.onProgress?.(done + chunk, total));
         this.#allocator.markDirty([run], false);
       } finally {
         this.#allocator.markFree([run]);
@@ -858,7 +878,9 @@ export class Filesystem {
 
   #releaseMount(): void {
     this.#mounted = false;
-    this.#whole.unmap();
+    this.#meta.unmap();
+    this.#data?.unmap();
+    this.#data = undefined;
     mountedHere.delete(this.#key);
     native.fdUnlock(this.pool.fd);
   }
@@ -874,7 +896,7 @@ export class Filesystem {
     this.#requireMounted('serialise');
     const started = process.hrtime.bigint();
     const g = this.geometry;
-    const area = this.#metadata.subarray(g.handoverOffset, g.handoverOffset + g.handoverLength);
+    const area = this.#handoverArea();
     let blob: Uint8Array;
     let files: number;
     let mappingBlocks: number;
@@ -910,7 +932,7 @@ export class Filesystem {
         geometry: g,
         uuid: this.uuid,
         generation,
-        metadata: this.#metadata,
+        metadata: this.#liveMetadata(),
         liveInodes: live,
         pages,
         pageOwners: owners,
@@ -984,13 +1006,27 @@ export class Filesystem {
     throw new GuestmemfsError('EIO', 'execve returned without an error', { syscall: 'execve' });
   }
 
+  #handoverArea(): Uint8Array {
+    this.#handoverWindow ??= this.#source.window(this.geometry.handoverOffset, this.geometry.handoverLength);
+    return this.#handoverWindow;
+  }
+
+  #liveMetadata(): LiveMetadata {
+    return {
+      header: this.#header,
+      bitmaps: this.#allocator.bitmapBytes(),
+      inodeRecord: (ino) => this.#inodes.record(ino),
+      pageRecord: (page) => this.#extents.pageRecord(page),
+    };
+  }
+
   #restoreExpectations(generation: bigint, blobCrc: number) {
     return {
       geometry: this.geometry,
       uuid: this.uuid,
       generation,
       pool: { size: this.pool.size, pageSize: this.pool.pageSize, label: this.pool.label },
-      metadata: this.#metadata,
+      metadata: this.#liveMetadata(),
       isLive: (ino: number) => this.#inodes.type(ino) !== InodeType.Free,
       chainOf: (ino: number) => (this.#inodes.isValidIno(ino) ? this.#extents.chain(ino) : []),
       blobCrc,
@@ -1003,7 +1039,7 @@ export class Filesystem {
     const next = { ...this.#superblock, ...changes, sequence: this.#superblock.sequence + 1n };
     // Overwrite the copy that is not the newest: a kill mid-write leaves the newest one intact.
     const slot = 1 - this.#superblock.slot;
-    writeSuperblockSlot(this.#metadata, slot, next);
+    writeSuperblockSlot(this.#header, slot, next);
     this.#superblock = { ...next, slot };
   }
 
@@ -1282,8 +1318,13 @@ export class Filesystem {
     return { grow: true, runs, dirty: this.#allocator.dirtyWithin(runs), size };
   }
 
+  #dataMapping(): Mapping {
+    this.#data ??= this.pool.mapAll({ populate: false, dontDump: true, dontFork: true });
+    return this.#data;
+  }
+
   #zeroRun(run: BlockRun): void {
-    native.zero(this.#whole.id, run.start * this.geometry.blockSize, run.length * this.geometry.blockSize);
+    native.zero(this.#dataMapping().id, run.start * this.geometry.blockSize, run.length * this.geometry.blockSize);
   }
 
   /** Links zeroed blocks into the file (extent count is the commit point), then publishes the size. */
@@ -1344,13 +1385,13 @@ export class Filesystem {
   }
 
   #zeroFileRange(ino: number, from: number, to: number): void {
-    this.#forEachRange(ino, from, to, (poolOffset, _fileOffset, length) => native.zero(this.#whole.id, poolOffset, length));
+    this.#forEachRange(ino, from, to, (poolOffset, _fileOffset, length) => native.zero(this.#dataMapping().id, poolOffset, length));
   }
 
   #copy(ino: number, position: number, buffer: Uint8Array, direction: 'read' | 'write'): void {
     const end = position + buffer.length;
     this.#forEachRange(ino, position, end, (poolOffset, fileOffset, length) => {
-      const window = this.#whole.bytes(poolOffset, length);
+      const window = this.#dataMapping().bytes(poolOffset, length);
       const slice = buffer.subarray(fileOffset - position, fileOffset - position + length);
       if (direction === 'read') slice.set(window);
       else window.set(slice);

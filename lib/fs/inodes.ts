@@ -9,6 +9,7 @@
 //   88 extentCount u32  92 firstExtentPage u32  96 blockCount u32  100 nameLength u32
 //   104 four inline extents (start u32, length u32)   256 name (up to 255 bytes of UTF-8)
 import { INODE_SIZE, INLINE_EXTENTS, type Geometry } from './layout';
+import { ChunkedRecords, type MetadataSource } from './metadata';
 
 export enum InodeType {
   Free = 0,
@@ -58,21 +59,18 @@ const decoder = new TextDecoder('utf-8', { fatal: false });
 
 export type TimeField = 'atime' | 'mtime' | 'ctime' | 'btime';
 
+/** 2048 inodes (1 MiB) per window. */
+const CHUNK_SHIFT = 11;
+
 export class InodeTable {
   readonly count: number;
-  readonly #u16: Uint16Array;
-  readonly #u32: Uint32Array;
-  readonly #u64: BigUint64Array;
-  readonly #bytes: Uint8Array;
+  readonly #records: ChunkedRecords;
   readonly #base8: number;
 
-  constructor(metadata: ArrayBuffer, geometry: Geometry) {
+  constructor(source: MetadataSource, geometry: Geometry) {
     this.count = geometry.inodeCount;
     this.#base8 = geometry.inodeOffset;
-    this.#u16 = new Uint16Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 2);
-    this.#u32 = new Uint32Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 4);
-    this.#u64 = new BigUint64Array(metadata, geometry.inodeOffset, (geometry.inodeCount * INODE_SIZE) / 8);
-    this.#bytes = new Uint8Array(metadata, geometry.inodeOffset, geometry.inodeCount * INODE_SIZE);
+    this.#records = new ChunkedRecords(source, geometry.inodeOffset, INODE_SIZE, geometry.inodeCount, CHUNK_SHIFT);
   }
 
   isValidIno(ino: number): boolean {
@@ -80,23 +78,23 @@ export class InodeTable {
   }
 
   type(ino: number): InodeType {
-    return this.#u16[ino * 256]!;
+    return this.#records.u16(ino)[this.#records.local(ino) * 256]!;
   }
   setType(ino: number, type: InodeType): void {
-    this.#u16[ino * 256] = type;
+    this.#records.u16(ino)[this.#records.local(ino) * 256] = type;
   }
   fileType(ino: number): FileType {
-    return this.#u16[ino * 256 + 1]!;
+    return this.#records.u16(ino)[this.#records.local(ino) * 256 + 1]!;
   }
   setFileType(ino: number, fileType: FileType): void {
-    this.#u16[ino * 256 + 1] = fileType;
+    this.#records.u16(ino)[this.#records.local(ino) * 256 + 1] = fileType;
   }
 
   #get(ino: number, word: number): number {
-    return this.#u32[ino * 128 + word]!;
+    return this.#records.u32(ino)[this.#records.local(ino) * 128 + word]!;
   }
   #set(ino: number, word: number, value: number): void {
-    this.#u32[ino * 128 + word] = value;
+    this.#records.u32(ino)[this.#records.local(ino) * 128 + word] = value;
   }
 
   flags(ino: number): number {
@@ -198,40 +196,43 @@ export class InodeTable {
   }
 
   size(ino: number): number {
-    return Number(this.#u64[ino * 64 + Q.size]);
+    return Number(this.#records.u64(ino)[this.#records.local(ino) * 64 + Q.size]);
   }
   setSize(ino: number, value: number): void {
-    this.#u64[ino * 64 + Q.size] = BigInt(value);
+    this.#records.u64(ino)[this.#records.local(ino) * 64 + Q.size] = BigInt(value);
   }
   time(ino: number, field: TimeField): bigint {
-    return this.#u64[ino * 64 + Q[field]]!;
+    return this.#records.u64(ino)[this.#records.local(ino) * 64 + Q[field]]!;
   }
   setTime(ino: number, field: TimeField, value: bigint): void {
-    this.#u64[ino * 64 + Q[field]] = value;
+    this.#records.u64(ino)[this.#records.local(ino) * 64 + Q[field]] = value;
   }
 
   name(ino: number): string {
-    const length = Math.min(this.#get(ino, W.nameLength), NAME_MAX);
-    const start = ino * INODE_SIZE + NAME_OFFSET;
-    return decoder.decode(this.#bytes.subarray(start, start + length));
+    return decodeName(this.nameBytes(ino));
   }
 
   /** Writes the name bytes, then the length: a reader never sees a length longer than the bytes written. */
   setName(ino: number, encoded: Uint8Array): void {
-    const start = ino * INODE_SIZE + NAME_OFFSET;
-    this.#bytes.set(encoded, start);
+    this.#records.u8(ino).set(encoded, this.#records.local(ino) * INODE_SIZE + NAME_OFFSET);
     this.#set(ino, W.nameLength, encoded.length);
   }
 
   /** Name bytes for comparison with an intent record, without decoding. */
   nameBytes(ino: number): Uint8Array {
-    const start = ino * INODE_SIZE + NAME_OFFSET;
-    return this.#bytes.subarray(start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
+    const start = this.#records.local(ino) * INODE_SIZE + NAME_OFFSET;
+    return this.#records.u8(ino).subarray(start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
   }
 
-  /** Zeroes every field (used on a free inode before it is initialised, and by mkfs). */
+  /** Zeroes every field (used on a free inode before it is initialised). */
   clear(ino: number): void {
-    this.#bytes.fill(0, ino * INODE_SIZE, (ino + 1) * INODE_SIZE);
+    const start = this.#records.local(ino) * INODE_SIZE;
+    this.#records.u8(ino).fill(0, start, start + INODE_SIZE);
+  }
+
+  /** The inode's 512-byte record (for the handover checksum). */
+  record(ino: number): Uint8Array {
+    return this.#records.bytes(ino);
   }
 
   /** Byte offset of an inode inside the metadata region (for the handover blob and the checker). */
@@ -240,6 +241,17 @@ export class InodeTable {
   }
 
   static readonly inlineExtents = INLINE_EXTENTS;
+}
+
+/** Names are mostly ASCII, where building the string directly beats TextDecoder's per-call cost. */
+function decodeName(bytes: Uint8Array): string {
+  let text = '';
+  for (let i = 0; i < bytes.length; i++) {
+    const byte = bytes[i]!;
+    if (byte >= 0x80) return decoder.decode(bytes);
+    text += String.fromCharCode(byte);
+  }
+  return text;
 }
 
 export function encodeName(name: string): Uint8Array {

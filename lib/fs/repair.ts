@@ -8,7 +8,6 @@ import { type Geometry, HINTS, INTENT, INTENT_ACTIVE, INTENT_OP_RENAME, intentCh
 
 export interface RepairViews {
   geometry: Geometry;
-  metadata: Uint8Array;
   inodes: InodeTable;
   extents: ExtentStore;
   allocator: BlockAllocator;

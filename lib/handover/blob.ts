@@ -10,8 +10,8 @@
 //     handover-version            u32: 1
 //     format-version              u32 major, u32 minor of the pool format the metadata is in (1, 0)
 //     generation                  u64: superblock generation the blob was made at; restore requires the superblock's
-//     uuid                        string: the pool UUID
 //     fs_mem                      the pool itself
+//       uuid                      string: the pool UUID (also in the superblock; restore requires them equal)
 //       backend                   string: hugetlbfs | memfd-hugetlb | shm-4k | memfd-4k
 //       path                      string (path backends): where the pool file is
 //       inherited-fd              u32 (memfd backends): the fd number kept open across execve
@@ -36,6 +36,16 @@
 //       inodes                    u32 list: for each mappings_blocks range, the inode whose extents it holds
 import { GuestmemfsError } from '../errors';
 import { crc32, FIXED_HEADER_BYTES, FORMAT_MAJOR, FORMAT_MINOR, type Geometry, INODE_SIZE, EXTENT_PAGE_SIZE, INTENT_OFFSET } from '../fs/layout';
+
+/** Where the live-metadata checksum reads its bytes from. */
+export interface LiveMetadata {
+  /** The fixed header [0, 16384): superblock copies, intent record, hints. */
+  header: Uint8Array;
+  /** The allocated and dirty bitmaps. */
+  bitmaps: [Uint8Array, Uint8Array];
+  inodeRecord(ino: number): Uint8Array;
+  pageRecord(page: number): Uint8Array;
+}
 import { child, FdtError, type FdtNode, FdtWriter, parseFdt } from './fdt';
 import * as zlib from 'node:zlib';
 
@@ -59,7 +69,7 @@ export interface HandoverInput {
   geometry: Geometry;
   uuid: string;
   generation: bigint;
-  metadata: Uint8Array;
+  metadata: LiveMetadata;
   /** Live inodes, ascending, root included. */
   liveInodes: readonly number[];
   /** Extent pages in use and their owners, in the same order. */
@@ -94,18 +104,12 @@ function regions(g: Geometry): Array<[number, number]> {
 }
 
 /** CRC over the live metadata, as the `superblock/crc32` property defines it. */
-export function liveMetadataCrc(metadata: Uint8Array, g: Geometry, liveInodes: readonly number[], pages: readonly number[]): number {
-  let crc = crc32(metadata.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES));
-  crc = zlib.crc32(metadata.subarray(g.bitmapOffset, g.bitmapOffset + g.bitmapLength), crc);
-  crc = zlib.crc32(metadata.subarray(g.dirtyOffset, g.dirtyOffset + g.bitmapLength), crc);
-  for (const ino of liveInodes) {
-    const offset = g.inodeOffset + ino * INODE_SIZE;
-    crc = zlib.crc32(metadata.subarray(offset, offset + INODE_SIZE), crc);
-  }
-  for (const page of pages) {
-    const offset = g.extentOffset + page * EXTENT_PAGE_SIZE;
-    crc = zlib.crc32(metadata.subarray(offset, offset + EXTENT_PAGE_SIZE), crc);
-  }
+export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: readonly number[], pages: readonly number[]): number {
+  let crc = crc32(metadata.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES));
+  crc = zlib.crc32(metadata.bitmaps[0], crc);
+  crc = zlib.crc32(metadata.bitmaps[1], crc);
+  for (const ino of liveInodes) crc = zlib.crc32(metadata.inodeRecord(ino), crc);
+  for (const page of pages) crc = zlib.crc32(metadata.pageRecord(page), crc);
   return crc >>> 0;
 }
 
@@ -119,9 +123,9 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU32('handover-version', HANDOVER_VERSION);
   w.propU32('format-version', FORMAT_MAJOR, FORMAT_MINOR);
   w.propU64('generation', input.generation);
-  w.propString('uuid', input.uuid);
 
   w.beginNode('fs_mem');
+  w.propString('uuid', input.uuid);
   w.propString('backend', input.pool.backend);
   if (input.pool.path !== undefined) w.propString('path', input.pool.path);
   if (input.pool.fd !== undefined) {
@@ -142,7 +146,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU32('extent-page-count', g.extentPageCount);
   w.propU32('extent-page-size', EXTENT_PAGE_SIZE);
   w.propU32('metadata-blocks', g.metadataBlocks);
-  w.propU32('crc32', liveMetadataCrc(input.metadata, g, input.liveInodes, input.pages));
+  w.propU32('crc32', liveMetadataCrc(input.metadata, input.liveInodes, input.pages));
   w.endNode();
 
   w.beginNode('inodes');
@@ -240,7 +244,7 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
     handoverVersion: u32s(root, 'handover-version', '/guestmemfs', 1)[0]!,
     formatVersion: u32s(root, 'format-version', '/guestmemfs', 2) as [number, number],
     generation: u64s(root, 'generation', '/guestmemfs', 1)[0]!.toString(),
-    uuid: str(root, 'uuid', '/guestmemfs'),
+    uuid: str(fsMem, 'uuid', '/guestmemfs/fs_mem'),
     fsMem: {
       backend: str(fsMem, 'backend', '/guestmemfs/fs_mem'),
       size: poolMem[1]!,
@@ -265,7 +269,7 @@ export interface RestoreExpectations {
   uuid: string;
   generation: bigint;
   pool: { size: number; pageSize: number; label: string };
-  metadata: Uint8Array;
+  metadata: LiveMetadata;
   /** Whether an inode number is in use (for checking the blob's live list against the table). */
   isLive: (ino: number) => boolean;
   /** The chain of extent pages an inode holds. */
@@ -322,7 +326,7 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
       if (!expect.chainOf(block.inode).includes(page)) reject('EUCLEAN', 'mappings', `extent page ${page} is not in inode ${block.inode}'s chain`);
       pages.push(page);
     }
-    const crc = liveMetadataCrc(expect.metadata, g, d.liveInodes, pages);
+    const crc = liveMetadataCrc(expect.metadata, d.liveInodes, pages);
     if (crc !== d.crc32) reject('EUCLEAN', 'checksum', `metadata changed after serialise: live-metadata CRC32 is ${crc.toString(16)}, the blob recorded ${d.crc32.toString(16)}`);
     const blobCrc = crc32(blob);
     if (blobCrc !== expect.blobCrc) reject('EUCLEAN', 'blob-checksum', `blob CRC32 is ${blobCrc.toString(16)}, the superblock recorded ${expect.blobCrc.toString(16)}`);

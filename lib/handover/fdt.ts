@@ -37,6 +37,17 @@ export interface ParsedFdt {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
+/** UTF-8 bytes of a string; names and property names are ASCII, for which TextEncoder's per-call cost dominates. */
+function utf8(text: string): Uint8Array {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code >= 0x80) return encoder.encode(text);
+    out[i] = code;
+  }
+  return out;
+}
+
 /** Builds a DTB with nodes and properties in the order they are added. */
 export class FdtWriter {
   readonly #struct: number[] = [];
@@ -52,7 +63,7 @@ export class FdtWriter {
 
   beginNode(name: string): this {
     this.#u32(TOKEN.BEGIN_NODE);
-    this.#bytes(encoder.encode(name), true);
+    this.#bytes(utf8(name), true);
     this.#depth++;
     return this;
   }
@@ -69,7 +80,7 @@ export class FdtWriter {
     if (nameOffset === undefined) {
       nameOffset = this.#strings.length;
       this.#stringOffsets.set(name, nameOffset);
-      for (const byte of encoder.encode(name)) this.#strings.push(byte);
+      for (const byte of utf8(name)) this.#strings.push(byte);
       this.#strings.push(0);
     }
     this.#u32(TOKEN.PROP);
@@ -80,7 +91,7 @@ export class FdtWriter {
   }
 
   propString(name: string, value: string): this {
-    const bytes = encoder.encode(value);
+    const bytes = utf8(value);
     const withNul = new Uint8Array(bytes.length + 1);
     withNul.set(bytes);
     return this.prop(name, withNul);
@@ -88,7 +99,7 @@ export class FdtWriter {
 
   /** A list of strings, each NUL-terminated (the DT "stringlist" type). */
   propStrings(name: string, values: readonly string[]): this {
-    return this.prop(name, encoder.encode(values.map((value) => `${value}\0`).join('')));
+    return this.prop(name, utf8(values.map((value) => `${value}\0`).join('')));
   }
 
   propU32(name: string, ...values: number[]): this {
@@ -252,6 +263,16 @@ function align4(value: number): number {
 }
 
 function decodeStrict(bytes: Uint8Array, check: string, what: string): string {
+  let ascii = '';
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i]! >= 0x80) {
+      ascii = '';
+      break;
+    }
+    ascii += String.fromCharCode(bytes[i]!);
+    if (i === bytes.length - 1) return ascii;
+  }
+  if (bytes.length === 0) return '';
   try {
     return decoder.decode(bytes);
   } catch {

@@ -1,7 +1,7 @@
 // The successor's side of a handover: find the pool the previous owner passed on, or wait for one to be handed over.
 import { GuestmemfsError } from '../errors';
-import { type Filesystem, mount, type MountOptions } from '../fs/filesystem';
-import { FIXED_HEADER_BYTES, PoolState, readSuperblock } from '../fs/layout';
+import { type Filesystem, mount, type MountOptions, readPoolSuperblock } from '../fs/filesystem';
+import { PoolState } from '../fs/layout';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
 import { POOL_FD_ENV, POOL_PATH_ENV } from './blob';
@@ -25,15 +25,6 @@ export interface WaitOptions extends MountOptions {
   pollMs?: number;
 }
 
-function handedOver(pool: Pool): boolean {
-  const header = pool.map([{ offset: 0, length: Math.max(pool.pageSize, FIXED_HEADER_BYTES) }], { populate: false, writable: false });
-  try {
-    return readSuperblock(header.bytes(0, FIXED_HEADER_BYTES), pool).state === PoolState.Serialised;
-  } finally {
-    header.unmap();
-  }
-}
-
 /**
  * For a successor started ahead of time: waits until the current owner has serialised the pool and let go of it
  * (its mount lock is free), then mounts, restoring from the handover.
@@ -44,7 +35,7 @@ export async function waitForHandover(pool: Pool, options: WaitOptions = {}): Pr
     if (native.fdLock(pool.fd, true, false)) {
       let ready = false;
       try {
-        ready = handedOver(pool);
+        ready = readPoolSuperblock(pool).state === PoolState.Serialised;
       } finally {
         native.fdUnlock(pool.fd);
       }

@@ -25,6 +25,11 @@ export interface CreatePoolOptions {
   mode?: number;
   /** Called as pages are pre-allocated, which takes seconds for many GiB. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Skip pre-allocation (4 KiB backends only): pages appear when first touched, so a benchmark can describe a TiB
+   * without owning it. Not for guests: a later fault can fail when memory runs out.
+   */
+  sparse?: boolean;
 }
 
 const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || backend === 'memfd-hugetlb';
@@ -97,6 +102,9 @@ export class Pool {
     if (needsPath && !options.path) throw new GuestmemfsError('EINVAL', `the ${backend} backend needs a path`);
     const poolPath = needsPath ? path.resolve(options.path!) : undefined;
 
+    if (options.sparse && isHugetlbBackend(backend)) {
+      throw new GuestmemfsError('EINVAL', 'sparse pools are for the 4 KiB backends only: a huge page pool must be reserved up front', { path: options.path });
+    }
     if (poolPath) checkDirectoryFilesystem(backend, poolPath, pageSize);
     if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath });
 
@@ -105,7 +113,7 @@ export class Pool {
       : native.memfdCreate(options.name ?? 'guestmemfs-pool', isHugetlbBackend(backend) ? pageSize : 0);
     try {
       native.fileResize(fd, size);
-      for (let offset = 0; offset < size; offset += ALLOCATE_CHUNK) {
+      for (let offset = 0; offset < (options.sparse ? 0 : size); offset += ALLOCATE_CHUNK) {
         const length = Math.min(ALLOCATE_CHUNK, size - offset);
         try {
           native.fileAllocate(fd, offset, length);
