@@ -37,3 +37,4 @@ export type { KexecOptions, Recovery, Restore, SerialiseResult } from './fs/file
 export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
 export { openHandedOverPool, waitForHandover, type WaitOptions } from './handover/successor';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
+export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';

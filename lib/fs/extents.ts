@@ -223,6 +223,9 @@ export class ExtentStore {
   #popFreePage(owner: number): number {
     const head = this.#hints[HINTS.freePageHead / 4]!;
     if (head === 0) throw new GuestmemfsError('ENOSPC', 'extent pages exhausted (cannot happen with a consistent pool: run the checker)');
+    if (head >= this.pageCount || this.pageOwner(head) !== 0) {
+      throw new GuestmemfsError('EUCLEAN', `the free extent page list is damaged (it names page ${head}): unmount and run the checker with repair`);
+    }
     this.#hints[HINTS.freePageHead / 4] = this.pageNextFree(head);
     this.#hints[HINTS.freePages / 4] = this.freePages - 1;
     this.#clearPage(head);

@@ -16,7 +16,7 @@ import type { Pool } from '../pool/pool';
 import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
-import { repairDerived } from './repair';
+import { bitmapMismatches, repairDerived, scanOwnership } from './repair';
 import { BufferMetadata, MappedMetadata } from './metadata';
 import { buildHandoverBlob, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
 import { type BlockRun, cutAfter, ExtentStore } from './extents';
@@ -201,6 +201,11 @@ function processStartTime(): bigint {
     cachedStartTime = { pid: process.pid, value: BigInt(fields[19]!) };
   }
   return cachedStartTime.value;
+}
+
+/** True when this process has the pool mounted (a flock cannot see a second mount through the same fd). */
+export function isMountedHere(pool: Pool): boolean {
+  return mountedHere.has(poolKey(pool));
 }
 
 function poolKey(pool: Pool): string {
@@ -435,8 +440,19 @@ export class Filesystem {
       this.restored = { generation: sb.generation, files: description.liveInodes.length, ms: Number(process.hrtime.bigint() - started) / 1e6, description };
       return;
     }
-    if (sb.state !== PoolState.Clean || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) {
-      const cause = sb.state === PoolState.Serialised ? 'its handover was discarded' : `its owner (pid ${sb.ownerPid}) died while it was mounted`;
+    let cause: string | undefined;
+    if (sb.state === PoolState.Serialised) cause = 'its handover was discarded';
+    else if (sb.state !== PoolState.Clean || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) cause = `its owner (pid ${sb.ownerPid}) died while it was mounted`;
+    else {
+      // A clean pool is still checked for damage a crash cannot cause (a flipped bit, a stray write): never mount it.
+      const { problems, owner } = scanOwnership({ geometry: sb.geometry, inodes: this.#inodes, extents: this.#extents });
+      if (problems.length > 0) {
+        throw new GuestmemfsError('EUCLEAN', `pool metadata is damaged: ${problems.slice(0, 5).join('; ')}; run the checker (check) for the full report`, fields);
+      }
+      const mismatched = bitmapMismatches(this.#allocator, owner);
+      if (mismatched > 0) cause = `its allocation bitmap disagrees with its files on ${mismatched} blocks`;
+    }
+    if (cause !== undefined) {
       if (options.repair === false) {
         throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly: ${cause}; mount it with { repair: true } (the default) to recover it`, fields);
       }
@@ -454,6 +470,10 @@ export class Filesystem {
         throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly (${cause}) and cannot be recovered: ${result.unrepairable.join('; ')}; it was left as it was`, fields);
       }
       this.recovery = { previousOwnerPid: sb.ownerPid, fixes: result.fixes };
+      const remaining = auditMetadata({ geometry: sb.geometry, inodes: this.#inodes, extents: this.#extents, allocator: this.#allocator, hints: this.#hints }).problems;
+      if (remaining.length > 0) {
+        throw new GuestmemfsError('EUCLEAN', `pool could not be brought back to a consistent state (${remaining.slice(0, 5).join('; ')}): run the checker`, fields);
+      }
     }
     // The superblock says "mounted" before anything else changes, so a kill from here on is detected as unclean.
     this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
@@ -1203,6 +1223,9 @@ export class Filesystem {
         `no free inodes: all ${inodes.count - 1} are in use, ${syscall} '${path}'; delete files or mkfs with more inodes (--inodes)`,
         { syscall, path },
       );
+    }
+    if (!inodes.isValidIno(ino) || inodes.type(ino) !== InodeType.Free) {
+      throw new GuestmemfsError('EUCLEAN', `the free inode list is damaged (it names inode ${ino}, which is in use): unmount and run the checker with repair`, { syscall, path });
     }
     // Pop from the free list first: a kill after this leaks a free inode, which the checker puts back.
     hints[HINTS.freeInodeHead / 4] = inodes.nextFree(ino);

@@ -57,9 +57,15 @@ function settleIntent(views: RepairViews, fixes: string[]): void {
  * an entry whose directory is not one). Recovery changes nothing unless this is empty.
  */
 export function findUnrepairable(views: Pick<RepairViews, 'geometry' | 'inodes' | 'extents'>): string[] {
+  return scanOwnership(views).problems;
+}
+
+/** Every block's owning inode (-1 for none) and what makes the metadata unrepairable. */
+export function scanOwnership(views: Pick<RepairViews, 'geometry' | 'inodes' | 'extents'>): { problems: string[]; owner: Int32Array } {
   const { geometry, inodes, extents } = views;
   const problems: string[] = [];
   const owner = new Int32Array(geometry.blockCount).fill(-1);
+  owner.fill(0, 0, geometry.metadataBlocks);
   for (let ino = 1; ino < inodes.count && problems.length < 20; ino++) {
     const type = inodes.type(ino);
     if (type === InodeType.Free) continue;
@@ -80,12 +86,19 @@ export function findUnrepairable(views: Pick<RepairViews, 'geometry' | 'inodes' 
         continue;
       }
       for (let block = run.start; block < run.start + run.length; block++) {
-        if (owner[block] !== -1) problems.push(`block ${block} belongs to inode ${owner[block]} and inode ${ino}`);
+        if (owner[block] !== -1 && problems.length < 20) problems.push(`block ${block} belongs to inode ${owner[block]} and inode ${ino}`);
         owner[block] = ino;
       }
     }
   }
-  return problems;
+  return { problems, owner };
+}
+
+/** Blocks whose allocated bit disagrees with the extents (a clean pool has none). */
+export function bitmapMismatches(allocator: BlockAllocator, owner: Int32Array): number {
+  let mismatches = 0;
+  for (let block = 0; block < owner.length; block++) if ((owner[block] !== -1) !== allocator.isAllocated(block)) mismatches++;
+  return mismatches;
 }
 
 export function repairDerived(views: RepairViews): RepairResult {
