@@ -3,119 +3,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { type Filesystem, KiB, mkfs, mount, Pool } from '../lib/index';
+import { Model } from './model';
 
 const B = 16 * KiB;
 const POOL_SIZE = 1024 * KiB; // 64 blocks of 16 KiB, a few of them metadata
 const INODES = 14;
-
-type Node = { kind: 'dir' } | { kind: 'file'; type: 'plain' | 'state' | 'guest'; data: Uint8Array };
-
-class Model {
-  readonly nodes = new Map<string, Node>([['/', { kind: 'dir' }]]);
-  constructor(
-    readonly dataBlocks: number,
-    readonly inodes: number,
-  ) {}
-
-  usedBlocks(): number {
-    let used = 0;
-    for (const node of this.nodes.values()) if (node.kind === 'file') used += Math.ceil(node.data.length / B);
-    return used;
-  }
-
-  /** Resolves like the filesystem: ENOTDIR when a file is crossed, ENOENT when a name is missing. */
-  resolve(path: string): string {
-    const parts = path.split('/').filter(Boolean);
-    let current = '/';
-    for (const part of parts) {
-      if (this.nodes.get(current)!.kind !== 'dir') throw code('ENOTDIR');
-      const next = current === '/' ? `/${part}` : `${current}/${part}`;
-      if (!this.nodes.has(next)) throw code('ENOENT');
-      current = next;
-    }
-    return current;
-  }
-
-  parentOf(path: string): string {
-    const parent = path.slice(0, path.lastIndexOf('/')) || '/';
-    if (this.nodes.get(this.resolve(parent))!.kind !== 'dir') throw code('ENOTDIR');
-    return parent;
-  }
-
-  children(dir: string): string[] {
-    const prefix = dir === '/' ? '/' : `${dir}/`;
-    return [...this.nodes.keys()].filter((key) => key !== dir && key.startsWith(prefix) && !key.slice(prefix.length).includes('/'));
-  }
-
-  create(path: string, node: Node): void {
-    this.parentOf(path);
-    if (this.nodes.has(path)) throw code('EEXIST');
-    if (this.nodes.size >= this.inodes) throw code('ENOSPC');
-    this.nodes.set(path, node);
-  }
-
-  removeFile(path: string): void {
-    this.parentOf(path);
-    const node = this.nodes.get(path);
-    if (!node) throw code('ENOENT');
-    if (node.kind === 'dir') throw code('EISDIR');
-    this.nodes.delete(path);
-  }
-
-  removeDir(path: string): void {
-    this.parentOf(path);
-    const node = this.nodes.get(path);
-    if (!node) throw code('ENOENT');
-    if (node.kind !== 'dir') throw code('ENOTDIR');
-    if (this.children(path).length > 0) throw code('ENOTEMPTY');
-    this.nodes.delete(path);
-  }
-
-  rename(from: string, to: string): void {
-    this.parentOf(from);
-    const node = this.nodes.get(from);
-    if (!node) throw code('ENOENT');
-    this.parentOf(to);
-    if (from === to) return;
-    if (node.kind === 'dir' && (to + '/').startsWith(from + '/')) throw code('EINVAL');
-    const victim = this.nodes.get(to);
-    if (victim) {
-      if (node.kind === 'dir' && victim.kind !== 'dir') throw code('ENOTDIR');
-      if (node.kind !== 'dir' && victim.kind === 'dir') throw code('EISDIR');
-      if (victim.kind === 'dir' && this.children(to).length > 0) throw code('ENOTEMPTY');
-      this.nodes.delete(to);
-    }
-    const moved = [...this.nodes.entries()].filter(([key]) => key === from || key.startsWith(`${from}/`));
-    for (const [key] of moved) this.nodes.delete(key);
-    for (const [key, value] of moved) this.nodes.set(to + key.slice(from.length), value);
-  }
-
-  file(path: string): Node & { kind: 'file' } {
-    const node = this.nodes.get(this.resolve(path))!;
-    if (node.kind !== 'file') throw code('EISDIR');
-    return node;
-  }
-
-  resize(path: string, size: number): void {
-    const node = this.file(path);
-    const extra = Math.ceil(size / B) - Math.ceil(node.data.length / B);
-    if (extra > 0 && extra > this.dataBlocks - this.usedBlocks()) throw code('ENOSPC');
-    const data = new Uint8Array(size);
-    data.set(node.data.subarray(0, Math.min(size, node.data.length)));
-    node.data = data;
-  }
-
-  write(path: string, position: number, bytes: Uint8Array): void {
-    const node = this.file(path);
-    if (node.type === 'guest') throw code('EPERM');
-    if (position + bytes.length > node.data.length) this.resize(path, position + bytes.length);
-    node.data.set(bytes, position);
-  }
-}
-
-function code(value: string): Error & { code: string } {
-  return Object.assign(new Error(value), { code: value });
-}
 
 const names = ['a', 'b', 'c', 'd'];
 const literalPath = fc.array(fc.constantFrom(...names), { minLength: 1, maxLength: 3 }).map((parts) => `/${parts.join('/')}`);
@@ -257,7 +149,7 @@ describe('filesystem against a model (fast-check)', () => {
           mkfs(pool, { blockSize: B, inodes: INODES, force: true });
           const gfs = mount(pool);
           try {
-            const model = new Model(gfs.statfs().dataBlocks, INODES - 1);
+            const model = new Model(gfs.statfs().dataBlocks, INODES - 1, B);
             for (const op of ops) {
               const step = resolveStep(model, op);
               const modelResult = outcome(() => apply('model', gfs, model, step));

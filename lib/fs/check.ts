@@ -18,7 +18,6 @@ import {
   INTENT_OFFSET,
   PoolState,
   readSuperblock,
-  ROOT_INO,
   SLOT_CHECKED_BYTES,
   SLOT_SIZE,
   type Superblock,
@@ -47,26 +46,6 @@ export interface CheckOptions {
 }
 
 const stateNames = { [PoolState.Clean]: 'clean', [PoolState.Mounted]: 'mounted', [PoolState.Serialised]: 'serialised' } as const;
-
-/** Inodes whose parent chain never reaches the root (a directory cycle), as reasons. */
-function findCycles(inodes: InodeTable): string[] {
-  const problems: string[] = [];
-  const reaches = new Uint8Array(inodes.count); // 0 unknown, 1 reaches root
-  reaches[ROOT_INO] = 1;
-  for (let ino = 2; ino < inodes.count && problems.length < 20; ino++) {
-    if (inodes.type(ino) === InodeType.Free || inodes.flags(ino) & FLAG_ORPHAN || reaches[ino]) continue;
-    const path: number[] = [];
-    let cursor = ino;
-    while (!reaches[cursor] && path.length <= inodes.count) {
-      path.push(cursor);
-      cursor = inodes.parent(cursor);
-      if (!inodes.isValidIno(cursor) || inodes.type(cursor) !== InodeType.Directory) break;
-    }
-    if (reaches[cursor]) for (const member of path) reaches[member] = 1;
-    else problems.push(`inode ${ino} is unreachable from the root (its directories form a cycle or lead nowhere)`);
-  }
-  return problems;
-}
 
 /**
  * Checks a pool that is not mounted anywhere: superblock copies, handover blob, intent record, every inode's type,
@@ -144,7 +123,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
         if (inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
       }
     }
-    const unrepairable = [...findUnrepairable({ geometry: sb.geometry, inodes, extents }), ...findCycles(inodes)];
+    const unrepairable = findUnrepairable({ geometry: sb.geometry, inodes, extents });
     const derived = unrepairable.length === 0 ? auditMetadata({ geometry: sb.geometry, inodes, extents, allocator, hints }).problems : [];
     problems.push(...unrepairable, ...derived);
 

@@ -16,7 +16,7 @@ import type { Pool } from '../pool/pool';
 import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
-import { bitmapMismatches, repairDerived, scanOwnership } from './repair';
+import { findUnrepairable, repairDerived } from './repair';
 import { BufferMetadata, MappedMetadata } from './metadata';
 import { buildHandoverBlob, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
 import { type BlockRun, cutAfter, ExtentStore } from './extents';
@@ -444,13 +444,14 @@ export class Filesystem {
     if (sb.state === PoolState.Serialised) cause = 'its handover was discarded';
     else if (sb.state !== PoolState.Clean || this.#intent[INTENT.magic / 4] === INTENT_ACTIVE) cause = `its owner (pid ${sb.ownerPid}) died while it was mounted`;
     else {
-      // A clean pool is still checked for damage a crash cannot cause (a flipped bit, a stray write): never mount it.
-      const { problems, owner } = scanOwnership({ geometry: sb.geometry, inodes: this.#inodes, extents: this.#extents });
+      // A clean pool is still checked for damage a crash cannot cause (a flipped bit, a stray write): a damaged pool is
+      // never mounted as it is. Derived damage is repaired like a crash; primary damage is refused.
+      const problems = findUnrepairable({ geometry: sb.geometry, inodes: this.#inodes, extents: this.#extents });
       if (problems.length > 0) {
         throw new GuestmemfsError('EUCLEAN', `pool metadata is damaged: ${problems.slice(0, 5).join('; ')}; run the checker (check) for the full report`, fields);
       }
-      const mismatched = bitmapMismatches(this.#allocator, owner);
-      if (mismatched > 0) cause = `its allocation bitmap disagrees with its files on ${mismatched} blocks`;
+      const derived = auditMetadata({ geometry: sb.geometry, inodes: this.#inodes, extents: this.#extents, allocator: this.#allocator, hints: this.#hints }).problems;
+      if (derived.length > 0) cause = `its derived metadata is damaged (${derived.slice(0, 3).join('; ')})`;
     }
     if (cause !== undefined) {
       if (options.repair === false) {

@@ -3,7 +3,7 @@
 // state. Idempotent: a kill during recovery is recovered from by running it again.
 import type { BlockAllocator } from './allocator';
 import { type BlockRun, cutAfter, type ExtentStore } from './extents';
-import { FLAG_ORPHAN, type InodeTable, InodeType } from './inodes';
+import { FILE_TYPE_NAMES, FLAG_ORPHAN, type InodeTable, InodeType, NAME_MAX } from './inodes';
 import { type Geometry, HINTS, INTENT, INTENT_ACTIVE, INTENT_OP_RENAME, intentChecksum, ROOT_INO } from './layout';
 
 export interface RepairViews {
@@ -57,7 +57,8 @@ function settleIntent(views: RepairViews, fixes: string[]): void {
  * an entry whose directory is not one). Recovery changes nothing unless this is empty.
  */
 export function findUnrepairable(views: Pick<RepairViews, 'geometry' | 'inodes' | 'extents'>): string[] {
-  return scanOwnership(views).problems;
+  const { problems } = scanOwnership(views);
+  return problems.length > 0 ? problems : findUnreachable(views.inodes);
 }
 
 /** Every block's owning inode (-1 for none) and what makes the metadata unrepairable. */
@@ -74,11 +75,14 @@ export function scanOwnership(views: Pick<RepairViews, 'geometry' | 'inodes' | '
       continue;
     }
     const orphan = ino !== ROOT_INO && (inodes.flags(ino) & FLAG_ORPHAN) !== 0;
+    if (type === InodeType.File && FILE_TYPE_NAMES[inodes.fileType(ino)] === undefined) problems.push(`inode ${ino} has unknown file type ${inodes.fileType(ino)}`);
     if (!orphan && ino !== ROOT_INO) {
       const parent = inodes.parent(ino);
       if (!inodes.isValidIno(parent) || inodes.type(parent) !== InodeType.Directory) {
         problems.push(`inode ${ino} names inode ${parent} as its directory, which is not one`);
       }
+      const nameProblem = invalidName(inodes, ino);
+      if (nameProblem) problems.push(`inode ${ino} ${nameProblem}`);
     }
     for (const run of extents.read(ino)) {
       if (run.length === 0 || run.start < geometry.metadataBlocks || run.start + run.length > geometry.blockCount) {
@@ -94,11 +98,34 @@ export function scanOwnership(views: Pick<RepairViews, 'geometry' | 'inodes' | '
   return { problems, owner };
 }
 
-/** Blocks whose allocated bit disagrees with the extents (a clean pool has none). */
-export function bitmapMismatches(allocator: BlockAllocator, owner: Int32Array): number {
-  let mismatches = 0;
-  for (let block = 0; block < owner.length; block++) if ((owner[block] !== -1) !== allocator.isAllocated(block)) mismatches++;
-  return mismatches;
+/** Why an inode's stored name could not have been created, or undefined when it is a valid name. */
+function invalidName(inodes: InodeTable, ino: number): string | undefined {
+  const bytes = inodes.nameBytes(ino);
+  if (bytes.length === 0 || bytes.length > NAME_MAX) return `has a name of ${bytes.length} bytes`;
+  if (bytes.includes(0x2f) || bytes.includes(0)) return 'has a name containing "/" or NUL';
+  const name = inodes.name(ino);
+  if (name === '.' || name === '..') return `is named "${name}"`;
+  return undefined;
+}
+
+/** Inodes whose parent chain never reaches the root (a directory cycle), as reasons. */
+export function findUnreachable(inodes: InodeTable): string[] {
+  const problems: string[] = [];
+  const reaches = new Uint8Array(inodes.count); // 1 once known to reach the root
+  reaches[ROOT_INO] = 1;
+  for (let ino = 2; ino < inodes.count && problems.length < 20; ino++) {
+    if (inodes.type(ino) === InodeType.Free || inodes.flags(ino) & FLAG_ORPHAN || reaches[ino]) continue;
+    const path: number[] = [];
+    let cursor = ino;
+    while (!reaches[cursor] && path.length <= inodes.count) {
+      path.push(cursor);
+      cursor = inodes.parent(cursor);
+      if (!inodes.isValidIno(cursor) || inodes.type(cursor) !== InodeType.Directory) break;
+    }
+    if (reaches[cursor]) for (const member of path) reaches[member] = 1;
+    else problems.push(`inode ${ino} is unreachable from the root (its directories form a cycle or lead nowhere)`);
+  }
+  return problems;
 }
 
 export function repairDerived(views: RepairViews): RepairResult {

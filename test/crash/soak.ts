@@ -1,0 +1,31 @@
+// npm run soak:crash -- --kills N [--seed S]: the crash test at any length, with progress and a JSON summary.
+import { KiB, MiB, mkfs, Pool } from '../../lib/index';
+import { runCrashes } from './harness';
+
+const arg = (name: string, fallback: number) => {
+  const index = process.argv.indexOf(`--${name}`);
+  return index > 0 ? Number(process.argv[index + 1]) : fallback;
+};
+const kills = arg('kills', 1000);
+const seed = arg('seed', Date.now() % 100000);
+const B = 64 * KiB;
+const pool = Pool.create({ backend: 'shm-4k', path: `/dev/shm/guestmemfs-soak-${process.pid}`, size: 4 * MiB });
+mkfs(pool, { blockSize: B, inodes: 24 });
+const started = Date.now();
+runCrashes({
+  pool,
+  blockSize: B,
+  kills,
+  seed,
+  onKill: (stats) => {
+    if (stats.kills % 500 === 0) process.stderr.write(`${stats.kills}/${kills} kills, ${stats.insideOperation} inside an operation, ${Math.round((Date.now() - started) / 1000)} s\n`);
+  },
+})
+  .then((stats) => {
+    process.stdout.write(`${JSON.stringify({ seed, seconds: Math.round((Date.now() - started) / 1000), ...stats })}\n`);
+  })
+  .catch((error: Error) => {
+    process.stderr.write(`soak failed (seed ${seed}): ${error.message}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => pool.destroy());
