@@ -23,12 +23,18 @@
       "cflags_cc": ["-std=c++17", "-fexceptions", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
       "configurations": {
         "Release": {
-          "defines": ["NDEBUG"],
+          "defines": ["NDEBUG", "GMFS_BUILD_NAME=\"Release\""],
           "cflags_cc": ["-O2"]
         },
         "Debug": {
-          "defines": ["DEBUG"],
+          "defines": ["DEBUG", "GMFS_BUILD_NAME=\"Debug\""],
           "cflags_cc": ["-O0", "-g3"]
+        },
+        # npm run test:asan: AddressSanitizer + UndefinedBehaviorSanitizer, run with the runtimes preloaded into node.
+        "Asan": {
+          "defines": ["DEBUG", "GMFS_BUILD_NAME=\"Asan\""],
+          "cflags_cc": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+          "ldflags": ["-fsanitize=address,undefined"]
         }
       }
     }

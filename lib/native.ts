@@ -76,7 +76,7 @@ export interface NativeBinding {
   /** execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. */
   processExec(file: string, argv: string[], env: string[], keepFds: number[]): never;
   readonly napiVersion: number;
-  readonly buildType: 'Release' | 'Debug';
+  readonly buildType: 'Release' | 'Debug' | 'Asan';
 }
 
 function packageRoot(): string {
@@ -91,10 +91,12 @@ function packageRoot(): string {
 }
 
 function loadBinding(): NativeBinding {
-  const buildType = process.env.GUESTMEMFS_BUILD === 'Debug' ? 'Debug' : 'Release';
+  const requested = process.env.GUESTMEMFS_BUILD;
+  const buildType = requested === 'Debug' || requested === 'Asan' ? requested : 'Release';
   const file = path.join(packageRoot(), 'build', buildType, 'guestmemfs_native.node');
   if (!fs.existsSync(file)) {
-    throw new GuestmemfsError('ENOENT', `native addon not built at ${file}: run \`npm install\` (or \`npm run build${buildType === 'Debug' ? ':debug' : ''}\`)`, {
+    const command = { Release: 'npm install', Debug: 'npm run build:debug', Asan: 'npm run build:asan' }[buildType];
+    throw new GuestmemfsError('ENOENT', `native addon not built at ${file}: run \`${command}\``, {
       syscall: 'dlopen',
       path: file,
     });

@@ -11,11 +11,7 @@ Napi::Object GmfsInit(Napi::Env env, Napi::Object exports) {
   gmfs::RegisterPagemapFamily(env, exports);
   gmfs::RegisterExecFamily(env, exports);
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
-#ifdef NDEBUG
-  exports.Set("buildType", Napi::String::New(env, "Release"));
-#else
-  exports.Set("buildType", Napi::String::New(env, "Debug"));
-#endif
+  exports.Set("buildType", Napi::String::New(env, GMFS_BUILD_NAME));
   return exports;
 }
 

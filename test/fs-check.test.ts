@@ -135,6 +135,23 @@ describe('check', () => {
     expect(check(pool).state).toBe('consistent');
   });
 
+  it('a torn superblock copy next to a valid handover is rewritten alone, and the handover still restores', () => {
+    const gfs = mount(pool);
+    gfs.serialise();
+    gfs.unmount();
+    edit(({ header }) => {
+      const sb = readSuperblock(header, pool);
+      const older = (1 - sb.slot) * 4096;
+      header[older + 508] = header[older + 508]! ^ 0xff; // its CRC: as a kill in the middle of abort() leaves it
+    });
+    const repaired = check(pool, { repair: true });
+    expect(repaired).toMatchObject({ state: 'repaired', fixes: [expect.stringMatching(/rewrote superblock copy/)], poolState: 'serialised' });
+    const restored = mount(pool);
+    expect(restored.restored).toBeDefined();
+    restored.unmount();
+    expectDataIntact();
+  });
+
   it('a stale or damaged handover blob is reported and, with repair, marked stale so the next mount ignores it', () => {
     const gfs = mount(pool);
     gfs.serialise();

@@ -88,7 +88,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     const allocator = new BlockAllocator(source, sb.geometry, hints);
     const extents = new ExtentStore(source, sb.geometry, hints, inodes);
 
-    let handoverValid = false;
+    let handoverValid = false; // only meaningful when serialised
     if (sb.state === PoolState.Serialised) {
       try {
         const area = source.window(sb.geometry.handoverOffset, sb.geometry.handoverLength);
@@ -131,19 +131,21 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     if (unrepairable.length > 0) return { state: 'inconsistent', fixes, problems, repairable: false, poolState };
     if (!options.repair) return { state: 'inconsistent', fixes, problems, repairable: true, poolState };
 
+    // A torn superblock copy alone (a kill while one was being written) needs only that copy rewritten from the intact
+    // one; rebuilding derived state here would reorder free lists and invalidate a handover that is still good.
+    if (!otherValid && problems.length === 1) {
+      writeSuperblockSlot(metaHeader, other, { ...sb, sequence: sb.sequence + 1n });
+      return { state: 'repaired', fixes: [`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`], problems, repairable: true, poolState };
+    }
     // Repair. Everything below is idempotent: a kill part-way leaves a pool the next check repairs again.
     const result = repairDerived({ geometry: sb.geometry, inodes, extents, allocator, hints, intent, intentBytes: metaHeader.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096) });
     fixes.push(...result.fixes);
     const after = auditMetadata({ geometry: sb.geometry, inodes, extents, allocator, hints }).problems;
     if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState };
-    // A valid handover stays in place for the next mount; anything else is now clean (a bad blob becomes stale).
-    const keepHandover = sb.state === PoolState.Serialised && handoverValid && fixes.length === 0;
-    if (!keepHandover && sb.state === PoolState.Serialised) fixes.push('marked the handover blob stale: the next mount uses the metadata itself');
+    // The repair rewrote derived metadata the blob's checksum covers: a handover cannot survive it and becomes stale.
+    if (sb.state === PoolState.Serialised) fixes.push(`marked the handover blob stale${handoverValid ? '' : ' (it was not valid)'}: the next mount uses the metadata itself`);
     if (!otherValid) fixes.push(`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`);
-    const next = keepHandover
-      ? { ...sb, sequence: sb.sequence + 1n }
-      : { ...sb, sequence: sb.sequence + 1n, state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n, handoverBytes: 0, handoverCrc: 0 };
-    writeSuperblockSlot(metaHeader, other, next);
+    writeSuperblockSlot(metaHeader, other, { ...sb, sequence: sb.sequence + 1n, state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n, handoverBytes: 0, handoverCrc: 0 });
     return { state: 'repaired', fixes, problems, repairable: true, poolState };
   } finally {
     header?.unmap();

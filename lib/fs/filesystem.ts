@@ -810,12 +810,15 @@ export class Filesystem {
     if (!(data instanceof Uint8Array)) throw new GuestmemfsError('EINVAL', 'data must be a Uint8Array or Buffer', { syscall: 'write', path });
     if (!Number.isSafeInteger(position) || position < 0) throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall: 'write', path });
     const end = position + data.length;
-    if (end > this.#inodes.size(ino)) {
+    const extends_ = end > this.#inodes.size(ino);
+    if (extends_) {
+      // Blocks first, then the bytes, then the size: a kill never shows the new size without the new bytes.
       const plan = this.#planResize(ino, end, path);
       for (const run of plan.dirty) this.#zeroRun(run);
-      this.#commitGrow(ino, plan);
+      this.#commitGrow(ino, plan, false);
     }
     this.#copy(ino, position, data, 'write');
+    if (extends_) this.#inodes.setSize(ino, end); // commit point of an extending write
     const now = nowNs();
     this.#inodes.setTime(ino, 'mtime', now);
     this.#inodes.setTime(ino, 'ctime', now);
@@ -1351,8 +1354,8 @@ export class Filesystem {
     native.zero(this.#dataMapping().id, run.start * this.geometry.blockSize, run.length * this.geometry.blockSize);
   }
 
-  /** Links zeroed blocks into the file (extent count is the commit point), then publishes the size. */
-  #commitGrow(ino: number, plan: { runs: BlockRun[]; dirty: BlockRun[]; size: number }): void {
+  /** Links zeroed blocks into the file (extent count is the commit point), then publishes the size unless told not to. */
+  #commitGrow(ino: number, plan: { runs: BlockRun[]; dirty: BlockRun[]; size: number }, publishSize = true): void {
     const inodes = this.#inodes;
     const blockSize = this.geometry.blockSize;
     this.#allocator.markDirty(plan.dirty, false);
@@ -1364,6 +1367,7 @@ export class Filesystem {
       this.#extents.append(ino, plan.runs);
       inodes.setBlockCount(ino, inodes.blockCount(ino) + plan.runs.reduce((sum, run) => sum + run.length, 0));
     }
+    if (!publishSize) return;
     inodes.setSize(ino, plan.size); // commit point
     const now = nowNs();
     inodes.setTime(ino, 'mtime', now);
