@@ -424,16 +424,7 @@ export class Filesystem {
       if (sb.handoverGeneration !== sb.generation) {
         throw new GuestmemfsError('EUCLEAN', `handover refused (generation): the blob was made at generation ${sb.handoverGeneration}, the superblock is at ${sb.generation}; the pool was left untouched`, fields);
       }
-      const description = verifyHandoverBlob(area.subarray(0, sb.handoverBytes), {
-        geometry: sb.geometry,
-        uuid: sb.uuid,
-        generation: sb.generation,
-        pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
-        metadata: this.#liveMetadata(),
-        isLive: (ino) => this.#inodes.type(ino) !== InodeType.Free,
-        chainOf: (ino) => (this.#inodes.isValidIno(ino) ? this.#extents.chain(ino) : []),
-        blobCrc: sb.handoverCrc,
-      });
+      const description = verifyHandoverBlob(area.subarray(0, sb.handoverBytes), this.#restoreExpectations(sb.generation, sb.handoverCrc));
       // Mounted first: freeing orphans below changes metadata the blob describes.
       this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
       this.#buildIndex(description.liveInodes);
