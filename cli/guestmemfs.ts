@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The guestmemfs command: inspect what the machine offers for pools, and run the demo.
 import { Command } from 'commander';
-import { runRestartDemo, verifyInFreshProcess } from '../lib/demo/restart-demo';
+import { runHandoverDemo, verifyHandoverDemo } from '../lib/demo/handover-demo';
 import { GuestmemfsError } from '../lib/errors';
 import { machineSupport } from '../lib/pool/hugepages';
 import { formatSize, MiB, parseSize } from '../lib/units';
@@ -38,27 +38,18 @@ program
 
 program
   .command('demo')
-  .description('write guest memory into a pool, then verify it from a fresh process on the same physical pages')
-  .option('--size <size>', 'pool size (K/M/G suffixes)', '512M')
+  .description('live-update demo: write guest RAM into a guestmemfs file, kexec into a new process, prove the same bytes on the same pages')
+  .option('--size <size>', 'guest RAM size (K/M/G suffixes)', '512M')
   .addHelpText('after', '\nExample:\n  $ sudo guestmemfs demo --size 1G')
   .action((options: { size: string }) => {
     const size = parseSize(options.size);
-    if (size % (2 * MiB) !== 0) throw new GuestmemfsError('EINVAL', `demo size must be a multiple of 2 MiB, got ${options.size}`);
-    runRestartDemo({
-      size,
-      log: (line) => process.stdout.write(`${line}\n`),
-      verifierArgv: (poolPath, checksum, framesFile) => [process.execPath, __filename, 'demo-verify', poolPath, checksum, framesFile],
-    });
+    if (size % (2 * MiB) !== 0 || size === 0) throw new GuestmemfsError('EINVAL', `demo size must be a positive multiple of 2 MiB, got ${options.size}`);
+    runHandoverDemo({ size, verifierArgv: [process.execPath, __filename, 'demo-verify'] });
   });
 
 program
   .command('demo-verify', { hidden: true })
-  .argument('<pool>')
-  .argument('<checksum>')
-  .argument('<framesFile>')
-  .action((poolPath: string, checksum: string, framesFile: string) => {
-    verifyInFreshProcess(poolPath, checksum, framesFile, (line) => process.stdout.write(`${line}\n`));
-  });
+  .action(() => verifyHandoverDemo());
 
 try {
   program.parse();

@@ -14,7 +14,7 @@ export {
   type HugetlbfsMount,
   type MachineSupport,
 } from './pool/hugepages';
-export { reserveHugePages, type Reservation, type ReserveOptions } from './pool/reserve';
+export { releaseReservation, reserveHugePages, type Reservation, type ReservationRecord, type ReserveOptions } from './pool/reserve';
 export { native } from './native';
 export {
   mkfs,

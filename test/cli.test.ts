@@ -18,10 +18,15 @@ describe('guestmemfs CLI', () => {
     if (m.hugetlbfs2M) expect(report.hugetlbfsMounts.map((mount: { mountpoint: string }) => mount.mountpoint)).toContain(m.hugetlbfs2M);
   });
 
-  it('demo writes guest memory and a fresh process finds the same bytes on the same physical pages', () => {
+  it('demo writes guest RAM, kexecs into a new process (same pid) that restores it on the same physical pages', () => {
     const result = run('demo', '--size', '16M');
+    expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
-    expect(result.stdout).toMatch(/checksum [0-9a-f]+ matches/);
+    const pids = [...result.stdout.matchAll(/pid (\d+):/g)].map((match) => match[1]);
+    expect(pids).toHaveLength(2);
+    expect(pids[1]).toBe(pids[0]);
+    expect(result.stdout).toMatch(/restored \d+ inodes from the handover/);
+    expect(result.stdout).toMatch(/\/vm0\/ram checksum [0-9a-f]+ matches/);
     if (m.isRoot) expect(result.stdout).toContain('all 8 physical frames identical');
     if (!m.hugetlbfs2M) expect(result.stdout).toContain('4 KiB fallback');
   });
@@ -29,7 +34,7 @@ describe('guestmemfs CLI', () => {
   it('expected errors exit 1 with the message and no stack trace; --debug shows the stack', () => {
     const result = run('demo', '--size', '3M');
     expect(result.status).toBe(1);
-    expect(result.stderr).toBe('guestmemfs: EINVAL: demo size must be a multiple of 2 MiB, got 3M\n');
+    expect(result.stderr).toBe('guestmemfs: EINVAL: demo size must be a positive multiple of 2 MiB, got 3M\n');
     const debug = run('--debug', 'demo', '--size', 'lots');
     expect(debug.status).not.toBe(0);
     expect(debug.stderr).toContain('at ');

@@ -15,16 +15,34 @@ export interface ReserveOptions {
   mount?: boolean | string;
 }
 
-export interface Reservation {
+/** What a reservation changed: plain data, so another process image (after execve) can undo it. */
+export interface ReservationRecord {
   pageSize: number;
   /** nr_hugepages before the call, restored by release(). */
   previousTotal: number;
   /** nr_hugepages after the call (equal to previousTotal when enough pages were already free). */
   total: number;
   mountpoint: string | undefined;
+  /** Whether the mountpoint directory was created (and so is removed on release). */
+  createdDir: boolean;
+}
+
+export interface Reservation extends ReservationRecord {
   /** Human-readable list of what was changed, for CLIs that must say so. */
   changes: string[];
+  /** The record alone, e.g. to hand to a successor process through its environment. */
+  record(): ReservationRecord;
   release(): void;
+}
+
+/** Undoes a reservation from its record: unmounts (removing a directory it created) and restores nr_hugepages. */
+export function releaseReservation(record: ReservationRecord): void {
+  if (record.mountpoint) {
+    native.umount(record.mountpoint);
+    if (record.createdDir) fs.rmdirSync(record.mountpoint);
+  }
+  // Pages still held by pool files become surplus and go back to the kernel when those files go.
+  if (record.total !== record.previousTotal) writeTotal(record.pageSize, record.previousTotal);
 }
 
 /** How long to keep asking when the kernel supplies fewer pages than asked: pages released moments ago are
@@ -103,21 +121,15 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
   }
 
   let released = false;
+  const record: ReservationRecord = { pageSize, previousTotal: info.total, total, mountpoint, createdDir };
   return {
-    pageSize,
-    previousTotal: info.total,
-    total,
-    mountpoint,
+    ...record,
     changes,
+    record: () => ({ ...record }),
     release() {
       if (released) return;
       released = true;
-      if (mountpoint) {
-        native.umount(mountpoint);
-        if (createdDir) fs.rmdirSync(mountpoint);
-      }
-      // Pages still held by pool files become surplus and go back to the kernel when those files go.
-      if (total !== info.total) writeTotal(pageSize, info.total);
+      releaseReservation(record);
     },
   };
 }
