@@ -17,7 +17,7 @@ import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
 import { findUnrepairable, repairDerived } from './repair';
-import { BufferMetadata, MappedMetadata } from './metadata';
+import { BufferMetadata, MappedMetadata, type MetadataSource } from './metadata';
 import { buildHandoverBlob, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, verifyHandoverBlob } from '../handover/blob';
 import { type BlockRun, cutAfter, ExtentStore } from './extents';
 import { FILE_TYPE_NAMES, type FileTypeName, FLAG_ORPHAN, FileType, InodeTable, InodeType } from './inodes';
@@ -73,6 +73,12 @@ export interface MountOptions extends Partial<Credentials> {
    * recovered as if its owner had died (for a blob that fails its checks).
    */
   discardHandover?: boolean;
+  /**
+   * A read-only view, for inspecting a pool that another process has mounted or that is serialised for handover:
+   * no lock, nothing written, every change refused with EROFS. It works on a snapshot of the metadata and trusts the
+   * snapshot only if it is consistent (a live owner caught mid-operation is retried, then EAGAIN).
+   */
+  readOnly?: boolean;
 }
 
 /** What serialise() produced. */
@@ -337,6 +343,7 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   if (os.endianness() !== 'LE') throw new GuestmemfsError('EINVAL', 'guestmemfs pools are little-endian; this host is big-endian', { syscall: 'mount' });
   requireHeaderRoom(pool, 'mount');
   const key = poolKey(pool);
+  if (options.readOnly) return mountReadOnly(pool, options, key);
   if (mountedHere.has(key)) {
     throw new GuestmemfsError('EBUSY', `pool is mounted by pid ${process.pid} (this process): unmount that mount first (only one mount at a time)`, {
       syscall: 'mount',
@@ -359,6 +366,43 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   }
 }
 
+/** Snapshot attempts before a read-only view gives up on a pool whose owner keeps changing it. */
+const SNAPSHOT_ATTEMPTS = 5;
+
+function mountReadOnly(pool: Pool, options: MountOptions, key: string): Filesystem {
+  const fields = { syscall: 'mount', path: pool.label };
+  let lastProblems: string[] = [];
+  for (let attempt = 0; attempt < SNAPSHOT_ATTEMPTS; attempt++) {
+    const sb = readPoolSuperblock(pool);
+    const meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false, writable: false });
+    let snapshot: ArrayBuffer;
+    try {
+      snapshot = meta.bytes().slice().buffer;
+    } finally {
+      meta.unmap();
+    }
+    const view = new Filesystem(pool, undefined, sb, currentCredentials(options), key, { ...options, readOnly: true }, new BufferMetadata(snapshot));
+    lastProblems = view.audit().problems;
+    if (lastProblems.length === 0) return view;
+    // Nobody holds the mount lock: the damage is not a write in progress, and waiting will not mend it.
+    const owned = !native.fdLock(pool.fd, false, false);
+    if (!owned) {
+      native.fdUnlock(pool.fd);
+      throw new GuestmemfsError('EUCLEAN', `pool metadata is not consistent (${lastProblems.slice(0, 3).join('; ')}): run the checker with repair`, fields);
+    }
+    sleepSync(2);
+  }
+  throw new GuestmemfsError(
+    'EAGAIN',
+    `the pool kept changing under its owner while it was read (${lastProblems.slice(0, 2).join('; ')}): try again`,
+    fields,
+  );
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 export class Filesystem {
   readonly pool: Pool;
   readonly geometry: Geometry;
@@ -366,12 +410,13 @@ export class Filesystem {
   /** The credentials permission checks use (from mount options, else this process's). */
   readonly credentials: Credentials;
   /** The metadata region, mapped for the life of the mount. */
-  readonly #meta: Mapping;
+  readonly #meta: Mapping | undefined;
+  readonly #readOnly: boolean;
   /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
   #data: Mapping | undefined;
   /** Superblock copies, intent record and hints: the first 16 KiB of the pool. */
   readonly #header: Uint8Array;
-  readonly #source: MappedMetadata;
+  readonly #source: MetadataSource;
   #handoverWindow: Uint8Array | undefined;
   readonly #hints: Uint32Array;
   readonly #intent: Uint32Array;
@@ -397,17 +442,18 @@ export class Filesystem {
   #mounted = true;
 
   /** @internal Use mount(). */
-  constructor(pool: Pool, meta: Mapping, sb: Superblock, credentials: Credentials, key: string, options: MountOptions) {
+  constructor(pool: Pool, meta: Mapping | undefined, sb: Superblock, credentials: Credentials, key: string, options: MountOptions, source?: MetadataSource) {
     const started = process.hrtime.bigint();
     this.pool = pool;
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
     this.credentials = credentials;
     this.#meta = meta;
+    this.#readOnly = options.readOnly === true;
     this.#key = key;
     this.#superblock = sb;
     // No pre-faulting and no view of the whole region: a mount (above all a restore) touches a few metadata pages.
-    this.#source = new MappedMetadata(meta.id);
+    this.#source = source ?? new MappedMetadata(meta!.id);
     this.#header = this.#source.window(0, FIXED_HEADER_BYTES);
     this.#hints = new Uint32Array(this.#header.buffer, this.#header.byteOffset + HINTS_OFFSET, 1024);
     this.#intent = new Uint32Array(this.#header.buffer, this.#header.byteOffset + INTENT_OFFSET, 1024);
@@ -415,6 +461,11 @@ export class Filesystem {
     this.#allocator = new BlockAllocator(this.#source, sb.geometry, this.#hints);
     this.#extents = new ExtentStore(this.#source, sb.geometry, this.#hints, this.#inodes);
     const fields = { syscall: 'mount', path: pool.label };
+    if (this.#readOnly) {
+      // A view: adopt nothing, repair nothing, write nothing; the caller audits the snapshot before trusting it.
+      this.#buildIndex();
+      return;
+    }
     if (sb.state === PoolState.Serialised && !options.discardHandover) {
       // Handed over: adopt the metadata in place after checking the blob describes it; only the volatile index is built.
       const area = this.#handoverArea();
@@ -479,6 +530,11 @@ export class Filesystem {
 
   get mounted(): boolean {
     return this.#mounted;
+  }
+
+  /** True for a read-only view (mount with { readOnly: true }). */
+  get readOnly(): boolean {
+    return this.#readOnly;
   }
 
   /** Superblock fields as last written (state, owner, generation...). */
@@ -757,7 +813,8 @@ export class Filesystem {
     this.#requireMounted('mmap');
     const ino = this.#resolve(path, 'mmap');
     if (this.#inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, mmap '${path}'`, { syscall: 'mmap', path });
-    const writable = options.writable ?? true;
+    const writable = options.writable ?? !this.#readOnly;
+    if (writable) this.#requireNotReadOnly('mmap');
     this.#requireAccess(ino, writable ? R_OK | W_OK : R_OK, 'mmap', path);
     const runs = this.#extents.read(ino);
     if (runs.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
@@ -874,6 +931,12 @@ export class Filesystem {
    */
   unmount(): void {
     this.#requireMounted('umount');
+    if (this.#readOnly) {
+      this.#mounted = false;
+      this.#data?.unmap();
+      this.#data = undefined;
+      return;
+    }
     const mapped = [...this.#mapped.values()].reduce((sum, count) => sum + count, 0);
     if (this.#frozenAt !== undefined) {
       // Handed over: the pool stays serialised for the next owner; mappings here stay valid (guest memory keeps
@@ -893,7 +956,7 @@ export class Filesystem {
 
   #releaseMount(): void {
     this.#mounted = false;
-    this.#meta.unmap();
+    this.#meta?.unmap();
     this.#data?.unmap();
     this.#data = undefined;
     mountedHere.delete(this.#key);
@@ -909,6 +972,7 @@ export class Filesystem {
    */
   serialise(options: { out?: string } = {}): SerialiseResult {
     this.#requireMounted('serialise');
+    this.#requireNotReadOnly('serialise');
     const started = process.hrtime.bigint();
     const g = this.geometry;
     const area = this.#handoverArea();
@@ -977,6 +1041,7 @@ export class Filesystem {
   /** Lifts the freeze of serialise() (the RFC's KEXEC_KHO_ABORT): the blob becomes stale and changes are allowed again. */
   abort(): void {
     this.#requireMounted('abort');
+    this.#requireNotReadOnly('abort');
     if (this.#frozenAt === undefined) {
       throw new GuestmemfsError('EINVAL', 'the filesystem is not serialised: nothing to abort', { syscall: 'abort', path: this.pool.label });
     }
@@ -992,6 +1057,7 @@ export class Filesystem {
    */
   kexec(argv: readonly string[], options: KexecOptions = {}): never {
     this.#requireMounted('execve');
+    this.#requireNotReadOnly('execve');
     if (!Array.isArray(argv) || argv.length === 0 || !argv.every((arg) => typeof arg === 'string')) {
       throw new GuestmemfsError('EINVAL', 'kexec needs argv: a non-empty array of strings (program first)', { syscall: 'execve' });
     }
@@ -1073,8 +1139,9 @@ export class Filesystem {
       if (ino === ROOT_INO) continue;
       this.#indexFor(inodes.parent(ino)).set(inodes.name(ino), ino);
     }
-    // Unlinked files whose mapping process is gone: nothing can reach them any more.
-    for (const ino of orphans) this.#release(ino);
+    // Unlinked files whose mapping process is gone: nothing can reach them any more (a read-only view leaves them).
+    if (this.#readOnly) for (const ino of orphans) this.#orphans.add(ino);
+    else for (const ino of orphans) this.#release(ino);
   }
 
   #indexFor(dir: number): Map<string, number> {
@@ -1177,8 +1244,15 @@ export class Filesystem {
     }
   }
 
+  #requireNotReadOnly(syscall: string): void {
+    if (this.#readOnly) {
+      throw new GuestmemfsError('EROFS', `this is a read-only view of the pool, ${syscall}: mount it normally to change it`, { syscall, path: this.pool.label });
+    }
+  }
+
   #requireWritable(syscall: string): void {
     this.#requireMounted(syscall);
+    this.#requireNotReadOnly(syscall);
     if (this.#frozenAt !== undefined) {
       throw new GuestmemfsError(
         'EBUSY',
@@ -1190,7 +1264,7 @@ export class Filesystem {
 
   /** Access times are metadata too: a serialised filesystem must not change under its blob's checksum. */
   #touchAtime(ino: number): void {
-    if (this.#frozenAt === undefined) this.#inodes.setTime(ino, 'atime', nowNs());
+    if (this.#frozenAt === undefined && !this.#readOnly) this.#inodes.setTime(ino, 'atime', nowNs());
   }
 
   #requireMounted(syscall: string): void {
@@ -1337,7 +1411,7 @@ export class Filesystem {
   }
 
   #dataMapping(): Mapping {
-    this.#data ??= this.pool.mapAll({ populate: false, dontDump: true, dontFork: true });
+    this.#data ??= this.pool.mapAll({ populate: false, dontDump: true, dontFork: true, writable: !this.#readOnly });
     return this.#data;
   }
 
