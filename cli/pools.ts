@@ -1,0 +1,61 @@
+// How CLI commands open pools: by path or inherited fd, mounted for a change or viewed read-only for a look.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GuestmemfsError } from '../lib/errors';
+import { type Filesystem, mount, readPoolSuperblock } from '../lib/fs/filesystem';
+import { PoolState } from '../lib/fs/layout';
+import { type CreatePoolOptions, Pool } from '../lib/pool/pool';
+
+/** `fd:N` for an inherited pool fd (as kexec passes one), otherwise a path. */
+export function openPool(spec: string): Pool {
+  if (spec.startsWith('fd:')) {
+    const fd = Number(spec.slice(3));
+    if (!Number.isInteger(fd) || fd < 0) throw new GuestmemfsError('EINVAL', `"${spec}" is not fd:N`);
+    return Pool.fromFd(fd);
+  }
+  return Pool.open(spec);
+}
+
+/** The backend a new pool at `poolPath` gets: hugetlbfs under a hugetlbfs mount, the 4 KiB fallback under tmpfs. */
+export function backendFor(poolPath: string, pageSize: number | undefined): CreatePoolOptions['backend'] {
+  if (pageSize === 4096) return 'shm-4k';
+  const stats = fs.statfsSync(path.dirname(path.resolve(poolPath)));
+  return stats.type === 0x01021994 && pageSize === undefined ? 'shm-4k' : 'hugetlbfs';
+}
+
+/** Runs fn on a read-only view: safe whatever the pool's state (mounted elsewhere, serialised, clean). */
+export function withView<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T): T {
+  const pool = openPool(spec);
+  try {
+    const gfs = mount(pool, { readOnly: true });
+    try {
+      return fn(gfs, pool);
+    } finally {
+      gfs.unmount();
+    }
+  } finally {
+    if (!spec.startsWith('fd:')) pool.close();
+  }
+}
+
+/** Runs fn on a normal mount (recovering a pool whose owner died); a serialised pool must be aborted first. */
+export function withMount<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T, options: { allowSerialised?: boolean } = {}): T {
+  const pool = openPool(spec);
+  try {
+    const sb = readPoolSuperblock(pool);
+    if (sb.state === PoolState.Serialised && !options.allowSerialised) {
+      throw new GuestmemfsError('EBUSY', `pool is serialised for handover (generation ${sb.generation}): run \`guestmemfs abort ${spec}\` to change it`, {
+        syscall: 'mount',
+        path: pool.label,
+      });
+    }
+    const gfs = mount(pool);
+    try {
+      return fn(gfs, pool);
+    } finally {
+      if (gfs.mounted) gfs.unmount();
+    }
+  } finally {
+    if (!spec.startsWith('fd:')) pool.close();
+  }
+}
