@@ -9,10 +9,11 @@ import { Command, CommanderError, Option } from 'commander';
 import { runHandoverDemo, verifyHandoverDemo } from '../lib/demo/handover-demo';
 import { GuestmemfsError } from '../lib/errors';
 import { check } from '../lib/fs/check';
-import { mkfs, readPoolSuperblock, type Stat } from '../lib/fs/filesystem';
+import { type Filesystem, mkfs, readPoolSuperblock, type Stat } from '../lib/fs/filesystem';
 import { PoolState } from '../lib/fs/layout';
 import { decodeHandoverBlob } from '../lib/handover/blob';
 import { parseFdt } from '../lib/handover/fdt';
+import { native } from '../lib/native';
 import { machineSupport } from '../lib/pool/hugepages';
 import { Pool } from '../lib/pool/pool';
 import { reserveHugePages } from '../lib/pool/reserve';
@@ -132,21 +133,42 @@ command('status', 'backend, sizes, used and free blocks and inodes, owner, hando
   .action((spec: string, options: Common) => {
     const pool = openPool(spec);
     let sb;
+    let held = false;
     try {
       sb = readPoolSuperblock(pool);
+      // The mount lock tells a live owner from a dead one.
+      held = !native.fdLock(pool.fd, false, false);
+      if (!held) native.fdUnlock(pool.fd);
     } finally {
       if (!spec.startsWith('fd:')) pool.close();
     }
     const state =
-      sb.state === PoolState.Serialised ? `serialised for handover at generation ${sb.generation}` : sb.state === PoolState.Mounted ? `mounted by pid ${sb.ownerPid} (or not handed over cleanly if that process is gone)` : 'clean';
-    const usage = withView(spec, (gfs, opened) => ({ backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: gfs.statfs() }));
+      sb.state === PoolState.Serialised
+        ? `serialised for handover at generation ${sb.generation}`
+        : sb.state === PoolState.Mounted
+          ? held
+            ? `live: mounted by pid ${sb.ownerPid}`
+            : `not handed over cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted; the next mount (or check --repair) recovers it`
+          : 'clean';
+    // An unclean pool cannot be viewed consistently until it is recovered; its sizes are left out then.
+    let usage: { backend: string; pageSize: number; size: number; statfs: ReturnType<Filesystem['statfs']> | null };
+    try {
+      usage = withView(spec, (gfs, opened) => ({ backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: gfs.statfs() as ReturnType<Filesystem['statfs']> | null }));
+    } catch (error) {
+      if (sb.state !== PoolState.Mounted || held) throw error;
+      const opened = openPool(spec);
+      usage = { backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: null };
+      if (!spec.startsWith('fd:')) opened.close();
+    }
     const result = { pool: spec, ...usage, uuid: sb.uuid, generation: sb.generation, state: PoolState[sb.state], ownerPid: sb.ownerPid || null, description: state };
     print(options, result, () =>
       [
         `pool:       ${spec}`,
         `backend:    ${usage.backend}, ${formatSize(usage.pageSize)} pages, ${formatSize(usage.size)}`,
-        `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ${usage.statfs.freeBlocks} free of ${usage.statfs.dataBlocks} (${formatSize(usage.statfs.blockSize)} each)`,
-        `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free`,
+        usage.statfs
+          ? `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ${usage.statfs.freeBlocks} free of ${usage.statfs.dataBlocks} (${formatSize(usage.statfs.blockSize)} each)`
+          : 'blocks:     unknown until recovered',
+        usage.statfs ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free` : 'inodes:     unknown until recovered',
         `state:      ${state}`,
         `uuid:       ${sb.uuid}`,
       ].join('\n'),

@@ -1,12 +1,18 @@
 // The guestmemfs command as an operator runs it: detect, the restart demo behind `npm start`, and error exits.
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { machine, repoRoot, uniquePath } from './helpers';
+import { machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const cli = path.join(repoRoot, 'dist', 'cli', 'guestmemfs.js');
-const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+// Run it as an operator would: the `guestmemfs` command found on PATH (what npm's bin link installs).
+const binDir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmemfs-bin-'));
+fs.symlinkSync(cli, path.join(binDir, 'guestmemfs'));
+const env = { ...process.env, PATH: `${binDir}:${process.env.PATH}` };
+const run = (...args: string[]) => spawnSync('guestmemfs', args, { encoding: 'utf8', env });
 const m = machine();
 
 describe('guestmemfs CLI', () => {
@@ -68,7 +74,7 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
       expect(run('inspect', '--dts', pool).stdout).toContain('compatible = "guestmemfs-v1";');
       const checked = run('check', pool);
       expect([checked.status, checked.stdout.trim()]).toEqual([0, `${pool}: consistent`]);
-      const kexec = run('kexec', pool, '--', process.execPath, cli, 'ls', pool, '/');
+      const kexec = run('kexec', pool, '--', 'guestmemfs', 'ls', pool, '/');
       expect(kexec.status).toBe(0);
       expect(kexec.stdout.split('\n').filter(Boolean).sort()).toEqual(['ram', 'vms']);
       expect(run('abort', pool).status).toBe(0);
@@ -103,6 +109,63 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
       expect([repaired.status, repaired.stdout.split('\n')[0]]).toEqual([3, `${pool}: repaired`]);
       expect(run('check', pool).status).toBe(0);
     } finally {
+      fs.rmSync(pool, { force: true });
+    }
+  });
+});
+
+describe('operator conveniences', () => {
+  it('every subcommand has --help with an example', () => {
+    const commands = ['detect', 'mkfs', 'status', 'ls', 'stat', 'df', 'mkdir', 'touch', 'truncate', 'rm', 'mv', 'chmod', 'chown', 'serialise', 'abort', 'check', 'inspect', 'kexec', 'demo'];
+    const top = run('--help').stdout;
+    for (const name of commands) {
+      expect(top, name).toMatch(new RegExp(`^  ${name}\\b.* {2,}\\S`, 'm'));
+      const help = run(name, '--help');
+      expect(help.status, name).toBe(0);
+      expect(help.stdout, name).toMatch(/Example:\n  \$ (sudo )?guestmemfs /);
+    }
+  });
+
+  it.skipIf(skipReason(spawnSync('sh', ['-c', 'command -v script']).status === 0 ? '' : 'script(1) from util-linux is needed for a pseudo-terminal'))(
+    'mkfs shows a progress bar on a terminal and stays quiet when piped',
+    () => {
+      const onTty = uniquePath('/dev/shm', 'guestmemfs-tty');
+      const piped = uniquePath('/dev/shm', 'guestmemfs-pipe');
+      try {
+        const tty = spawnSync('script', ['-qec', `guestmemfs mkfs ${onTty} --size 64M`, '/dev/null'], { encoding: 'utf8', env });
+        expect(tty.status).toBe(0);
+        expect(tty.stdout).toMatch(/reserving pages \[#+\] 64 MiB \/ 64 MiB/);
+        const pipe = run('mkfs', piped, '--size', '64M');
+        expect(pipe.status).toBe(0);
+        expect(pipe.stderr).not.toContain('reserving pages');
+      } finally {
+        fs.rmSync(onTty, { force: true });
+        fs.rmSync(piped, { force: true });
+      }
+    },
+  );
+
+  it('a pool another live process has mounted: changes refused with its pid, looks still work, status says who', async () => {
+    const pool = uniquePath('/dev/shm', 'guestmemfs-held');
+    run('mkfs', pool, '--size', '16M', '-q');
+    run('touch', pool, '/f');
+    const script = `const g=require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});g.mount(g.Pool.open(${JSON.stringify(pool)}));process.stdout.write('ready\\n');setInterval(()=>{},1000);`;
+    const holder = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+      const refused = run('touch', pool, '/g');
+      expect(refused.status).toBe(1);
+      expect(refused.stderr).toContain(`EBUSY: pool is mounted by pid ${holder.pid}`);
+      expect(run('ls', pool).stdout.trim()).toBe('f');
+      expect(run('status', pool).stdout).toContain(`state:      live: mounted by pid ${holder.pid}`);
+      holder.kill('SIGKILL');
+      await new Promise((resolve) => holder.once('exit', resolve));
+      expect(run('status', pool).stdout).toContain(`not handed over cleanly: its owner (pid ${holder.pid}) died`);
+      expect(run('check', pool).status).toBe(4);
+      expect(run('touch', pool, '/g').status).toBe(0); // the next mount recovers it
+      expect(run('status', pool).stdout).toContain('state:      clean');
+    } finally {
+      holder.kill('SIGKILL');
       fs.rmSync(pool, { force: true });
     }
   });
