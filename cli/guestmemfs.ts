@@ -224,7 +224,12 @@ command('df', 'free and used blocks and inodes', 'guestmemfs df -h /dev/hugepage
       const total = s.dataBlocks * s.blockSize;
       const used = (s.dataBlocks - s.freeBlocks) * s.blockSize;
       print(options, s, () =>
-        [`Pool${' '.repeat(Math.max(1, spec.length - 3))}Size       Used      Avail  Use%  Inodes IFree`, `${spec} ${size(total, options.humanReadable).padStart(9)} ${size(used, options.humanReadable).padStart(10)} ${size(total - used, options.humanReadable).padStart(10)} ${String(Math.round((100 * used) / Math.max(1, total))).padStart(4)}% ${String(s.totalInodes).padStart(7)} ${String(s.freeInodes).padStart(5)}`].join('\n'),
+        [
+          ['Pool', 'Size', 'Used', 'Avail', 'Use%', 'Inodes', 'IFree'],
+          [spec, size(total, options.humanReadable), size(used, options.humanReadable), size(total - used, options.humanReadable), `${Math.round((100 * used) / Math.max(1, total))}%`, String(s.totalInodes), String(s.freeInodes)],
+        ]
+          .map(([name, ...columns]) => `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`)
+          .join('\n'),
       );
     });
   });
