@@ -88,16 +88,28 @@ command('detect', 'show huge page sizes, free pages, hugetlbfs mounts and what a
   });
 });
 
-command('mkfs', 'create a pool (hugetlbfs file, or the 4 KiB fallback under /dev/shm) and format it', 'sudo guestmemfs mkfs /dev/hugepages/pool --size 8G --reserve')
-  .argument('<pool>', 'path of the pool file to create')
+command('mkfs', 'create a pool (hugetlbfs file, 4 KiB fallback under /dev/shm, or memfd: handed to a command) and format it', 'sudo guestmemfs mkfs /dev/hugepages/pool --size 8G --reserve')
+  .argument('<pool>', 'path of the pool file to create, or memfd:NAME (then give the command to hand it to after --)')
+  .argument('[command...]', 'for memfd: pools, the program that gets the pool (fd in GUESTMEMFS_POOL_FD)')
   .requiredOption('--size <size>', 'pool size (K/M/G/T suffixes)')
   .addOption(new Option('--page-size <size>', 'page size').choices(['2M', '1G', '4K']))
   .option('--inodes <n>', 'inodes in the table')
   .option('--reserve', 'as root: raise nr_hugepages and mount a private hugetlbfs at the pool directory when needed')
   .option('--force', 'reformat a pool file that exists')
-  .action((poolPath: string, options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean }) => {
+  .action((poolPath: string, handTo: string[], options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean }) => {
     const bytes = parseSize(options.size);
     const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
+    if (poolPath.startsWith('memfd:')) {
+      // A memfd pool lives as long as some process holds it: format it, then hand it over to the command at once.
+      if (handTo.length === 0) {
+        throw new CommanderError(EXIT.usage, 'guestmemfs.usage', 'a memfd: pool lives only while a process holds it: name the program to hand it to after --');
+      }
+      const pool = Pool.create({ backend: pageSize === 4096 ? 'memfd-4k' : 'memfd-hugetlb', name: poolPath.slice(6) || 'guestmemfs', size: bytes, pageSize });
+      mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
+      withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
+      return;
+    }
+    if (handTo.length > 0) throw new CommanderError(EXIT.usage, 'guestmemfs.usage', 'only a memfd: pool takes a command to hand it to');
     const changes: string[] = [];
     if (options.reserve && pageSize !== 4096) {
       const huge = pageSize ?? 2 * MiB;

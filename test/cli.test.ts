@@ -87,6 +87,13 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
     }
   });
 
+  it('mkfs memfd: formats a memfd pool and hands it to a command through an inherited fd', () => {
+    const handed = run('mkfs', 'memfd:vm', '--size', '16M', '--page-size', '4K', '--', 'sh', '-c', 'guestmemfs status "fd:$GUESTMEMFS_POOL_FD" --json');
+    expect(handed.stderr).toBe('');
+    expect(JSON.parse(handed.stdout)).toMatchObject({ backend: 'memfd-4k', state: 'Serialised' });
+    expect(run('mkfs', 'memfd:vm', '--size', '16M').status).toBe(2);
+  });
+
   it('exit codes: 1 with the cause and remedy on stderr, 2 for usage, and check answers 4 when inconsistent', () => {
     const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
     try {
