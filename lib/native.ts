@@ -75,11 +75,28 @@ export interface NativeBinding {
   // Exec family
   /** execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. */
   processExec(file: string, argv: string[], env: string[], keepFds: number[]): never;
+  // KVM family
+  kvmOpen(): number;
+  kvmCreateVm(kvmFd: number): number;
+  kvmSetMemory(vmFd: number, slot: number, guestPhys: number, mappingId: number, offset: number, length: number): void;
+  kvmCreateVcpu(kvmFd: number, vmFd: number, index: number): number;
+  /** kvm_regs order: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags. */
+  kvmGetRegs(vcpu: number): BigUint64Array;
+  kvmSetRegs(vcpu: number, regs: BigUint64Array): void;
+  kvmEnterLongMode(vcpu: number, pml4: number): void;
+  kvmSaveState(vcpu: number): Uint8Array;
+  kvmRestoreState(vcpu: number, state: Uint8Array): void;
+  /** Resolves 'halted', 'paused' or 'exit-N (...)' when the vCPU stops. */
+  kvmRun(vcpu: number): Promise<string>;
+  kvmPause(vcpu: number): boolean;
+  kvmSerial(vcpu: number): string;
+  kvmCloseVcpu(vcpu: number): void;
   readonly napiVersion: number;
   readonly buildType: 'Release' | 'Debug' | 'Asan';
 }
 
-function packageRoot(): string {
+/** The package's root directory (where binding.gyp is). */
+export function packageRoot(): string {
   // Works both from lib/ (vitest runs the sources) and from dist/lib/ (compiled).
   let dir = __dirname;
   while (!fs.existsSync(path.join(dir, 'binding.gyp'))) {

@@ -8,5 +8,6 @@ void RegisterPoolFamily(Napi::Env env, Napi::Object exports);     // open/create
 void RegisterMapFamily(Napi::Env env, Napi::Object exports);      // reserve + MAP_FIXED stitching, madvise, mlock, munmap, zeroing
 void RegisterPagemapFamily(Napi::Env env, Napi::Object exports);  // /proc/self/pagemap frame numbers
 void RegisterExecFamily(Napi::Env env, Napi::Object exports);     // execve with inherited fds
+void RegisterKvmFamily(Napi::Env env, Napi::Object exports);      // KVM VM/vCPU ioctls and the run loop
 
 }  // namespace gmfs
