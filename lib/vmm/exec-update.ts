@@ -1,0 +1,119 @@
+// Live update in exec mode, as a runnable program: boot the demo guest, and at chosen moments pause it, save its state,
+// serialise the filesystem and execve a fresh copy of this program (same PID), which restores and resumes the guest.
+//
+//   node exec-update.js boot   <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
+//   (resume is this program exec'ing itself; the pool comes back through GUESTMEMFS_POOL)
+//
+// Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
+// final `done` line with the guest's console output and whether guest RAM stayed on the same physical frames.
+import * as fs from 'node:fs';
+import { mkfs, mount } from '../fs/filesystem';
+import { openHandedOverPool } from '../handover/successor';
+import { Pool } from '../pool/pool';
+import { Vmm, type VmmConfig } from './vmm';
+
+const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
+const CONFIG: Omit<VmmConfig, 'ramSize'> = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
+
+function emit(record: Record<string, unknown>): void {
+  fs.writeSync(1, `${JSON.stringify(record)}\n`);
+}
+
+const ms = (from: bigint, to: bigint) => Number(to - from) / 1e6;
+
+interface Plan {
+  ramBytes: number;
+  updatesLeft: number;
+  maxDelayMs: number;
+  seed: number;
+}
+
+/** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
+async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<void> {
+  const running = vmm.start();
+  if (plan.updatesLeft === 0) {
+    const reason = await running;
+    let sameFrames: boolean | null = null;
+    if (frames) {
+      try {
+        sameFrames = JSON.stringify(vmm.ram.physicalFrames().map(String)) === JSON.stringify(frames);
+      } catch {
+        sameFrames = null;
+      }
+    }
+    emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames });
+    vmm.close();
+    vmm.fs.unmount();
+    return;
+  }
+  // A deterministic pseudo-random delay per update, so a run can be repeated.
+  const delay = ((plan.seed * 2654435761 + plan.updatesLeft * 40503) >>> 0) % Math.max(1, plan.maxDelayMs);
+  await new Promise((resolve) => setTimeout(resolve, delay));
+  const pauseAt = process.hrtime.bigint();
+  const { reason, stoppedAtNs } = await vmm.pause();
+  if (reason === 'halted') {
+    // The guest finished before this update: nothing left to update across.
+    emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames: null, updatesSkipped: plan.updatesLeft });
+    vmm.close();
+    vmm.fs.unmount();
+    return;
+  }
+  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames });
+  const saved = process.hrtime.bigint();
+  vmm.close();
+  const gfs = vmm.fs;
+  gfs.serialise();
+  const serialised = process.hrtime.bigint();
+  const timings = { pauseAt: pauseAt.toString(), stoppedAt: stoppedAtNs.toString(), saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
+  gfs.kexec([process.execPath, __filename, 'resume'], { env: { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) } });
+}
+
+async function main(): Promise<void> {
+  const [mode, poolPath, ramText, stepsText, seedText, updatesText, delayText] = process.argv.slice(2);
+  if (mode === 'boot') {
+    const ramBytes = Number(ramText);
+    const pool = Pool.open(poolPath!);
+    mkfs(pool, { force: true });
+    const gfs = mount(pool);
+    gfs.mkdir('/vm0');
+    const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes }, { steps: Number(stepsText), seed: BigInt(seedText!) });
+    let frames: string[] | null = null;
+    try {
+      frames = vmm.ram.physicalFrames().map(String);
+    } catch {
+      frames = null;
+    }
+    emit({ event: 'boot', pid: process.pid });
+    await drive(vmm, { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) }, frames);
+    return;
+  }
+  // resume: this program, exec'd by its previous self.
+  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as Record<string, string>;
+  const started = process.hrtime.bigint();
+  const gfs = mount(openHandedOverPool());
+  const restored = process.hrtime.bigint();
+  const { saved } = Vmm.readState(gfs, CONFIG.statePath);
+  const plan = saved.extra.plan as Plan;
+  const { vmm, timings: resumeTimings } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes });
+  const running = process.hrtime.bigint();
+  emit({
+    event: 'update',
+    mode: 'exec',
+    pid: process.pid,
+    blackoutMs: ms(BigInt(timings.stoppedAt!), running),
+    breakdown: {
+      saveMs: ms(BigInt(timings.stoppedAt!), BigInt(timings.saved!)),
+      serialiseMs: ms(BigInt(timings.saved!), BigInt(timings.serialised!)),
+      execAndStartupMs: ms(BigInt(timings.execAt!), started),
+      restoreMs: ms(started, restored),
+      mapMs: resumeTimings.mapMs,
+      vcpuRestoreMs: resumeTimings.vcpuMs,
+    },
+  });
+  await drive(vmm, plan, (saved.extra.frames as string[] | null) ?? null);
+}
+
+main().catch((error: Error) => {
+  process.stderr.write(`exec-update failed: ${error.stack ?? error.message}\n`);
+  process.exit(1);
+});
