@@ -162,6 +162,11 @@ describe('serialise, freeze and abort', () => {
     expect(gfs.serialised).toBe(false);
     gfs.create('/still-writable');
     expect(captureError(() => gfs.kexec([]))).toMatchObject({ code: 'EINVAL' });
+    // A caller that serialised first keeps that decision: kexec leaves the filesystem serialised and says so.
+    gfs.serialise();
+    expect(captureError(() => gfs.kexec(['/nonexistent/program'])).message).toContain('still serialised: abort() to change it again');
+    expect(gfs.serialised).toBe(true);
+    gfs.abort();
     expect(captureError(() => gfs.kexec(['no-such-program-on-path']))).toMatchObject({ code: 'ENOENT' });
   });
 

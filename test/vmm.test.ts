@@ -41,4 +41,26 @@ describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM gu
       fs.rmSync(poolPath, { force: true });
     }
   }, 180_000);
+
+  it('an update whose execve fails is aborted, and the guest resumes in the same process with nothing lost', () => {
+    const poolPath = uniquePath(m.hugetlbfs2M!, 'vmm');
+    Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
+    const ramBytes = 32 * MiB;
+    const steps = 400_000;
+    const seed = 5;
+    try {
+      const run = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'lib', 'vmm', 'exec-update.js'), 'boot', poolPath, String(ramBytes), String(steps), String(seed), '2', '300'], {
+        encoding: 'utf8',
+        timeout: 120_000,
+        env: { ...process.env, GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC: '1' },
+      });
+      expect(run.stderr).toBe('');
+      const events = run.stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(events.map((event) => event.event)).toEqual(['boot', 'update-failed', 'update', 'done']);
+      expect(events[1]!.error).toMatch(/^ENOENT: .*execve '\/nonexistent\/guestmemfs-vmm'/);
+      expect(events.at(-1)).toMatchObject({ reason: 'halted', sameFrames: true, serial: `${demoGuestChecksum(ramBytes, { steps, seed: BigInt(seed) })}\n` });
+    } finally {
+      fs.rmSync(poolPath, { force: true });
+    }
+  }, 180_000);
 });

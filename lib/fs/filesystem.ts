@@ -1081,7 +1081,11 @@ export class Filesystem {
     try {
       native.processExec(file, [...argv], envList, keepFds);
     } catch (error) {
-      if (!wasFrozen) this.abort();
+      if (wasFrozen) {
+        // The caller serialised before calling kexec: undoing that is the caller's decision.
+        throw GuestmemfsError.from(error).withRemedy('this process keeps the filesystem, still serialised: abort() to change it again');
+      }
+      this.abort();
       throw GuestmemfsError.from(error).withRemedy('the handover was aborted and this process keeps the filesystem');
     }
     throw new GuestmemfsError('EIO', 'execve returned without an error', { syscall: 'execve' });

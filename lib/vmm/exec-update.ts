@@ -13,6 +13,8 @@ import { Pool } from '../pool/pool';
 import { Vmm, type VmmConfig } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
+/** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
+const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
 const CONFIG: Omit<VmmConfig, 'ramSize'> = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
 
 function emit(record: Record<string, unknown>): void {
@@ -65,7 +67,19 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
   gfs.serialise();
   const serialised = process.hrtime.bigint();
   const timings = { pauseAt: pauseAt.toString(), stoppedAt: stoppedAtNs.toString(), saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
-  gfs.kexec([process.execPath, __filename, 'resume'], { env: { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) } });
+  const env: NodeJS.ProcessEnv = { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) };
+  const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
+  delete env[FAIL_FIRST_EXEC_ENV];
+  try {
+    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, __filename, 'resume'], { env });
+  } catch (error) {
+    // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
+    delete process.env[FAIL_FIRST_EXEC_ENV];
+    if (gfs.serialised) gfs.abort();
+    const { vmm: again } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes });
+    emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
+    await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames);
+  }
 }
 
 async function main(): Promise<void> {
