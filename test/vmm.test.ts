@@ -1,5 +1,6 @@
-// Live update of a running KVM guest in exec mode: three execve's of the VMM (same PID), the guest resumed each time
-// from its state file on the same guest RAM, finishing with the checksum of an uninterrupted run on the same frames.
+// Live update of a running KVM guest, in exec mode (execve of the VMM, same PID) and in transfer mode (a successor
+// started ahead of time): the guest resumed each time from its state file on the same guest RAM, finishing with the
+// checksum of an uninterrupted run on the same frames; a failed update loses nothing.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,7 +11,7 @@ import { machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
 
-describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM guest (exec mode)', () => {
+describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM guest', () => {
   it('three updates at random points: same pid, same checksum as an uninterrupted run, same physical frames', () => {
     const poolPath = uniquePath(m.hugetlbfs2M!, 'vmm');
     Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
@@ -62,5 +63,41 @@ describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM gu
     } finally {
       fs.rmSync(poolPath, { force: true });
     }
+  }, 180_000);
+
+  function runTransfer(updates: number, env: NodeJS.ProcessEnv = process.env) {
+    const poolPath = uniquePath(m.hugetlbfs2M!, 'vmm');
+    Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
+    const ramBytes = 32 * MiB;
+    const steps = 500_000;
+    const seed = 7;
+    try {
+      const run = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'lib', 'vmm', 'transfer-update.js'), 'boot', poolPath, String(ramBytes), String(steps), String(seed), String(updates), '300'], {
+        encoding: 'utf8',
+        timeout: 120_000,
+        env,
+      });
+      expect(run.stderr).toBe('');
+      const events = run.stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(events.at(-1)).toMatchObject({ event: 'done', reason: 'halted', sameFrames: true, serial: `${demoGuestChecksum(ramBytes, { steps, seed: BigInt(seed) })}\n` });
+      return events;
+    } finally {
+      fs.rmSync(poolPath, { force: true });
+    }
+  }
+
+  it('transfer mode: three successors started ahead of time take over in turn, same checksum, same frames', () => {
+    const events = runTransfer(3);
+    const updates = events.filter((event) => event.event === 'update');
+    expect(updates).toHaveLength(3);
+    expect(updates.every((update) => update.mode === 'transfer')).toBe(true);
+    expect(new Set(events.map((event) => event.pid)).size).toBe(4); // the booting VMM and three successors
+    for (const update of updates) process.stdout.write(`[vmm] transfer update: blackout ${(update.blackoutMs as number).toFixed(1)} ms ${JSON.stringify(update.breakdown)}\n`);
+  }, 180_000);
+
+  it('transfer mode: a successor that dies without taking over leaves the guest running in the original VMM', () => {
+    const events = runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_REFUSE_FIRST: '1' });
+    expect(events.map((event) => event.event)).toEqual(['boot', 'successor-refused', 'update-failed', 'update', 'done']);
+    expect(events[2]!.pid).toBe(events[0]!.pid);
   }, 180_000);
 });
