@@ -7,6 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { runHandoverDemo, verifyHandoverDemo } from '../lib/demo/handover-demo';
+import { runVmmDemo } from '../lib/demo/vmm-demo';
+import { kvmAvailable } from '../lib/vmm/machine';
 import { GuestmemfsError } from '../lib/errors';
 import { check } from '../lib/fs/check';
 import { type Filesystem, mkfs, readPoolSuperblock, type Stat } from '../lib/fs/filesystem';
@@ -409,12 +411,35 @@ command('kexec', 'serialise and exec a command with the pool handed over (GUESTM
     withMount(spec, (gfs) => gfs.kexec(argv), { allowSerialised: true });
   });
 
-command('demo', 'live-update demo: write guest RAM into a guestmemfs file, kexec into a new process, prove the same bytes on the same pages', 'sudo guestmemfs demo --size 1G')
-  .option('--size <size>', 'guest RAM size (K/M/G suffixes)', '512M')
-  .action((options: { size: string }) => {
+command('demo', 'live-update demo: a KVM guest on guestmemfs memory updated in exec and transfer modes (without KVM: the filesystem handover)', 'sudo guestmemfs demo')
+  .option('--size <size>', 'guest RAM size (K/M/G suffixes)', '1G')
+  .option('--steps <n>', 'guest work steps (this VM runs ~6 µs each under kvm-pvm)', '600000')
+  .option('--updates <n>', 'live updates per mode', '3')
+  .option('--no-vm', 'run only the filesystem handover demo (no KVM guest)')
+  .action((options: { size: string; steps: string; updates: string; vm: boolean }) => {
     const bytes = parseSize(options.size);
     if (bytes % (2 * MiB) !== 0 || bytes === 0) throw new GuestmemfsError('EINVAL', `demo size must be a positive multiple of 2 MiB, got ${options.size}`);
+    const noKvm = kvmAvailable();
+    if (options.vm && !noKvm) {
+      runVmmDemo({ ramBytes: bytes, steps: Number(options.steps), updates: Number(options.updates) });
+      return;
+    }
+    if (options.vm) process.stdout.write(`(${noKvm}: showing the filesystem handover without a guest)\n`);
     runHandoverDemo({ size: bytes, verifierArgv: [process.execPath, __filename, 'demo-verify'] });
+  });
+
+command('vmm', 'run the VMM prototype: boot the demo guest from a pool and live-update it (exec or transfer mode)', 'sudo guestmemfs vmm /dev/hugepages/pool --ram 1G --mode transfer --updates 3')
+  .argument('<pool>', 'a pool file (it is reformatted)')
+  .requiredOption('--ram <size>', 'guest RAM')
+  .addOption(new Option('--mode <mode>', 'how to update').choices(['exec', 'transfer']).default('exec'))
+  .option('--updates <n>', 'live updates at random points', '3')
+  .option('--steps <n>', 'guest work steps', '600000')
+  .option('--seed <n>', 'guest seed', '1')
+  .action((poolPath: string, options: { ram: string; mode: string; updates: string; steps: string; seed: string }) => {
+    const noKvm = kvmAvailable();
+    if (noKvm) throw new GuestmemfsError('ENODEV', noKvm);
+    const runner = path.join(__dirname, '..', 'lib', 'vmm', `${options.mode}-update.js`);
+    native.processExec(process.execPath, [process.execPath, runner, 'boot', poolPath, String(parseSize(options.ram)), options.steps, options.seed, options.updates, '400'], Object.entries(process.env).map(([key, value]) => `${key}=${value}`), []);
   });
 
 program.command('demo-verify', { hidden: true }).action(() => verifyHandoverDemo());

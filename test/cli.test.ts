@@ -26,7 +26,7 @@ describe('guestmemfs CLI', () => {
   });
 
   it('demo writes guest RAM, kexecs into a new process (same pid) that restores it on the same physical pages', () => {
-    const result = run('demo', '--size', '16M');
+    const result = run('demo', '--no-vm', '--size', '16M');
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
     const pids = [...result.stdout.matchAll(/pid (\d+):/g)].map((match) => match[1]);
@@ -123,7 +123,7 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
 
 describe('operator conveniences', () => {
   it('every subcommand has --help with an example', () => {
-    const commands = ['detect', 'mkfs', 'status', 'ls', 'stat', 'df', 'mkdir', 'touch', 'truncate', 'rm', 'mv', 'chmod', 'chown', 'serialise', 'abort', 'check', 'inspect', 'kexec', 'demo'];
+    const commands = ['detect', 'mkfs', 'status', 'ls', 'stat', 'df', 'mkdir', 'touch', 'truncate', 'rm', 'mv', 'chmod', 'chown', 'serialise', 'abort', 'check', 'inspect', 'kexec', 'demo', 'vmm'];
     const top = run('--help').stdout;
     for (const name of commands) {
       expect(top, name).toMatch(new RegExp(`^  ${name}\\b.* {2,}\\S`, 'm'));

@@ -20,13 +20,13 @@ export interface DemoOptions {
   verifierArgv: string[];
 }
 
-interface Cleanup {
+export interface Cleanup {
   reservation?: ReservationRecord;
   poolPath: string;
 }
 
 /** Output that must not be lost at execve: written straight to fd 1. */
-function log(line: string): void {
+export function log(line: string): void {
   fs.writeSync(1, `${line}\n`);
 }
 
@@ -51,7 +51,8 @@ export function checksum(mapping: Mapping): bigint {
   return sum;
 }
 
-function choosePool(size: number): { pool: Pool; cleanup: Cleanup } {
+/** A pool for `size` bytes of files: huge pages when they can be reserved, else the 4 KiB fallback, saying which. */
+export function choosePool(size: number): { pool: Pool; cleanup: Cleanup } {
   const pageSize = 2 * MiB;
   const poolSize = size + 64 * MiB; // room for the metadata blocks
   try {
@@ -74,7 +75,7 @@ function choosePool(size: number): { pool: Pool; cleanup: Cleanup } {
   return { pool: Pool.create({ backend: 'shm-4k', path: poolPath, size: poolSize }), cleanup: { poolPath } };
 }
 
-function undo(cleanup: Cleanup): void {
+export function undo(cleanup: Cleanup): void {
   fs.rmSync(cleanup.poolPath, { force: true });
   if (cleanup.reservation) releaseReservation(cleanup.reservation);
 }
