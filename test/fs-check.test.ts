@@ -196,6 +196,14 @@ describe('check', () => {
     expect(digest()).toBe(before);
   });
 
+  it('a root directory marked unlinked (a flipped bit the fuzzer found) is refused, never freed', () => {
+    edit(({ inodes }) => inodes.setFlags(1, inodes.flags(1) | 1));
+    const before = digest();
+    expect(check(pool, { repair: true })).toMatchObject({ state: 'inconsistent', repairable: false, problems: [expect.stringContaining('root directory is marked unlinked')] });
+    expect(captureError(() => mount(pool))).toMatchObject({ code: 'EUCLEAN' });
+    expect(digest()).toBe(before);
+  });
+
   it('an unknown inode type and an extent outside the pool are reported, not repaired', () => {
     edit(({ inodes }) => inodes.setType(3, 9 as never));
     const result = check(pool, { repair: true });

@@ -1135,12 +1135,11 @@ export class Filesystem {
     const candidates = live ?? Array.from({ length: inodes.count - 1 }, (_, index) => index + 1);
     for (const ino of candidates) {
       const type = inodes.type(ino);
-      if (type === InodeType.Free) continue;
+      if (type === InodeType.Free || ino === ROOT_INO) continue;
       if (inodes.flags(ino) & FLAG_ORPHAN) {
         orphans.push(ino);
         continue;
       }
-      if (ino === ROOT_INO) continue;
       this.#indexFor(inodes.parent(ino)).set(inodes.name(ino), ino);
     }
     // Unlinked files whose mapping process is gone: nothing can reach them any more (a read-only view leaves them).

@@ -67,6 +67,8 @@ export function scanOwnership(views: Pick<RepairViews, 'geometry' | 'inodes' | '
   const problems: string[] = [];
   const owner = new Int32Array(geometry.blockCount).fill(-1);
   owner.fill(0, 0, geometry.metadataBlocks);
+  // The root can never be unlinked: a flag saying so is damage, and acting on it would free the whole tree.
+  if (inodes.flags(ROOT_INO) & FLAG_ORPHAN) problems.push('the root directory is marked unlinked');
   for (let ino = 1; ino < inodes.count && problems.length < 20; ino++) {
     const type = inodes.type(ino);
     if (type === InodeType.Free) continue;
