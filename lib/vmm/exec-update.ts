@@ -6,60 +6,25 @@
 //
 // Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
 // final `done` line with the guest's console output and whether guest RAM stayed on the same physical frames.
-import * as fs from 'node:fs';
-import { mkfs, mount } from '../fs/filesystem';
+import { mount } from '../fs/filesystem';
 import { openHandedOverPool } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { Vmm, type VmmConfig } from './vmm';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, reportDone, updateDelay } from './update-common';
+import { Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
 /** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
 const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
-const CONFIG: Omit<VmmConfig, 'ramSize'> = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
-
-function emit(record: Record<string, unknown>): void {
-  fs.writeSync(1, `${JSON.stringify(record)}\n`);
-}
-
-const ms = (from: bigint, to: bigint) => Number(to - from) / 1e6;
-
-interface Plan {
-  ramBytes: number;
-  updatesLeft: number;
-  maxDelayMs: number;
-  seed: number;
-}
-
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
 async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<void> {
   const running = vmm.start();
-  if (plan.updatesLeft === 0) {
-    // A benchmark runs the guest without end and stops it here; otherwise it runs to its halt.
-    if (process.env.GUESTMEMFS_UPDATE_STOP_AFTER === '1') await vmm.pause();
-    const reason = process.env.GUESTMEMFS_UPDATE_STOP_AFTER === '1' ? 'stopped' : await running;
-    let sameFrames: boolean | null = null;
-    if (frames) {
-      try {
-        sameFrames = JSON.stringify(vmm.ram.physicalFrames().map(String)) === JSON.stringify(frames);
-      } catch {
-        sameFrames = null;
-      }
-    }
-    emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames });
-    vmm.close();
-    vmm.fs.unmount();
-    return;
-  }
-  // A deterministic pseudo-random delay per update, so a run can be repeated.
-  const delay = ((plan.seed * 2654435761 + plan.updatesLeft * 40503) >>> 0) % Math.max(1, plan.maxDelayMs);
-  await new Promise((resolve) => setTimeout(resolve, delay));
+  if (plan.updatesLeft === 0) return finishRun(vmm, running, frames);
+  await updateDelay(plan);
   const pauseAt = process.hrtime.bigint();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
-    emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames: null, updatesSkipped: plan.updatesLeft });
-    vmm.close();
-    vmm.fs.unmount();
+    reportDone(vmm, reason, frames, { updatesSkipped: plan.updatesLeft });
     return;
   }
   vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames });
@@ -85,22 +50,10 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
 }
 
 async function main(): Promise<void> {
-  const [mode, poolPath, ramText, stepsText, seedText, updatesText, delayText] = process.argv.slice(2);
+  const [mode, poolPath, ...args] = process.argv.slice(2);
   if (mode === 'boot') {
-    const ramBytes = Number(ramText);
-    const pool = Pool.open(poolPath!);
-    mkfs(pool, { force: true });
-    const gfs = mount(pool);
-    gfs.mkdir('/vm0');
-    const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes }, { steps: Number(stepsText), seed: BigInt(seedText!) });
-    let frames: string[] | null = null;
-    try {
-      frames = vmm.ram.physicalFrames().map(String);
-    } catch {
-      frames = null;
-    }
-    emit({ event: 'boot', pid: process.pid });
-    await drive(vmm, { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) }, frames);
+    const { vmm, plan, frames } = bootGuest(Pool.open(poolPath!), args);
+    await drive(vmm, plan, frames);
     return;
   }
   // resume: this program, exec'd by its previous self.

@@ -6,29 +6,17 @@
 //   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   node transfer-update.js successor <pool>            (started by the running VMM)
 import { spawn } from 'node:child_process';
-import * as fs from 'node:fs';
-import { type Filesystem, mkfs, mount, readPoolSuperblock } from '../fs/filesystem';
+import { type Filesystem, mount, readPoolSuperblock } from '../fs/filesystem';
 import { PoolState } from '../fs/layout';
 import { waitForHandover } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { Vmm, type VmmConfig } from './vmm';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, reportDone, updateDelay } from './update-common';
+import { Vmm } from './vmm';
 
 /** Test hook: the first successor exits without taking over, to prove a refused update loses nothing. */
 const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
-const CONFIG: Omit<VmmConfig, 'ramSize'> = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
 
-interface Plan {
-  ramBytes: number;
-  updatesLeft: number;
-  maxDelayMs: number;
-  seed: number;
-}
 
-function emit(record: Record<string, unknown>): void {
-  fs.writeSync(1, `${JSON.stringify(record)}\n`);
-}
-
-const ms = (from: bigint, to: bigint) => Number(to - from) / 1e6;
 
 function startSuccessor(poolPath: string, refuse: boolean) {
   const env = { ...process.env };
@@ -40,41 +28,18 @@ function startSuccessor(poolPath: string, refuse: boolean) {
   return { child, hasExited: () => exited };
 }
 
-function finish(vmm: Vmm, reason: string, frames: string[] | null): void {
-  let sameFrames: boolean | null = null;
-  if (frames) {
-    try {
-      sameFrames = JSON.stringify(vmm.ram.physicalFrames().map(String)) === JSON.stringify(frames);
-    } catch {
-      sameFrames = null;
-    }
-  }
-  emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames });
-  vmm.close();
-  vmm.fs.unmount();
-}
-
 async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, frames: string[] | null): Promise<void> {
   const running = vmm.start();
-  if (plan.updatesLeft === 0) {
-    // A benchmark runs the guest without end and stops it here; otherwise it runs to its halt.
-    if (process.env.GUESTMEMFS_UPDATE_STOP_AFTER === '1') {
-      await vmm.pause();
-      finish(vmm, 'stopped', frames);
-      return;
-    }
-    finish(vmm, await running, frames);
-    return;
-  }
+  if (plan.updatesLeft === 0) return finishRun(vmm, running, frames);
   // The successor starts now, long before the update: its start-up is outside the blackout.
   const successor = startSuccessor(poolPath, process.env[REFUSE_FIRST_ENV] === '1');
   delete process.env[REFUSE_FIRST_ENV];
-  const delay = ((plan.seed * 2654435761 + plan.updatesLeft * 40503) >>> 0) % Math.max(1, plan.maxDelayMs);
-  await new Promise((resolve) => setTimeout(resolve, delay + 150));
+  await new Promise((resolve) => setTimeout(resolve, 150)); // let the successor start up first
+  await updateDelay(plan);
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     successor.child.kill('SIGKILL');
-    finish(vmm, reason, frames);
+    reportDone(vmm, reason, frames);
     return;
   }
   vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames });
@@ -97,22 +62,11 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, frames:
 }
 
 async function main(): Promise<void> {
-  const [mode, poolPath, ramText, stepsText, seedText, updatesText, delayText] = process.argv.slice(2) as string[];
+  const [mode, poolPath, ...args] = process.argv.slice(2) as string[];
   const pool = Pool.open(poolPath!);
   if (mode === 'boot') {
-    const ramBytes = Number(ramText);
-    mkfs(pool, { force: true });
-    const gfs = mount(pool);
-    gfs.mkdir('/vm0');
-    const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes }, { steps: Number(stepsText), seed: BigInt(seedText!) });
-    let frames: string[] | null = null;
-    try {
-      frames = vmm.ram.physicalFrames().map(String);
-    } catch {
-      frames = null;
-    }
-    emit({ event: 'boot', pid: process.pid });
-    await drive(poolPath!, pool, vmm, { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) }, frames);
+    const { vmm, plan, frames } = bootGuest(pool, args);
+    await drive(poolPath!, pool, vmm, plan, frames);
     return;
   }
   // successor: started ahead of time, waits for the handover.
