@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Filesystem, MiB, mkfs, mount, Pool } from '../lib/index';
-import { demoGuestChecksum, KvmMachine, kvmAvailable } from '../lib/vmm/machine';
+import { demoGuestChecksum, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -57,6 +57,8 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     const first = KvmMachine.create(ram);
     first.loadDemoGuest(options);
     const running = first.run();
+    // The successor's VM is made while the guest still runs, as a transfer-mode successor does before the pause.
+    const prepared = prepareVm();
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(captureError(() => first.saveState())).toMatchObject({ code: 'EBUSY' });
     expect(await captureRejection(first.run())).toMatchObject({ code: 'EBUSY' });
@@ -69,7 +71,8 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
 
     const again = gfs.map('/c');
     expect(again.physicalFrames().map(String)).toEqual(frames);
-    const second = KvmMachine.create(again);
+    const second = KvmMachine.create(again, prepared);
+    expect(captureError(() => KvmMachine.create(again, prepared))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/prepare one VM per machine/) });
     second.restoreState(state);
     expect(await second.run()).toBe('halted');
     expect((progress + second.serial()).replace(/\./g, '')).toBe(expected);

@@ -54,6 +54,23 @@ export function demoGuestCode(): Uint8Array {
   return fs.readFileSync(file);
 }
 
+/** A VM and its vCPU with no RAM yet: everything of a machine that does not depend on the guest's saved state. */
+export interface PreparedVm {
+  readonly vm: number;
+  readonly vcpu: number;
+  used: boolean;
+}
+
+export function prepareVm(): PreparedVm {
+  const vm = native.kvmCreateVm(kvm());
+  try {
+    return { vm, vcpu: native.kvmCreateVcpu(kvm(), vm, 0), used: false };
+  } catch (error) {
+    native.fdClose(vm);
+    throw error;
+  }
+}
+
 export class KvmMachine {
   readonly vm: number;
   readonly vcpu: number;
@@ -66,13 +83,16 @@ export class KvmMachine {
     this.ram = ram;
   }
 
-  /** A VM with one vCPU whose guest-physical RAM [0, ram.length) is the mapping itself (no copy). */
-  static create(ram: Mapping): KvmMachine {
+  /**
+   * A VM with one vCPU whose guest-physical RAM [0, ram.length) is the mapping itself (no copy). `prepared` is a VM made
+   * earlier by prepareVm(), so that a successor VMM can create it before the guest pauses, outside the blackout.
+   */
+  static create(ram: Mapping, prepared: PreparedVm = prepareVm()): KvmMachine {
     if (ram.length > GUEST.maxRam) throw new GuestmemfsError('EINVAL', `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`);
-    const vm = native.kvmCreateVm(kvm());
-    native.kvmSetMemory(vm, 0, 0, ram.id, 0, ram.length);
-    const vcpu = native.kvmCreateVcpu(kvm(), vm, 0);
-    return new KvmMachine(vm, vcpu, ram);
+    if (prepared.used) throw new GuestmemfsError('EINVAL', 'this prepared VM already has guest RAM: prepare one VM per machine');
+    prepared.used = true;
+    native.kvmSetMemory(prepared.vm, 0, 0, ram.id, 0, ram.length);
+    return new KvmMachine(prepared.vm, prepared.vcpu, ram);
   }
 
   /** Writes the demo guest and identity page tables into RAM and points the vCPU at it in 64-bit mode. */

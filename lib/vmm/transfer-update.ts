@@ -11,12 +11,11 @@ import { PoolState } from '../fs/layout';
 import { waitForHandover } from '../handover/successor';
 import { Pool } from '../pool/pool';
 import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, reportDone, updateDelay } from './update-common';
+import { prepareVm } from './machine';
 import { Vmm } from './vmm';
 
 /** Test hook: the first successor exits without taking over, to prove a refused update loses nothing. */
 const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
-
-
 
 function startSuccessor(poolPath: string, refuse: boolean) {
   const env = { ...process.env };
@@ -74,11 +73,13 @@ async function main(): Promise<void> {
     emit({ event: 'successor-refused', pid: process.pid });
     return;
   }
+  // Everything that does not depend on the guest's saved state is made before the pause: the VM and its vCPU.
+  const prepared = prepareVm();
   const gfs = await waitForHandover(pool, { timeoutMs: 60_000 });
   const restored = process.hrtime.bigint();
   const { saved } = Vmm.readState(gfs, CONFIG.statePath);
   const plan = saved.extra.plan as Plan;
-  const { vmm, timings } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes });
+  const { vmm, timings } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes }, prepared);
   const running = process.hrtime.bigint();
   emit({
     event: 'update',

@@ -3,7 +3,7 @@
 import { GuestmemfsError } from '../errors';
 import type { Filesystem } from '../fs/filesystem';
 import type { Mapping } from '../pool/mapping';
-import { type DemoGuestOptions, KvmMachine } from './machine';
+import { type DemoGuestOptions, KvmMachine, type PreparedVm } from './machine';
 
 export interface VmmConfig {
   /** The guest RAM file (type guest) and the VMM state file (type state). */
@@ -17,8 +17,6 @@ export interface SavedVmm {
   version: 1;
   /** COM1 output so far (the guest's console log). */
   serial: string;
-  /** Physical frame numbers of guest RAM at the time of the save, when readable (root). */
-  frames: string[] | null;
   /** CLOCK_MONOTONIC ns when the vCPU stopped, for the blackout measurement. */
   stoppedAtNs: string;
   /** Anything else the caller wants carried over (timings, counters). */
@@ -54,13 +52,16 @@ export class Vmm {
     return new Vmm(fs, config, ram, machine);
   }
 
-  /** Takes over a guest another VMM process saved: maps the same RAM and restores the vCPU from the state file. */
-  static resume(fs: Filesystem, config: VmmConfig): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
+  /**
+   * Takes over a guest another VMM process saved: maps the same RAM and restores the vCPU from the state file, into
+   * `prepared` when the caller made the VM ahead of time.
+   */
+  static resume(fs: Filesystem, config: VmmConfig, prepared?: PreparedVm): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
     const { saved, vcpu } = Vmm.readState(fs, config.statePath);
     const started = process.hrtime.bigint();
     const ram = fs.map(config.ramPath);
     const mapped = process.hrtime.bigint();
-    const machine = KvmMachine.create(ram);
+    const machine = KvmMachine.create(ram, prepared);
     machine.restoreState(vcpu);
     const restored = process.hrtime.bigint();
     const vmm = new Vmm(fs, config, ram, machine);
@@ -104,13 +105,8 @@ export class Vmm {
 
   /** Writes the vCPU and device state into the state file (before the filesystem is serialised). */
   saveState(stoppedAtNs: bigint, extra: Record<string, unknown> = {}): void {
-    let frames: string[] | null = null;
-    try {
-      frames = this.ram.physicalFrames().map(String);
-    } catch {
-      frames = null;
-    }
-    const saved: SavedVmm = { version: 1, serial: this.serial(), frames, stoppedAtNs: stoppedAtNs.toString(), extra };
+    // No pagemap read here: it would sit inside the blackout; the runners read frames outside it for their proof.
+    const saved: SavedVmm = { version: 1, serial: this.serial(), stoppedAtNs: stoppedAtNs.toString(), extra };
     const json = new TextEncoder().encode(JSON.stringify(saved));
     const vcpu = this.machine.saveState();
     const bytes = new Uint8Array(12 + json.length + vcpu.length);
