@@ -39,7 +39,7 @@ export function runVmmDemo(options: VmmDemoOptions): void {
           const parts =
             mode === 'exec'
               ? `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, restore ${fixed(b.restoreMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}`
-              : `handover wait + restore ${fixed((event.blackoutMs as number) - (b.mapMs ?? 0) - (b.vcpuRestoreMs ?? 0))}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}`;
+              : `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, wake-up ${fixed(b.signalMs)}, restore ${fixed(b.restoreMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)}`;
           log(`    update ${++count} -> pid ${event.pid}: blackout ${fixed(event.blackoutMs)} ms (${parts} ms)`);
         } else if (event.event === 'done') {
           const serial = String(event.serial).replace(/\./g, '').trim();

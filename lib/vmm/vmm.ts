@@ -54,10 +54,15 @@ export class Vmm {
 
   /**
    * Takes over a guest another VMM process saved: maps the same RAM and restores the vCPU from the state file, into
-   * `prepared` when the caller made the VM ahead of time.
+   * `prepared` when the caller made the VM ahead of time; `state` when the caller already read the state file.
    */
-  static resume(fs: Filesystem, config: VmmConfig, prepared?: PreparedVm): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
-    const { saved, vcpu } = Vmm.readState(fs, config.statePath);
+  static resume(
+    fs: Filesystem,
+    config: VmmConfig,
+    prepared?: PreparedVm,
+    state: { saved: SavedVmm; vcpu: Uint8Array } = Vmm.readState(fs, config.statePath),
+  ): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
+    const { saved, vcpu } = state;
     const started = process.hrtime.bigint();
     const ram = fs.map(config.ramPath);
     const mapped = process.hrtime.bigint();
