@@ -20,7 +20,6 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
   const running = vmm.start();
   if (plan.updatesLeft === 0) return finishRun(vmm, running, frames);
   await updateDelay(plan);
-  const pauseAt = process.hrtime.bigint();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
@@ -33,7 +32,7 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
   const gfs = vmm.fs;
   gfs.serialise();
   const serialised = process.hrtime.bigint();
-  const timings = { pauseAt: pauseAt.toString(), stoppedAt: stoppedAtNs.toString(), saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
+  const timings = { stoppedAt: stoppedAtNs.toString(), saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
   const env: NodeJS.ProcessEnv = { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
@@ -43,7 +42,7 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
     // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
     delete process.env[FAIL_FIRST_EXEC_ENV];
     if (gfs.serialised) gfs.abort();
-    const { vmm: again } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes });
+    const { vmm: again } = Vmm.resume(gfs, CONFIG);
     emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
     await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames);
   }
@@ -61,9 +60,8 @@ async function main(): Promise<void> {
   const started = process.hrtime.bigint();
   const gfs = mount(openHandedOverPool());
   const restored = process.hrtime.bigint();
-  const { saved } = Vmm.readState(gfs, CONFIG.statePath);
+  const { vmm, saved, timings: resumeTimings } = Vmm.resume(gfs, CONFIG);
   const plan = saved.extra.plan as Plan;
-  const { vmm, timings: resumeTimings } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes });
   const running = process.hrtime.bigint();
   emit({
     event: 'update',

@@ -86,7 +86,7 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, frames:
   }
   // The successor is gone without taking over: take the handover back and resume the guest here.
   const again = mount(pool);
-  const { vmm: resumed } = Vmm.resume(again, { ...CONFIG, ramSize: plan.ramBytes });
+  const { vmm: resumed } = Vmm.resume(again, CONFIG);
   emit({ event: 'update-failed', pid: process.pid, error: `successor pid ${successor.child.pid} exited without taking over`, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
   await drive(poolPath, pool, resumed, { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames);
 }
@@ -109,10 +109,8 @@ async function main(): Promise<void> {
   const prepared = prepareVm();
   const gfs = await waitForHandover(pool, { timeoutMs: 60_000 });
   const mounted = process.hrtime.bigint();
-  const state = Vmm.readState(gfs, CONFIG.statePath);
-  const { saved } = state;
+  const { vmm, saved, timings } = Vmm.resume(gfs, CONFIG, prepared);
   const plan = saved.extra.plan as Plan;
-  const { vmm, timings } = Vmm.resume(gfs, { ...CONFIG, ramSize: plan.ramBytes }, prepared, state);
   // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
   await drive(poolPath!, pool, vmm, plan, (saved.extra.frames as string[] | null) ?? null, async (running) => {
     const sender = await fromSender;

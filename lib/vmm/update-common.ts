@@ -3,9 +3,9 @@
 import * as fs from 'node:fs';
 import { mkfs, mount } from '../fs/filesystem';
 import type { Pool } from '../pool/pool';
-import { Vmm, type VmmConfig } from './vmm';
+import { Vmm, type VmmFiles } from './vmm';
 
-export const CONFIG: Omit<VmmConfig, 'ramSize'> = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
+export const CONFIG: VmmFiles = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
 
 /** Carried from one VMM process to the next in the state file. */
 export interface Plan {

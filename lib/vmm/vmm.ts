@@ -12,6 +12,9 @@ export interface VmmConfig {
   ramSize: number;
 }
 
+/** Where a VMM keeps its guest's files: all a resuming VMM needs (the RAM's size is the RAM file's). */
+export type VmmFiles = Pick<VmmConfig, 'ramPath' | 'statePath'>;
+
 /** What the state file holds besides the vCPU blob. */
 export interface SavedVmm {
   version: 1;
@@ -54,22 +57,17 @@ export class Vmm {
 
   /**
    * Takes over a guest another VMM process saved: maps the same RAM and restores the vCPU from the state file, into
-   * `prepared` when the caller made the VM ahead of time; `state` when the caller already read the state file.
+   * `prepared` when the caller made the VM ahead of time.
    */
-  static resume(
-    fs: Filesystem,
-    config: VmmConfig,
-    prepared?: PreparedVm,
-    state: { saved: SavedVmm; vcpu: Uint8Array } = Vmm.readState(fs, config.statePath),
-  ): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
-    const { saved, vcpu } = state;
+  static resume(fs: Filesystem, files: VmmFiles, prepared?: PreparedVm): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
+    const { saved, vcpu } = Vmm.readState(fs, files.statePath);
     const started = process.hrtime.bigint();
-    const ram = fs.map(config.ramPath);
+    const ram = fs.map(files.ramPath);
     const mapped = process.hrtime.bigint();
     const machine = KvmMachine.create(ram, prepared);
     machine.restoreState(vcpu);
     const restored = process.hrtime.bigint();
-    const vmm = new Vmm(fs, config, ram, machine);
+    const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine);
     vmm.serialLog = saved.serial;
     return { vmm, saved, timings: { mapMs: Number(mapped - started) / 1e6, vcpuMs: Number(restored - mapped) / 1e6 } };
   }
