@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { mount } from '../lib/fs/filesystem';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
+import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
 import { kvmAvailable } from '../lib/vmm/machine';
 import { quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
 
@@ -17,19 +18,16 @@ if (noKvm) {
   process.exit(3);
 }
 
-function runUpdates(mode: 'exec' | 'transfer', poolPath: string, ramBytes: number): { blackouts: number[]; breakdowns: Array<Record<string, number>> } {
-  const runner = path.join(repoRoot, 'dist', 'lib', 'vmm', `${mode}-update.js`);
+function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number): { blackouts: number[]; breakdowns: Array<Record<string, number>> } {
   // The guest runs without end (2^40 steps); the runner stops it after the last update.
-  const run = spawnSync(process.execPath, [runner, 'boot', poolPath, String(ramBytes), String(2 ** 40), '1', String(updates), '200'], {
-    encoding: 'utf8',
-    timeout: 600_000,
-    env: { ...process.env, GUESTMEMFS_UPDATE_STOP_AFTER: '1', NODE_EXTRA_CA_CERTS: '' },
-  });
+  const run = runUpdates(
+    { mode, poolPath, ramBytes, steps: 2 ** 40, seed: 1, updates, maxDelayMs: 200 },
+    { env: { ...process.env, GUESTMEMFS_UPDATE_STOP_AFTER: '1', NODE_EXTRA_CA_CERTS: '' } },
+  );
   if (run.status !== 0) throw new Error(`${mode} run at ${formatSize(ramBytes)} failed: ${run.stderr}`);
-  const events = run.stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
-  const done = events.at(-1)!;
+  const done = run.events.at(-1)!;
   if (done.sameFrames === false) throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
-  const updated = events.filter((event) => event.event === 'update');
+  const updated = run.events.filter((event) => event.event === 'update');
   return { blackouts: updated.map((event) => event.blackoutMs as number), breakdowns: updated.map((event) => event.breakdown as Record<string, number>) };
 }
 
@@ -77,8 +75,8 @@ try {
     const poolPath = path.join(reservation.mountpoint!, 'bench-vmm');
     Pool.create({ backend: 'hugetlbfs', path: poolPath, size: ramBytes + 64 * MiB }).close();
     try {
-      const exec = runUpdates('exec', poolPath, ramBytes);
-      const transfer = runUpdates('transfer', poolPath, ramBytes);
+      const exec = measureUpdates('exec', poolPath, ramBytes);
+      const transfer = measureUpdates('transfer', poolPath, ramBytes);
       // The copy baseline reads the same guest RAM file the VMM used, found through a read-only view.
       const pool = Pool.open(poolPath);
       const view = mount(pool, { readOnly: true });

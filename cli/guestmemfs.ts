@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { runHandoverDemo, verifyHandoverDemo } from '../lib/demo/handover-demo';
 import { runVmmDemo } from '../lib/demo/vmm-demo';
+import { type UpdateMode, updateArgv } from '../lib/vmm/launch';
 import { kvmAvailable } from '../lib/vmm/machine';
 import { GuestmemfsError } from '../lib/errors';
 import { check } from '../lib/fs/check';
@@ -438,8 +439,8 @@ command('vmm', 'run the VMM prototype: boot the demo guest from a pool and live-
   .action((poolPath: string, options: { ram: string; mode: string; updates: string; steps: string; seed: string }) => {
     const noKvm = kvmAvailable();
     if (noKvm) throw new GuestmemfsError('ENODEV', noKvm);
-    const runner = path.join(__dirname, '..', 'lib', 'vmm', `${options.mode}-update.js`);
-    native.processExec(process.execPath, [process.execPath, runner, 'boot', poolPath, String(parseSize(options.ram)), options.steps, options.seed, options.updates, '400'], Object.entries(process.env).map(([key, value]) => `${key}=${value}`), []);
+    const argv = updateArgv({ mode: options.mode as UpdateMode, poolPath, ramBytes: parseSize(options.ram), steps: Number(options.steps), seed: BigInt(options.seed), updates: Number(options.updates), maxDelayMs: 400 });
+    native.processExec(process.execPath, argv, Object.entries(process.env).map(([key, value]) => `${key}=${value}`), []);
   });
 
 program.command('demo-verify', { hidden: true }).action(() => verifyHandoverDemo());

@@ -1,9 +1,8 @@
 // The main demo (npm start) when /dev/kvm works: boot the demo guest on guestmemfs memory, live-update it several times
 // in each mode (exec and transfer), and print every blackout with its breakdown and the proof that nothing was lost.
-import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
+import { runUpdates } from '../vmm/launch';
 import { demoGuestChecksum } from '../vmm/machine';
 import { choosePool, log, undo } from './handover-demo';
 
@@ -24,13 +23,9 @@ export function runVmmDemo(options: VmmDemoOptions): void {
   let failed = false;
   try {
     for (const mode of ['exec', 'transfer'] as const) {
-      const runner = path.join(__dirname, '..', 'vmm', `${mode}-update.js`);
-      const run = spawnSync(process.execPath, [runner, 'boot', cleanup.poolPath, String(options.ramBytes), String(options.steps), String(seed), String(options.updates), '400'], {
-        encoding: 'utf8',
-        timeout: 600_000,
-      });
+      const run = runUpdates({ mode, poolPath: cleanup.poolPath, ramBytes: options.ramBytes, steps: options.steps, seed, updates: options.updates, maxDelayMs: 400 });
       if (run.status !== 0) throw new GuestmemfsError('EIO', `the ${mode}-mode run failed: ${run.stderr.trim()}`);
-      const events = run.stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+      const { events } = run;
       log(`  ${mode} mode (guest pid ${events[0]!.pid}):`);
       let count = 0;
       for (const event of events) {
