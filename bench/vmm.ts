@@ -8,9 +8,10 @@ import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
 import { kvmAvailable } from '../lib/vmm/machine';
+import { NO_REHEARSAL_ENV } from '../lib/vmm/update-common';
 import { quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
 
-const updates = Math.max(5, runsArg(5));
+const updates = Math.max(5, runsArg(7));
 const sizes = quickMode ? [256 * MiB] : [256 * MiB, GiB, 2 * GiB, 4 * GiB];
 const noKvm = kvmAvailable();
 if (noKvm) {
@@ -18,16 +19,16 @@ if (noKvm) {
   process.exit(3);
 }
 
-function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number): { blackouts: number[]; breakdowns: Array<Record<string, number>> } {
+function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, extraEnv: NodeJS.ProcessEnv = {}): { blackouts: number[]; breakdowns: Array<Record<string, number>> } {
   // The guest runs without end (2^40 steps); the runner stops it after the last update.
   const run = runUpdates(
     { mode, poolPath, ramBytes, steps: 2 ** 40, seed: 1, updates, maxDelayMs: 200 },
-    { env: { ...process.env, GUESTMEMFS_UPDATE_STOP_AFTER: '1', NODE_EXTRA_CA_CERTS: '' } },
+    { env: { ...process.env, GUESTMEMFS_UPDATE_STOP_AFTER: '1', NODE_EXTRA_CA_CERTS: '', ...extraEnv } },
   );
   if (run.status !== 0) throw new Error(`${mode} run at ${formatSize(ramBytes)} failed: ${run.stderr}`);
   const done = run.events.at(-1)!;
-  if (done.sameFrames === false) throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
   const updated = run.events.filter((event) => event.event === 'update');
+  if ([done, ...updated].some((event) => event.sameFrames === false)) throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
   return { blackouts: updated.map((event) => event.blackoutMs as number), breakdowns: updated.map((event) => event.breakdown as Record<string, number>) };
 }
 
@@ -77,6 +78,8 @@ try {
     try {
       const exec = measureUpdates('exec', poolPath, ramBytes);
       const transfer = measureUpdates('transfer', poolPath, ramBytes);
+      // What rehearsing the update path buys: the same transfer with its code run cold inside the blackout.
+      const coldTransfer = ramBytes === largest ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
       // The copy baseline reads the same guest RAM file the VMM used, found through a read-only view.
       const pool = Pool.open(poolPath);
       const view = mount(pool, { readOnly: true });
@@ -92,12 +95,14 @@ try {
         execBreakdowns: exec.breakdowns,
         transferMs: stats(transfer.blackouts),
         transferBreakdowns: transfer.breakdowns,
+        ...(coldTransfer ? { transferColdMs: stats(coldTransfer.blackouts), transferColdBreakdowns: coldTransfer.breakdowns } : {}),
         copyBaselineMs: copy,
         copySamples: copies,
         ratios: { transferVsCopy: stats(transfer.blackouts).median / copy.median, execVsCopy: stats(exec.blackouts).median / copy.median, execMinusNodeStartupMs: stats(exec.blackouts).median - startup.median },
       });
       process.stdout.write(
-        `${formatSize(ramBytes).padStart(8)}: exec ${stats(exec.blackouts).median.toFixed(1)} ms, transfer ${stats(transfer.blackouts).median.toFixed(1)} ms, copy save+load ${copy.median.toFixed(0)} ms\n`,
+        `${formatSize(ramBytes).padStart(8)}: exec ${stats(exec.blackouts).median.toFixed(1)} ms, transfer ${stats(transfer.blackouts).median.toFixed(1)} ms` +
+          `${coldTransfer ? ` (not rehearsed: ${stats(coldTransfer.blackouts).median.toFixed(1)} ms)` : ''}, copy save+load ${copy.median.toFixed(0)} ms\n`,
       );
     } finally {
       fs.rmSync(poolPath, { force: true });

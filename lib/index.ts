@@ -19,6 +19,7 @@ export { native } from './native';
 export {
   mkfs,
   mount,
+  premapFile,
   Filesystem,
   type CreateOptions,
   type DirEntry,
@@ -35,6 +36,6 @@ export type { Credentials } from './fs/permissions';
 export type { Geometry, Superblock } from './fs/layout';
 export type { KexecOptions, Recovery, Restore, SerialiseResult } from './fs/filesystem';
 export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
-export { openHandedOverPool, waitForHandover, type WaitOptions } from './handover/successor';
+export { openHandedOverPool, spinForHandover, waitForHandover, type WaitOptions } from './handover/successor';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
 export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';

@@ -78,6 +78,8 @@ std::shared_ptr<Vcpu> LookupVcpu(const Napi::CallbackInfo& info) {
   return it->second;
 }
 
+// Every KVM ioctl but KVM_RUN is retried on EINTR: a signal (a profiler's SIGPROF, our pause signal) must not fail
+// VM creation or a state transfer.
 int Ioctl(int fd, unsigned long request, void* arg) {
   int rc;
   do {
@@ -93,7 +95,7 @@ Napi::Value KvmOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (fd < 0) throw ErrnoError(env, errno, "open", "/dev/kvm");
-  int version = ioctl(fd, KVM_GET_API_VERSION, 0);
+  int version = Ioctl(fd, KVM_GET_API_VERSION, nullptr);
   if (version != KVM_API_VERSION) {
     close(fd);
     throw CodeError(env, "ENOTSUP", ENOTSUP, "ioctl", "KVM API version " + std::to_string(version) + " is not the stable version 12");
@@ -104,12 +106,12 @@ Napi::Value KvmOpen(const Napi::CallbackInfo& info) {
 Napi::Value KvmCreateVm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int kvm = ArgFd(info, 0);
-  int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+  int vm = Ioctl(kvm, KVM_CREATE_VM, nullptr);
   if (vm < 0) throw ErrnoError(env, errno, "ioctl(KVM_CREATE_VM)");
   // Needed on Intel for guest modes without unrestricted execution; placed just below 4 GiB, out of guest RAM.
-  ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL);
+  Ioctl(vm, KVM_SET_TSS_ADDR, reinterpret_cast<void*>(0xfffbd000UL));
   uint64_t identity = 0xfffbc000;
-  ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &identity);
+  Ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &identity);
   return Napi::Number::New(env, vm);
 }
 
@@ -138,9 +140,9 @@ Napi::Value KvmCreateVcpu(const Napi::CallbackInfo& info) {
   int vm = ArgFd(info, 1);
   int index = static_cast<int>(ArgInt64(info, 2, "index", 0, 1023));
   auto vcpu = std::make_shared<Vcpu>();
-  vcpu->fd = ioctl(vm, KVM_CREATE_VCPU, index);
+  vcpu->fd = Ioctl(vm, KVM_CREATE_VCPU, reinterpret_cast<void*>(static_cast<uintptr_t>(index)));
   if (vcpu->fd < 0) throw ErrnoError(env, errno, "ioctl(KVM_CREATE_VCPU)");
-  int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+  int size = Ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, nullptr);
   if (size < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_VCPU_MMAP_SIZE)");
   void* run = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
   if (run == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
@@ -264,7 +266,10 @@ Napi::Value KvmSaveState(const Napi::CallbackInfo& info) {
   if (Ioctl(vcpu->fd, KVM_GET_XCRS, &state->xcrs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_XCRS)");
   if (Ioctl(vcpu->fd, KVM_GET_MP_STATE, &state->mp) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_MP_STATE)");
   MsrRequest request;
-  if (ioctl(vcpu->fd, kGetMsrs, request.msrs()) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_MSRS)");
+  // KVM_GET_MSRS returns how many it read, stopping at the first it does not know: anything short is a failure.
+  int read = Ioctl(vcpu->fd, kGetMsrs, request.msrs());
+  if (read < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_MSRS)");
+  if (read != static_cast<int>(kMsrCount)) throw CodeError(env, "EIO", EIO, "ioctl(KVM_GET_MSRS)", "KVM read " + std::to_string(read) + " of the " + std::to_string(kMsrCount) + " MSRs the guest uses");
   for (size_t i = 0; i < kMsrCount; ++i) state->msrValues[i] = request.entries()[i].data;
   auto out = Napi::Uint8Array::New(env, sizeof(SavedState));
   std::memcpy(out.Data(), state.get(), sizeof(SavedState));
@@ -290,7 +295,9 @@ Napi::Value KvmRestoreState(const Napi::CallbackInfo& info) {
   if (Ioctl(vcpu->fd, KVM_SET_MP_STATE, &state->mp) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_MP_STATE)");
   MsrRequest request;
   for (size_t i = 0; i < kMsrCount; ++i) request.entries()[i].data = state->msrValues[i];
-  if (ioctl(vcpu->fd, kSetMsrs, request.msrs()) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_MSRS)");
+  int written = Ioctl(vcpu->fd, kSetMsrs, request.msrs());
+  if (written < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_MSRS)");
+  if (written != static_cast<int>(kMsrCount)) throw CodeError(env, "EIO", EIO, "ioctl(KVM_SET_MSRS)", "KVM wrote " + std::to_string(written) + " of the " + std::to_string(kMsrCount) + " MSRs the guest uses");
   return env.Undefined();
 }
 

@@ -7,7 +7,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
-import { type Filesystem, decodeHandoverBlob, KiB, MiB, mkfs, mount, parseFdt, Pool, waitForHandover } from '../lib/index';
+import { type Filesystem, decodeHandoverBlob, KiB, MiB, mkfs, mount, parseFdt, Pool, premapFile, spinForHandover, waitForHandover } from '../lib/index';
+import { readPoolSuperblock } from '../lib/fs/filesystem';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -254,6 +255,76 @@ describe('a successor started ahead of time', () => {
     } finally {
       pool.destroy();
     }
+  });
+});
+
+describe('a successor preparing before the handover', () => {
+  let poolPath: string;
+  let pool: Pool;
+  let owner: Filesystem;
+  let successorPool: Pool;
+  beforeEach(() => {
+    poolPath = uniquePath('/dev/shm', 'guestmemfs-premap');
+    pool = Pool.create({ backend: 'shm-4k', path: poolPath, size: 4 * MiB });
+    mkfs(pool, { blockSize: B });
+    owner = mount(pool);
+    // Its own open file description, as a successor process has: the mount lock tells the two apart.
+    successorPool = Pool.open(poolPath);
+  });
+  afterEach(() => {
+    successorPool.close();
+    pool.destroy();
+  });
+
+  it('maps a file ahead of time and the restored mount adopts that very mapping; a file that moved gets a fresh one', () => {
+    owner.create('/ram', { type: 'guest' });
+    owner.truncate('/ram', 4 * B);
+    owner.create('/grows', { type: 'state' });
+    owner.truncate('/grows', B);
+    const ram = owner.map('/ram');
+    const premapped = premapFile(successorPool, '/ram');
+    const stale = premapFile(successorPool, '/grows');
+    expect(premapped.length).toBe(4 * B);
+    ram.bytes(3 * B, 4).set([1, 2, 3, 4]);
+    expect([...premapped.bytes(3 * B, 4)]).toEqual([1, 2, 3, 4]); // the same memory, not a copy
+    owner.truncate('/grows', 0);
+    owner.create('/filler', { type: 'state' });
+    owner.truncate('/filler', B);
+    owner.truncate('/grows', 2 * B); // its blocks moved after the premapping
+    owner.serialise();
+    owner.unmount();
+    ram.unmap();
+
+    const restored = spinForHandover(successorPool, { timeoutMs: 1000 });
+    expect(restored.restored).toBeDefined();
+    expect(restored.map('/ram', { premapped })).toBe(premapped);
+    // Adopted mappings count like any other: the file cannot shrink under it.
+    expect(captureError(() => restored.truncate('/ram', B))).toMatchObject({ code: 'EBUSY' });
+    expect(captureError(() => restored.map('/ram', { premapped }))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/unadopted/) });
+    const fresh = restored.map('/grows', { premapped: stale });
+    expect(fresh).not.toBe(stale);
+    expect(fresh.length).toBe(2 * B);
+    expect(stale.mapped).toBe(true); // left to its maker
+    stale.unmap();
+    // Only premapFile() results are adopted: any other mapping is refused, changing nothing.
+    const other = restored.map('/ram');
+    expect(captureError(() => restored.map('/grows', { premapped: other }))).toMatchObject({ code: 'EINVAL' });
+    for (const mapping of [premapped, fresh, other]) mapping.unmap();
+    restored.truncate('/ram', B); // no mapping left
+    restored.unmount();
+  });
+
+  it('spins until the owner lets go, takes only a handover, and leaves a pool without one as it is', () => {
+    expect(captureError(() => spinForHandover(successorPool, { timeoutMs: 20 }))).toMatchObject({ code: 'ETIMEDOUT', syscall: 'mount' });
+    expect(captureError(() => premapFile(successorPool, '/'))).toMatchObject({ code: 'EISDIR' });
+    owner.create('/empty', { type: 'guest' });
+    expect(captureError(() => premapFile(successorPool, '/empty'))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/truncate it/) });
+    owner.unmount(); // let go without serialising, as an owner that gave up on the update does
+    const before = readPoolSuperblock(successorPool);
+    expect(captureError(() => spinForHandover(successorPool))).toMatchObject({ code: 'ENOENT', message: expect.stringMatching(/holds no handover/) });
+    expect(captureError(() => mount(successorPool, { requireHandover: true }))).toMatchObject({ code: 'ENOENT' });
+    expect(readPoolSuperblock(successorPool)).toEqual(before);
+    mount(successorPool).unmount(); // and the lock was not left held
   });
 });
 

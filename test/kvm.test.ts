@@ -2,8 +2,8 @@
 // vCPU state saved and restored into a new VM, finishing with the checksum of an uninterrupted run.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Filesystem, MiB, mkfs, mount, Pool } from '../lib/index';
-import { demoGuestChecksum, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
+import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
+import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -57,8 +57,9 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     const first = KvmMachine.create(ram);
     first.loadDemoGuest(options);
     const running = first.run();
-    // The successor's VM is made while the guest still runs, as a transfer-mode successor does before the pause.
-    const prepared = prepareVm();
+    // The successor's VM, with the guest's RAM mapped and registered, is made while the guest still runs, as a
+    // transfer-mode successor does before the pause.
+    const prepared = prepareVm(premapFile(pool, '/c'));
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(captureError(() => first.saveState())).toMatchObject({ code: 'EBUSY' });
     expect(await captureRejection(first.run())).toMatchObject({ code: 'EBUSY' });
@@ -69,7 +70,8 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     first.close();
     ram.unmap();
 
-    const again = gfs.map('/c');
+    const again = gfs.map('/c', { premapped: prepared.ram });
+    expect(again).toBe(prepared.ram);
     expect(again.physicalFrames().map(String)).toEqual(frames);
     const second = KvmMachine.create(again, prepared);
     expect(captureError(() => KvmMachine.create(again, prepared))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/prepare one VM per machine/) });
@@ -80,5 +82,23 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     second.close();
     expect(captureError(() => second.pause())).toMatchObject({ code: 'EINVAL' });
     again.unmap();
+  });
+
+  it('a prepared VM holding other RAM than the machine is given is replaced by a fresh one', async () => {
+    const wrong = prepareVm(premapFile(pool, '/b'));
+    const ram = gfs.map('/a');
+    ram.zero(); // the first test's guest left its work in /a; the reference checksum starts from zeroed RAM
+    const vm = KvmMachine.create(ram, wrong);
+    expect(wrong.used).toBe(true);
+    // Had the old VM been kept, slot 0 would still hold /b: KVM refuses to move a slot, and the guest would run on /b.
+    const options = { steps: 1000, seed: 3n };
+    vm.loadDemoGuest(options);
+    expect(await vm.run()).toBe('halted');
+    expect(vm.serial()).toBe(`${demoGuestChecksum(RAM, options)}\n`);
+    expect([...ram.bytes(GUEST.code, 4)]).toEqual([...demoGuestCode().subarray(0, 4)]); // loaded into /a, where the guest ran
+    expect(captureError(() => KvmMachine.create(ram, wrong))).toMatchObject({ code: 'EINVAL' });
+    vm.close();
+    ram.unmap();
+    wrong.ram!.unmap();
   });
 });

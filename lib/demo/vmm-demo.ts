@@ -31,11 +31,14 @@ export function runVmmDemo(options: VmmDemoOptions): void {
       for (const event of events) {
         if (event.event === 'update') {
           const b = event.breakdown as Record<string, number | null>;
-          const parts =
+          const handover =
             mode === 'exec'
-              ? `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, restore ${fixed(b.restoreMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}`
-              : `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, wake-up ${fixed(b.signalMs)}, restore ${fixed(b.restoreMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)}`;
-          log(`    update ${++count} -> pid ${event.pid}: blackout ${fixed(event.blackoutMs)} ms (${parts} ms)`);
+              ? `exec + Node start-up ${fixed(b.execAndStartupMs)}`
+              : `wake-up ${fixed(b.signalMs)}`;
+          const parts = `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, ${handover}, restore ${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)}`;
+          failed ||= event.sameFrames === false;
+          const frames = event.sameFrames === null ? 'frames not compared (needs root)' : event.sameFrames ? 'same physical pages' : 'PHYSICAL PAGES CHANGED';
+          log(`    update ${++count} -> pid ${event.pid}: blackout ${fixed(event.blackoutMs)} ms (${parts} ms); ${frames}`);
         } else if (event.event === 'done') {
           const serial = String(event.serial).replace(/\./g, '').trim();
           const same = serial === expected;

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 import { native } from '../native';
-import type { Mapping, MapOptions, ProgressOptions } from '../pool/mapping';
+import { type Extent, Mapping, type MapOptions, type ProgressOptions } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
@@ -73,6 +73,11 @@ export interface MountOptions extends Partial<Credentials> {
    * recovered as if its owner had died (for a blob that fails its checks).
    */
   discardHandover?: boolean;
+  /**
+   * Mount only to take over a handover: a pool that is not serialised is refused with ENOENT and left as it is (its
+   * owner let go without handing over, or died). For a successor, which must not recover a pool behind its owner.
+   */
+  requireHandover?: boolean;
   /**
    * A read-only view, for inspecting a pool that another process has mounted or that is serialised for handover:
    * no lock, nothing written, every change refused with EROFS. It works on a snapshot of the metadata and trusts the
@@ -167,7 +172,38 @@ export interface DirEntry {
   type: 'file' | 'directory';
 }
 
-export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {}
+export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {
+  /**
+   * A mapping premapFile() made of this file before this mount existed (a successor preparing ahead of a handover).
+   * It is adopted and returned when it still maps exactly the file's blocks; otherwise a fresh mapping is returned and
+   * the stale one is left to the caller to unmap.
+   */
+  premapped?: Mapping;
+}
+
+/** Mappings premapFile() made and no mount has adopted yet: map() adopts only these. */
+const unadoptedPremappings = new WeakSet<Mapping>();
+
+/**
+ * Maps a file of a pool another process owns, writable and pre-faulted, as a successor does before a handover so that
+ * mapping guest RAM stays out of the blackout. The file's blocks come from a read-only view; map(path, { premapped })
+ * in the mount that follows adopts the mapping if the blocks are still the same.
+ */
+export function premapFile(pool: Pool, path: string, options: MountOptions = {}): Mapping {
+  const view = mount(pool, { ...options, readOnly: true });
+  try {
+    const info = view.stat(path);
+    if (info.type === 'directory') throw new GuestmemfsError('EISDIR', `is a directory, mmap '${path}'`, { syscall: 'mmap', path });
+    const extents = view.extents(path);
+    if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
+    const guest = info.fileType === 'guest';
+    const mapping = pool.map(extents, { writable: true, populate: true, dontDump: guest, dontFork: guest });
+    unadoptedPremappings.add(mapping);
+    return mapping;
+  } finally {
+    view.unmount();
+  }
+}
 
 /** Pools mounted by this process (the flock cannot tell two mounts through the same open file description apart). */
 const mountedHere = new Set<string>();
@@ -338,6 +374,10 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
   }
 }
 
+function sameExtents(a: readonly Extent[], b: readonly Extent[]): boolean {
+  return a.length === b.length && a.every((extent, index) => extent.offset === b[index]!.offset && extent.length === b[index]!.length);
+}
+
 /** Mounts a formatted pool for this process, exclusively. */
 export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   if (os.endianness() !== 'LE') throw new GuestmemfsError('EINVAL', 'guestmemfs pools are little-endian; this host is big-endian', { syscall: 'mount' });
@@ -354,6 +394,12 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
   let meta: Mapping | undefined;
   try {
     const sb = readPoolSuperblock(pool);
+    if (options.requireHandover && (sb.state !== PoolState.Serialised || options.discardHandover)) {
+      throw new GuestmemfsError('ENOENT', `pool holds no handover (it is ${PoolState[sb.state]!.toLowerCase()}): its owner let go without serialising it; mount it without requireHandover to recover it`, {
+        syscall: 'mount',
+        path: pool.label,
+      });
+    }
     // Only the metadata region is mapped now; data blocks get a mapping the first time data is touched.
     meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false, dontDump: true, dontFork: true });
     const filesystem = new Filesystem(pool, meta, sb, currentCredentials(options), key, options);
@@ -820,10 +866,24 @@ export class Filesystem {
     if (runs.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
     const guest = this.#inodes.fileType(ino) === FileType.Guest;
     const blockSize = this.geometry.blockSize;
+    const extents = runs.map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
+    const { premapped, ...mapOptions } = options;
+    if (premapped !== undefined) {
+      if (!(premapped instanceof Mapping) || !unadoptedPremappings.has(premapped) || !premapped.mapped) {
+        throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile(), mmap '${path}'`, { syscall: 'mmap', path });
+      }
+      if (writable && sameExtents(premapped.extents, extents)) {
+        unadoptedPremappings.delete(premapped);
+        premapped.attachUnmapHook(() => this.#unmapped(ino));
+        this.#mapped.set(ino, (this.#mapped.get(ino) ?? 0) + 1);
+        this.#touchAtime(ino);
+        return premapped;
+      }
+    }
     const mapping = this.pool.map(
-      runs.map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize })),
+      extents,
       {
-        ...options,
+        ...mapOptions,
         writable,
         dontDump: guest || options.dontDump,
         dontFork: guest || options.dontFork,

@@ -35,7 +35,7 @@ export interface ProgressOptions {
 export type PhysicalFrame = bigint | null;
 
 // A Mapping that becomes unreachable unmaps its memory; buffers taken from it are detached then, never left dangling.
-const unmapWhenCollected = new FinalizationRegistry<{ id: number; onUnmap: (() => void) | undefined }>(({ id, onUnmap }) => {
+const unmapWhenCollected = new FinalizationRegistry<UnmapRecord>(({ id, onUnmap }) => {
   try {
     native.unmap(id, true);
   } catch {
@@ -43,6 +43,12 @@ const unmapWhenCollected = new FinalizationRegistry<{ id: number; onUnmap: (() =
   }
   onUnmap?.();
 });
+
+/** What the collector needs to unmap a lost Mapping; shared with it so a hook attached later is seen too. */
+interface UnmapRecord {
+  id: number;
+  onUnmap: (() => void) | undefined;
+}
 
 const PAGEMAP_PRESENT = 1n << 63n;
 const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
@@ -59,7 +65,7 @@ export class Mapping {
   #wholeBuffer: ArrayBuffer | undefined;
   #mapped = true;
   readonly #label: string | undefined;
-  readonly #onUnmap: (() => void) | undefined;
+  readonly #unmapRecord: UnmapRecord;
 
   /** @internal Created by Pool.map. */
   constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string, onUnmap?: () => void) {
@@ -71,8 +77,18 @@ export class Mapping {
     this.pageSize = pageSize;
     this.extents = extents;
     this.#label = label;
-    this.#onUnmap = onUnmap;
-    unmapWhenCollected.register(this, { id: this.id, onUnmap }, this);
+    this.#unmapRecord = { id: this.id, onUnmap };
+    unmapWhenCollected.register(this, this.#unmapRecord, this);
+  }
+
+  /**
+   * @internal Gives a mapping made without an owner (a successor's premapping of guest RAM) to the filesystem that
+   * adopts it, so its unmap is counted there like any other.
+   */
+  attachUnmapHook(onUnmap: () => void): void {
+    this.#requireMapped('mmap');
+    if (this.#unmapRecord.onUnmap) throw new GuestmemfsError('EBUSY', 'this mapping already belongs to a filesystem mount', { syscall: 'mmap', path: this.#label });
+    this.#unmapRecord.onUnmap = onUnmap;
   }
 
   get mapped(): boolean {
@@ -106,7 +122,7 @@ export class Mapping {
     this.#mapped = false;
     this.#wholeBuffer = undefined;
     unmapWhenCollected.unregister(this);
-    this.#onUnmap?.();
+    this.#unmapRecord.onUnmap?.();
   }
 
   advise(advice: keyof typeof native.advice, offset = 0, length = this.length - offset): void {

@@ -9,24 +9,27 @@
 import { mount } from '../fs/filesystem';
 import { openHandedOverPool } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, reportDone, updateDelay } from './update-common';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import { Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
 /** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
 const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
-async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<void> {
+async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
-  if (plan.updatesLeft === 0) return finishRun(vmm, running, frames);
+  onRunning?.(process.hrtime.bigint());
+  if (plan.updatesLeft === 0) return finishRun(vmm, running);
+  await rehearseUpdate();
   await updateDelay(plan);
+  collectGarbageBeforeBlackout();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
-    reportDone(vmm, reason, frames, { updatesSkipped: plan.updatesLeft });
+    reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
   }
-  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames });
+  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
   const saved = process.hrtime.bigint();
   vmm.close();
   const gfs = vmm.fs;
@@ -37,22 +40,22 @@ async function drive(vmm: Vmm, plan: Plan, frames: string[] | null): Promise<voi
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
   try {
-    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, __filename, 'resume'], { env });
+    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, __filename, 'resume'], { env });
   } catch (error) {
     // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
     delete process.env[FAIL_FIRST_EXEC_ENV];
     if (gfs.serialised) gfs.abort();
     const { vmm: again } = Vmm.resume(gfs, CONFIG);
     emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
-    await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames);
+    await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 });
   }
 }
 
 async function main(): Promise<void> {
   const [mode, poolPath, ...args] = process.argv.slice(2);
   if (mode === 'boot') {
-    const { vmm, plan, frames } = bootGuest(Pool.open(poolPath!), args);
-    await drive(vmm, plan, frames);
+    const { vmm, plan } = bootGuest(Pool.open(poolPath!), args);
+    await drive(vmm, plan);
     return;
   }
   // resume: this program, exec'd by its previous self.
@@ -62,22 +65,26 @@ async function main(): Promise<void> {
   const restored = process.hrtime.bigint();
   const { vmm, saved, timings: resumeTimings } = Vmm.resume(gfs, CONFIG);
   const plan = saved.extra.plan as Plan;
-  const running = process.hrtime.bigint();
-  emit({
-    event: 'update',
-    mode: 'exec',
-    pid: process.pid,
-    blackoutMs: ms(BigInt(timings.stoppedAt!), running),
-    breakdown: {
-      saveMs: ms(BigInt(timings.stoppedAt!), BigInt(timings.saved!)),
-      serialiseMs: ms(BigInt(timings.saved!), BigInt(timings.serialised!)),
-      execAndStartupMs: ms(BigInt(timings.execAt!), started),
-      restoreMs: ms(started, restored),
-      mapMs: resumeTimings.mapMs,
-      vcpuRestoreMs: resumeTimings.vcpuMs,
-    },
+  // The blackout ends when the vCPU is handed back to KVM.
+  await drive(vmm, plan, (running) => {
+    emit({
+      event: 'update',
+      mode: 'exec',
+      pid: process.pid,
+      blackoutMs: ms(BigInt(timings.stoppedAt!), running),
+      sameFrames: sameFramesAsBoot(vmm),
+      breakdown: {
+        saveMs: ms(BigInt(timings.stoppedAt!), BigInt(timings.saved!)),
+        serialiseMs: ms(BigInt(timings.saved!), BigInt(timings.serialised!)),
+        execAndStartupMs: ms(BigInt(timings.execAt!), started),
+        restoreMs: ms(started, restored),
+        readStateMs: resumeTimings.readStateMs,
+        mapMs: resumeTimings.mapMs,
+        vcpuRestoreMs: resumeTimings.vcpuMs,
+        otherMs: ms(restored, running) - resumeTimings.readStateMs - resumeTimings.mapMs - resumeTimings.vcpuMs,
+      },
+    });
   });
-  await drive(vmm, plan, (saved.extra.frames as string[] | null) ?? null);
 }
 
 main().catch((error: Error) => {

@@ -6,129 +6,189 @@
 //   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   node transfer-update.js successor <pool>            (started by the running VMM)
 import { spawn } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import * as fs from 'node:fs';
 import { type Filesystem, mount, readPoolSuperblock } from '../fs/filesystem';
 import { PoolState } from '../fs/layout';
-import { waitForHandover } from '../handover/successor';
+import { spinForHandover } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, reportDone, updateDelay } from './update-common';
-import { prepareVm } from './machine';
-import { Vmm } from './vmm';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import { type PreparedResume, Vmm } from './vmm';
 
-/** Test hook: the first successor exits without taking over, to prove a refused update loses nothing. */
+/** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
 const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
+/** The successor's end of the pipe on which it reports (fd 0 brings the sender's news, fd 1 and 2 are shared). */
+const REPORT_FD = 3;
+/** Sender to successor: the guest is about to pause, start spinning for the handover. */
+const PAUSING = 'pausing';
+/** Successor to sender: prepared (before the first announce), and spinning (after it). */
+const READY = 'ready';
+const SPINNING = 'spinning';
 
-/** The sender's half of the blackout, passed to the successor on its stdin once the pool is let go. */
+/** The sender's half of the blackout; sent on the successor's stdin once it has resumed the guest. */
 interface SenderTimings {
   saveMs: number;
   serialiseMs: number;
   releasedAtNs: string;
 }
 
-function startSuccessor(poolPath: string, refuse: boolean) {
+/** Reads a stream line by line: each call resolves with the next line, or null once the stream has ended. */
+function lineReader(stream: Readable): () => Promise<string | null> {
+  const lines: string[] = [];
+  const waiting: Array<(line: string | null) => void> = [];
+  let partial = '';
+  let ended = false;
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    const parts = (partial + chunk).split('\n');
+    partial = parts.pop()!;
+    for (const line of parts) (waiting.shift() ?? ((value: string | null) => lines.push(value!)))(line);
+  });
+  const end = () => {
+    ended = true;
+    for (const resolve of waiting.splice(0)) resolve(null);
+  };
+  stream.on('end', end);
+  stream.on('error', end);
+  return () => new Promise((resolve) => (lines.length > 0 ? resolve(lines.shift()!) : ended ? resolve(null) : waiting.push(resolve)));
+}
+
+/** Starts the successor and resolves once it has prepared everything it can before the pause (or rejects if it died). */
+async function startSuccessor(poolPath: string, refuse: boolean) {
   const env = { ...process.env };
   delete env[REFUSE_FIRST_ENV];
   if (refuse) env.GUESTMEMFS_TRANSFER_REFUSE = '1';
-  const child = spawn(process.execPath, [__filename, 'successor', poolPath], { stdio: ['pipe', 'inherit', 'inherit'], env });
+  const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'], env });
   child.stdin!.on('error', () => {}); // a successor that already died cannot be told; the exit below handles it
   let exited = false;
   child.once('exit', () => (exited = true));
-  return { child, hasExited: () => exited, tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`) };
+  const nextReport = lineReader(child.stdio[REPORT_FD] as Readable);
+  if ((await nextReport()) !== READY) throw new Error(`successor pid ${child.pid} exited before it was ready`);
+  return {
+    child,
+    hasExited: () => exited,
+    /**
+     * Tells the successor the pause is imminent and waits until it spins, so that it notices the release at once
+     * (waking it from a sleep takes longer than the sender's half of the update). False if it died meanwhile.
+     */
+    announce: async () => {
+      child.stdin!.write(`${PAUSING}\n`);
+      return (await nextReport()) === SPINNING;
+    },
+    tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`),
+  };
 }
 
-/** Reads the sender's timings from stdin (null if it sent none); started early so they are buffered by the end. */
-function senderTimings(): Promise<SenderTimings | null> {
-  return new Promise((resolve) => {
-    let text = '';
-    process.stdin.setEncoding('utf8');
-    process.stdin.on('data', (chunk: string) => (text += chunk));
-    process.stdin.on('error', () => resolve(null));
-    process.stdin.on('end', () => {
-      try {
-        resolve(JSON.parse(text) as SenderTimings);
-      } catch {
-        resolve(null);
-      }
-    });
-  });
+/** Reads one line from stdin, blocking; null at end of file (the sender is gone). */
+function readLine(): string | null {
+  const byte = Buffer.alloc(1);
+  let line = '';
+  for (;;) {
+    if (fs.readSync(0, byte, 0, 1, null) === 0) return null;
+    if (byte[0] === 0x0a) return line;
+    line += String.fromCharCode(byte[0]!);
+  }
 }
 
-async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, frames: string[] | null, onRunning?: (at: bigint) => Promise<void>): Promise<void> {
+async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
-  if (onRunning) await onRunning(process.hrtime.bigint());
-  if (plan.updatesLeft === 0) return finishRun(vmm, running, frames);
-  // The successor starts now, long before the update: its start-up is outside the blackout.
-  const successor = startSuccessor(poolPath, process.env[REFUSE_FIRST_ENV] === '1');
+  onRunning?.(process.hrtime.bigint());
+  if (plan.updatesLeft === 0) return finishRun(vmm, running);
+  // The successor starts now, long before the update, and prepares its VM: its start-up is outside the blackout.
+  const successor = await startSuccessor(poolPath, process.env[REFUSE_FIRST_ENV] === '1');
   delete process.env[REFUSE_FIRST_ENV];
-  await new Promise((resolve) => setTimeout(resolve, 150)); // let the successor start up first
+  await rehearseUpdate();
   await updateDelay(plan);
+  collectGarbageBeforeBlackout();
+  // A successor that died by now is found after the pause and serialisation, like one dying during them.
+  await successor.announce();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     successor.child.kill('SIGKILL');
-    reportDone(vmm, reason, frames);
+    reportDone(vmm, reason);
     return;
   }
-  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames });
+  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
   const savedAt = process.hrtime.bigint();
   const gfs: Filesystem = vmm.fs;
   gfs.serialise();
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
   const releasedAt = process.hrtime.bigint();
   successor.tell({ saveMs: ms(stoppedAtNs, savedAt), serialiseMs: ms(savedAt, releasedAt), releasedAtNs: releasedAt.toString() });
-  // Tearing down the old VM (slow for large RAM) waits until the successor is already restoring: the guest's memory
-  // stays in its file either way.
-  vmm.close();
-  // Wait until the successor owns the pool (it mounted: the superblock says so) or has died.
+  // Wait until the successor owns the pool (it mounted: the superblock says so) or has died. Tearing down the old VM
+  // (slow for large RAM) waits until then, so it does not compete with the successor for the CPU.
   for (;;) {
     const sb = readPoolSuperblock(pool);
-    if (sb.state === PoolState.Mounted && sb.ownerPid === successor.child.pid) return; // handed over: this VMM is done
+    if (sb.state === PoolState.Mounted && sb.ownerPid === successor.child.pid) {
+      vmm.close();
+      return; // handed over: this VMM is done
+    }
     if (successor.hasExited()) break;
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
   // The successor is gone without taking over: take the handover back and resume the guest here.
+  vmm.close();
   const again = mount(pool);
   const { vmm: resumed } = Vmm.resume(again, CONFIG);
   emit({ event: 'update-failed', pid: process.pid, error: `successor pid ${successor.child.pid} exited without taking over`, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
-  await drive(poolPath, pool, resumed, { ...plan, updatesLeft: plan.updatesLeft - 1 }, frames);
+  await drive(poolPath, pool, resumed, { ...plan, updatesLeft: plan.updatesLeft - 1 });
 }
 
 async function main(): Promise<void> {
   const [mode, poolPath, ...args] = process.argv.slice(2) as string[];
   const pool = Pool.open(poolPath!);
   if (mode === 'boot') {
-    const { vmm, plan, frames } = bootGuest(pool, args);
-    await drive(poolPath!, pool, vmm, plan, frames);
+    const { vmm, plan } = bootGuest(pool, args);
+    await drive(poolPath!, pool, vmm, plan);
     return;
   }
-  // successor: started ahead of time, waits for the handover.
-  if (process.env.GUESTMEMFS_TRANSFER_REFUSE === '1') {
+  // successor: started ahead of time. It prepares, says it is ready, sleeps until the sender announces the pause, then
+  // spins until the pool is released.
+  const refuse = process.env.GUESTMEMFS_TRANSFER_REFUSE === '1';
+  let prepared: PreparedResume | undefined;
+  if (!refuse) {
+    await rehearseUpdate();
+    const { ramError, ...made } = Vmm.prepareResume(pool, CONFIG);
+    // Not fatal: guest RAM is then mapped and registered after the handover, inside the blackout.
+    if (ramError) emit({ event: 'premap-failed', pid: process.pid, error: ramError });
+    prepared = made;
+  }
+  collectGarbageBeforeBlackout();
+  fs.writeSync(REPORT_FD, `${READY}\n`);
+  const announced = readLine();
+  if (announced !== PAUSING) throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(announced)})`);
+  fs.writeSync(REPORT_FD, `${SPINNING}\n`);
+  if (refuse) {
     emit({ event: 'successor-refused', pid: process.pid });
     return;
   }
-  const fromSender = senderTimings();
-  // Everything that does not depend on the guest's saved state is made before the pause: the VM and its vCPU.
-  const prepared = prepareVm();
-  const gfs = await waitForHandover(pool, { timeoutMs: 60_000 });
+  const gfs = spinForHandover(pool);
   const mounted = process.hrtime.bigint();
   const { vmm, saved, timings } = Vmm.resume(gfs, CONFIG, prepared);
   const plan = saved.extra.plan as Plan;
   // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
-  await drive(poolPath!, pool, vmm, plan, (saved.extra.frames as string[] | null) ?? null, async (running) => {
-    const sender = await fromSender;
-    const restoreAndMountMs = gfs.restored?.ms ?? 0;
+  await drive(poolPath!, pool, vmm, plan, (running) => {
+    const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
+    if (!sender) throw new Error('the previous VMM sent no timings');
+    const restoreMs = gfs.restored?.ms ?? 0;
+    const released = BigInt(sender.releasedAtNs);
     emit({
       event: 'update',
       mode: 'transfer',
       pid: process.pid,
       blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
+      premapped: timings.premapped,
+      sameFrames: sameFramesAsBoot(vmm),
       breakdown: {
-        saveMs: sender?.saveMs ?? null,
-        serialiseMs: sender?.serialiseMs ?? null,
-        // From the sender letting go of the pool to this process starting to restore it: the wake-up latency.
-        signalMs: sender ? ms(BigInt(sender.releasedAtNs), mounted) - restoreAndMountMs : null,
-        restoreMs: restoreAndMountMs,
+        saveMs: sender.saveMs,
+        serialiseMs: sender.serialiseMs,
+        // From the sender letting go of the pool to this process restoring it (spinning, it notices at once).
+        signalMs: ms(released, mounted) - restoreMs,
+        restoreMs,
+        readStateMs: timings.readStateMs,
         mapMs: timings.mapMs,
         vcpuRestoreMs: timings.vcpuMs,
-        otherMs: ms(mounted, running) - timings.mapMs - timings.vcpuMs,
+        otherMs: ms(mounted, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
       },
     });
   });

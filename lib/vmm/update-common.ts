@@ -2,10 +2,14 @@
 // delay, and the end of a run (the guest halted, or a benchmark stopped it).
 import * as fs from 'node:fs';
 import { mkfs, mount } from '../fs/filesystem';
-import type { Pool } from '../pool/pool';
+import { spinForHandover } from '../handover/successor';
+import { Pool } from '../pool/pool';
+import { MiB } from '../units';
 import { Vmm, type VmmFiles } from './vmm';
 
 export const CONFIG: VmmFiles = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
+/** Guest RAM's physical frames at boot, kept for the proof at the end of the run (read outside any blackout). */
+const BOOT_FRAMES_PATH = '/vm0/boot-frames';
 
 /** Carried from one VMM process to the next in the state file. */
 export interface Plan {
@@ -31,16 +35,18 @@ export function framesOf(vmm: Vmm): string[] | null {
   }
 }
 
-/** Formats the pool, boots the demo guest and reports it; returns the VMM, the plan and the guest RAM's frames. */
-export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan; frames: string[] | null } {
+/** Formats the pool, boots the demo guest, records its RAM's frames and reports it; returns the VMM and the plan. */
+export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } {
   const [ramText, stepsText, seedText, updatesText, delayText] = args;
   const ramBytes = Number(ramText);
   mkfs(pool, { force: true });
   const gfs = mount(pool);
   gfs.mkdir('/vm0');
   const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes }, { steps: Number(stepsText), seed: BigInt(seedText!) });
+  gfs.create(BOOT_FRAMES_PATH, { type: 'plain' });
+  gfs.write(BOOT_FRAMES_PATH, Buffer.from(JSON.stringify(framesOf(vmm))));
   emit({ event: 'boot', pid: process.pid });
-  return { vmm, plan: { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) }, frames: framesOf(vmm) };
+  return { vmm, plan: { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) } };
 }
 
 /** A deterministic pseudo-random delay before the next update, so a run can be repeated. */
@@ -53,7 +59,7 @@ export function updateDelay(plan: Plan): Promise<void> {
  * Ends a run with no updates left: waits for the guest's halt (a benchmark runs it without end and stops it instead),
  * reports its console output and whether guest RAM kept its physical frames, and lets go.
  */
-export async function finishRun(vmm: Vmm, running: Promise<string>, frames: string[] | null): Promise<void> {
+export async function finishRun(vmm: Vmm, running: Promise<string>): Promise<void> {
   let reason: string;
   if (process.env.GUESTMEMFS_UPDATE_STOP_AFTER === '1') {
     await vmm.pause();
@@ -61,13 +67,76 @@ export async function finishRun(vmm: Vmm, running: Promise<string>, frames: stri
   } else {
     reason = await running;
   }
-  reportDone(vmm, reason, frames);
+  reportDone(vmm, reason);
 }
 
-export function reportDone(vmm: Vmm, reason: string, frames: string[] | null, extra: Record<string, unknown> = {}): void {
+/** Whether guest RAM is on the physical frames it had at boot (null where the kernel hides frames). */
+export function sameFramesAsBoot(vmm: Vmm): boolean | null {
+  const atBoot = JSON.parse(Buffer.from(vmm.fs.read(BOOT_FRAMES_PATH)).toString('utf8')) as string[] | null;
   const now = framesOf(vmm);
-  const sameFrames = frames && now ? JSON.stringify(now) === JSON.stringify(frames) : null;
-  emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames, ...extra });
+  return atBoot && now ? JSON.stringify(now) === JSON.stringify(atBoot) : null;
+}
+
+export function reportDone(vmm: Vmm, reason: string, extra: Record<string, unknown> = {}): void {
+  emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames: sameFramesAsBoot(vmm), ...extra });
   vmm.close();
   vmm.fs.unmount();
+}
+
+/** Set to 1 to skip the rehearsal (to measure what a cold update path costs). */
+export const NO_REHEARSAL_ENV = 'GUESTMEMFS_NO_REHEARSAL';
+/** Enough rounds for V8 to compile the update path's hot functions with its optimizing tiers. */
+const REHEARSAL_ROUNDS = Number(process.env.GUESTMEMFS_REHEARSAL_ROUNDS ?? 30);
+
+/**
+ * Runs a whole live update (save, serialise, release, premap, restore, resume, run) on a small scratch pool and a
+ * scratch VM, so that the code of the real one is compiled, its lazily loaded parts are loaded and the worker thread
+ * pool that runs vCPUs exists before the guest pauses: run cold, the same code costs several times as much inside the
+ * blackout. Touches nothing of the real pool.
+ */
+let rehearsed = false;
+
+export async function rehearseUpdate(rounds = REHEARSAL_ROUNDS): Promise<void> {
+  if (process.env[NO_REHEARSAL_ENV] === '1' || rehearsed) return;
+  rehearsed = true;
+  const scratch = Pool.create({ backend: 'memfd-4k', size: 8 * MiB });
+  try {
+    mkfs(scratch, { force: true });
+    const booted = mount(scratch);
+    booted.mkdir('/vm0');
+    let vmm = Vmm.boot(booted, { ...CONFIG, ramSize: 2 * MiB }, { steps: 1, seed: 1n });
+    const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0 } };
+    for (let round = 0; round < rounds; round++) {
+      const prepared = Vmm.prepareResume(scratch, CONFIG); // the successor, before the pause
+      vmm.saveState(process.hrtime.bigint(), extra);
+      vmm.fs.serialise();
+      vmm.fs.unmount();
+      vmm.close();
+      vmm = Vmm.resume(spinForHandover(scratch), CONFIG, prepared).vmm;
+    }
+    const reason = await vmm.start();
+    vmm.close();
+    vmm.fs.unmount();
+    if (reason !== 'halted') throw new Error(`the rehearsal guest stopped (${reason}) instead of halting`);
+  } finally {
+    scratch.close();
+  }
+}
+
+let fullGc: (() => void) | undefined;
+
+/**
+ * Collects garbage now, while the guest still runs: the young generation starts empty, so the few hundred KiB the
+ * blackout allocates do not trigger a scavenge (about 1 ms) inside it.
+ */
+export function collectGarbageBeforeBlackout(): void {
+  if (!fullGc) {
+    // Loaded here, not at the top: node:v8 costs ~2 ms to load, and an exec-mode successor loads this module inside
+    // the blackout.
+    /* eslint-disable @typescript-eslint/no-require-imports */
+    (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--expose-gc');
+    fullGc = (require('node:vm') as typeof import('node:vm')).runInNewContext('gc') as () => void;
+    /* eslint-enable @typescript-eslint/no-require-imports */
+  }
+  fullGc();
 }

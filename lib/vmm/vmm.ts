@@ -1,9 +1,11 @@
 // The VMM prototype: a KVM guest whose RAM is a guestmemfs `guest` file and whose vCPU and device state live in a
 // `state` file, so that a new VMM process can take it over (live update) without copying guest memory.
 import { GuestmemfsError } from '../errors';
-import type { Filesystem } from '../fs/filesystem';
+import { type Filesystem, premapFile } from '../fs/filesystem';
 import type { Mapping } from '../pool/mapping';
-import { type DemoGuestOptions, KvmMachine, type PreparedVm } from './machine';
+import type { Pool } from '../pool/pool';
+import { KiB } from '../units';
+import { type DemoGuestOptions, KvmMachine, type PreparedVm, prepareVm } from './machine';
 
 export interface VmmConfig {
   /** The guest RAM file (type guest) and the VMM state file (type state). */
@@ -27,6 +29,37 @@ export interface SavedVmm {
 }
 
 const STATE_MAGIC = 0x564d4d31; // "VMM1"
+const STATE_HEADER_BYTES = 12;
+/**
+ * The state file is sized once, at boot, and saves overwrite it in place (its header records how much is used): its
+ * blocks never move, so a successor can map it before the state is written.
+ */
+const STATE_CAPACITY = 256 * KiB;
+
+/** What a successor VMM makes before the guest pauses: see Vmm.prepareResume. */
+export interface PreparedResume {
+  vm: PreparedVm;
+  /** The state file mapped ahead (null if that failed: it is then read after the handover). */
+  state: Mapping | null;
+}
+
+/** Thrown away when adoption fails: a premapping whose file moved is no use. */
+function unmapUnadopted(premapped: Mapping | null | undefined, adopted: Mapping): void {
+  if (premapped && premapped !== adopted && premapped.mapped) premapped.unmap();
+}
+
+function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; vcpu: Uint8Array } {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length < STATE_HEADER_BYTES || view.getUint32(0, true) !== STATE_MAGIC) {
+    throw new GuestmemfsError('EINVAL', `${statePath} holds no saved VMM state`, { path: statePath });
+  }
+  const jsonLength = view.getUint32(4, true);
+  const vcpuLength = view.getUint32(8, true);
+  const end = STATE_HEADER_BYTES + jsonLength + vcpuLength;
+  if (end > bytes.length) throw new GuestmemfsError('EUCLEAN', `${statePath}: saved VMM state is truncated`, { path: statePath });
+  const saved = JSON.parse(new TextDecoder().decode(bytes.subarray(STATE_HEADER_BYTES, STATE_HEADER_BYTES + jsonLength))) as SavedVmm;
+  return { saved, vcpu: bytes.slice(STATE_HEADER_BYTES + jsonLength, end) };
+}
 
 export class Vmm {
   readonly fs: Filesystem;
@@ -36,12 +69,18 @@ export class Vmm {
   /** COM1 output carried over from earlier VMM processes plus what this one saw. */
   serialLog = '';
   #running: Promise<string> | undefined;
+  /** The state file, mapped for the VMM's life: saving and restoring are then plain memory copies. */
+  #state: Mapping;
+  /** The state file's size: what a save may fill before the file has to grow. */
+  #stateCapacity: number;
 
-  private constructor(fs: Filesystem, config: VmmConfig, ram: Mapping, machine: KvmMachine) {
+  private constructor(fs: Filesystem, config: VmmConfig, ram: Mapping, machine: KvmMachine, state: Mapping, stateCapacity: number) {
     this.fs = fs;
     this.config = config;
     this.ram = ram;
     this.machine = machine;
+    this.#state = state;
+    this.#stateCapacity = stateCapacity;
   }
 
   /** Creates the guest's files, loads the demo guest and leaves it ready to start. */
@@ -49,40 +88,67 @@ export class Vmm {
     fs.create(config.ramPath, { type: 'guest' });
     fs.truncate(config.ramPath, config.ramSize);
     fs.create(config.statePath, { type: 'state' });
+    fs.truncate(config.statePath, STATE_CAPACITY);
     const ram = fs.map(config.ramPath);
     const machine = KvmMachine.create(ram);
     machine.loadDemoGuest(guest);
-    return new Vmm(fs, config, ram, machine);
+    return new Vmm(fs, config, ram, machine, fs.map(config.statePath), STATE_CAPACITY);
+  }
+
+  /**
+   * For a successor VMM, before the guest pauses: everything of the takeover that does not depend on the saved state.
+   * Maps guest RAM and the state file from a read-only view of the pool the running VMM owns, and creates the VM with
+   * that RAM registered. resume() adopts all of it when the files' blocks are unchanged at the handover, and otherwise
+   * maps afresh (correct, only slower). A RAM premapping that fails is reported through `ramError`.
+   */
+  static prepareResume(pool: Pool, files: VmmFiles): PreparedResume & { ramError?: string } {
+    let ram: Mapping | undefined;
+    let ramError: string | undefined;
+    try {
+      ram = premapFile(pool, files.ramPath);
+    } catch (error) {
+      ramError = (error as Error).message;
+    }
+    let state: Mapping | null = null;
+    try {
+      state = premapFile(pool, files.statePath);
+    } catch {
+      // Read from the file after the handover instead.
+    }
+    return { vm: prepareVm(ram), state, ...(ramError ? { ramError } : {}) };
   }
 
   /**
    * Takes over a guest another VMM process saved: maps the same RAM and restores the vCPU from the state file, into
-   * `prepared` when the caller made the VM ahead of time.
+   * what prepareResume() made ahead of time when given (`premapped` says whether the RAM premapping was adopted).
    */
-  static resume(fs: Filesystem, files: VmmFiles, prepared?: PreparedVm): { vmm: Vmm; saved: SavedVmm; timings: { mapMs: number; vcpuMs: number } } {
-    const { saved, vcpu } = Vmm.readState(fs, files.statePath);
+  static resume(
+    fs: Filesystem,
+    files: VmmFiles,
+    prepared?: PreparedResume,
+  ): { vmm: Vmm; saved: SavedVmm; timings: { readStateMs: number; mapMs: number; vcpuMs: number; premapped: boolean } } {
     const started = process.hrtime.bigint();
-    const ram = fs.map(files.ramPath);
+    const state = fs.map(files.statePath, { premapped: prepared?.state ?? undefined });
+    unmapUnadopted(prepared?.state, state);
+    const stateSize = fs.stat(files.statePath).size;
+    const { saved, vcpu } = decodeState(state.bytes(0, stateSize), files.statePath);
+    const stateRead = process.hrtime.bigint();
+    const premappedRam = prepared?.vm.ram;
+    const ram = fs.map(files.ramPath, { premapped: premappedRam });
     const mapped = process.hrtime.bigint();
-    const machine = KvmMachine.create(ram, prepared);
+    const machine = KvmMachine.create(ram, prepared?.vm);
+    unmapUnadopted(premappedRam, ram);
     machine.restoreState(vcpu);
     const restored = process.hrtime.bigint();
-    const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine);
+    const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine, state, stateSize);
     vmm.serialLog = saved.serial;
-    return { vmm, saved, timings: { mapMs: Number(mapped - started) / 1e6, vcpuMs: Number(restored - mapped) / 1e6 } };
+    const ms = (from: bigint, to: bigint) => Number(to - from) / 1e6;
+    return { vmm, saved, timings: { readStateMs: ms(started, stateRead), mapMs: ms(stateRead, mapped), vcpuMs: ms(mapped, restored), premapped: premappedRam === ram } };
   }
 
+  /** Reads the state a VMM saved, from the file (for tools; a resuming VMM reads its mapping). */
   static readState(fs: Filesystem, statePath: string): { saved: SavedVmm; vcpu: Uint8Array } {
-    const bytes = fs.read(statePath);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    if (bytes.length < 12 || view.getUint32(0, true) !== STATE_MAGIC) {
-      throw new GuestmemfsError('EINVAL', `${statePath} holds no saved VMM state`, { path: statePath });
-    }
-    const jsonLength = view.getUint32(4, true);
-    const vcpuLength = view.getUint32(8, true);
-    if (12 + jsonLength + vcpuLength !== bytes.length) throw new GuestmemfsError('EUCLEAN', `${statePath}: saved VMM state is truncated`, { path: statePath });
-    const saved = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + jsonLength))) as SavedVmm;
-    return { saved, vcpu: bytes.slice(12 + jsonLength) };
+    return decodeState(fs.read(statePath), statePath);
   }
 
   /** Runs the vCPU (on a worker thread); resolves with 'halted' or 'paused'. */
@@ -112,20 +178,28 @@ export class Vmm {
     const saved: SavedVmm = { version: 1, serial: this.serial(), stoppedAtNs: stoppedAtNs.toString(), extra };
     const json = new TextEncoder().encode(JSON.stringify(saved));
     const vcpu = this.machine.saveState();
-    const bytes = new Uint8Array(12 + json.length + vcpu.length);
+    const bytes = new Uint8Array(STATE_HEADER_BYTES + json.length + vcpu.length);
     const view = new DataView(bytes.buffer);
     view.setUint32(0, STATE_MAGIC, true);
     view.setUint32(4, json.length, true);
     view.setUint32(8, vcpu.length, true);
-    bytes.set(json, 12);
-    bytes.set(vcpu, 12 + json.length);
-    this.fs.truncate(this.config.statePath, 0);
-    this.fs.write(this.config.statePath, bytes);
+    bytes.set(json, STATE_HEADER_BYTES);
+    bytes.set(vcpu, STATE_HEADER_BYTES + json.length);
+    // Overwritten in place through the mapping, never shrunk: its blocks stay where a successor may have mapped them.
+    // Only a state larger than the file grows it (and may move its blocks).
+    if (bytes.length > this.#stateCapacity) {
+      this.#state.unmap();
+      this.#stateCapacity = Math.max(bytes.length * 2, STATE_CAPACITY);
+      this.fs.truncate(this.config.statePath, this.#stateCapacity);
+      this.#state = this.fs.map(this.config.statePath);
+    }
+    this.#state.bytes(0, bytes.length).set(bytes);
   }
 
   /** Lets go of the VM and the RAM mapping (the guest's memory stays in its file). */
   close(): void {
     this.machine.close();
     this.ram.unmap();
+    if (this.#state.mapped) this.#state.unmap();
   }
 }
