@@ -3,11 +3,14 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { hugePageSizes } from '../lib/pool/hugepages';
-import { reserveHugePages, type Reservation } from '../lib/pool/reserve';
+import { hugePageSizes, requireFreeHugePages } from '../lib/pool/hugepages';
+import { reserveHugePages, type Reservation, type ReservationRecord } from '../lib/pool/reserve';
+import { MiB } from '../lib/units';
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
 export const resultsDir = path.join(repoRoot, 'bench', 'results');
+/** Where --quick runs write: build output, so that a smoke run never touches the committed results. */
+export const quickOutputDir = path.join(repoRoot, 'build', 'bench-quick');
 
 export interface Stats {
   median: number;
@@ -41,7 +44,8 @@ export function buildBaseline(name: string): string {
   const outDir = path.join(repoRoot, 'build', 'bench');
   fs.mkdirSync(outDir, { recursive: true });
   const binary = path.join(outDir, name);
-  execFileSync('cc', ['-O2', '-Wall', '-o', binary, source], { stdio: 'inherit' });
+  // native/ is on the include path: a baseline may share a loop with the addon (gmfs_probe_loop.h).
+  execFileSync('cc', ['-O2', '-Wall', '-I', path.join(repoRoot, 'native'), '-o', binary, source], { stdio: 'inherit' });
   return binary;
 }
 
@@ -53,16 +57,34 @@ export function runJson<T>(command: string, args: string[], env: NodeJS.ProcessE
 }
 
 export function writeResults(name: string, results: Record<string, unknown>, quick: boolean): string {
-  fs.mkdirSync(resultsDir, { recursive: true });
-  const file = path.join(resultsDir, `${name}${quick ? '.quick' : ''}.json`);
+  const dir = quick ? path.join(quickOutputDir, 'results') : resultsDir;
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}.json`);
   fs.writeFileSync(file, `${JSON.stringify({ benchmark: name, quick, machine: machineDescription(), ...results }, null, 2)}\n`);
   return file;
+}
+
+/**
+ * Set by the test suite for its quick smoke run: a hugetlbfs mount (2 MiB pages) whose free pages the benchmarks use
+ * instead of changing nr_hugepages while other test files hold pages of their own.
+ */
+export const SHARED_HUGETLBFS_ENV = 'GUESTMEMFS_BENCH_HUGETLBFS';
+
+/** Huge pages and a hugetlbfs mount for a benchmark (the shared one when set); throws ENOMEM when the machine is short. */
+export function reserveBenchPages(pageSize: number, pages: number): Reservation {
+  const shared = process.env[SHARED_HUGETLBFS_ENV];
+  if (shared && pageSize === 2 * MiB) {
+    requireFreeHugePages(pageSize, pages);
+    const record: ReservationRecord = { pageSize, previousTotal: 0, total: 0, mountpoint: shared, createdDir: false };
+    return { ...record, changes: [], record: () => record, release: () => {} };
+  }
+  return reserveHugePages({ pageSize, pages, mount: true });
 }
 
 /** Reserves huge pages and mounts a private hugetlbfs for a benchmark; exits with the reason when the machine cannot. */
 export function reserveForBench(pageSize: number, pages: number): Reservation {
   try {
-    return reserveHugePages({ pageSize, pages, mount: true });
+    return reserveBenchPages(pageSize, pages);
   } catch (error) {
     process.stderr.write(`benchmark needs ${pages} huge pages of ${pageSize} bytes and root: ${(error as Error).message}\n`);
     process.exit(3);

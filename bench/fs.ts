@@ -9,7 +9,7 @@ import { quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, write
 
 const runs = runsArg(5);
 const files = quickMode ? 2_000 : 100_000;
-const bigSize = quickMode ? 1 * GiB : 16 * GiB;
+const bigSize = quickMode ? 256 * MiB : 16 * GiB;
 /** The control-plane figure is a fraction of a millisecond on a noisy 2-vCPU VM: take more samples of it. */
 const allocationRuns = quickMode ? 1 : Math.max(runs, 11);
 

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
-import { buildBaseline, quickMode, repoRoot, reserveForBench, runJson, runsArg, stats, writeResults } from './common';
+import { buildBaseline, quickMode, repoRoot, reserveBenchPages, reserveForBench, runJson, runsArg, stats, type Stats, writeResults } from './common';
 
 const pageSize = 2 * MiB;
 const size = quickMode ? 64 * MiB : 4 * GiB;
@@ -18,6 +18,7 @@ delete childEnv.NODE_EXTRA_CA_CERTS;
 const baseline = buildBaseline('mmap_populate');
 const reservation = reserveForBench(pageSize, size / pageSize);
 const pool = Pool.create({ backend: 'hugetlbfs', path: path.join(reservation.mountpoint!, 'bench-map'), size });
+let headlineReleased = false;
 try {
   // Populate once, as a preserved pool would be: every page exists before the timed re-maps.
   pool.mapAll({ populate: true }).unmap();
@@ -62,7 +63,11 @@ try {
     addon_adjacent_extents_vs_c: paired('addon_adjacent_extents'),
     addon_scattered_extents_vs_c: paired('addon_scattered_extents'),
   };
-  const file = writeResults('map', { size, pageSize, runs, cacheSweepBytes: sweepBytes, childEnvDrops: ['NODE_EXTRA_CA_CERTS'], mmapCalls: { c_mmap_populate: 1, ...calls }, ms: summary, pairedRatios, openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) }, ratios, target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)' }, quickMode);
+  pool.destroy();
+  reservation.release();
+  headlineReleased = true;
+  const configs = quickMode ? [] : [measureConfig(4 * GiB, GiB), measureConfig(16 * GiB, 2 * MiB), measureConfig(16 * GiB, GiB)];
+  const file = writeResults('map', { size, pageSize, runs, cacheSweepBytes: sweepBytes, childEnvDrops: ['NODE_EXTRA_CA_CERTS'], mmapCalls: { c_mmap_populate: 1, ...calls }, ms: summary, pairedRatios, openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) }, ratios, configs, target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)' }, quickMode);
   process.stdout.write(`re-map ${formatSize(size)} of ${formatSize(pageSize)} pages in a fresh process (median of ${runs}):\n`);
   for (const [key, value] of Object.entries(summary)) {
     process.stdout.write(`  ${key.padEnd(26)} ${value.median.toFixed(3).padStart(9)} ms  [${value.min.toFixed(3)} .. ${value.max.toFixed(3)}]  ${calls[key] ?? 1} mmap calls\n`);
@@ -71,8 +76,58 @@ try {
     const pair = pairedRatios[key as keyof typeof pairedRatios];
     process.stdout.write(`  ${key.padEnd(30)} ${value.toFixed(2)}x (ratio of medians), ${pair.median.toFixed(2)}x (median of paired ratios)\n`);
   }
+  for (const config of configs) {
+    process.stdout.write(
+      config.skipped
+        ? `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages: skipped (${config.skipped})\n`
+        : `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages: C ${config.ms!.c_mmap_populate.median.toFixed(3)} ms, addon ${config.ms!.addon_one_extent.median.toFixed(3)} ms, ${config.pairedRatio!.median.toFixed(2)}x (median of paired ratios)\n`,
+    );
+  }
   process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
 } finally {
-  pool.destroy();
-  reservation.release();
+  if (!headlineReleased) {
+    pool.destroy();
+    reservation.release();
+  }
+}
+
+interface ConfigResult {
+  size: number;
+  pageSize: number;
+  runs?: number;
+  ms?: { c_mmap_populate: Stats; addon_one_extent: Stats };
+  pairedRatio?: Stats;
+  skipped?: string;
+}
+
+/** The headline comparison (C floor against the addon, one extent, warm JS) at another size and page size. */
+function measureConfig(configSize: number, configPageSize: number): ConfigResult {
+  const configRuns = Math.min(runs, 7);
+  let configReservation;
+  try {
+    configReservation = reserveBenchPages(configPageSize, configSize / configPageSize);
+  } catch (error) {
+    return { size: configSize, pageSize: configPageSize, skipped: `${configSize / configPageSize} pages of ${formatSize(configPageSize)} not available: ${(error as Error).message}` };
+  }
+  const configPool = Pool.create({ backend: 'hugetlbfs', path: path.join(configReservation.mountpoint!, 'bench-map'), size: configSize, pageSize: configPageSize });
+  try {
+    configPool.mapAll({ populate: true }).unmap();
+    const child = path.join(repoRoot, 'dist', 'bench', 'map-child.js');
+    const c: number[] = [];
+    const addon: number[] = [];
+    for (let run = 0; run < configRuns; run++) {
+      c.push(runJson<{ ms: number }>(baseline, [configPool.path!, String(configSize), String(sweepBytes)], childEnv).ms);
+      addon.push(runJson<{ ms: number }>(process.execPath, ['--expose-gc', child, configPool.path!, 'one', String(configSize), String(sweepBytes)], childEnv).ms);
+    }
+    return {
+      size: configSize,
+      pageSize: configPageSize,
+      runs: configRuns,
+      ms: { c_mmap_populate: stats(c), addon_one_extent: stats(addon) },
+      pairedRatio: stats(addon.map((value, index) => value / c[index]!)),
+    };
+  } finally {
+    configPool.destroy();
+    configReservation.release();
+  }
 }

@@ -79,7 +79,7 @@ try {
       const exec = measureUpdates('exec', poolPath, ramBytes);
       const transfer = measureUpdates('transfer', poolPath, ramBytes);
       // What rehearsing the update path buys: the same transfer with its code run cold inside the blackout.
-      const coldTransfer = ramBytes === largest ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
+      const coldTransfer = ramBytes === largest && !quickMode ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
       // The copy baseline reads the same guest RAM file the VMM used, found through a read-only view.
       const pool = Pool.open(poolPath);
       const view = mount(pool, { readOnly: true });

@@ -67,6 +67,8 @@ export interface NativeBinding {
   zeroAsync(id: number, offset: number, length: number, onProgress?: NativeProgress): Promise<void>;
   populateAsync(id: number, offset: number, length: number, onProgress: NativeProgress | undefined, write: boolean): Promise<void>;
   liveMappings(): number;
+  /** Random 8-byte reads over [offset, offset+length) of a mapping, timed natively (bench:access). */
+  mapProbe(id: number, offset: number, length: number, ops: number, seed: number, dependent: boolean): { ns: number; sum: bigint };
   readonly advice: Readonly<Record<
     | 'MADV_NORMAL' | 'MADV_WILLNEED' | 'MADV_DONTNEED' | 'MADV_DONTFORK' | 'MADV_DOFORK' | 'MADV_DONTDUMP'
     | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;

@@ -20,6 +20,7 @@
 
 #include "gmfs_errors.h"
 #include "gmfs_families.h"
+#include "gmfs_probe_loop.h"
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -406,6 +407,30 @@ Napi::Value PopulateAsync(const Napi::CallbackInfo& info) {
   return StartRangeWork(info, write ? RangeWork::kPopulateWrite : RangeWork::kPopulateRead, "madvise");
 }
 
+// mapProbe(id, offset, length, ops, seed, dependent) -> { ns, sum }: random 8-byte reads over part of a mapping,
+// timed with CLOCK_MONOTONIC (bench:access; the C baseline runs the same loop from gmfs_probe_loop.h).
+Napi::Value MapProbe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, ArgId(info), "mapProbe");
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t offset = ArgInt64(info, 1, "offset", 0, kMax);
+  int64_t length = ArgInt64(info, 2, "length", 8, kMax);
+  int64_t ops = ArgInt64(info, 3, "ops", 0, kMax);
+  uint64_t seed = static_cast<uint64_t>(ArgInt64(info, 4, "seed", 0, kMax));
+  bool dependent = ArgBool(info, 5, "dependent");
+  CheckRange(env, *mapping, offset, length, "mapProbe");
+  if (offset % 8 != 0) throw CodeError(env, "EINVAL", EINVAL, "mapProbe", "offset must be 8-byte aligned");
+  const uint64_t* words = reinterpret_cast<const uint64_t*>(mapping->base + offset);
+  struct timespec start, end;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  uint64_t sum = gmfs_probe_random(words, static_cast<uint64_t>(length) / 8, static_cast<uint64_t>(ops), seed, dependent);
+  clock_gettime(CLOCK_MONOTONIC, &end);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("ns", static_cast<double>(end.tv_sec - start.tv_sec) * 1e9 + static_cast<double>(end.tv_nsec - start.tv_nsec));
+  result.Set("sum", Napi::BigInt::New(env, sum));
+  return result;
+}
+
 Napi::Value LiveMappings(const Napi::CallbackInfo& info) {
   MapRegistry& registry = Registry(info.Env());
   registry.PruneReleased();
@@ -441,6 +466,7 @@ void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("zeroAsync", Napi::Function::New(env, ZeroAsync, "zeroAsync"));
   exports.Set("populateAsync", Napi::Function::New(env, PopulateAsync, "populateAsync"));
   exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
+  exports.Set("mapProbe", Napi::Function::New(env, MapProbe, "mapProbe"));
   Napi::Object advice = Napi::Object::New(env);
   advice.Set("MADV_NORMAL", MADV_NORMAL);
   advice.Set("MADV_WILLNEED", MADV_WILLNEED);
