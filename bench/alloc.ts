@@ -43,7 +43,7 @@ try {
       );
       // An earlier guest wrote every block, then its file went: the next file's blocks must be zeroed first.
       const old = gfs.map('/fresh');
-      old.bytes().fill(0xa5);
+      for (let offset = 0; offset < size; offset += GiB) old.bytes(offset, Math.min(GiB, size - offset)).fill(0xa5);
       old.unmap();
       gfs.unlink('/fresh');
       samples.guestmemfs_dirty_blocks.push(

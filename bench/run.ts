@@ -9,7 +9,7 @@
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { quickMode, quickOutputDir, repoRoot, resultsDir } from './common';
-import { headlines, writeReport } from './report';
+import { headlines, updateReadme, writeReport } from './report';
 
 export const BENCHMARKS = ['map', 'alloc', 'access', 'zero', 'fs', 'handover', 'vmm'] as const;
 
@@ -36,13 +36,15 @@ if (!process.argv.includes('--report-only')) {
     });
     process.stderr.write(child.stderr);
     const seconds = (Date.now() - started) / 1000;
-    const reason = child.stderr.trim().split('\n').at(-1);
+    // The error line, not Node's closing "Node.js vX" banner.
+    const reason = child.stderr.trim().split('\n').filter((line) => line.trim() && !line.startsWith('Node.js v')).at(-1);
     outcomes.push({ name, seconds, status: child.status === 0 ? 'ran' : child.status === 3 ? 'skipped' : 'failed', ...(child.status === 0 ? {} : { reason }) });
   }
 }
 
 const sourceDir = quickMode ? path.join(quickOutputDir, 'results') : resultsDir;
 const report = writeReport({ resultsDir: sourceDir, quick: quickMode, outDir: quickMode ? quickOutputDir : repoRoot });
+if (!quickMode && updateReadme(path.join(repoRoot, 'README.md'), sourceDir)) process.stdout.write('README.md: benchmark table updated\n');
 process.stdout.write('\n== summary\n');
 for (const outcome of outcomes) process.stdout.write(`  ${outcome.name.padEnd(9)} ${outcome.status.padEnd(8)} ${outcome.seconds.toFixed(0).padStart(4)} s${outcome.reason ? `  (${outcome.reason})` : ''}\n`);
 for (const row of headlines(sourceDir)) {

@@ -306,9 +306,21 @@ describe('a successor preparing before the handover', () => {
     expect(fresh.length).toBe(2 * B);
     expect(stale.mapped).toBe(true); // left to its maker
     stale.unmap();
-    // Only premapFile() results are adopted: any other mapping is refused, changing nothing.
+    // Only premapFile() results of this pool are adopted: any other mapping is refused, changing nothing, even one of
+    // another pool whose file has the very same blocks.
     const other = restored.map('/ram');
     expect(captureError(() => restored.map('/grows', { premapped: other }))).toMatchObject({ code: 'EINVAL' });
+    const twin = Pool.create({ backend: 'memfd-4k', size: 4 * MiB });
+    mkfs(twin, { blockSize: B });
+    const twinFs = mount(twin);
+    twinFs.create('/ram', { type: 'guest' });
+    twinFs.truncate('/ram', 4 * B);
+    twinFs.unmount();
+    const foreign = premapFile(twin, '/ram');
+    expect(foreign.extents).toEqual(premapped.extents);
+    expect(captureError(() => restored.map('/ram', { premapped: foreign }))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/on this pool/) });
+    foreign.unmap();
+    twin.close();
     for (const mapping of [premapped, fresh, other]) mapping.unmap();
     restored.truncate('/ram', B); // no mapping left
     restored.unmount();

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MiB, native, Pool } from '../lib/index';
+import { GiB, MiB, native, Pool } from '../lib/index';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -246,6 +246,23 @@ describe.skipIf(skipReason(process.env.GUESTMEMFS_BUILD === 'Asan' ? 'AddressSan
     expect(vmFlags(mapping.address)).toContain('lo');
     mapping.unmap();
     pool.close();
+  });
+});
+
+describe('a mapping larger than JavaScript can view at once', () => {
+  it('refuses a whole view over 4 GiB with the remedy, and windows of it work', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: 5 * GiB, sparse: true });
+    const mapping = pool.mapAll({ populate: false });
+    try {
+      expect(captureError(() => mapping.bytes())).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/larger than JavaScript allows.*bytes\(offset, length\)/) });
+      expect(captureError(() => mapping.buffer)).toMatchObject({ code: 'EINVAL' });
+      const last = mapping.bytes(5 * GiB - 4096, 4096);
+      last[4095] = 7;
+      expect(mapping.bytes(5 * GiB - 1, 1)[0]).toBe(7);
+    } finally {
+      mapping.unmap();
+      pool.close();
+    }
   });
 });
 

@@ -181,8 +181,8 @@ export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {
   premapped?: Mapping;
 }
 
-/** Mappings premapFile() made and no mount has adopted yet: map() adopts only these. */
-const unadoptedPremappings = new WeakSet<Mapping>();
+/** Mappings premapFile() made and no mount has adopted yet, with the pool they map: map() adopts only these. */
+const unadoptedPremappings = new WeakMap<Mapping, string>();
 
 /**
  * Maps a file of a pool another process owns, writable and pre-faulted, as a successor does before a handover so that
@@ -198,7 +198,7 @@ export function premapFile(pool: Pool, path: string, options: MountOptions = {})
     if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
     const guest = info.fileType === 'guest';
     const mapping = pool.map(extents, { writable: true, populate: true, dontDump: guest, dontFork: guest });
-    unadoptedPremappings.add(mapping);
+    unadoptedPremappings.set(mapping, poolKey(pool));
     return mapping;
   } finally {
     view.unmount();
@@ -869,8 +869,8 @@ export class Filesystem {
     const extents = runs.map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
     const { premapped, ...mapOptions } = options;
     if (premapped !== undefined) {
-      if (!(premapped instanceof Mapping) || !unadoptedPremappings.has(premapped) || !premapped.mapped) {
-        throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile(), mmap '${path}'`, { syscall: 'mmap', path });
+      if (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== this.#key || !premapped.mapped) {
+        throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`, { syscall: 'mmap', path });
       }
       if (writable && sameExtents(premapped.extents, extents)) {
         unadoptedPremappings.delete(premapped);

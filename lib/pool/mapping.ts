@@ -1,7 +1,9 @@
 // A pool region mapped into this process: it owns the pages' mapping; ArrayBuffers over it are made on request and detached on unmap.
+import { constants as bufferConstants } from 'node:buffer';
 import * as fs from 'node:fs';
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
+import { formatSize } from '../units';
 
 export interface Extent {
   /** Byte offset in the pool, aligned to the pool's page size. */
@@ -51,6 +53,7 @@ interface UnmapRecord {
 }
 
 const PAGEMAP_PRESENT = 1n << 63n;
+const MAX_VIEW_BYTES = bufferConstants.MAX_LENGTH;
 const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
 
 export class Mapping {
@@ -102,6 +105,7 @@ export class Mapping {
    */
   get buffer(): ArrayBuffer {
     this.#requireMapped('buffer');
+    this.#requireViewable(this.length);
     this.#wholeBuffer ??= native.mappingBuffer(this.id, 0, this.length);
     return this.#wholeBuffer;
   }
@@ -112,6 +116,7 @@ export class Mapping {
    */
   bytes(offset = 0, length = this.length - offset): Uint8Array {
     this.#requireMapped('bytes');
+    this.#requireViewable(length);
     if (this.#wholeBuffer) return new Uint8Array(this.#wholeBuffer, offset, length);
     return new Uint8Array(native.mappingBuffer(this.id, offset, length));
   }
@@ -220,6 +225,17 @@ export class Mapping {
       if (inside && pageSize) sizes.add(Number(pageSize[1]) * 1024);
     }
     return [...sizes].sort((a, b) => a - b);
+  }
+
+  /** JavaScript cannot view more than buffer.constants.MAX_LENGTH bytes (4 GiB) at once: say so, and what to do. */
+  #requireViewable(length: number): void {
+    if (length > MAX_VIEW_BYTES) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `a ${formatSize(length)} view of mapping ${this.id} is larger than JavaScript allows (${formatSize(MAX_VIEW_BYTES)}): view it in windows with bytes(offset, length)`,
+        { syscall: 'buffer', path: this.#label },
+      );
+    }
   }
 
   #requireMapped(syscall: string): void {

@@ -8,8 +8,7 @@
 import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import * as fs from 'node:fs';
-import { type Filesystem, mount, readPoolSuperblock } from '../fs/filesystem';
-import { PoolState } from '../fs/layout';
+import { type Filesystem, mount } from '../fs/filesystem';
 import { spinForHandover } from '../handover/successor';
 import { Pool } from '../pool/pool';
 import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
@@ -21,9 +20,13 @@ const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
 const REPORT_FD = 3;
 /** Sender to successor: the guest is about to pause, start spinning for the handover. */
 const PAUSING = 'pausing';
-/** Successor to sender: prepared (before the first announce), and spinning (after it). */
+/**
+ * Successor to sender: prepared (before the first announce), spinning (after it), and resuming: the commit point,
+ * written just before its vCPU runs. Until then the sender may take the guest back; after it, never.
+ */
 const READY = 'ready';
 const SPINNING = 'spinning';
+const RESUMING = 'resuming';
 
 /** The sender's half of the blackout; sent on the successor's stdin once it has resumed the guest. */
 interface SenderTimings {
@@ -60,13 +63,10 @@ async function startSuccessor(poolPath: string, refuse: boolean) {
   if (refuse) env.GUESTMEMFS_TRANSFER_REFUSE = '1';
   const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'], env });
   child.stdin!.on('error', () => {}); // a successor that already died cannot be told; the exit below handles it
-  let exited = false;
-  child.once('exit', () => (exited = true));
   const nextReport = lineReader(child.stdio[REPORT_FD] as Readable);
   if ((await nextReport()) !== READY) throw new Error(`successor pid ${child.pid} exited before it was ready`);
   return {
     child,
-    hasExited: () => exited,
     /**
      * Tells the successor the pause is imminent and waits until it spins, so that it notices the release at once
      * (waking it from a sleep takes longer than the sender's half of the update). False if it died meanwhile.
@@ -76,6 +76,8 @@ async function startSuccessor(poolPath: string, refuse: boolean) {
       return (await nextReport()) === SPINNING;
     },
     tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`),
+    /** Whether the successor reached its commit point (false if it exited or closed the pipe before). */
+    committed: async () => (await nextReport()) === RESUMING,
   };
 }
 
@@ -115,18 +117,14 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
   const releasedAt = process.hrtime.bigint();
   successor.tell({ saveMs: ms(stoppedAtNs, savedAt), serialiseMs: ms(savedAt, releasedAt), releasedAtNs: releasedAt.toString() });
-  // Wait until the successor owns the pool (it mounted: the superblock says so) or has died. Tearing down the old VM
-  // (slow for large RAM) waits until then, so it does not compete with the successor for the CPU.
-  for (;;) {
-    const sb = readPoolSuperblock(pool);
-    if (sb.state === PoolState.Mounted && sb.ownerPid === successor.child.pid) {
-      vmm.close();
-      return; // handed over: this VMM is done
-    }
-    if (successor.hasExited()) break;
-    await new Promise((resolve) => setTimeout(resolve, 1));
+  // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (slow for large RAM) waits
+  // until then, so that it does not compete with the successor for the CPU inside the blackout.
+  if (await successor.committed()) {
+    vmm.close();
+    return; // handed over: this VMM is done
   }
-  // The successor is gone without taking over: take the handover back and resume the guest here.
+  // The successor is gone without taking over: take the handover back (or recover the pool, if it died after mounting)
+  // and resume the guest here.
   vmm.close();
   const again = mount(pool);
   const { vmm: resumed } = Vmm.resume(again, CONFIG);
@@ -166,6 +164,7 @@ async function main(): Promise<void> {
   const mounted = process.hrtime.bigint();
   const { vmm, saved, timings } = Vmm.resume(gfs, CONFIG, prepared);
   const plan = saved.extra.plan as Plan;
+  fs.writeSync(REPORT_FD, `${RESUMING}\n`);
   // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
   await drive(poolPath!, pool, vmm, plan, (running) => {
     const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;

@@ -87,15 +87,14 @@ export function reportDone(vmm: Vmm, reason: string, extra: Record<string, unkno
 export const NO_REHEARSAL_ENV = 'GUESTMEMFS_NO_REHEARSAL';
 /** Enough rounds for V8 to compile the update path's hot functions with its optimizing tiers. */
 const REHEARSAL_ROUNDS = Number(process.env.GUESTMEMFS_REHEARSAL_ROUNDS ?? 30);
+let rehearsed = false;
 
 /**
  * Runs a whole live update (save, serialise, release, premap, restore, resume, run) on a small scratch pool and a
  * scratch VM, so that the code of the real one is compiled, its lazily loaded parts are loaded and the worker thread
  * pool that runs vCPUs exists before the guest pauses: run cold, the same code costs several times as much inside the
- * blackout. Touches nothing of the real pool.
+ * blackout. Touches nothing of the real pool. Runs once per process.
  */
-let rehearsed = false;
-
 export async function rehearseUpdate(rounds = REHEARSAL_ROUNDS): Promise<void> {
   if (process.env[NO_REHEARSAL_ENV] === '1' || rehearsed) return;
   rehearsed = true;
