@@ -72,6 +72,11 @@ export interface NativeBinding {
   readonly advice: Readonly<Record<
     | 'MADV_NORMAL' | 'MADV_WILLNEED' | 'MADV_DONTNEED' | 'MADV_DONTFORK' | 'MADV_DOFORK' | 'MADV_DONTDUMP'
     | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;
+  // Sched family
+  /** The CPUs the calling thread may run on. */
+  threadAffinity(): number[];
+  /** Restricts the calling thread (not the process) to these CPUs. */
+  setThreadAffinity(cpus: number[]): void;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
   // Exec family
@@ -91,6 +96,8 @@ export interface NativeBinding {
   /** Resolves 'halted', 'paused' or 'exit-N (...)' when the vCPU stops. */
   kvmRun(vcpu: number): Promise<string>;
   kvmPause(vcpu: number): boolean;
+  /** CLOCK_MONOTONIC ns when the latest run entered KVM_RUN (0n until it has). */
+  kvmRunStartedAt(vcpu: number): bigint;
   kvmSerial(vcpu: number): string;
   kvmCloseVcpu(vcpu: number): void;
   readonly napiVersion: number;

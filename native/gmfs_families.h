@@ -9,5 +9,6 @@ void RegisterMapFamily(Napi::Env env, Napi::Object exports);      // reserve + M
 void RegisterPagemapFamily(Napi::Env env, Napi::Object exports);  // /proc/self/pagemap frame numbers
 void RegisterExecFamily(Napi::Env env, Napi::Object exports);     // execve with inherited fds
 void RegisterKvmFamily(Napi::Env env, Napi::Object exports);      // KVM VM/vCPU ioctls and the run loop
+void RegisterSchedFamily(Napi::Env env, Napi::Object exports);    // CPU affinity of the calling thread
 
 }  // namespace gmfs

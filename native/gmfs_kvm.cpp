@@ -45,6 +45,9 @@ struct Vcpu {
   size_t runSize = 0;
   std::atomic<bool> running{false};
   std::atomic<bool> pauseRequested{false};
+  // CLOCK_MONOTONIC ns just before the worker's first KVM_RUN of the latest run: when the guest runs again, which is
+  // what a blackout measurement needs (the JS thread may learn it later, or be preempted by the worker meanwhile).
+  std::atomic<int64_t> runStartedNs{0};
   pthread_t thread{};
   std::mutex serialMutex;
   std::string serial;
@@ -317,6 +320,9 @@ class RunWorker : public Napi::AsyncWorker {
     sigaddset(&unblock, PauseSignal());
     pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
     vcpu.running.store(true);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    vcpu.runStartedNs.store(static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec);
     for (;;) {
       if (vcpu.pauseRequested.load()) vcpu.run->immediate_exit = 1;
       int rc = ioctl(vcpu.fd, KVM_RUN, 0);
@@ -384,11 +390,18 @@ class RunWorker : public Napi::AsyncWorker {
   int errno_ = 0;
 };
 
+// kvmRunStartedAt(vcpu): CLOCK_MONOTONIC ns when the latest run entered KVM_RUN, or 0n while it has not yet.
+Napi::Value KvmRunStartedAt(const Napi::CallbackInfo& info) {
+  auto vcpu = LookupVcpu(info);
+  return Napi::BigInt::New(info.Env(), vcpu->runStartedNs.load());
+}
+
 Napi::Value KvmRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "ioctl(KVM_RUN)", "the vCPU is already running");
   vcpu->pauseRequested.store(false);
+  vcpu->runStartedNs.store(0);
   auto* worker = new RunWorker(env, vcpu);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
@@ -438,6 +451,7 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmRestoreState", Napi::Function::New(env, KvmRestoreState, "kvmRestoreState"));
   exports.Set("kvmRun", Napi::Function::New(env, KvmRun, "kvmRun"));
   exports.Set("kvmPause", Napi::Function::New(env, KvmPause, "kvmPause"));
+  exports.Set("kvmRunStartedAt", Napi::Function::New(env, KvmRunStartedAt, "kvmRunStartedAt"));
   exports.Set("kvmSerial", Napi::Function::New(env, KvmSerial, "kvmSerial"));
   exports.Set("kvmCloseVcpu", Napi::Function::New(env, KvmCloseVcpu, "kvmCloseVcpu"));
 }

@@ -18,7 +18,7 @@ const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
 async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
-  onRunning?.(process.hrtime.bigint());
+  if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   await rehearseUpdate();
   await updateDelay(plan);

@@ -155,6 +155,12 @@ export class KvmMachine {
     native.kvmPause(this.vcpu);
   }
 
+  /** CLOCK_MONOTONIC ns when the latest run() entered KVM_RUN, or 0n while it has not yet. */
+  runStartedAt(): bigint {
+    this.#requireOpen();
+    return native.kvmRunStartedAt(this.vcpu);
+  }
+
   /** COM1 output since the last call. */
   serial(): string {
     return native.kvmSerial(this.vcpu);

@@ -10,6 +10,7 @@ import type { Readable } from 'node:stream';
 import * as fs from 'node:fs';
 import { type Filesystem, mount } from '../fs/filesystem';
 import { spinForHandover } from '../handover/successor';
+import { native } from '../native';
 import { Pool } from '../pool/pool';
 import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import { type PreparedResume, Vmm } from './vmm';
@@ -27,6 +28,8 @@ const PAUSING = 'pausing';
 const READY = 'ready';
 const SPINNING = 'spinning';
 const RESUMING = 'resuming';
+/** How long after the commit point the old VMM waits before tearing its VM down: the successor resumes well within it. */
+const TEARDOWN_DELAY_MS = 50;
 
 /** The sender's half of the blackout; sent on the successor's stdin once it has resumed the guest. */
 interface SenderTimings {
@@ -81,6 +84,18 @@ async function startSuccessor(poolPath: string, refuse: boolean) {
   };
 }
 
+/**
+ * Puts this process's main thread on its own CPU for the blackout (the sender on the first allowed CPU, the successor
+ * on the last): on one CPU the spinning successor would wait behind the sender's whole half of the update. Returns
+ * the undo. Nothing to do with a single CPU.
+ */
+function pinMainThread(role: 'sender' | 'successor'): () => void {
+  const allowed = native.threadAffinity();
+  if (allowed.length < 2) return () => {};
+  native.setThreadAffinity([role === 'sender' ? allowed[0]! : allowed.at(-1)!]);
+  return () => native.setThreadAffinity(allowed);
+}
+
 /** Reads one line from stdin, blocking; null at end of file (the sender is gone). */
 function readLine(): string | null {
   const byte = Buffer.alloc(1);
@@ -94,7 +109,7 @@ function readLine(): string | null {
 
 async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
-  onRunning?.(process.hrtime.bigint());
+  if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   // The successor starts now, long before the update, and prepares its VM: its start-up is outside the blackout.
   const successor = await startSuccessor(poolPath, process.env[REFUSE_FIRST_ENV] === '1');
@@ -102,10 +117,12 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   await rehearseUpdate();
   await updateDelay(plan);
   collectGarbageBeforeBlackout();
+  const unpin = pinMainThread('sender');
   // A successor that died by now is found after the pause and serialisation, like one dying during them.
   await successor.announce();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
+    unpin();
     successor.child.kill('SIGKILL');
     reportDone(vmm, reason);
     return;
@@ -117,9 +134,12 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
   const releasedAt = process.hrtime.bigint();
   successor.tell({ saveMs: ms(stoppedAtNs, savedAt), serialiseMs: ms(savedAt, releasedAt), releasedAtNs: releasedAt.toString() });
-  // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (slow for large RAM) waits
-  // until then, so that it does not compete with the successor for the CPU inside the blackout.
-  if (await successor.committed()) {
+  // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel work
+  // for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
+  const committed = await successor.committed();
+  unpin();
+  if (committed) {
+    await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
     vmm.close();
     return; // handed over: this VMM is done
   }
@@ -155,6 +175,7 @@ async function main(): Promise<void> {
   fs.writeSync(REPORT_FD, `${READY}\n`);
   const announced = readLine();
   if (announced !== PAUSING) throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(announced)})`);
+  const unpin = pinMainThread('successor');
   fs.writeSync(REPORT_FD, `${SPINNING}\n`);
   if (refuse) {
     emit({ event: 'successor-refused', pid: process.pid });
@@ -167,6 +188,7 @@ async function main(): Promise<void> {
   fs.writeSync(REPORT_FD, `${RESUMING}\n`);
   // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
   await drive(poolPath!, pool, vmm, plan, (running) => {
+    unpin();
     const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
     if (!sender) throw new Error('the previous VMM sent no timings');
     const restoreMs = gfs.restored?.ms ?? 0;

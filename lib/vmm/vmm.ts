@@ -157,6 +157,28 @@ export class Vmm {
     return this.#running;
   }
 
+  /**
+   * When the vCPU of the current run entered KVM_RUN (CLOCK_MONOTONIC ns, as process.hrtime.bigint()): the end of a
+   * blackout, taken on the vCPU's own thread. Resolves within a millisecond of it.
+   */
+  async runningSince(): Promise<bigint> {
+    const running = this.#running;
+    if (!running) throw new GuestmemfsError('EINVAL', 'the guest is not running: start() it first');
+    let settled = false;
+    running.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    for (;;) {
+      const at = this.machine.runStartedAt();
+      if (at !== 0n) return at;
+      if (settled) throw new GuestmemfsError('EIO', 'the vCPU run ended before it entered KVM_RUN');
+      // Sleep, do not spin: the vCPU's worker thread may be waiting for this thread's CPU. The time itself comes from
+      // the worker, so polling late does not change it.
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+
   /** Stops the vCPU and waits until it has stopped; returns the stop time (CLOCK_MONOTONIC ns). */
   async pause(): Promise<{ reason: string; stoppedAtNs: bigint }> {
     if (!this.#running) throw new GuestmemfsError('EINVAL', 'the guest is not running');
