@@ -2,7 +2,7 @@
 // vCPU state saved and restored into a new VM, finishing with the checksum of an uninterrupted run.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
+import { type Filesystem, MiB, mkfs, mount, native, Pool, premapFile } from '../lib/index';
 import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, skipReason, uniquePath } from './helpers';
 
@@ -106,5 +106,27 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     vm.close();
     ram.unmap();
     wrong.ram!.unmap();
+  });
+});
+
+describe('thread affinity (the sched family the transfer-mode VMMs use to stay on separate CPUs)', () => {
+  it('reads and sets the calling thread\'s CPUs, and refuses bad input leaving them as they were', () => {
+    const allowed = native.threadAffinity();
+    expect(allowed.length).toBeGreaterThan(0);
+    expect(allowed.every((cpu) => Number.isInteger(cpu) && cpu >= 0)).toBe(true);
+    try {
+      native.setThreadAffinity([allowed[0]!]);
+      expect(native.threadAffinity()).toEqual([allowed[0]]);
+      for (const bad of [[], [-1], [1.5], ['0'], [4096]] as unknown as number[][]) {
+        expect(captureError(() => native.setThreadAffinity(bad))).toMatchObject({ code: 'EINVAL', syscall: 'sched_setaffinity' });
+      }
+      expect(captureError(() => (native.setThreadAffinity as (cpus: unknown) => void)('0'))).toMatchObject({ code: 'EINVAL' });
+      // A CPU number the kernel does not have: refused by the kernel itself.
+      expect(captureError(() => native.setThreadAffinity([1023]))).toMatchObject({ code: 'EINVAL', syscall: 'sched_setaffinity' });
+      expect(native.threadAffinity()).toEqual([allowed[0]]);
+    } finally {
+      native.setThreadAffinity(allowed);
+    }
+    expect(native.threadAffinity()).toEqual(allowed);
   });
 });

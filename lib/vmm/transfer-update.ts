@@ -3,6 +3,10 @@
 // serialises and lets go of the pool; the successor, already waiting, restores and resumes it. If the successor dies or
 // refuses, the original takes its own handover back and resumes the guest.
 //
+// The two talk over the successor's stdin (sender to successor: "pausing", then the sender's timings) and fd 3
+// (successor to sender: "ready" once prepared, "spinning" once it busy-waits for the release, "resuming" at its commit
+// point, just before its vCPU runs).
+//
 //   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   node transfer-update.js successor <pool>            (started by the running VMM)
 import { spawn } from 'node:child_process';
