@@ -85,6 +85,12 @@ async function startSuccessor(poolPath: string, refuse: boolean) {
     tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`),
     /** Whether the successor reached its commit point (false if it exited or closed the pipe before). */
     committed: async () => (await nextReport()) === RESUMING,
+    /** Lets the successor live on without this process: nothing here waits for it any more, so this one can exit. */
+    detach: () => {
+      (child.stdio[REPORT_FD] as Readable).destroy();
+      child.stdin!.destroy();
+      child.unref();
+    },
   };
 }
 
@@ -145,7 +151,8 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   if (committed) {
     await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
     vmm.close();
-    return; // handed over: this VMM is done
+    successor.detach();
+    return; // handed over: this VMM is done and exits
   }
   // The successor is gone without taking over: take the handover back (or recover the pool, if it died after mounting)
   // and resume the guest here.
