@@ -862,34 +862,27 @@ export class Filesystem {
     const writable = options.writable ?? !this.#readOnly;
     if (writable) this.#requireNotReadOnly('mmap');
     this.#requireAccess(ino, writable ? R_OK | W_OK : R_OK, 'mmap', path);
-    const runs = this.#extents.read(ino);
-    if (runs.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
+    const extents = this.#poolExtents(ino);
+    if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
     const guest = this.#inodes.fileType(ino) === FileType.Guest;
-    const blockSize = this.geometry.blockSize;
-    const extents = runs.map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
     const { premapped, ...mapOptions } = options;
-    if (premapped !== undefined) {
-      if (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== this.#key || !premapped.mapped) {
-        throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`, { syscall: 'mmap', path });
-      }
-      if (writable && sameExtents(premapped.extents, extents)) {
-        unadoptedPremappings.delete(premapped);
-        premapped.attachUnmapHook(() => this.#unmapped(ino));
-        this.#mapped.set(ino, (this.#mapped.get(ino) ?? 0) + 1);
-        this.#touchAtime(ino);
-        return premapped;
-      }
+    if (premapped !== undefined && (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== this.#key || !premapped.mapped)) {
+      throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`, { syscall: 'mmap', path });
     }
-    const mapping = this.pool.map(
-      extents,
-      {
+    let mapping: Mapping;
+    if (premapped && writable && sameExtents(premapped.extents, extents)) {
+      unadoptedPremappings.delete(premapped);
+      premapped.attachUnmapHook(() => this.#unmapped(ino));
+      mapping = premapped;
+    } else {
+      mapping = this.pool.map(extents, {
         ...mapOptions,
         writable,
         dontDump: guest || options.dontDump,
         dontFork: guest || options.dontFork,
         onUnmap: () => this.#unmapped(ino),
-      },
-    );
+      });
+    }
     this.#mapped.set(ino, (this.#mapped.get(ino) ?? 0) + 1);
     this.#touchAtime(ino);
     return mapping;
@@ -980,7 +973,11 @@ export class Filesystem {
   /** Pool byte ranges holding a file's blocks, in file order. */
   extents(path: string): Array<{ offset: number; length: number }> {
     this.#requireMounted('extents');
-    const ino = this.#resolve(path, 'extents');
+    return this.#poolExtents(this.#resolve(path, 'extents'));
+  }
+
+  /** A file's blocks as pool byte ranges, in file order. */
+  #poolExtents(ino: number): Extent[] {
     const blockSize = this.geometry.blockSize;
     return this.#extents.read(ino).map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
   }
