@@ -9,7 +9,7 @@
 import { mount } from '../fs/filesystem';
 import { openHandedOverPool } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import { Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
@@ -35,7 +35,8 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   const gfs = vmm.fs;
   gfs.serialise();
   const serialised = process.hrtime.bigint();
-  const timings = { stoppedAt: stoppedAtNs.toString(), saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
+  // The stop time travels in the state file; these are the rest of the sender's half.
+  const timings = { saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
   const env: NodeJS.ProcessEnv = { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
@@ -71,17 +72,14 @@ async function main(): Promise<void> {
       event: 'update',
       mode: 'exec',
       pid: process.pid,
-      blackoutMs: ms(BigInt(timings.stoppedAt!), running),
+      blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
       breakdown: {
-        saveMs: ms(BigInt(timings.stoppedAt!), BigInt(timings.saved!)),
+        saveMs: ms(BigInt(saved.stoppedAtNs), BigInt(timings.saved!)),
         serialiseMs: ms(BigInt(timings.saved!), BigInt(timings.serialised!)),
         execAndStartupMs: ms(BigInt(timings.execAt!), started),
         restoreMs: ms(started, restored),
-        readStateMs: resumeTimings.readStateMs,
-        mapMs: resumeTimings.mapMs,
-        vcpuRestoreMs: resumeTimings.vcpuMs,
-        otherMs: ms(restored, running) - resumeTimings.readStateMs - resumeTimings.mapMs - resumeTimings.vcpuMs,
+        ...resumeBreakdown(resumeTimings, restored, running),
       },
     });
   });

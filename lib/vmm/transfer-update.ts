@@ -10,13 +10,14 @@
 //   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   node transfer-update.js successor <pool>            (started by the running VMM)
 import { spawn } from 'node:child_process';
+import * as readline from 'node:readline';
 import type { Readable } from 'node:stream';
 import * as fs from 'node:fs';
 import { type Filesystem, mount } from '../fs/filesystem';
 import { spinForHandover } from '../handover/successor';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
@@ -35,32 +36,24 @@ const RESUMING = 'resuming';
 /** How long after the commit point the old VMM waits before tearing its VM down: the successor resumes well within it. */
 const TEARDOWN_DELAY_MS = 50;
 
-/** The sender's half of the blackout; sent on the successor's stdin once it has resumed the guest. */
+/** The sender's half of the blackout; sent on the successor's stdin as the pool is let go, read after the resume. */
 interface SenderTimings {
   saveMs: number;
   serialiseMs: number;
   releasedAtNs: string;
 }
 
-/** Reads a stream line by line: each call resolves with the next line, or null once the stream has ended. */
+/** Reads a stream line by line: each call resolves with the next line, or null once the stream has ended or failed. */
 function lineReader(stream: Readable): () => Promise<string | null> {
-  const lines: string[] = [];
-  const waiting: Array<(line: string | null) => void> = [];
-  let partial = '';
-  let ended = false;
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    const parts = (partial + chunk).split('\n');
-    partial = parts.pop()!;
-    for (const line of parts) (waiting.shift() ?? ((value: string | null) => lines.push(value!)))(line);
-  });
-  const end = () => {
-    ended = true;
-    for (const resolve of waiting.splice(0)) resolve(null);
+  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity })[Symbol.asyncIterator]();
+  return async () => {
+    try {
+      const next = await lines.next();
+      return next.done ? null : next.value;
+    } catch {
+      return null;
+    }
   };
-  stream.on('end', end);
-  stream.on('error', end);
-  return () => new Promise((resolve) => (lines.length > 0 ? resolve(lines.shift()!) : ended ? resolve(null) : waiting.push(resolve)));
 }
 
 /** Starts the successor and resolves once it has prepared everything it can before the pause (or rejects if it died). */
@@ -75,12 +68,12 @@ async function startSuccessor(poolPath: string, refuse: boolean) {
   return {
     child,
     /**
-     * Tells the successor the pause is imminent and waits until it spins, so that it notices the release at once
-     * (waking it from a sleep takes longer than the sender's half of the update). False if it died meanwhile.
+     * Tells the successor the pause is imminent and waits until it spins (or has gone), so that it notices the release
+     * at once: waking it from a sleep takes longer than the sender's half of the update.
      */
     announce: async () => {
       child.stdin!.write(`${PAUSING}\n`);
-      return (await nextReport()) === SPINNING;
+      await nextReport(); // SPINNING, or null from a successor that died: that is found after the release
     },
     tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`),
     /** Whether the successor reached its commit point (false if it exited or closed the pipe before). */
@@ -217,10 +210,7 @@ async function main(): Promise<void> {
         // From the sender letting go of the pool to this process restoring it (spinning, it notices at once).
         signalMs: ms(released, mounted) - restoreMs,
         restoreMs,
-        readStateMs: timings.readStateMs,
-        mapMs: timings.mapMs,
-        vcpuRestoreMs: timings.vcpuMs,
-        otherMs: ms(mounted, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
+        ...resumeBreakdown(timings, mounted, running),
       },
     });
   });

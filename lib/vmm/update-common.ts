@@ -70,6 +70,19 @@ export async function finishRun(vmm: Vmm, running: Promise<string>): Promise<voi
   reportDone(vmm, reason);
 }
 
+/**
+ * The resuming side's part of an update's breakdown, from Vmm.resume()'s timings: from `from` (the filesystem mounted)
+ * to `running` (the vCPU back in KVM_RUN), what is not reading the state, mapping or restoring the vCPU is "other".
+ */
+export function resumeBreakdown(timings: ReturnType<typeof Vmm.resume>['timings'], from: bigint, running: bigint): Record<string, number> {
+  return {
+    readStateMs: timings.readStateMs,
+    mapMs: timings.mapMs,
+    vcpuRestoreMs: timings.vcpuMs,
+    otherMs: ms(from, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
+  };
+}
+
 /** Whether guest RAM is on the physical frames it had at boot (null where the kernel hides frames). */
 export function sameFramesAsBoot(vmm: Vmm): boolean | null {
   const atBoot = JSON.parse(Buffer.from(vmm.fs.read(BOOT_FRAMES_PATH)).toString('utf8')) as string[] | null;
