@@ -12,6 +12,10 @@ export const resultsDir = path.join(repoRoot, 'bench', 'results');
 /** Where --quick runs write: build output, so that a smoke run never touches the committed results. */
 export const quickOutputDir = path.join(repoRoot, 'build', 'bench-quick');
 
+/** Every benchmark of the suite, in the order `npm run bench` runs them (bench/NAME.ts, bench/results/NAME.json). */
+export const BENCHMARKS = ['map', 'alloc', 'access', 'zero', 'fs', 'handover', 'vmm'] as const;
+export type BenchmarkName = (typeof BENCHMARKS)[number];
+
 export interface Stats {
   median: number;
   min: number;

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { formatSize, GiB, TiB } from '../lib/units';
 import { renderBarChart, renderLineChart, writeChart } from './charts';
-import type { Stats } from './common';
+import { BENCHMARKS, type BenchmarkName, stats, type Stats } from './common';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- results files are JSON written by the benchmarks */
 type Results = Record<string, any>;
@@ -30,15 +30,24 @@ export interface Headline {
 const fixed = (value: number, digits = 2) => value.toFixed(digits);
 const spread = (s: Stats, digits = 2) => `${fixed(s.median, digits)} [${fixed(s.min, digits)} .. ${fixed(s.max, digits)}]`;
 
-function load(dir: string, name: string): Results | undefined {
-  const file = path.join(dir, `${name}.json`);
-  return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Results) : undefined;
+/** Every benchmark's results file in `dir`, read once (a benchmark without one is absent). */
+function loadAll(dir: string): Partial<Record<BenchmarkName, Results>> {
+  const all: Partial<Record<BenchmarkName, Results>> = {};
+  for (const name of BENCHMARKS) {
+    const file = path.join(dir, `${name}.json`);
+    if (fs.existsSync(file)) all[name] = JSON.parse(fs.readFileSync(file, 'utf8')) as Results;
+  }
+  return all;
 }
 
 /** The one-line verdicts against the issue's targets, from whichever results exist. */
 export function headlines(dir: string): Headline[] {
+  return headlinesOf(loadAll(dir));
+}
+
+function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headline[] {
   const rows: Headline[] = [];
-  const map = load(dir, 'map');
+  const map = all.map;
   if (map) {
     const paired = map.pairedRatios.addon_one_extent_vs_c as Stats;
     rows.push({ benchmark: 'map', measure: `re-map ${formatSize(map.size)} of ${formatSize(map.pageSize)} pages in a new process`, value: `${fixed(map.ms.addon_one_extent.median, 3)} ms`, baseline: `C mmap(MAP_POPULATE) ${fixed(map.ms.c_mmap_populate.median, 3)} ms`, ratio: `${fixed(paired.median, 3)}x (median of per-round ratios)`, target: '<= 1.1x', met: paired.median <= 1.1 });
@@ -47,11 +56,11 @@ export function headlines(dir: string): Headline[] {
       rows.push({ benchmark: 'map', measure: `re-map ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages`, value: `${fixed(config.ms.addon_one_extent.median, 3)} ms`, baseline: `C ${fixed(config.ms.c_mmap_populate.median, 3)} ms`, ratio: `${fixed(config.pairedRatio.median, 3)}x (median of per-round ratios)`, target: '<= 1.1x', met: config.pairedRatio.median <= 1.1 });
     }
   }
-  const alloc = load(dir, 'alloc');
+  const alloc = all.alloc;
   if (alloc) {
     rows.push({ benchmark: 'alloc', measure: `first allocation of a ${formatSize(alloc.size)} guest file (zero + populate)`, value: `${fixed(alloc.ms.guestmemfs_dirty_blocks.median, 1)} ms`, baseline: `C faulting fresh huge pages ${fixed(alloc.ms.c_fault_fresh_hugepages.median, 1)} ms`, ratio: `${fixed(alloc.ratios.dirtyVsC)}x`, target: '<= 1.1x', met: alloc.ratios.dirtyVsC <= 1.1 });
   }
-  const access = load(dir, 'access');
+  const access = all.access;
   if (access) {
     for (const result of access.results) {
       if (!result.guestmemfs) continue;
@@ -59,20 +68,20 @@ export function headlines(dir: string): Headline[] {
     }
     rows.push({ benchmark: 'access', measure: 'gain of 2 MiB over 4 KiB pages (raw mmap)', value: `${fixed(access.hugeGain.throughput2MiBVs4KiB)}x throughput, ${fixed(access.hugeGain.latency2MiBVs4KiB)}x latency`, baseline: '4 KiB pages', ratio: '-', target: 'report', met: null });
   }
-  const handover = load(dir, 'handover');
+  const handover = all.handover;
   if (handover) {
     const at100 = handover.byDescribedSize.find((point: any) => point.describedBytes === 100 * GiB);
     if (at100) rows.push({ benchmark: 'handover', measure: 'serialise + restore, 100 GiB described', value: `${fixed(at100.totalMs.median, 3)} ms`, baseline: 'PKRAM 100 GiB: 13 ms save, 101 ms load', ratio: '-', target: '<= 1 ms', met: at100.totalMs.median <= 1 });
     rows.push({ benchmark: 'handover', measure: 'slopes', value: `${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ${fixed(handover.slopes.msPerTiBDescribed, 3)} ms per TiB`, baseline: '-', ratio: '-', target: 'report', met: null });
   }
-  const fsResults = load(dir, 'fs');
+  const fsResults = all.fs;
   if (fsResults) {
     for (const op of ['create', 'lookup', 'unlink'] as const) {
       const entry = fsResults.metadataOpsPerSecond[op];
       rows.push({ benchmark: 'fs', measure: `${op} on ${fsResults.files.toLocaleString('en')} files`, value: `${fixed(entry.guestmemfs.median / 1000, 0)}k/s`, baseline: `in-memory model ${fixed(entry.inMemoryModel.median / 1000, 0)}k/s`, ratio: `${fixed(entry.ratio)}x`, target: '>= 200k/s', met: entry.guestmemfs.median >= 200_000 });
     }
   }
-  const vmm = load(dir, 'vmm');
+  const vmm = all.vmm;
   if (vmm) {
     const largest = vmm.results.at(-1);
     const startup = vmm.nodeStartupMs.median as number;
@@ -82,10 +91,10 @@ export function headlines(dir: string): Headline[] {
   return rows;
 }
 
-function charts(dir: string, chartDir: string): Record<string, string> {
+function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: string): Record<string, string> {
   fs.mkdirSync(chartDir, { recursive: true });
   const made: Record<string, string> = {};
-  const vmm = load(dir, 'vmm');
+  const vmm = all.vmm;
   if (vmm) {
     const startup = vmm.nodeStartupMs.median as number;
     const points = (pick: (result: any) => number) => vmm.results.map((result: any) => ({ x: result.ramBytes, y: pick(result) }));
@@ -109,7 +118,7 @@ function charts(dir: string, chartDir: string): Record<string, string> {
     );
     made.blackout = 'blackout';
   }
-  const handover = load(dir, 'handover');
+  const handover = all.handover;
   if (handover) {
     writeChart(
       path.join(chartDir, 'handover-size'),
@@ -141,7 +150,7 @@ function charts(dir: string, chartDir: string): Record<string, string> {
     made.handoverSize = 'handover-size';
     made.handoverFiles = 'handover-files';
   }
-  const access = load(dir, 'access');
+  const access = all.access;
   if (access) {
     const groups = access.results
       .filter((result: any) => !result.skipped)
@@ -165,14 +174,19 @@ function machineLine(results: Results): string {
 
 const runDate = (results: Results) => `${results.machine.date.slice(0, 16).replace('T', ' ')} UTC`;
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted.length % 2 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
-};
 
 /** Median of each part over a list of breakdowns, as a table row. */
 function breakdownRow(label: string, breakdowns: Array<Record<string, number | null>>, keys: string[]): string {
-  return `| ${label} | ${keys.map((key) => (breakdowns.some((b) => typeof b[key] === 'number') ? fixed(median(breakdowns.map((b) => b[key] ?? 0)), 2) : '-')).join(' | ')} |`;
+  return `| ${label} | ${keys.map((key) => (breakdowns.some((b) => typeof b[key] === 'number') ? fixed(stats(breakdowns.map((b) => b[key] ?? 0)).median, 2) : '-')).join(' | ')} |`;
+}
+
+/** The verdicts as a Markdown table (BENCHMARKS.md and the README show the same one). */
+function headlineTable(rows: Headline[]): string[] {
+  return [
+    '| benchmark | measure | guestmemfs | baseline | ratio | target | met |',
+    '|---|---|---|---|---|---|---|',
+    ...rows.map((row) => `| ${row.benchmark} | ${row.measure} | ${row.value} | ${row.baseline} | ${row.ratio} | ${row.target} | ${row.met === null ? '-' : row.met ? 'yes' : '**no**'} |`),
+  ];
 }
 
 const README_BEGIN = '<!-- bench:begin (generated by npm run bench / bench:report from bench/results) -->';
@@ -187,9 +201,7 @@ export function updateReadme(readme: string, resultsDir: string): boolean {
   const rows = headlines(resultsDir);
   const table = [
     README_BEGIN,
-    '| benchmark | measure | guestmemfs | baseline | ratio | target | met |',
-    '|---|---|---|---|---|---|---|',
-    ...rows.map((row) => `| ${row.benchmark} | ${row.measure} | ${row.value} | ${row.baseline} | ${row.ratio} | ${row.target} | ${row.met === null ? '-' : row.met ? 'yes' : '**no**'} |`),
+    ...headlineTable(rows),
     README_END,
   ].join('\n');
   fs.writeFileSync(readme, text.slice(0, begin) + table + text.slice(end + README_END.length));
@@ -200,13 +212,13 @@ export function updateReadme(readme: string, resultsDir: string): boolean {
 export function writeReport(options: ReportOptions): string {
   const { resultsDir, quick, outDir } = options;
   const chartDir = path.join(outDir, 'bench', 'charts');
-  const made = charts(resultsDir, chartDir);
-  const rows = headlines(resultsDir);
-  const names = ['map', 'alloc', 'access', 'zero', 'fs', 'handover', 'vmm'];
-  const present = names.map((name) => [name, load(resultsDir, name)] as const).filter(([, results]) => results);
+  const all = loadAll(resultsDir);
+  const made = charts(all, chartDir);
+  const rows = headlinesOf(all);
+  const present = BENCHMARKS.map((name) => [name, all[name]] as const).filter(([, results]) => results);
   const image = (key: string, alt: string) => (made[key] ? `![${alt}](bench/charts/${made[key]}.svg)\n` : '');
-  const vmm = load(resultsDir, 'vmm');
-  const access = load(resultsDir, 'access');
+  const vmm = all.vmm;
+  const access = all.access;
   const lines: string[] = [
     '# Benchmarks',
     '',
@@ -232,12 +244,10 @@ export function writeReport(options: ReportOptions): string {
     '',
     '## Against the targets',
     '',
-    '| benchmark | measure | guestmemfs | baseline | ratio | target | met |',
-    '|---|---|---|---|---|---|---|',
-    ...rows.map((row) => `| ${row.benchmark} | ${row.measure} | ${row.value} | ${row.baseline} | ${row.ratio} | ${row.target} | ${row.met === null ? '-' : row.met ? 'yes' : '**no**'} |`),
+    ...headlineTable(rows),
     '',
   ];
-  const map = load(resultsDir, 'map');
+  const map = all.map;
   if (map) {
     lines.push('## Re-map of preserved guest RAM (`bench:map`)', '');
     lines.push(`${formatSize(map.size)} of ${formatSize(map.pageSize)} pages, ${map.runs} rounds, each side timing only its map call from the same cache state; ratios are medians of per-round ratios to the C floor.`, '');
@@ -251,21 +261,21 @@ export function writeReport(options: ReportOptions): string {
     }
     lines.push('');
   }
-  const alloc = load(resultsDir, 'alloc');
+  const alloc = all.alloc;
   if (alloc) {
     lines.push('## First allocation (`bench:alloc`)', '', `A ${formatSize(alloc.size)} guest file of ${formatSize(alloc.pageSize)} pages, ${alloc.runs} runs.`, '');
     lines.push('| case | ms |', '|---|---|');
     for (const [key, value] of Object.entries(alloc.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
     lines.push('');
   }
-  const zero = load(resultsDir, 'zero');
+  const zero = all.zero;
   if (zero) {
     lines.push('## Zeroing blocks (`bench:zero`)', '', `${formatSize(zero.size)} of ${formatSize(zero.pageSize)} pages, ${zero.runs} runs.`, '');
     lines.push('| method | ms |', '|---|---|');
     for (const [key, value] of Object.entries(zero.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
     lines.push('');
   }
-  const fsResults = load(resultsDir, 'fs');
+  const fsResults = all.fs;
   if (fsResults) {
     lines.push('## Metadata operations (`bench:fs`)', '', `${fsResults.files.toLocaleString('en')} files, ${fsResults.runs} runs; operations per second.`, '');
     lines.push('| operation | guestmemfs | in-memory model | ratio |', '|---|---|---|---|');
@@ -292,7 +302,7 @@ export function writeReport(options: ReportOptions): string {
     if (cold) lines.push('', `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`);
     lines.push('');
   }
-  const handover = load(resultsDir, 'handover');
+  const handover = all.handover;
   if (handover) {
     lines.push('## Handover (`bench:handover`)', '', image('handoverSize', 'handover time against memory described'), image('handoverFiles', 'handover time against number of files'));
     lines.push('| described | files | serialise (ms) | restore (ms) | total (ms) |', '|---|---|---|---|---|');

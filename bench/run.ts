@@ -8,10 +8,8 @@
 // here (exit 3: no huge pages, no /dev/kvm) is reported as skipped with its reason.
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { quickMode, quickOutputDir, repoRoot, resultsDir } from './common';
+import { BENCHMARKS, quickMode, quickOutputDir, repoRoot, resultsDir } from './common';
 import { headlines, updateReadme, writeReport } from './report';
-
-export const BENCHMARKS = ['map', 'alloc', 'access', 'zero', 'fs', 'handover', 'vmm'] as const;
 
 function selected(): string[] {
   const index = process.argv.indexOf('--only');
