@@ -19,7 +19,14 @@ if (noKvm) {
   process.exit(3);
 }
 
-function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, extraEnv: NodeJS.ProcessEnv = {}): { blackouts: number[]; breakdowns: Array<Record<string, number>> } {
+/** One run's updates: blackouts, the breakdown of each, and what each did before the pause (outside the blackout). */
+interface MeasuredUpdates {
+  blackouts: number[];
+  breakdowns: Array<Record<string, number>>;
+  beforePause: Array<Record<string, number>>;
+}
+
+function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, extraEnv: NodeJS.ProcessEnv = {}): MeasuredUpdates {
   // The guest runs without end (2^40 steps); the runner stops it after the last update.
   const run = runUpdates(
     { mode, poolPath, ramBytes, steps: 2 ** 40, seed: 1, updates, maxDelayMs: 200 },
@@ -29,7 +36,11 @@ function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, ex
   const done = run.events.at(-1)!;
   const updated = run.events.filter((event) => event.event === 'update');
   if ([done, ...updated].some((event) => event.sameFrames === false)) throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
-  return { blackouts: updated.map((event) => event.blackoutMs as number), breakdowns: updated.map((event) => event.breakdown as Record<string, number>) };
+  return {
+    blackouts: updated.map((event) => event.blackoutMs as number),
+    breakdowns: updated.map((event) => event.breakdown as Record<string, number>),
+    beforePause: updated.map((event) => event.beforePause as Record<string, number>),
+  };
 }
 
 /** The baseline without preservation: copy guest RAM out to a snapshot file and back into freshly allocated memory. */
@@ -93,9 +104,11 @@ try {
         ramBytes,
         execMs: stats(exec.blackouts),
         execBreakdowns: exec.breakdowns,
+        execBeforePause: exec.beforePause,
         transferMs: stats(transfer.blackouts),
         transferBreakdowns: transfer.breakdowns,
-        ...(coldTransfer ? { transferColdMs: stats(coldTransfer.blackouts), transferColdBreakdowns: coldTransfer.breakdowns } : {}),
+        transferBeforePause: transfer.beforePause,
+        ...(coldTransfer ? { transferColdMs: stats(coldTransfer.blackouts), transferColdBreakdowns: coldTransfer.breakdowns, transferColdBeforePause: coldTransfer.beforePause } : {}),
         copyBaselineMs: copy,
         copySamples: copies,
         ratios: { transferVsCopy: stats(transfer.blackouts).median / copy.median, execVsCopy: stats(exec.blackouts).median / copy.median, execMinusNodeStartupMs: stats(exec.blackouts).median - startup.median },

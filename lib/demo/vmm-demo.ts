@@ -30,15 +30,15 @@ export function runVmmDemo(options: VmmDemoOptions): void {
       let count = 0;
       for (const event of events) {
         if (event.event === 'update') {
-          const b = event.breakdown as Record<string, number | null>;
-          const handover =
+          const b = event.breakdown as Record<string, number>;
+          const before = event.beforePause as Record<string, number>;
+          const parts =
             mode === 'exec'
-              ? `exec + Node start-up ${fixed(b.execAndStartupMs)}`
-              : `wake-up ${fixed(b.signalMs)}`;
-          const parts = `save ${fixed(b.saveMs)}, serialise ${fixed(b.serialiseMs)}, ${handover}, restore ${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)}`;
+              ? `save ${fixed(b.saveMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, restore ${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)} ms; serialised before the pause in ${fixed(before.serialiseMs)} ms`
+              : `save ${fixed(b.saveMs)}, wake-up ${fixed(b.signalMs)}, state ${fixed(b.readStateMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ${fixed(b.otherMs)} ms; before the pause: serialise ${fixed(before.serialiseMs)}, restore ${fixed(before.restoreMs)}, map ${fixed(before.mapMs)} ms`;
           failed ||= event.sameFrames === false;
           const frames = event.sameFrames === null ? 'frames not compared (needs root)' : event.sameFrames ? 'same physical pages' : 'PHYSICAL PAGES CHANGED';
-          log(`    update ${++count} -> pid ${event.pid}: blackout ${fixed(event.blackoutMs)} ms (${parts} ms); ${frames}`);
+          log(`    update ${++count} -> pid ${event.pid}: blackout ${fixed(event.blackoutMs)} ms (${parts}); ${frames}`);
         } else if (event.event === 'done') {
           const serial = String(event.serial).replace(/\./g, '').trim();
           const same = serial === expected;

@@ -1,5 +1,6 @@
-// Live update in exec mode, as a runnable program: boot the demo guest, and at chosen moments pause it, save its state,
-// serialise the filesystem and execve a fresh copy of this program (same PID), which restores and resumes the guest.
+// Live update in exec mode, as a runnable program: boot the demo guest, and at chosen moments serialise the filesystem
+// (the guest still running), pause the guest, save its state and execve a fresh copy of this program (same PID), which
+// restores and resumes the guest.
 //
 //   node exec-update.js boot   <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   (resume is this program exec'ing itself; the pool comes back through GUESTMEMFS_POOL)
@@ -22,21 +23,26 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   await rehearseUpdate();
   await updateDelay(plan);
+  // Prepare phase, the guest still running: serialise the filesystem (its metadata cannot change from here on; the
+  // state file's contents still can).
+  const gfs = vmm.fs;
+  vmm.ensureStateRoom();
+  const serialiseStarted = process.hrtime.bigint();
+  gfs.serialise();
+  const serialiseMs = ms(serialiseStarted, process.hrtime.bigint());
   collectGarbageBeforeBlackout();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
+    gfs.abort();
     reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
   }
   vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
   const saved = process.hrtime.bigint();
   vmm.close();
-  const gfs = vmm.fs;
-  gfs.serialise();
-  const serialised = process.hrtime.bigint();
   // The stop time travels in the state file; these are the rest of the sender's half.
-  const timings = { saved: saved.toString(), serialised: serialised.toString(), execAt: process.hrtime.bigint().toString() };
+  const timings = { serialiseMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
   const env: NodeJS.ProcessEnv = { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
@@ -60,7 +66,7 @@ async function main(): Promise<void> {
     return;
   }
   // resume: this program, exec'd by its previous self.
-  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as Record<string, string>;
+  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as { serialiseMs: number; saved: string; execAt: string };
   const started = process.hrtime.bigint();
   const gfs = mount(openHandedOverPool());
   const restored = process.hrtime.bigint();
@@ -74,10 +80,11 @@ async function main(): Promise<void> {
       pid: process.pid,
       blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
+      // Done while the guest still ran: outside the blackout.
+      beforePause: { serialiseMs: timings.serialiseMs },
       breakdown: {
-        saveMs: ms(BigInt(saved.stoppedAtNs), BigInt(timings.saved!)),
-        serialiseMs: ms(BigInt(timings.saved!), BigInt(timings.serialised!)),
-        execAndStartupMs: ms(BigInt(timings.execAt!), started),
+        saveMs: ms(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
+        execAndStartupMs: ms(BigInt(timings.execAt), started),
         restoreMs: ms(started, restored),
         ...resumeBreakdown(resumeTimings, restored, running),
       },

@@ -1,20 +1,24 @@
 // Live update in transfer mode, as a runnable program (the model of QEMU's cpr-transfer and Cloud Hypervisor's local
-// migration): the running VMM starts its successor ahead of time; at the update it pauses the guest, saves its state,
-// serialises and lets go of the pool; the successor, already waiting, restores and resumes it. If the successor dies or
-// refuses, the original takes its own handover back and resumes the guest.
+// migration): the running VMM starts its successor ahead of time. At the update, while the guest still runs, it
+// serialises the filesystem and lets go of it, and the successor restores it and attaches to guest RAM and the state
+// file (the prepare phase of Linux's live update orchestrator: only guest memory and the saved state change from here
+// on, and neither is metadata). Then the guest pauses, its state is saved into the state file, and the successor,
+// spinning on that file, restores the vCPU and runs it: the blackout holds only the vCPU state's trip through shared
+// memory. If the successor dies or refuses at any point before its commit point, the original takes the pool back and
+// resumes the guest.
 //
-// The two talk over the successor's stdin (sender to successor: "pausing", then the sender's timings) and fd 3
-// (successor to sender: "ready" once prepared, "spinning" once it busy-waits for the release, "resuming" at its commit
-// point, just before its vCPU runs).
+// The two talk over the successor's stdin (sender to successor: "handover" once the pool is serialised and released,
+// then the sender's timings) and fd 3 (successor to sender: "ready" once prepared, "armed" once it has restored the
+// filesystem and spins on the state file, "resuming" at its commit point, just before its vCPU runs).
 //
 //   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
 //   node transfer-update.js successor <pool>            (started by the running VMM)
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as readline from 'node:readline';
 import type { Readable } from 'node:stream';
 import * as fs from 'node:fs';
 import { type Filesystem, mount } from '../fs/filesystem';
-import { spinForHandover } from '../handover/successor';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
 import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
@@ -22,25 +26,30 @@ import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
 const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
+/** Test hook: the first successor dies inside the blackout (after restoring the pool, before its commit point). */
+const DIE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_DIE_FIRST';
 /** The successor's end of the pipe on which it reports (fd 0 brings the sender's news, fd 1 and 2 are shared). */
 const REPORT_FD = 3;
-/** Sender to successor: the guest is about to pause, start spinning for the handover. */
-const PAUSING = 'pausing';
+/** Sender to successor: the pool is serialised and released; restore it, attach, and wait for the saved state. */
+const HANDED_OVER = 'handover';
 /**
- * Successor to sender: prepared (before the first announce), spinning (after it), and resuming: the commit point,
- * written just before its vCPU runs. Until then the sender may take the guest back; after it, never.
+ * Successor to sender: prepared (before the update), armed (the pool restored, guest RAM and the state file attached,
+ * spinning on the state file: the guest may pause now), and resuming: the commit point, written just before its vCPU
+ * runs. Until then the sender may take the guest back; after it, never.
  */
 const READY = 'ready';
-const SPINNING = 'spinning';
+const ARMED = 'armed';
 const RESUMING = 'resuming';
 /** How long after the commit point the old VMM waits before tearing its VM down: the successor resumes well within it. */
 const TEARDOWN_DELAY_MS = 50;
 
-/** The sender's half of the blackout; sent on the successor's stdin as the pool is let go, read after the resume. */
+/** The sender's timings; sent on the successor's stdin once the state is saved, read after the resume. */
 interface SenderTimings {
-  saveMs: number;
+  /** Serialising and releasing the filesystem, before the pause. */
   serialiseMs: number;
-  releasedAtNs: string;
+  /** From the vCPU stopping to its state being in the state file. */
+  saveMs: number;
+  savedAtNs: string;
 }
 
 /** Reads a stream line by line: each call resolves with the next line, or null once the stream has ended or failed. */
@@ -56,24 +65,18 @@ function lineReader(stream: Readable): () => Promise<string | null> {
   };
 }
 
-/** Starts the successor and resolves once it has prepared everything it can before the pause (or rejects if it died). */
-async function startSuccessor(poolPath: string, refuse: boolean) {
-  const env = { ...process.env };
-  delete env[REFUSE_FIRST_ENV];
-  if (refuse) env.GUESTMEMFS_TRANSFER_REFUSE = '1';
+/** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
+async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv) {
   const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'], env });
   child.stdin!.on('error', () => {}); // a successor that already died cannot be told; the exit below handles it
   const nextReport = lineReader(child.stdio[REPORT_FD] as Readable);
   if ((await nextReport()) !== READY) throw new Error(`successor pid ${child.pid} exited before it was ready`);
   return {
     child,
-    /**
-     * Tells the successor the pause is imminent and waits until it spins (or has gone), so that it notices the release
-     * at once: waking it from a sleep takes longer than the sender's half of the update.
-     */
-    announce: async () => {
-      child.stdin!.write(`${PAUSING}\n`);
-      await nextReport(); // SPINNING, or null from a successor that died: that is found after the release
+    /** Tells the successor the pool is released; resolves with whether it armed (false if it refused or died). */
+    handOver: async () => {
+      child.stdin!.write(`${HANDED_OVER}\n`);
+      return (await nextReport()) === ARMED;
     },
     tell: (timings: SenderTimings) => child.stdin!.end(`${JSON.stringify(timings)}\n`),
     /** Whether the successor reached its commit point (false if it exited or closed the pipe before). */
@@ -110,50 +113,99 @@ function readLine(): string | null {
   }
 }
 
+/** The environment of the next successor: a test hook set for the first one only. */
+function successorEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const [hook, effect] of [
+    [REFUSE_FIRST_ENV, 'GUESTMEMFS_TRANSFER_REFUSE'],
+    [DIE_FIRST_ENV, 'GUESTMEMFS_TRANSFER_DIE'],
+  ] as const) {
+    delete env[hook];
+    if (process.env[hook] === '1') env[effect] = '1';
+    delete process.env[hook];
+  }
+  return env;
+}
+
 async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
   if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   // The successor starts now, long before the update, and prepares its VM: its start-up is outside the blackout.
-  const successor = await startSuccessor(poolPath, process.env[REFUSE_FIRST_ENV] === '1');
-  delete process.env[REFUSE_FIRST_ENV];
+  const successor = await startSuccessor(poolPath, successorEnv());
   await rehearseUpdate();
   await updateDelay(plan);
-  collectGarbageBeforeBlackout();
-  const unpin = pinMainThread('sender');
-  // A successor that died by now is found after the pause and serialisation, like one dying during them.
-  await successor.announce();
-  const { reason, stoppedAtNs } = await vmm.pause();
-  if (reason === 'halted') {
-    unpin();
-    successor.child.kill('SIGKILL');
-    reportDone(vmm, reason);
-    return;
-  }
-  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
-  const savedAt = process.hrtime.bigint();
+  // Prepare phase, the guest still running: serialise and let go of the filesystem; the successor restores it.
   const gfs: Filesystem = vmm.fs;
+  vmm.ensureStateRoom();
+  vmm.clearSavedState();
+  const serialiseStarted = process.hrtime.bigint();
   gfs.serialise();
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
-  const releasedAt = process.hrtime.bigint();
-  successor.tell({ saveMs: ms(stoppedAtNs, savedAt), serialiseMs: ms(savedAt, releasedAt), releasedAtNs: releasedAt.toString() });
-  // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel work
-  // for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
-  const committed = await successor.committed();
-  unpin();
-  if (committed) {
-    await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
-    vmm.close();
-    successor.detach();
-    return; // handed over: this VMM is done and exits
+  const serialiseMs = ms(serialiseStarted, process.hrtime.bigint());
+  const armed = await successor.handOver();
+  let stoppedAtNs: bigint | undefined;
+  let unpin = () => {};
+  if (armed) {
+    collectGarbageBeforeBlackout();
+    unpin = pinMainThread('sender');
+    const paused = await vmm.pause();
+    stoppedAtNs = paused.stoppedAtNs;
+    if (paused.reason === 'halted') {
+      // The guest finished before this update: nothing left to update across. The successor must not see a save.
+      unpin();
+      const { vmm: halted } = await takeBack(pool, vmm, successor.child, plan, { stoppedAtNs, saved: false });
+      reportDone(halted, paused.reason, { updatesSkipped: plan.updatesLeft });
+      return;
+    }
+    vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
+    const savedAt = process.hrtime.bigint();
+    successor.tell({ serialiseMs, saveMs: ms(stoppedAtNs, savedAt), savedAtNs: savedAt.toString() });
+    // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
+    // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
+    if (await successor.committed()) {
+      unpin();
+      await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
+      vmm.close();
+      successor.detach();
+      return; // handed over: this VMM is done and exits
+    }
   }
-  // The successor is gone without taking over: take the handover back (or recover the pool, if it died after mounting)
-  // and resume the guest here.
+  unpin();
+  // The successor is gone without taking over: resume the guest here.
+  const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
+  const back = await takeBack(pool, vmm, successor.child, next, stoppedAtNs === undefined ? undefined : { stoppedAtNs, saved: true });
+  emit({
+    event: 'update-failed',
+    pid: process.pid,
+    error: `successor pid ${successor.child.pid} exited without taking over`,
+    pausedBeforeFailure: armed,
+    resumedAfterMs: ms(back.stoppedAtNs, process.hrtime.bigint()),
+  });
+  await drive(poolPath, pool, back.vmm, next);
+}
+
+/**
+ * Takes the guest back from a successor that will not run it: stops the successor (and waits for its end, so that it
+ * cannot see a save made after this), takes the pool back (this process's own handover, or a recovery if the
+ * successor died holding it) and resumes the VMM here from its saved state. A guest not yet paused is paused, and a
+ * state not yet saved is saved, carrying `plan`.
+ */
+async function takeBack(
+  pool: Pool,
+  vmm: Vmm,
+  successor: ChildProcess,
+  plan: Plan,
+  paused?: { stoppedAtNs: bigint; saved: boolean },
+): Promise<{ vmm: Vmm; stoppedAtNs: bigint }> {
+  if (successor.exitCode === null && successor.signalCode === null) {
+    successor.kill('SIGKILL');
+    await once(successor, 'exit');
+  }
+  const stoppedAtNs = paused?.stoppedAtNs ?? (await vmm.pause()).stoppedAtNs;
+  if (!paused?.saved) vmm.saveState(stoppedAtNs, { plan });
   vmm.close();
-  const again = mount(pool);
-  const { vmm: resumed } = Vmm.resume(again, CONFIG);
-  emit({ event: 'update-failed', pid: process.pid, error: `successor pid ${successor.child.pid} exited without taking over`, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
-  await drive(poolPath, pool, resumed, { ...plan, updatesLeft: plan.updatesLeft - 1 });
+  return { vmm: Vmm.resume(mount(pool), CONFIG).vmm, stoppedAtNs };
 }
 
 async function main(): Promise<void> {
@@ -164,30 +216,36 @@ async function main(): Promise<void> {
     await drive(poolPath!, pool, vmm, plan);
     return;
   }
-  // successor: started ahead of time. It prepares, says it is ready, sleeps until the sender announces the pause, then
-  // spins until the pool is released.
+  // successor: started ahead of time. It prepares, says it is ready and sleeps until the pool is handed over; then it
+  // restores it, attaches, and spins until the guest's state is saved.
   const refuse = process.env.GUESTMEMFS_TRANSFER_REFUSE === '1';
   let prepared: PreparedResume | undefined;
   if (!refuse) {
     await rehearseUpdate();
     const { ramError, ...made } = Vmm.prepareResume(pool, CONFIG);
-    // Not fatal: guest RAM is then mapped and registered after the handover, inside the blackout.
+    // Not fatal: guest RAM is then mapped and registered when the pool is handed over (still before the pause).
     if (ramError) emit({ event: 'premap-failed', pid: process.pid, error: ramError });
     prepared = made;
   }
-  collectGarbageBeforeBlackout();
   fs.writeSync(REPORT_FD, `${READY}\n`);
-  const announced = readLine();
-  if (announced !== PAUSING) throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(announced)})`);
-  const unpin = pinMainThread('successor');
-  fs.writeSync(REPORT_FD, `${SPINNING}\n`);
+  const handedOver = readLine();
+  if (handedOver !== HANDED_OVER) throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(handedOver)})`);
   if (refuse) {
     emit({ event: 'successor-refused', pid: process.pid });
     return;
   }
-  const gfs = spinForHandover(pool);
-  const mounted = process.hrtime.bigint();
-  const { vmm, saved, timings } = Vmm.resume(gfs, CONFIG, prepared);
+  const restoreStarted = process.hrtime.bigint();
+  const gfs = mount(pool, { requireHandover: true });
+  const restoreMs = ms(restoreStarted, process.hrtime.bigint());
+  const { vmm, mapMs, premapped } = Vmm.attach(gfs, CONFIG, prepared);
+  collectGarbageBeforeBlackout();
+  const unpin = pinMainThread('successor');
+  const sender = process.ppid;
+  fs.writeSync(REPORT_FD, `${ARMED}\n`);
+  vmm.waitForSavedState({ abandoned: () => process.ppid !== sender });
+  const noticed = process.hrtime.bigint();
+  if (process.env.GUESTMEMFS_TRANSFER_DIE === '1') process.kill(process.pid, 'SIGKILL');
+  const { saved, readStateMs, vcpuMs } = vmm.restoreSaved();
   const plan = saved.extra.plan as Plan;
   fs.writeSync(REPORT_FD, `${RESUMING}\n`);
   // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
@@ -195,22 +253,20 @@ async function main(): Promise<void> {
     unpin();
     const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
     if (!sender) throw new Error('the previous VMM sent no timings');
-    const restoreMs = gfs.restored?.ms ?? 0;
-    const released = BigInt(sender.releasedAtNs);
     emit({
       event: 'update',
       mode: 'transfer',
       pid: process.pid,
       blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
-      premapped: timings.premapped,
+      premapped,
       sameFrames: sameFramesAsBoot(vmm),
+      // Done while the guest still ran in the previous VMM: outside the blackout.
+      beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
       breakdown: {
         saveMs: sender.saveMs,
-        serialiseMs: sender.serialiseMs,
-        // From the sender letting go of the pool to this process restoring it (spinning, it notices at once).
-        signalMs: ms(released, mounted) - restoreMs,
-        restoreMs,
-        ...resumeBreakdown(timings, mounted, running),
+        // From the state being saved to this process noticing it (spinning on the state file).
+        signalMs: ms(BigInt(sender.savedAtNs), noticed),
+        ...resumeBreakdown({ readStateMs, mapMs: 0, vcpuMs }, noticed, running),
       },
     });
   });

@@ -2,7 +2,6 @@
 // delay, and the end of a run (the guest halted, or a benchmark stopped it).
 import * as fs from 'node:fs';
 import { mkfs, mount } from '../fs/filesystem';
-import { spinForHandover } from '../handover/successor';
 import { Pool } from '../pool/pool';
 import { MiB } from '../units';
 import { Vmm, type VmmFiles } from './vmm';
@@ -74,7 +73,7 @@ export async function finishRun(vmm: Vmm, running: Promise<string>): Promise<voi
  * The resuming side's part of an update's breakdown, from Vmm.resume()'s timings: from `from` (the filesystem mounted)
  * to `running` (the vCPU back in KVM_RUN), what is not reading the state, mapping or restoring the vCPU is "other".
  */
-export function resumeBreakdown(timings: ReturnType<typeof Vmm.resume>['timings'], from: bigint, running: bigint): Record<string, number> {
+export function resumeBreakdown(timings: { readStateMs: number; mapMs: number; vcpuMs: number }, from: bigint, running: bigint): Record<string, number> {
   return {
     readStateMs: timings.readStateMs,
     mapMs: timings.mapMs,
@@ -103,7 +102,7 @@ const REHEARSAL_ROUNDS = Number(process.env.GUESTMEMFS_REHEARSAL_ROUNDS ?? 30);
 let rehearsed = false;
 
 /**
- * Runs a whole live update (save, serialise, release, premap, restore, resume, run) on a small scratch pool and a
+ * Runs a whole live update (premap, serialise, release, restore, attach, save, wait, resume, run) on a small scratch pool and a
  * scratch VM, so that the code of the real one is compiled, its lazily loaded parts are loaded and the worker thread
  * pool that runs vCPUs exists before the guest pauses: run cold, the same code costs several times as much inside the
  * blackout. Touches nothing of the real pool. Runs once per process.
@@ -119,12 +118,17 @@ export async function rehearseUpdate(rounds = REHEARSAL_ROUNDS): Promise<void> {
     let vmm = Vmm.boot(booted, { ...CONFIG, ramSize: 2 * MiB }, { steps: 1, seed: 1n });
     const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0 } };
     for (let round = 0; round < rounds; round++) {
-      const prepared = Vmm.prepareResume(scratch, CONFIG); // the successor, before the pause
-      vmm.saveState(process.hrtime.bigint(), extra);
+      const prepared = Vmm.prepareResume(scratch, CONFIG); // the successor, ahead of time
+      vmm.ensureStateRoom(); // the sender's prepare phase
+      vmm.clearSavedState();
       vmm.fs.serialise();
       vmm.fs.unmount();
+      const successor = Vmm.attach(mount(scratch, { requireHandover: true }), CONFIG, prepared).vmm;
+      vmm.saveState(process.hrtime.bigint(), extra); // the blackout
+      successor.waitForSavedState();
+      successor.restoreSaved();
       vmm.close();
-      vmm = Vmm.resume(spinForHandover(scratch), CONFIG, prepared).vmm;
+      vmm = successor;
     }
     const reason = await vmm.start();
     vmm.close();
