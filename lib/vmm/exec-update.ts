@@ -7,15 +7,20 @@
 //
 // Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
 // final `done` line with the guest's console output and whether guest RAM stayed on the same physical frames.
+import * as fs from 'node:fs';
 import { mount } from '../fs/filesystem';
 import { openHandedOverPool } from '../handover/successor';
 import { Pool } from '../pool/pool';
 import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import type { ExecLauncher } from './exec-launcher';
 import { Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
 /** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
 const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
+/** The launcher that started this program from its bundle (exec-launcher.ts), if one did. */
+const launcher = (globalThis as Record<symbol, unknown>)[Symbol.for('guestmemfs.execLauncher')] as ExecLauncher | undefined;
+
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
 async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
   const running = vmm.start();
@@ -30,10 +35,16 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   const serialiseStarted = process.hrtime.bigint();
   gfs.serialise();
   const serialiseMs = ms(serialiseStarted, process.hrtime.bigint());
+  // The update path has run (rehearsed) by now: its compiled code goes to the next process. Before the collection
+  // below, whose --expose-gc would make V8 reject the cache in a process without it.
+  const cacheStarted = process.hrtime.bigint();
+  const codeCacheEnv = launcher?.saveCodeCache() ?? {};
+  const codeCacheMs = ms(cacheStarted, process.hrtime.bigint());
   collectGarbageBeforeBlackout();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
+    dropCodeCache(codeCacheEnv);
     gfs.abort();
     reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
@@ -42,13 +53,14 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   const saved = process.hrtime.bigint();
   vmm.close();
   // The stop time travels in the state file; these are the rest of the sender's half.
-  const timings = { serialiseMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
-  const env: NodeJS.ProcessEnv = { ...process.env, [TIMINGS_ENV]: JSON.stringify(timings) };
+  const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...codeCacheEnv, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
   try {
-    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, __filename, 'resume'], { env });
+    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'], { env });
   } catch (error) {
+    dropCodeCache(codeCacheEnv);
     // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
     delete process.env[FAIL_FIRST_EXEC_ENV];
     if (gfs.serialised) gfs.abort();
@@ -56,6 +68,11 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
     await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 });
   }
+}
+
+/** Deletes a code cache no process will read (the update did not happen). */
+function dropCodeCache(env: Record<string, string>): void {
+  for (const file of Object.values(env)) fs.rmSync(file, { force: true });
 }
 
 async function main(): Promise<void> {
@@ -66,8 +83,10 @@ async function main(): Promise<void> {
     return;
   }
   // resume: this program, exec'd by its previous self.
-  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as { serialiseMs: number; saved: string; execAt: string };
+  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as { serialiseMs: number; codeCacheMs: number; saved: string; execAt: string };
   const started = process.hrtime.bigint();
+  // Without the launcher, Node start-up and module loading cannot be told apart: both count as start-up.
+  const launchedAt = launcher?.launchedAtNs ?? started;
   const gfs = mount(openHandedOverPool());
   const restored = process.hrtime.bigint();
   const { vmm, saved, timings: resumeTimings } = Vmm.resume(gfs, CONFIG);
@@ -81,10 +100,12 @@ async function main(): Promise<void> {
       blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
       // Done while the guest still ran: outside the blackout.
-      beforePause: { serialiseMs: timings.serialiseMs },
+      beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
+      codeCache: launcher?.codeCache ?? 'none',
       breakdown: {
         saveMs: ms(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
-        execAndStartupMs: ms(BigInt(timings.execAt), started),
+        execAndStartupMs: ms(BigInt(timings.execAt), launchedAt),
+        loadMs: ms(launchedAt, started),
         restoreMs: ms(started, restored),
         ...resumeBreakdown(resumeTimings, restored, running),
       },

@@ -23,7 +23,8 @@ export type UpdateEvent = Record<string, unknown>;
 
 /** The full argv (node first) that boots the guest and live-updates it; compiled programs, also when run from sources. */
 export function updateArgv(run: UpdateRun): string[] {
-  const program = path.join(packageRoot(), 'dist', 'lib', 'vmm', `${run.mode}-update.js`);
+  // Exec mode starts through its launcher, which loads the bundled program with the previous process's code cache.
+  const program = path.join(packageRoot(), 'dist', 'lib', 'vmm', run.mode === 'exec' ? 'exec-launcher.js' : 'transfer-update.js');
   return [process.execPath, program, 'boot', run.poolPath, String(run.ramBytes), String(run.steps), String(run.seed), String(run.updates), String(run.maxDelayMs)];
 }
 
