@@ -229,8 +229,11 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
 
   it('unmaps everything when a worker thread environment is torn down', async () => {
     const worker = new Worker(path.join(repoRoot, 'dist', 'test', 'fixtures', 'map-in-worker.js'), { workerData: { path: pool.path } });
+    // Listen for the exit first: a worker that exits before its message is handled has the message delivered and
+    // 'exit' emitted in the same turn, so a listener added after the message arrives would wait for ever.
+    const exited = new Promise((resolve) => worker.once('exit', resolve));
     const address = BigInt(`0x${await new Promise<string>((resolve, reject) => worker.once('message', resolve).once('error', reject))}`);
-    await new Promise((resolve) => worker.once('exit', resolve));
+    await exited;
     expect(isMapped(address)).toBe(false);
   });
 });
