@@ -17,17 +17,7 @@ export interface NativeFdInfo {
   inherit: boolean;
 }
 
-export interface NativeMapOptions {
-  populate: boolean;
-  writable: boolean;
-  /** Page size of the pool: extents and the virtual address are aligned to it. */
-  alignment: number;
-  dontDump: boolean;
-  dontFork: boolean;
-  hugepage: boolean;
-  lock: boolean;
-}
-
+/** What mapExtents() reports, read from its result array (slots named by `mapResult`). */
 export interface NativeMapResult {
   id: number;
   address: bigint;
@@ -56,7 +46,13 @@ export interface NativeBinding {
   mount(source: string, target: string, fstype: string, data: string): void;
   umount(target: string): void;
   // Map family
-  mapExtents(fd: number, extents: Float64Array, options: NativeMapOptions): NativeMapResult;
+  /**
+   * Maps [offset, length] pairs of the pool fd into one contiguous range. `flags` combines `mapFlags`; extents and the
+   * address are aligned to `alignment` (the page size); a non-zero `congruence` (a power of two up to 1 GiB) places
+   * the address congruent to the first extent's offset modulo it, so that the kernel can share page tables with other
+   * mappings of the file placed alike. Fills `result` (slots named by `mapResult`).
+   */
+  mapExtents(fd: number, extents: Float64Array, flags: number, alignment: number, congruence: number, result: Float64Array): void;
   /** deferIfBusy: leave the munmap to the last in-flight worker instead of throwing EBUSY (used by the GC path). */
   unmap(id: number, deferIfBusy?: boolean): void;
   /** An external ArrayBuffer over part of a mapping; unmap detaches it. */
@@ -69,6 +65,8 @@ export interface NativeBinding {
   liveMappings(): number;
   /** Random 8-byte reads over [offset, offset+length) of a mapping, timed natively (bench:access). */
   mapProbe(id: number, offset: number, length: number, ops: number, seed: number, dependent: boolean): { ns: number; sum: bigint };
+  readonly mapFlags: Readonly<Record<'populate' | 'writable' | 'dontDump' | 'dontFork' | 'hugepage' | 'lock', number>>;
+  readonly mapResult: Readonly<Record<'id' | 'address' | 'length' | 'mmapCalls' | 'hugepageAdvice' | 'slots', number>>;
   readonly advice: Readonly<Record<
     | 'MADV_NORMAL' | 'MADV_WILLNEED' | 'MADV_DONTNEED' | 'MADV_DONTFORK' | 'MADV_DOFORK' | 'MADV_DONTDUMP'
     | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;

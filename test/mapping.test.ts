@@ -238,6 +238,40 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
   });
 });
 
+describe.skipIf(skipReason(m.skip2M))('placement for page-table sharing (2 MiB pages)', () => {
+  it('with sharePageTables, places a mapping of 1 GiB or more at an address congruent to its file offset modulo 1 GiB', () => {
+    // What lets Linux share the page tables of two processes mapping the same guest RAM (hugetlb PMD sharing).
+    const pool = Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'share'), size: GiB + 4 * MiB });
+    try {
+      const marks = pool.map([{ offset: 0, length: 4 * MiB }]);
+      marks.bytes()[0] = 0xa0;
+      marks.bytes()[2 * MiB] = 0xa2;
+      marks.unmap();
+      for (const offset of [0, 2 * MiB, 4 * MiB]) {
+        const mapping = pool.map([{ offset, length: GiB }], { sharePageTables: true });
+        expect(mapping.address % BigInt(GiB)).toBe(BigInt(offset));
+        expect(mapping.mmapCalls).toBe(1);
+        if (offset <= 2 * MiB) expect(mapping.bytes(0, 1)[0]).toBe(offset === 0 ? 0xa0 : 0xa2);
+        mapping.unmap();
+      }
+      // Stitched extents: the first one decides where the mapping starts; the pieces stay in the order given.
+      const stitched = pool.map(
+        [
+          { offset: 2 * MiB, length: GiB },
+          { offset: 0, length: 2 * MiB },
+        ],
+        { sharePageTables: true },
+      );
+      expect(stitched.address % BigInt(GiB)).toBe(BigInt(2 * MiB));
+      expect(stitched.mmapCalls).toBe(2);
+      expect([stitched.bytes(0, 1)[0], stitched.bytes(GiB, 1)[0]]).toEqual([0xa2, 0xa0]);
+      stitched.unmap();
+    } finally {
+      pool.destroy();
+    }
+  });
+});
+
 describe.skipIf(skipReason(process.env.GUESTMEMFS_BUILD === 'Asan' ? 'AddressSanitizer turns mlock into a no-op' : ''))('mlock on the 4 KiB fallback', () => {
   it('locks and unlocks the range (VmFlags "lo")', () => {
     const pool = Pool.create({ backend: 'memfd-4k', size: 1 * MiB });
@@ -273,16 +307,27 @@ describe('native layer re-checks its arguments', () => {
   it('rejects wrong types, fractions, negatives and misaligned extents without touching memory', () => {
     const pool = Pool.create({ backend: 'memfd-4k', size: 64 * 1024 });
     try {
-      const options = { populate: false, writable: true, alignment: 4096, dontDump: false, dontFork: false, hugepage: false, lock: false };
+      const result = new Float64Array(native.mapResult.slots);
+      const map = (extents: unknown, overrides: { flags?: number; alignment?: number; congruence?: number; result?: unknown } = {}) =>
+        native.mapExtents(pool.fd, extents as Float64Array, overrides.flags ?? native.mapFlags.writable, overrides.alignment ?? 4096, overrides.congruence ?? 0, (overrides.result ?? result) as Float64Array);
+      const signature = 'mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result)';
       const bad: Array<[() => unknown, string]> = [
         [() => native.fileResize('3' as never, 1), 'fd must be a number'],
         [() => native.fileResize(pool.fd, 1.5), 'size must be an integer'],
         [() => native.fileAllocate(pool.fd, -4096, 4096), 'offset must be an integer'],
-        [() => native.mapExtents(pool.fd, [0, 4096] as never, options), 'mapExtents(fd, Float64Array'],
-        [() => native.mapExtents(pool.fd, new Float64Array([0, 4096, 1]), options), '[offset, length] pairs'],
-        [() => native.mapExtents(pool.fd, new Float64Array([100, 4096]), options), 'is not aligned to 4096'],
-        [() => native.mapExtents(pool.fd, new Float64Array([0, 1 << 20]), options), 'beyond the pool'],
-        [() => native.mapExtents(pool.fd, new Float64Array([0, 4096]), { ...options, alignment: 3000 }), 'alignment must be a power of two'],
+        [() => map([0, 4096]), signature],
+        [() => map(new Float64Array([0, 4096]), { result: new Float64Array(2) }), signature],
+        [() => map(new Float64Array([0, 4096]), { result: [0, 0, 0, 0, 0] }), signature],
+        [() => map(new Float64Array([0, 4096, 1])), '[offset, length] pairs'],
+        [() => map(new Float64Array([100, 4096])), 'is not aligned to 4096'],
+        [() => map(new Float64Array([0, 1 << 20])), 'beyond the pool'],
+        [() => map(new Float64Array([0, 4096]), { flags: 64 }), 'flags must be an integer'],
+        [() => map(new Float64Array([0, 4096]), { flags: 1.5 }), 'flags must be an integer'],
+        [() => map(new Float64Array([0, 4096]), { alignment: 3 * 4096 }), 'alignment must be a power of two'],
+        [() => map(new Float64Array([0, 4096]), { alignment: 2048 }), 'alignment must be an integer'],
+        [() => map(new Float64Array([0, 4096]), { congruence: 2048 }), 'congruence must be 0 or a power of two'],
+        [() => map(new Float64Array([0, 4096]), { congruence: 3 * 4096 }), 'congruence must be 0 or a power of two'],
+        [() => map(new Float64Array([0, 4096]), { congruence: 2 * GiB }), 'congruence must be an integer'],
         [() => native.unmap(999_999), 'is not mapped'],
         [() => native.memfdCreate('x', 3 << 20), 'power of two'],
         [() => native.fileOpen('a\0b', false, false, 0), 'must not contain NUL'],

@@ -189,7 +189,7 @@ const unadoptedPremappings = new WeakMap<Mapping, string>();
  * mapping guest RAM stays out of the blackout. The file's blocks come from a read-only view; map(path, { premapped })
  * in the mount that follows adopts the mapping if the blocks are still the same.
  */
-export function premapFile(pool: Pool, path: string, options: MountOptions = {}): Mapping {
+export function premapFile(pool: Pool, path: string, options: MountOptions = {}, mapOptions: Pick<MapOptions, 'sharePageTables'> = {}): Mapping {
   const view = mount(pool, { ...options, readOnly: true });
   try {
     const info = view.stat(path);
@@ -197,7 +197,7 @@ export function premapFile(pool: Pool, path: string, options: MountOptions = {})
     const extents = view.extents(path);
     if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
     const guest = info.fileType === 'guest';
-    const mapping = pool.map(extents, { writable: true, populate: true, dontDump: guest, dontFork: guest });
+    const mapping = pool.map(extents, { ...mapOptions, writable: true, populate: true, dontDump: guest, dontFork: guest });
     unadoptedPremappings.set(mapping, poolKey(pool));
     return mapping;
   } finally {

@@ -25,6 +25,15 @@ export interface MapOptions {
   hugepage?: boolean;
   /** Called once when the mapping goes, by unmap() or by garbage collection (the filesystem counts mappings with it). */
   onUnmap?: () => void;
+  /**
+   * Place the mapping so that Linux can share its page tables with other processes' mappings of the same range placed
+   * alike (hugetlb PMD sharing: 2 MiB pages, for each whole GiB covered): the address is the first extent's file
+   * offset modulo 1 GiB. A process mapping guest RAM that another still maps then finds every page already in place
+   * (bench:map: about half the time of a plain MAP_POPULATE), and the page tables exist once. Measured ~4% slower
+   * than the kernel's own placement when nobody else maps the range. Ignored for 1 GiB pages, the 4 KiB fallback and
+   * mappings under 1 GiB. Default false.
+   */
+  sharePageTables?: boolean;
   /** mlock the range. The kernel ignores this for hugetlb mappings (huge pages are never swapped); it matters on the 4 KiB fallback. */
   lock?: boolean;
 }

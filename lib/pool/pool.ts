@@ -36,6 +36,14 @@ const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || ba
 
 /** Pre-allocation granularity: progress is reported once per chunk. */
 const ALLOCATE_CHUNK = 1 * GiB;
+/**
+ * The span of one page-middle-directory table: Linux shares those tables between processes mapping the same hugetlb
+ * file range (hugetlb PMD sharing) when each mapping covers whole such spans at addresses congruent to the file
+ * offsets (MapOptions.sharePageTables).
+ */
+const PMD_SHARE_SPAN = 1 * GiB;
+/** Where native.mapExtents() reports a mapping: one array for every call (it never re-enters JavaScript). */
+let mapResult: Float64Array | undefined;
 
 export class Pool {
   readonly fd: number;
@@ -184,6 +192,7 @@ export class Pool {
       throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
     }
     const flat = new Float64Array(extents.length * 2);
+    let total = 0;
     extents.forEach((extent, index) => {
       const { offset, length } = extent ?? {};
       if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
@@ -207,17 +216,29 @@ export class Pool {
       }
       flat[index * 2] = offset;
       flat[index * 2 + 1] = length;
+      total += length;
     });
+    // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
+    const shareable = options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
     if (options.writable ?? true) this.#fresh = false;
-    const result = native.mapExtents(this.fd, flat, {
-      populate: options.populate ?? true,
-      writable: options.writable ?? true,
-      alignment: this.pageSize,
-      dontDump: options.dontDump ?? false,
-      dontFork: options.dontFork ?? false,
-      hugepage: options.hugepage ?? this.isFallback,
-      lock: options.lock ?? false,
-    });
+    const flag = native.mapFlags;
+    const flags =
+      ((options.populate ?? true) ? flag.populate : 0) |
+      ((options.writable ?? true) ? flag.writable : 0) |
+      (options.dontDump ? flag.dontDump : 0) |
+      (options.dontFork ? flag.dontFork : 0) |
+      ((options.hugepage ?? this.isFallback) ? flag.hugepage : 0) |
+      (options.lock ? flag.lock : 0);
+    mapResult ??= new Float64Array(native.mapResult.slots);
+    native.mapExtents(this.fd, flat, flags, this.pageSize, shareable ? PMD_SHARE_SPAN : 0, mapResult);
+    const slot = native.mapResult;
+    const result = {
+      id: mapResult[slot.id]!,
+      address: BigInt(mapResult[slot.address]!),
+      length: mapResult[slot.length]!,
+      mmapCalls: mapResult[slot.mmapCalls]!,
+      hugepageAdvice: mapResult[slot.hugepageAdvice] === 1,
+    };
     return new Mapping(result, this.pageSize, extents.map(({ offset, length }) => ({ offset, length })), this.path, options.onUnmap);
   }
 

@@ -38,6 +38,12 @@ const STATE_CAPACITY = 256 * KiB;
 /** Room kept in the state file beyond the serial log for the vCPU blob and the rest of the JSON. */
 const STATE_ROOM_SLACK = 64 * KiB;
 
+/**
+ * Guest RAM is mapped by the VMM and, during a transfer-mode update, by its successor at the same time: placed for
+ * page-table sharing, the successor's premapping finds every page in place and the two share their page tables.
+ */
+const RAM_MAP_OPTIONS = { sharePageTables: true } as const;
+
 /** What a successor VMM makes before the guest pauses: see Vmm.prepareResume. */
 export interface PreparedResume {
   vm: PreparedVm;
@@ -91,7 +97,7 @@ export class Vmm {
     fs.truncate(config.ramPath, config.ramSize);
     fs.create(config.statePath, { type: 'state' });
     fs.truncate(config.statePath, STATE_CAPACITY);
-    const ram = fs.map(config.ramPath);
+    const ram = fs.map(config.ramPath, RAM_MAP_OPTIONS);
     const machine = KvmMachine.create(ram);
     machine.loadDemoGuest(guest);
     return new Vmm(fs, config, ram, machine, fs.map(config.statePath), STATE_CAPACITY);
@@ -107,7 +113,7 @@ export class Vmm {
     let ram: Mapping | undefined;
     let ramError: string | undefined;
     try {
-      ram = premapFile(pool, files.ramPath);
+      ram = premapFile(pool, files.ramPath, {}, RAM_MAP_OPTIONS);
     } catch (error) {
       ramError = (error as Error).message;
     }
@@ -144,7 +150,7 @@ export class Vmm {
     const state = fs.map(files.statePath, { premapped: prepared?.state ?? undefined });
     unmapUnadopted(prepared?.state, state);
     const premappedRam = prepared?.vm.ram;
-    const ram = fs.map(files.ramPath, { premapped: premappedRam });
+    const ram = fs.map(files.ramPath, { ...RAM_MAP_OPTIONS, premapped: premappedRam });
     const machine = KvmMachine.create(ram, prepared?.vm);
     unmapUnadopted(premappedRam, ram);
     const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine, state, fs.stat(files.statePath).size);

@@ -4,8 +4,11 @@ import type { TestProject } from 'vitest/node' with { 'resolution-mode': 'import
 import { hugePageSizeInfo, reserveHugePages, type Reservation } from '../../lib/index';
 import { GiB, MiB } from '../../lib/units';
 
-/** 2 MiB pages for all test files running in parallel (the handover proof alone takes 1 GiB + 64 MiB at a time). */
-const TEST_2M_PAGES = 1024 + 512;
+/**
+ * 2 MiB pages for all test files running in parallel (the handover proof alone takes 1 GiB + 64 MiB at a time, the
+ * page-table sharing placement test 1 GiB + 4 MiB).
+ */
+const TEST_2M_PAGES = 2048;
 /** Room for one 1 GiB-page pool. */
 const TEST_1G_PAGES = 1;
 
