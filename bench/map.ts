@@ -10,7 +10,7 @@ import { buildBaseline, quickMode, repoRoot, reserveBenchPages, reserveForBench,
 
 const pageSize = 2 * MiB;
 const size = quickMode ? 64 * MiB : 4 * GiB;
-const runs = runsArg(15);
+const runs = runsArg(31);
 const sweepBytes = GiB; // larger than the 480 MiB L3 of the machine this was tuned on: both sides start cache-cold
 const childEnv = { ...process.env };
 delete childEnv.NODE_EXTRA_CA_CERTS;
@@ -66,7 +66,14 @@ try {
   pool.destroy();
   reservation.release();
   headlineReleased = true;
-  const configs = quickMode ? [] : [measureConfig(4 * GiB, GiB), measureConfig(16 * GiB, 2 * MiB), measureConfig(16 * GiB, GiB)];
+  const configs = quickMode
+    ? []
+    : [
+        measureConfig(4 * GiB, 2 * MiB, { whileMapped: true }),
+        measureConfig(4 * GiB, GiB, { fewerPagesOk: true }),
+        measureConfig(16 * GiB, 2 * MiB),
+        measureConfig(16 * GiB, GiB),
+      ];
   const file = writeResults('map', { size, pageSize, runs, cacheSweepBytes: sweepBytes, childEnvDrops: ['NODE_EXTRA_CA_CERTS'], mmapCalls: { c_mmap_populate: 1, ...calls }, ms: summary, pairedRatios, openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) }, ratios, configs, target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)' }, quickMode);
   process.stdout.write(`re-map ${formatSize(size)} of ${formatSize(pageSize)} pages in a fresh process (median of ${runs}):\n`);
   for (const [key, value] of Object.entries(summary)) {
@@ -80,7 +87,7 @@ try {
     process.stdout.write(
       config.skipped
         ? `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages: skipped (${config.skipped})\n`
-        : `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages: C ${config.ms!.c_mmap_populate.median.toFixed(3)} ms, addon ${config.ms!.addon_one_extent.median.toFixed(3)} ms, ${config.pairedRatio!.median.toFixed(2)}x (median of paired ratios)\n`,
+        : `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages${config.whileMapped ? ' (previous owner still maps it)' : ''}: C ${config.ms!.c_mmap_populate.median.toFixed(3)} ms, addon ${config.ms!.addon_one_extent.median.toFixed(3)} ms, ${config.pairedRatio!.median.toFixed(2)}x (median of paired ratios)\n`,
     );
   }
   process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
@@ -94,39 +101,61 @@ try {
 interface ConfigResult {
   size: number;
   pageSize: number;
+  /** The size asked for, when fewer 1 GiB pages could be had and a smaller pool was measured instead. */
+  requestedSize?: number;
+  /** Whether the bench process kept the pool mapped (through the addon) meanwhile, as a running VMM does for its successor. */
+  whileMapped?: boolean;
   runs?: number;
   ms?: { c_mmap_populate: Stats; addon_one_extent: Stats };
   pairedRatio?: Stats;
   skipped?: string;
 }
 
-/** The headline comparison (C floor against the addon, one extent, warm JS) at another size and page size. */
-function measureConfig(configSize: number, configPageSize: number): ConfigResult {
-  const configRuns = Math.min(runs, 7);
+/**
+ * The headline comparison (C floor against the addon, one extent, warm JS) at another size and page size.
+ * `whileMapped`: this process keeps the pool mapped meanwhile, as the running VMM keeps guest RAM mapped while its
+ * successor maps it; the addon places mappings so that Linux can then share their page tables (see Pool.map).
+ * `fewerPagesOk`: if the kernel cannot give all the pages (1 GiB pages fragment away), measure the largest pool it can.
+ */
+function measureConfig(requestedSize: number, configPageSize: number, options: { whileMapped?: boolean; fewerPagesOk?: boolean } = {}): ConfigResult {
+  const configRuns = Math.min(runs, 15); // fewer than the headline: each 16 GiB round is long
   let configReservation;
-  try {
-    configReservation = reserveBenchPages(configPageSize, configSize / configPageSize);
-  } catch (error) {
-    return { size: configSize, pageSize: configPageSize, skipped: `${configSize / configPageSize} pages of ${formatSize(configPageSize)} not available: ${(error as Error).message}` };
+  let configSize = requestedSize;
+  for (;;) {
+    try {
+      configReservation = reserveBenchPages(configPageSize, configSize / configPageSize);
+      break;
+    } catch (error) {
+      if (!options.fewerPagesOk || configSize / configPageSize <= 2) {
+        return { size: requestedSize, pageSize: configPageSize, skipped: `${requestedSize / configPageSize} pages of ${formatSize(configPageSize)} not available: ${(error as Error).message}` };
+      }
+      configSize -= configPageSize;
+    }
   }
   const configPool = Pool.create({ backend: 'hugetlbfs', path: path.join(configReservation.mountpoint!, 'bench-map'), size: configSize, pageSize: configPageSize });
+  // As a running VMM maps guest RAM (Vmm uses sharePageTables), when the successor maps it meanwhile.
+  const owner = configPool.mapAll({ populate: true, sharePageTables: options.whileMapped === true });
+  if (!options.whileMapped) owner.unmap();
   try {
-    configPool.mapAll({ populate: true }).unmap();
     const child = path.join(repoRoot, 'dist', 'bench', 'map-child.js');
     const c: number[] = [];
     const addon: number[] = [];
     for (let run = 0; run < configRuns; run++) {
       c.push(runJson<{ ms: number }>(baseline, [configPool.path!, String(configSize), String(sweepBytes)], childEnv).ms);
-      addon.push(runJson<{ ms: number }>(process.execPath, ['--expose-gc', child, configPool.path!, 'one', String(configSize), String(sweepBytes)], childEnv).ms);
+      const mode = options.whileMapped ? 'one-shared' : 'one';
+      addon.push(runJson<{ ms: number }>(process.execPath, ['--expose-gc', child, configPool.path!, mode, String(configSize), String(sweepBytes)], childEnv).ms);
     }
     return {
       size: configSize,
       pageSize: configPageSize,
+      ...(configSize !== requestedSize ? { requestedSize } : {}),
+      ...(options.whileMapped ? { whileMapped: true } : {}),
       runs: configRuns,
       ms: { c_mmap_populate: stats(c), addon_one_extent: stats(addon) },
       pairedRatio: stats(addon.map((value, index) => value / c[index]!)),
     };
   } finally {
+    if (owner.mapped) owner.unmap();
     configPool.destroy();
     configReservation.release();
   }
