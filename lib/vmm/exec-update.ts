@@ -49,8 +49,7 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
   }
-  vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
-  const saved = process.hrtime.bigint();
+  const saved = vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
   vmm.close();
   // The stop time travels in the state file; these are the rest of the sender's half.
   const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };

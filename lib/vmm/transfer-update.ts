@@ -158,8 +158,7 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
       reportDone(halted, paused.reason, { updatesSkipped: plan.updatesLeft });
       return;
     }
-    vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
-    const savedAt = process.hrtime.bigint();
+    const savedAt = vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
     successor.tell({ serialiseMs, saveMs: ms(stoppedAtNs, savedAt), savedAtNs: savedAt.toString() });
     // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
     // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.

@@ -266,8 +266,11 @@ export class Vmm {
     return this.serialLog;
   }
 
-  /** Writes the vCPU and device state into the state file (before the filesystem is serialised). */
-  saveState(stoppedAtNs: bigint, extra: Record<string, unknown> = {}): void {
+  /**
+   * Writes the vCPU and device state into the state file. Returns when it became visible (CLOCK_MONOTONIC ns, taken
+   * just before the magic word is stored): a successor spinning on the file cannot notice it earlier.
+   */
+  saveState(stoppedAtNs: bigint, extra: Record<string, unknown> = {}): bigint {
     // No pagemap read here: it would sit inside the blackout; the runners read frames outside it for their proof.
     const saved: SavedVmm = { version: 1, serial: this.serial(), stoppedAtNs: stoppedAtNs.toString(), extra };
     const json = new TextEncoder().encode(JSON.stringify(saved));
@@ -285,7 +288,10 @@ export class Vmm {
     // The magic goes in last, as a release store: a successor spinning on it (waitForSavedState) then sees all the rest.
     this.clearSavedState();
     this.#state.bytes(0, bytes.length).set(bytes.subarray(4), 4);
-    Atomics.store(this.#stateMagicWord(), 0, STATE_MAGIC);
+    const magic = this.#stateMagicWord();
+    const publishedAt = process.hrtime.bigint();
+    Atomics.store(magic, 0, STATE_MAGIC);
+    return publishedAt;
   }
 
   /** Lets go of the VM and the RAM mapping (the guest's memory stays in its file). */
