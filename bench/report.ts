@@ -184,6 +184,17 @@ function machineLine(results: Results): string {
 const runDate = (results: Results) => `${results.machine.date.slice(0, 16).replace('T', ' ')} UTC`;
 
 
+/** A captioned table of breakdowns: one row per labelled list of breakdowns, one column per key (its median). */
+function breakdownTable(caption: string, keys: string[], rows: Array<[string, Array<Record<string, number | null>>]>): string[] {
+  return [
+    caption,
+    '',
+    `| update | ${keys.map((key) => key.replace(/Ms$/, '')).join(' | ')} |`,
+    `|---|${keys.map(() => '---').join('|')}|`,
+    ...rows.map(([label, breakdowns]) => breakdownRow(label, breakdowns, keys)),
+  ];
+}
+
 /** Median of each part over a list of breakdowns, as a table row. */
 function breakdownRow(label: string, breakdowns: Array<Record<string, number | null>>, keys: string[]): string {
   return `| ${label} | ${keys.map((key) => (breakdowns.some((b) => typeof b[key] === 'number') ? fixed(stats(breakdowns.map((b) => b[key] ?? 0)).median, 2) : '-')).join(' | ')} |`;
@@ -299,29 +310,27 @@ export function writeReport(options: ReportOptions): string {
     lines.push(`Median of ${vmm.updatesPerRun} updates per mode and size; bare Node start-up ${spread(vmm.nodeStartupMs, 1)} ms.`, '');
     lines.push('| guest RAM | transfer (ms) | exec (ms) | copy save + load (ms) |', '|---|---|---|---|');
     for (const r of vmm.results) lines.push(`| ${formatSize(r.ramBytes)} | ${spread(r.transferMs)} | ${spread(r.execMs, 1)} | ${spread(r.copyBaselineMs, 0)} |`);
-    const keys = ['saveMs', 'signalMs', 'execAndStartupMs', 'loadMs', 'restoreMs', 'readStateMs', 'mapMs', 'vcpuRestoreMs', 'otherMs'];
     lines.push(
       '',
-      'Inside the blackout (median of each part, ms): save, wake-up (transfer) or execve + Node start-up and loading the bundled VMM with the code cache its predecessor wrote (exec), restore, state read, map (with creating the VM and its memory slot), vCPU restore, other.',
+      ...breakdownTable(
+        'Inside the blackout (median of each part, ms): save, wake-up (transfer) or execve + Node start-up and loading the bundled VMM with the code cache its predecessor wrote (exec), restore, state read, map (with creating the VM and its memory slot), vCPU restore, other.',
+        ['saveMs', 'signalMs', 'execAndStartupMs', 'loadMs', 'restoreMs', 'readStateMs', 'mapMs', 'vcpuRestoreMs', 'otherMs'],
+        vmm.results.flatMap((r: any) => [
+          [`transfer, ${formatSize(r.ramBytes)}`, r.transferBreakdowns],
+          [`exec, ${formatSize(r.ramBytes)}`, r.execBreakdowns],
+          ...(r.transferColdBreakdowns ? [[`transfer not rehearsed, ${formatSize(r.ramBytes)}`, r.transferColdBreakdowns]] : []),
+        ]),
+      ),
       '',
+      ...breakdownTable(
+        'Before the pause, the guest still running (median, ms): both modes serialise the filesystem first; exec mode writes the code cache for its successor; in transfer mode the successor restores the filesystem and attaches to guest RAM and the state file, so that only the vCPU state crosses inside the blackout.',
+        ['serialiseMs', 'codeCacheMs', 'restoreMs', 'mapMs'],
+        vmm.results.flatMap((r: any) => [
+          [`transfer, ${formatSize(r.ramBytes)}`, r.transferBeforePause ?? []],
+          [`exec, ${formatSize(r.ramBytes)}`, r.execBeforePause ?? []],
+        ]),
+      ),
     );
-    lines.push(`| update | ${keys.map((key) => key.replace(/Ms$/, '')).join(' | ')} |`, `|---|${keys.map(() => '---').join('|')}|`);
-    for (const r of vmm.results) {
-      lines.push(breakdownRow(`transfer, ${formatSize(r.ramBytes)}`, r.transferBreakdowns, keys));
-      lines.push(breakdownRow(`exec, ${formatSize(r.ramBytes)}`, r.execBreakdowns, keys));
-      if (r.transferColdBreakdowns) lines.push(breakdownRow(`transfer not rehearsed, ${formatSize(r.ramBytes)}`, r.transferColdBreakdowns, keys));
-    }
-    const beforeKeys = ['serialiseMs', 'codeCacheMs', 'restoreMs', 'mapMs'];
-    lines.push(
-      '',
-      'Before the pause, the guest still running (median, ms): both modes serialise the filesystem first; exec mode writes the code cache for its successor; in transfer mode the successor restores the filesystem and attaches to guest RAM and the state file, so that only the vCPU state crosses inside the blackout.',
-      '',
-    );
-    lines.push(`| update | ${beforeKeys.map((key) => key.replace(/Ms$/, '')).join(' | ')} |`, `|---|${beforeKeys.map(() => '---').join('|')}|`);
-    for (const r of vmm.results) {
-      lines.push(breakdownRow(`transfer, ${formatSize(r.ramBytes)}`, r.transferBeforePause ?? [], beforeKeys));
-      lines.push(breakdownRow(`exec, ${formatSize(r.ramBytes)}`, r.execBeforePause ?? [], beforeKeys));
-    }
     const cold = vmm.results.find((r: any) => r.transferColdMs);
     if (cold) lines.push('', `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`);
     lines.push('');

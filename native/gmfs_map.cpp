@@ -15,7 +15,9 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <initializer_list>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gmfs_errors.h"
@@ -484,6 +486,13 @@ void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t l
   }
 }
 
+// An object of named numbers: constants JS and C++ must agree on, defined once, here.
+static Napi::Object NumberTable(Napi::Env env, std::initializer_list<std::pair<const char*, double>> entries) {
+  Napi::Object table = Napi::Object::New(env);
+  for (const auto& [name, value] : entries) table.Set(name, value);
+  return table;
+}
+
 void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("mapExtents", Napi::Function::New(env, MapExtents, "mapExtents"));
   exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
@@ -495,35 +504,29 @@ void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("populateAsync", Napi::Function::New(env, PopulateAsync, "populateAsync"));
   exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
   exports.Set("mapProbe", Napi::Function::New(env, MapProbe, "mapProbe"));
-  Napi::Object advice = Napi::Object::New(env);
-  advice.Set("MADV_NORMAL", MADV_NORMAL);
-  advice.Set("MADV_WILLNEED", MADV_WILLNEED);
-  advice.Set("MADV_DONTNEED", MADV_DONTNEED);
-  advice.Set("MADV_DONTFORK", MADV_DONTFORK);
-  advice.Set("MADV_DOFORK", MADV_DOFORK);
-  advice.Set("MADV_DONTDUMP", MADV_DONTDUMP);
-  advice.Set("MADV_DODUMP", MADV_DODUMP);
-  advice.Set("MADV_HUGEPAGE", MADV_HUGEPAGE);
-  advice.Set("MADV_NOHUGEPAGE", MADV_NOHUGEPAGE);
-  advice.Set("MADV_POPULATE_READ", MADV_POPULATE_READ);
-  advice.Set("MADV_POPULATE_WRITE", MADV_POPULATE_WRITE);
-  exports.Set("advice", advice);
-  Napi::Object mapFlags = Napi::Object::New(env);
-  mapFlags.Set("populate", kMapPopulate);
-  mapFlags.Set("writable", kMapWritable);
-  mapFlags.Set("dontDump", kMapDontDump);
-  mapFlags.Set("dontFork", kMapDontFork);
-  mapFlags.Set("hugepage", kMapHugepage);
-  mapFlags.Set("lock", kMapLock);
-  exports.Set("mapFlags", mapFlags);
-  Napi::Object mapResult = Napi::Object::New(env);
-  mapResult.Set("id", static_cast<double>(kMapResultId));
-  mapResult.Set("address", static_cast<double>(kMapResultAddress));
-  mapResult.Set("length", static_cast<double>(kMapResultLength));
-  mapResult.Set("mmapCalls", static_cast<double>(kMapResultMmapCalls));
-  mapResult.Set("hugepageAdvice", static_cast<double>(kMapResultHugepageAdvice));
-  mapResult.Set("slots", static_cast<double>(kMapResultSlots));
-  exports.Set("mapResult", mapResult);
+  exports.Set("advice", NumberTable(env, {{"MADV_NORMAL", MADV_NORMAL},
+                                          {"MADV_WILLNEED", MADV_WILLNEED},
+                                          {"MADV_DONTNEED", MADV_DONTNEED},
+                                          {"MADV_DONTFORK", MADV_DONTFORK},
+                                          {"MADV_DOFORK", MADV_DOFORK},
+                                          {"MADV_DONTDUMP", MADV_DONTDUMP},
+                                          {"MADV_DODUMP", MADV_DODUMP},
+                                          {"MADV_HUGEPAGE", MADV_HUGEPAGE},
+                                          {"MADV_NOHUGEPAGE", MADV_NOHUGEPAGE},
+                                          {"MADV_POPULATE_READ", MADV_POPULATE_READ},
+                                          {"MADV_POPULATE_WRITE", MADV_POPULATE_WRITE}}));
+  exports.Set("mapFlags", NumberTable(env, {{"populate", kMapPopulate},
+                                            {"writable", kMapWritable},
+                                            {"dontDump", kMapDontDump},
+                                            {"dontFork", kMapDontFork},
+                                            {"hugepage", kMapHugepage},
+                                            {"lock", kMapLock}}));
+  exports.Set("mapResult", NumberTable(env, {{"id", kMapResultId},
+                                             {"address", kMapResultAddress},
+                                             {"length", kMapResultLength},
+                                             {"mmapCalls", kMapResultMmapCalls},
+                                             {"hugepageAdvice", kMapResultHugepageAdvice},
+                                             {"slots", kMapResultSlots}}));
 }
 
 }  // namespace gmfs
