@@ -331,6 +331,14 @@ export function writeReport(options: ReportOptions): string {
         ]),
       ),
     );
+    const floor = vmm.results.find((r: any) => r.execFloorKvmReadyMs);
+    if (floor) {
+      lines.push(
+        '',
+        `The floor of an exec-mode update at ${formatSize(floor.ramBytes)} for any VMM on Node here, with none of guestmemfs's code (\`bench/exec-floor.ts\`: a process holding a VM over the guest RAM closes it and execs Node, which maps the RAM and creates a VM, a vCPU and the memory slot): ` +
+          `${spread(floor.execFloorStartupMs, 1)} ms to the new process's first line, ${spread(floor.execFloorKvmReadyMs, 1)} ms to its VM being ready, against the exec-mode target of Node start-up + 5 = ${fixed(vmm.nodeStartupMs.median + 5, 1)} ms.`,
+      );
+    }
     const cold = vmm.results.find((r: any) => r.transferColdMs);
     if (cold) lines.push('', `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`);
     lines.push('');

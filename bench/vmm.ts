@@ -77,6 +77,22 @@ function nodeStartup(): Stats {
   return stats(samples);
 }
 
+/**
+ * The floor of an exec-mode update here for any VMM on Node, with none of guestmemfs's code (bench/exec-floor.ts):
+ * from closing the VM to the new process's first line, and to its VM being ready over the same guest RAM.
+ */
+function execFloor(poolPath: string, ramBytes: number): { startupMs: Stats; kvmReadyMs: Stats } {
+  const samples = Array.from({ length: updates }, () => {
+    const run = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'bench', 'exec-floor.js'), 'before', poolPath, String(ramBytes)], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
+    });
+    if (run.status !== 0) throw new Error(`exec floor at ${formatSize(ramBytes)} failed: ${run.stderr}`);
+    return JSON.parse(run.stdout) as { startupMs: number; kvmReadyMs: number };
+  });
+  return { startupMs: stats(samples.map((sample) => sample.startupMs)), kvmReadyMs: stats(samples.map((sample) => sample.kvmReadyMs)) };
+}
+
 const pageSize = 2 * MiB;
 const largest = sizes.at(-1)!;
 const reservation = reserveForBench(pageSize, (largest + 128 * MiB) / pageSize);
@@ -91,6 +107,7 @@ try {
       const transfer = measureUpdates('transfer', poolPath, ramBytes);
       // What rehearsing the update path buys: the same transfer with its code run cold inside the blackout.
       const coldTransfer = ramBytes === largest && !quickMode ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
+      const floor = ramBytes === largest ? execFloor(poolPath, ramBytes) : undefined;
       // The copy baseline reads the same guest RAM file the VMM used, found through a read-only view.
       const pool = Pool.open(poolPath);
       const view = mount(pool, { readOnly: true });
@@ -109,13 +126,15 @@ try {
         transferBreakdowns: transfer.breakdowns,
         transferBeforePause: transfer.beforePause,
         ...(coldTransfer ? { transferColdMs: stats(coldTransfer.blackouts), transferColdBreakdowns: coldTransfer.breakdowns, transferColdBeforePause: coldTransfer.beforePause } : {}),
+        ...(floor ? { execFloorStartupMs: floor.startupMs, execFloorKvmReadyMs: floor.kvmReadyMs } : {}),
         copyBaselineMs: copy,
         copySamples: copies,
         ratios: { transferVsCopy: stats(transfer.blackouts).median / copy.median, execVsCopy: stats(exec.blackouts).median / copy.median, execMinusNodeStartupMs: stats(exec.blackouts).median - startup.median },
       });
       process.stdout.write(
         `${formatSize(ramBytes).padStart(8)}: exec ${stats(exec.blackouts).median.toFixed(1)} ms, transfer ${stats(transfer.blackouts).median.toFixed(1)} ms` +
-          `${coldTransfer ? ` (not rehearsed: ${stats(coldTransfer.blackouts).median.toFixed(1)} ms)` : ''}, copy save+load ${copy.median.toFixed(0)} ms\n`,
+          `${coldTransfer ? ` (not rehearsed: ${stats(coldTransfer.blackouts).median.toFixed(1)} ms)` : ''}, copy save+load ${copy.median.toFixed(0)} ms` +
+          `${floor ? `, exec floor ${floor.kvmReadyMs.median.toFixed(1)} ms (first line ${floor.startupMs.median.toFixed(1)} ms)` : ''}\n`,
       );
     } finally {
       fs.rmSync(poolPath, { force: true });
