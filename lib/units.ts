@@ -1,4 +1,5 @@
-// Human byte sizes: parse "2G"/"512M"/"4K" like the CLI tools operators know, and print "2 MiB".
+// Units: human byte sizes (parse "2G"/"512M"/"4K" like the CLI tools operators know, print "2 MiB"), and elapsed
+// milliseconds between monotonic clock stamps.
 import { GuestmemfsError } from './errors';
 
 export const KiB = 1024;
@@ -34,4 +35,9 @@ export function formatSize(bytes: number): string {
     }
   }
   return `${bytes} B`;
+}
+
+/** Milliseconds from one process.hrtime.bigint() stamp (CLOCK_MONOTONIC ns) to another, by default to now. */
+export function elapsedMs(from: bigint, to: bigint = process.hrtime.bigint()): number {
+  return Number(to - from) / 1e6;
 }

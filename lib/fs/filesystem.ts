@@ -13,7 +13,7 @@ import { GuestmemfsError } from '../errors';
 import { native } from '../native';
 import { type Extent, Mapping, type MapOptions, type ProgressOptions } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
-import { formatSize, MiB } from '../units';
+import { elapsedMs, formatSize, MiB } from '../units';
 import { BlockAllocator } from './allocator';
 import { type AuditReport, auditMetadata } from './audit';
 import { findUnrepairable, repairDerived } from './repair';
@@ -525,7 +525,7 @@ export class Filesystem {
       // Mounted first: freeing orphans below changes metadata the blob describes.
       this.#writeSuperblock({ state: PoolState.Mounted, ownerPid: process.pid, ownerStartTime: processStartTime(), mountCount: sb.mountCount + 1n, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
       this.#buildIndex(description.liveInodes);
-      this.restored = { generation: sb.generation, files: description.liveInodes.length, ms: Number(process.hrtime.bigint() - started) / 1e6, description };
+      this.restored = { generation: sb.generation, files: description.liveInodes.length, ms: elapsedMs(started), description };
       return;
     }
     let cause: string | undefined;
@@ -1087,7 +1087,7 @@ export class Filesystem {
       files = live.length;
       mappingBlocks = pages.length;
     }
-    const result: SerialiseResult = { generation: this.#frozenAt!, blob, files, mappingBlocks, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+    const result: SerialiseResult = { generation: this.#frozenAt!, blob, files, mappingBlocks, ms: elapsedMs(started) };
     if (options.out) {
       fs.writeFileSync(options.out, blob);
       result.out = path.resolve(options.out);

@@ -11,7 +11,8 @@ import * as fs from 'node:fs';
 import { mount } from '../fs/filesystem';
 import { openHandedOverPool } from '../handover/successor';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import { elapsedMs } from '../units';
+import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import type { ExecLauncher } from './exec-launcher';
 import { Vmm } from './vmm';
 
@@ -28,18 +29,20 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   await rehearseUpdate();
   await updateDelay(plan);
+  // What the VMM after this update carries on with.
+  const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
   // Prepare phase, the guest still running: serialise the filesystem (its metadata cannot change from here on; the
   // state file's contents still can).
   const gfs = vmm.fs;
   vmm.ensureStateRoom();
   const serialiseStarted = process.hrtime.bigint();
   gfs.serialise();
-  const serialiseMs = ms(serialiseStarted, process.hrtime.bigint());
+  const serialiseMs = elapsedMs(serialiseStarted);
   // The update path has run (rehearsed) by now: its compiled code goes to the next process. Before the collection
   // below, whose --expose-gc would make V8 reject the cache in a process without it.
   const cacheStarted = process.hrtime.bigint();
   const codeCacheEnv = launcher?.saveCodeCache() ?? {};
-  const codeCacheMs = ms(cacheStarted, process.hrtime.bigint());
+  const codeCacheMs = elapsedMs(cacheStarted);
   collectGarbageBeforeBlackout();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
@@ -49,7 +52,7 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
   }
-  const saved = vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
+  const saved = vmm.saveState(stoppedAtNs, { plan: next });
   vmm.close();
   // The stop time travels in the state file; these are the rest of the sender's half.
   const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
@@ -64,8 +67,8 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     delete process.env[FAIL_FIRST_EXEC_ENV];
     if (gfs.serialised) gfs.abort();
     const { vmm: again } = Vmm.resume(gfs, CONFIG);
-    emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: ms(stoppedAtNs, process.hrtime.bigint()) });
-    await drive(again, { ...plan, updatesLeft: plan.updatesLeft - 1 });
+    emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: elapsedMs(stoppedAtNs) });
+    await drive(again, next);
   }
 }
 
@@ -96,16 +99,16 @@ async function main(): Promise<void> {
       event: 'update',
       mode: 'exec',
       pid: process.pid,
-      blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
+      blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
       // Done while the guest still ran: outside the blackout.
       beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
       codeCache: launcher?.codeCache ?? 'none',
       breakdown: {
-        saveMs: ms(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
-        execAndStartupMs: ms(BigInt(timings.execAt), launchedAt),
-        loadMs: ms(launchedAt, started),
-        restoreMs: ms(started, restored),
+        saveMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
+        execAndStartupMs: elapsedMs(BigInt(timings.execAt), launchedAt),
+        loadMs: elapsedMs(launchedAt, started),
+        restoreMs: elapsedMs(started, restored),
         ...resumeBreakdown(resumeTimings, restored, running),
       },
     });

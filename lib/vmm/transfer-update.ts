@@ -21,7 +21,8 @@ import * as fs from 'node:fs';
 import { type Filesystem, mount } from '../fs/filesystem';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
-import { bootGuest, CONFIG, emit, finishRun, ms, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import { elapsedMs } from '../units';
+import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
 import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
@@ -131,6 +132,8 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   const running = vmm.start();
   if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
+  // What the VMM after this update carries on with.
+  const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
   // The successor starts now, long before the update, and prepares its VM: its start-up is outside the blackout.
   const successor = await startSuccessor(poolPath, successorEnv());
   await rehearseUpdate();
@@ -142,7 +145,7 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   const serialiseStarted = process.hrtime.bigint();
   gfs.serialise();
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
-  const serialiseMs = ms(serialiseStarted, process.hrtime.bigint());
+  const serialiseMs = elapsedMs(serialiseStarted);
   const armed = await successor.handOver();
   let stoppedAtNs: bigint | undefined;
   let unpin = () => {};
@@ -158,8 +161,8 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
       reportDone(halted, paused.reason, { updatesSkipped: plan.updatesLeft });
       return;
     }
-    const savedAt = vmm.saveState(stoppedAtNs, { plan: { ...plan, updatesLeft: plan.updatesLeft - 1 } });
-    successor.tell({ serialiseMs, saveMs: ms(stoppedAtNs, savedAt), savedAtNs: savedAt.toString() });
+    const savedAt = vmm.saveState(stoppedAtNs, { plan: next });
+    successor.tell({ serialiseMs, saveMs: elapsedMs(stoppedAtNs, savedAt), savedAtNs: savedAt.toString() });
     // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
     // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
     if (await successor.committed()) {
@@ -172,14 +175,13 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   }
   unpin();
   // The successor is gone without taking over: resume the guest here.
-  const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
   const back = await takeBack(pool, vmm, successor.child, next, stoppedAtNs === undefined ? undefined : { stoppedAtNs, saved: true });
   emit({
     event: 'update-failed',
     pid: process.pid,
     error: `successor pid ${successor.child.pid} exited without taking over`,
     pausedBeforeFailure: armed,
-    resumedAfterMs: ms(back.stoppedAtNs, process.hrtime.bigint()),
+    resumedAfterMs: elapsedMs(back.stoppedAtNs),
   });
   await drive(poolPath, pool, back.vmm, next);
 }
@@ -235,13 +237,13 @@ async function main(): Promise<void> {
   }
   const restoreStarted = process.hrtime.bigint();
   const gfs = mount(pool, { requireHandover: true });
-  const restoreMs = ms(restoreStarted, process.hrtime.bigint());
+  const restoreMs = elapsedMs(restoreStarted);
   const { vmm, mapMs, premapped } = Vmm.attach(gfs, CONFIG, prepared);
   collectGarbageBeforeBlackout();
   const unpin = pinMainThread('successor');
-  const sender = process.ppid;
+  const senderPid = process.ppid;
   fs.writeSync(REPORT_FD, `${ARMED}\n`);
-  vmm.waitForSavedState({ abandoned: () => process.ppid !== sender });
+  vmm.waitForSavedState({ abandoned: () => process.ppid !== senderPid });
   const noticed = process.hrtime.bigint();
   if (process.env.GUESTMEMFS_TRANSFER_DIE === '1') process.kill(process.pid, 'SIGKILL');
   const { saved, readStateMs, vcpuMs } = vmm.restoreSaved();
@@ -256,7 +258,7 @@ async function main(): Promise<void> {
       event: 'update',
       mode: 'transfer',
       pid: process.pid,
-      blackoutMs: ms(BigInt(saved.stoppedAtNs), running),
+      blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       premapped,
       sameFrames: sameFramesAsBoot(vmm),
       // Done while the guest still ran in the previous VMM: outside the blackout.
@@ -264,7 +266,7 @@ async function main(): Promise<void> {
       breakdown: {
         saveMs: sender.saveMs,
         // From the state being saved to this process noticing it (spinning on the state file).
-        signalMs: ms(BigInt(sender.savedAtNs), noticed),
+        signalMs: elapsedMs(BigInt(sender.savedAtNs), noticed),
         ...resumeBreakdown({ readStateMs, mapMs: 0, vcpuMs }, noticed, running),
       },
     });

@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import { mkfs, mount } from '../fs/filesystem';
 import { Pool } from '../pool/pool';
-import { MiB } from '../units';
+import { elapsedMs, MiB } from '../units';
 import { Vmm, type VmmFiles } from './vmm';
 
 export const CONFIG: VmmFiles = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
@@ -22,8 +22,6 @@ export interface Plan {
 export function emit(record: Record<string, unknown>): void {
   fs.writeSync(1, `${JSON.stringify(record)}\n`);
 }
-
-export const ms = (from: bigint, to: bigint): number => Number(to - from) / 1e6;
 
 /** Guest RAM's physical frames, or null where the kernel hides them (not root). */
 export function framesOf(vmm: Vmm): string[] | null {
@@ -78,7 +76,7 @@ export function resumeBreakdown(timings: { readStateMs: number; mapMs: number; v
     readStateMs: timings.readStateMs,
     mapMs: timings.mapMs,
     vcpuRestoreMs: timings.vcpuMs,
-    otherMs: ms(from, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
+    otherMs: elapsedMs(from, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
   };
 }
 

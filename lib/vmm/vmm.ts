@@ -4,7 +4,7 @@ import { GuestmemfsError } from '../errors';
 import { type Filesystem, premapFile } from '../fs/filesystem';
 import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
-import { KiB } from '../units';
+import { elapsedMs, KiB } from '../units';
 import { type DemoGuestOptions, KvmMachine, type PreparedVm, prepareVm } from './machine';
 
 export interface VmmConfig {
@@ -154,7 +154,7 @@ export class Vmm {
     const machine = KvmMachine.create(ram, prepared?.vm);
     unmapUnadopted(premappedRam, ram);
     const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine, state, fs.stat(files.statePath).size);
-    return { vmm, mapMs: Number(process.hrtime.bigint() - started) / 1e6, premapped: premappedRam === ram };
+    return { vmm, mapMs: elapsedMs(started), premapped: premappedRam === ram };
   }
 
   /**
@@ -185,7 +185,7 @@ export class Vmm {
     const read = process.hrtime.bigint();
     this.machine.restoreState(vcpu);
     this.serialLog = saved.serial;
-    return { saved, readStateMs: Number(read - started) / 1e6, vcpuMs: Number(process.hrtime.bigint() - read) / 1e6 };
+    return { saved, readStateMs: elapsedMs(started, read), vcpuMs: elapsedMs(read) };
   }
 
   /**
