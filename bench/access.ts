@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { mkfs, mount } from '../lib/fs/filesystem';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, KiB, MiB } from '../lib/units';
-import { buildBaseline, quickMode, repoRoot, reserveBenchPages, runJson, runsArg, stats, type Stats, writeResults } from './common';
+import { buildBaseline, childEnv, quickMode, repoRoot, reserveBenchPages, runJson, runsArg, stats, type Stats, writeResults } from './common';
 
 const size = quickMode ? 64 * MiB : 4 * GiB;
 const ops = quickMode ? 200_000 : 10_000_000;
@@ -17,8 +17,6 @@ const dependentOps = ops / 5;
 const runs = runsArg(9);
 const seed = 12345;
 const baseline = buildBaseline('random_access');
-const childEnv = { ...process.env };
-delete childEnv.NODE_EXTRA_CA_CERTS;
 
 interface Sides {
   throughputNsPerRead: Stats;

@@ -8,14 +8,12 @@ import * as path from 'node:path';
 import { mkfs, mount } from '../lib/fs/filesystem';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
-import { buildBaseline, quickMode, repoRoot, reserveForBench, runJson, runsArg, stats, writeResults } from './common';
+import { buildBaseline, childEnv, quickMode, repoRoot, reserveForBench, runJson, runsArg, stats, writeResults } from './common';
 
 const pageSize = 2 * MiB;
 const size = quickMode ? 64 * MiB : 4 * GiB;
 const runs = runsArg(5);
 const baseline = buildBaseline('fault_hugepages');
-const childEnv = { ...process.env };
-delete childEnv.NODE_EXTRA_CA_CERTS;
 const poolSize = size + 64 * MiB;
 const reservation = reserveForBench(pageSize, (poolSize + size) / pageSize);
 const poolPath = path.join(reservation.mountpoint!, 'bench-alloc');

@@ -6,14 +6,12 @@
 import * as path from 'node:path';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
-import { buildBaseline, quickMode, repoRoot, reserveBenchPages, reserveForBench, runJson, runsArg, stats, type Stats, writeResults } from './common';
+import { buildBaseline, childEnv, quickMode, repoRoot, reserveBenchPages, reserveForBench, runJson, runsArg, stats, type Stats, writeResults } from './common';
 
 const pageSize = 2 * MiB;
 const size = quickMode ? 64 * MiB : 4 * GiB;
 const runs = runsArg(31);
 const sweepBytes = GiB; // larger than the 480 MiB L3 of the machine this was tuned on: both sides start cache-cold
-const childEnv = { ...process.env };
-delete childEnv.NODE_EXTRA_CA_CERTS;
 
 const baseline = buildBaseline('mmap_populate');
 const reservation = reserveForBench(pageSize, size / pageSize);

@@ -9,7 +9,7 @@ import { formatSize, GiB, MiB } from '../lib/units';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
 import { kvmAvailable } from '../lib/vmm/machine';
 import { NO_REHEARSAL_ENV } from '../lib/vmm/update-common';
-import { quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
+import { childEnv, quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
 
 const updates = Math.max(5, runsArg(7));
 const sizes = quickMode ? [256 * MiB] : [256 * MiB, GiB, 2 * GiB, 4 * GiB];
@@ -30,7 +30,7 @@ function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, ex
   // The guest runs without end (2^40 steps); the runner stops it after the last update.
   const run = runUpdates(
     { mode, poolPath, ramBytes, steps: 2 ** 40, seed: 1, updates, maxDelayMs: 200 },
-    { env: { ...process.env, GUESTMEMFS_UPDATE_STOP_AFTER: '1', NODE_EXTRA_CA_CERTS: '', ...extraEnv } },
+    { env: { ...childEnv, GUESTMEMFS_UPDATE_STOP_AFTER: '1', ...extraEnv } },
   );
   if (run.status !== 0) throw new Error(`${mode} run at ${formatSize(ramBytes)} failed: ${run.stderr}`);
   const done = run.events.at(-1)!;
@@ -71,7 +71,7 @@ function nodeStartup(): Stats {
   const samples: number[] = [];
   for (let run = 0; run < 7; run++) {
     const started = process.hrtime.bigint();
-    spawnSync(process.execPath, ['-e', '0'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: '' } });
+    spawnSync(process.execPath, ['-e', '0'], { env: childEnv });
     samples.push(Number(process.hrtime.bigint() - started) / 1e6);
   }
   return stats(samples);
@@ -85,7 +85,7 @@ function execFloor(poolPath: string, ramBytes: number): { startupMs: Stats; kvmR
   const samples = Array.from({ length: updates }, () => {
     const run = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'bench', 'exec-floor.js'), 'before', poolPath, String(ramBytes)], {
       encoding: 'utf8',
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
+      env: childEnv,
     });
     if (run.status !== 0) throw new Error(`exec floor at ${formatSize(ramBytes)} failed: ${run.stderr}`);
     return JSON.parse(run.stdout) as { startupMs: number; kvmReadyMs: number };

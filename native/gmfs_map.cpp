@@ -13,9 +13,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <string>
-#include <initializer_list>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -93,7 +93,7 @@ constexpr int64_t kMapDontDump = 4;
 constexpr int64_t kMapDontFork = 8;
 constexpr int64_t kMapHugepage = 16;
 constexpr int64_t kMapLock = 32;
-constexpr int64_t kMapFlagsAll = 63;
+constexpr int64_t kMapFlagsAll = kMapPopulate | kMapWritable | kMapDontDump | kMapDontFork | kMapHugepage | kMapLock;
 enum MapResultSlot : size_t {
   kMapResultId,
   kMapResultAddress,
