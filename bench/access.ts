@@ -5,7 +5,9 @@
 // before. The gain of huge pages is mostly TLB reach: 4 GiB is 2,048 TLB entries of 2 MiB, 1M of 4 KiB.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { mkfs, mount } from '../lib/fs/filesystem';
+import { mkfs } from '../lib/fs/format';
+import { probeRandomReads } from '../lib/probes';
+import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, KiB, MiB } from '../lib/units';
 import { buildBaseline, childEnv, quickMode, repoRoot, reserveBenchPages, runJson, runsArg, stats, type Stats, writeResults } from './common';
@@ -73,9 +75,9 @@ function hugePages(pageSize: number): PageSizeResult {
       const ram = gfs.map('/ram');
       try {
         for (let run = 0; run < runs; run++) {
-          ram.probeRandomReads({ ops: ops / 10, seed: seed + 1 }); // warm-up, as the C side does before its timing
-          samples.gThroughput.push(ram.probeRandomReads({ ops, seed }));
-          samples.gLatency.push(ram.probeRandomReads({ ops: dependentOps, seed, dependent: true }));
+          probeRandomReads(ram, { ops: ops / 10, seed: seed + 1 }); // warm-up, as the C side does before its timing
+          samples.gThroughput.push(probeRandomReads(ram, { ops, seed }));
+          samples.gLatency.push(probeRandomReads(ram, { ops: dependentOps, seed, dependent: true }));
           if (together) measureRaw();
         }
       } finally {

@@ -5,7 +5,8 @@
 // against the baseline. A block never used since the pool was created is already zero (the kernel zeroed it when the
 // pool was fallocated) and only needs mapping: reported apart, as the cost on a fresh pool.
 import * as path from 'node:path';
-import { mkfs, mount } from '../lib/fs/filesystem';
+import { mkfs } from '../lib/fs/format';
+import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { buildBaseline, childEnv, quickMode, repoRoot, reserveForBench, runJson, runsArg, stats, writeResults } from './common';

@@ -1,7 +1,9 @@
 // npm run bench:fs — metadata operation rates (vs a plain in-memory model of the same operations), truncate of 2 MiB
 // files with zeroing counted apart, and one 16 GiB allocation: control plane alone, and with zeroing vs memset.
 import * as path from 'node:path';
-import { type Filesystem, mkfs, mount } from '../lib/fs/filesystem';
+import type { Filesystem } from '../lib/fs/filesystem';
+import { mkfs } from '../lib/fs/format';
+import { mount } from '../lib/fs/mount';
 import { native } from '../lib/native';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';

@@ -1,7 +1,9 @@
 // npm run bench:handover — serialise + restore time against the number of files (1 to 100,000) and against the
 // amount of guest memory described (up to 1 TiB of 2 MiB blocks, on sparse pools so the pages need not exist).
 import * as path from 'node:path';
-import { type Filesystem, mkfs, mount } from '../lib/fs/filesystem';
+import type { Filesystem } from '../lib/fs/filesystem';
+import { mkfs } from '../lib/fs/format';
+import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB, TiB } from '../lib/units';
 import { quickMode, repoRoot, runsArg, stats, type Stats, writeResults } from './common';

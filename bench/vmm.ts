@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { mount } from '../lib/fs/filesystem';
+import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';

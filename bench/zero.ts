@@ -4,7 +4,7 @@
 // when fallocate takes them back; between the two calls another process can take them, so it is only a
 // candidate if it is much faster.
 import * as path from 'node:path';
-import { native } from '../lib/native';
+import { allocateRange, punchHole } from '../lib/probes';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { quickMode, repoRoot, reserveForBench, runsArg, stats, writeResults } from './common';
@@ -38,8 +38,8 @@ async function main(): Promise<void> {
       mapping.bytes().fill(0xa5);
       samples.punch_hole_fallocate_refault!.push(
         timeMs(() => {
-          native.filePunchHole(pool.fd, 0, size);
-          native.fileAllocate(pool.fd, 0, size);
+          punchHole(pool, 0, size);
+          allocateRange(pool, 0, size);
           mapping.advise('MADV_POPULATE_WRITE');
         }),
       );

@@ -2,7 +2,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../lib/errors';
-import { type Filesystem, mount, readPoolSuperblock } from '../lib/fs/filesystem';
+import type { Filesystem } from '../lib/fs/filesystem';
+import { readPoolSuperblock } from '../lib/fs/format';
+import { mount } from '../lib/fs/mount';
 import { PoolState } from '../lib/fs/layout';
 import { type CreatePoolOptions, Pool } from '../lib/pool/pool';
 

@@ -15,27 +15,28 @@ export {
   type MachineSupport,
 } from './pool/hugepages';
 export { releaseReservation, reserveHugePages, type Reservation, type ReservationRecord, type ReserveOptions } from './pool/reserve';
-export { native } from './native';
-export {
-  mkfs,
-  mount,
-  premapFile,
-  Filesystem,
-  type CreateOptions,
-  type DirEntry,
-  type FileMapOptions,
-  type FormatInfo,
-  type MkdirOptions,
-  type MkfsOptions,
-  type MountOptions,
-  type Stat,
-  type StatFs,
-} from './fs/filesystem';
+export { mkfs } from './fs/format';
+export { mount } from './fs/mount';
+export { Filesystem } from './fs/filesystem';
+export type {
+  CreateOptions,
+  DirEntry,
+  FileMapOptions,
+  FormatInfo,
+  KexecOptions,
+  MkdirOptions,
+  MkfsOptions,
+  MountOptions,
+  Recovery,
+  Restore,
+  SerialiseResult,
+  Stat,
+  StatFs,
+} from './fs/types';
 export type { FileTypeName } from './fs/inodes';
 export type { Credentials } from './fs/permissions';
 export type { Geometry, Superblock } from './fs/layout';
-export type { KexecOptions, Recovery, Restore, SerialiseResult } from './fs/filesystem';
 export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
-export { openHandedOverPool, spinForHandover, waitForHandover, type WaitOptions } from './handover/successor';
+export { openHandedOverPool, premapFile, spinForHandover, waitForHandover, type WaitOptions } from './fs/successor';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
 export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';

@@ -1,5 +1,5 @@
-// Units: human byte sizes (parse "2G"/"512M"/"4K" like the CLI tools operators know, print "2 MiB"), and elapsed
-// milliseconds between monotonic clock stamps.
+// Units: human byte sizes (parse "2G"/"512M"/"4K" like the CLI tools operators know, print "2 MiB"), elapsed
+// milliseconds between monotonic clock stamps, and wall-clock nanoseconds for inode times.
 import { GuestmemfsError } from './errors';
 
 export const KiB = 1024;
@@ -40,4 +40,9 @@ export function formatSize(bytes: number): string {
 /** Milliseconds from one process.hrtime.bigint() stamp (CLOCK_MONOTONIC ns) to another, by default to now. */
 export function elapsedMs(from: bigint, to: bigint = process.hrtime.bigint()): number {
   return Number(to - from) / 1e6;
+}
+
+/** Nanoseconds since the epoch, for inode times (performance's clock: one read, no Date object). */
+export function nowNs(): bigint {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
 }

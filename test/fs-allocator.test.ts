@@ -1,28 +1,23 @@
 // The block allocator and the extent store on their own, over an in-memory metadata buffer, against simple models.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BlockAllocator } from '../lib/fs/allocator';
-import { type BlockRun, ExtentStore } from '../lib/fs/extents';
-import { InodeTable } from '../lib/fs/inodes';
-import { computeGeometry, EXTENTS_PER_PAGE, HINTS_OFFSET, INLINE_EXTENTS } from '../lib/fs/layout';
+import { ExtentStore } from '../lib/fs/extents';
+import { computeGeometry, EXTENTS_PER_PAGE, INLINE_EXTENTS } from '../lib/fs/layout';
 import { BufferMetadata } from '../lib/fs/metadata';
+import { type BlockRun, totalBlocks } from '../lib/fs/runs';
+import { openViews } from '../lib/fs/views';
 
 const BLOCK = 4096;
 
 function views(blocks: number) {
   const geometry = computeGeometry(blocks * BLOCK, 4096, BLOCK, 64);
-  const buffer = new ArrayBuffer(geometry.metadataBytes);
-  const hints = new Uint32Array(buffer, HINTS_OFFSET, 1024);
-  const source = new BufferMetadata(buffer);
-  const inodes = new InodeTable(source, geometry);
-  const allocator = new BlockAllocator(source, geometry, hints);
-  const extents = new ExtentStore(source, geometry, hints, inodes);
+  const { allocator, extents, inodes } = openViews(new BufferMetadata(new ArrayBuffer(geometry.metadataBytes)), geometry);
   allocator.format();
   extents.format();
   return { geometry, allocator, extents, inodes };
 }
 
-const total = (runs: readonly BlockRun[]) => runs.reduce((sum, run) => sum + run.length, 0);
+const total = totalBlocks;
 
 describe('block allocator against a boolean-array model', () => {
   it('hands out only free blocks, exactly as many as asked, one run whenever one exists, and keeps its counters', () => {

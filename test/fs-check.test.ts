@@ -4,24 +4,16 @@ import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BlockAllocator } from '../lib/fs/allocator';
-import { ExtentStore } from '../lib/fs/extents';
-import { InodeTable } from '../lib/fs/inodes';
-import { FIXED_HEADER_BYTES, HINTS, HINTS_OFFSET, readSuperblock } from '../lib/fs/layout';
+import { FIXED_HEADER_BYTES, readSuperblock } from '../lib/fs/layout';
 import { MappedMetadata } from '../lib/fs/metadata';
+import { type MetadataViews, openViews } from '../lib/fs/views';
 import { check, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
 import { captureError, repoRoot, uniquePath } from './helpers';
 
 const B = 64 * KiB;
 let pool: Pool;
 
-interface Views {
-  inodes: InodeTable;
-  extents: ExtentStore;
-  allocator: BlockAllocator;
-  hints: Uint32Array;
-  header: Uint8Array;
-}
+type Views = MetadataViews;
 
 /** Edits the unmounted pool's metadata in place through the same views the filesystem uses. */
 function edit(fn: (views: Views) => void): void {
@@ -29,11 +21,7 @@ function edit(fn: (views: Views) => void): void {
   const sb = readSuperblock(header.bytes(), pool);
   header.unmap();
   const meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
-  const source = new MappedMetadata(meta.id);
-  const head = source.window(0, FIXED_HEADER_BYTES);
-  const hints = new Uint32Array(head.buffer, head.byteOffset + HINTS_OFFSET, 1024);
-  const inodes = new InodeTable(source, sb.geometry);
-  fn({ inodes, extents: new ExtentStore(source, sb.geometry, hints, inodes), allocator: new BlockAllocator(source, sb.geometry, hints), hints, header: head });
+  fn(openViews(new MappedMetadata(meta.id), sb.geometry));
   meta.unmap();
 }
 
@@ -108,7 +96,7 @@ describe('check', () => {
   it('rebuilds damaged derived state (bitmap, free list, counters, entry lists) without touching file data', () => {
     edit(({ allocator, hints, inodes }) => {
       allocator.markAllocated([{ start: 40, length: 3 }]); // leaked blocks
-      hints[HINTS.freeInodes / 4] = 3; // wrong counter
+      hints.freeInodes = 3; // wrong counter
       inodes.setFirstChild(inodes.parent(3), 0); // a directory list that lost its entries
     });
     const dry = check(pool);
@@ -157,7 +145,7 @@ describe('check', () => {
     gfs.serialise();
     gfs.unmount();
     expect(check(pool)).toMatchObject({ state: 'consistent', poolState: 'serialised' });
-    edit(({ hints }) => (hints[HINTS.freeBlocks / 4] = hints[HINTS.freeBlocks / 4]! + 1)); // metadata changed after serialise
+    edit(({ hints }) => (hints.freeBlocks += 1)); // metadata changed after serialise
     const dry = check(pool);
     expect(dry.state).toBe('inconsistent');
     expect(dry.problems.join()).toContain('handover blob is not valid');

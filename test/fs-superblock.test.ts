@@ -2,7 +2,8 @@
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { crc32, SLOT_CHECKED_BYTES } from '../lib/fs/layout';
+import { crc32 } from '../lib/checksum';
+import { SLOT_CHECKED_BYTES } from '../lib/fs/layout';
 import { KiB, MiB, mkfs, mount, Pool } from '../lib/index';
 import { captureError, repoRoot } from './helpers';
 

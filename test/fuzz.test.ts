@@ -7,6 +7,7 @@ import { GuestmemfsError } from '../lib/errors';
 import { decodeHandoverBlob, verifyHandoverBlob } from '../lib/handover/blob';
 import { FdtError, parseFdt } from '../lib/handover/fdt';
 import { FIXED_HEADER_BYTES, readSuperblock } from '../lib/fs/layout';
+import { blobLayout } from '../lib/fs/lifecycle';
 import { type Filesystem, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
 
 /** Runs per property; the soak (npm run soak:fuzz) raises it. */
@@ -79,11 +80,11 @@ beforeAll(() => {
   restorePristine();
   const sbCopy = readSuperblock(pristineMetadata.subarray(0, FIXED_HEADER_BYTES), pool);
   expectations = {
-    geometry: sbCopy.geometry,
+    layout: blobLayout(sbCopy.geometry),
     uuid: sbCopy.uuid,
     generation: BigInt(decodeHandoverBlob(blob).generation),
     pool: { size: pool.size, pageSize: pool.pageSize, label: 'fuzz' },
-    metadata: { header: new Uint8Array(FIXED_HEADER_BYTES), bitmaps: [new Uint8Array(0), new Uint8Array(0)], inodeRecord: () => new Uint8Array(512), pageRecord: () => new Uint8Array(512) },
+    metadata: { checkedHeader: new Uint8Array(FIXED_HEADER_BYTES / 2), bitmaps: [new Uint8Array(0), new Uint8Array(0)], inodeRecord: () => new Uint8Array(512), pageRecord: () => new Uint8Array(512) },
     isLive: () => true,
     chainOf: () => [],
     blobCrc: 0,

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import { type Filesystem, decodeHandoverBlob, KiB, MiB, mkfs, mount, parseFdt, Pool, premapFile, spinForHandover, waitForHandover } from '../lib/index';
-import { readPoolSuperblock } from '../lib/fs/filesystem';
+import { readPoolSuperblock } from '../lib/fs/format';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();

@@ -2,7 +2,8 @@
 // vCPU state saved and restored into a new VM, finishing with the checksum of an uninterrupted run.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Filesystem, MiB, mkfs, mount, native, Pool, premapFile } from '../lib/index';
+import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
+import { native } from '../lib/native';
 import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, skipReason, uniquePath } from './helpers';
 

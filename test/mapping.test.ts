@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GiB, MiB, native, Pool } from '../lib/index';
+import { GiB, MiB, Pool } from '../lib/index';
+import { native } from '../lib/native';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();

@@ -1,6 +1,7 @@
 // Human sizes and the Node-style error shape shared by the JS and native layers.
 import { describe, expect, it } from 'vitest';
-import { formatSize, GiB, GuestmemfsError, MiB, native, parseSize, TiB } from '../lib/index';
+import { formatSize, GiB, GuestmemfsError, MiB, parseSize, TiB } from '../lib/index';
+import { native } from '../lib/native';
 import { captureError } from './helpers';
 
 describe('sizes', () => {

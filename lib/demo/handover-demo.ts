@@ -3,8 +3,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
-import { type Filesystem, mkfs, mount } from '../fs/filesystem';
-import { openHandedOverPool } from '../handover/successor';
+import type { Filesystem } from '../fs/filesystem';
+import { mkfs } from '../fs/format';
+import { mount } from '../fs/mount';
+import { openHandedOverPool } from '../fs/successor';
 import { hugePageSizeInfo } from '../pool/hugepages';
 import type { Mapping } from '../pool/mapping';
 import { Pool } from '../pool/pool';

@@ -1,10 +1,10 @@
 // Block allocator over the pool's bitmaps: one bit per block allocated, one bit per block dirty (freed, not yet zeroed).
 //
 // Allocation prefers, in order: growing the file's last extent in place, one contiguous run (so the file maps with a
-// single mmap), then several runs first-fit. It only chooses; the caller orders the stores (see filesystem.ts).
-import type { BlockRun } from './extents';
-import { type Geometry, HINTS } from './layout';
+// single mmap), then several runs first-fit. It only chooses; the caller orders the stores (see data.ts).
+import { type Geometry, type Hints } from './layout';
 import type { MetadataSource } from './metadata';
+import { appendRun, type BlockRun } from './runs';
 
 const FULL = 0xffffffff;
 
@@ -19,9 +19,9 @@ export class BlockAllocator {
   readonly metadataBlocks: number;
   readonly #allocated: Uint32Array;
   readonly #dirty: Uint32Array;
-  readonly #hints: Uint32Array;
+  readonly #hints: Hints;
 
-  constructor(source: MetadataSource, geometry: Geometry, hints: Uint32Array) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Hints) {
     this.blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
     const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
@@ -37,10 +37,10 @@ export class BlockAllocator {
   }
 
   get freeBlocks(): number {
-    return this.#hints[HINTS.freeBlocks / 4]!;
+    return this.#hints.freeBlocks;
   }
   get dirtyBlocks(): number {
-    return this.#hints[HINTS.dirtyBlocks / 4]!;
+    return this.#hints.dirtyBlocks;
   }
   /** Blocks files can use: all but the metadata region. */
   get dataBlocks(): number {
@@ -54,8 +54,8 @@ export class BlockAllocator {
     this.#setRange(this.#allocated, 0, this.metadataBlocks, true);
     // Bits past the last block stay set so no search can return them.
     this.#setRange(this.#allocated, this.blockCount, this.#allocated.length * 32 - this.blockCount, true);
-    this.#hints[HINTS.freeBlocks / 4] = this.dataBlocks;
-    this.#hints[HINTS.dirtyBlocks / 4] = 0;
+    this.#hints.freeBlocks = this.dataBlocks;
+    this.#hints.dirtyBlocks = 0;
   }
 
   isAllocated(block: number): boolean {
@@ -82,7 +82,7 @@ export class BlockAllocator {
       this.#setRange(this.#allocated, run.start, run.length, true);
       total += run.length;
     }
-    this.#hints[HINTS.freeBlocks / 4] = this.freeBlocks - total;
+    this.#hints.freeBlocks = this.freeBlocks - total;
   }
 
   markFree(runs: readonly BlockRun[]): void {
@@ -91,14 +91,14 @@ export class BlockAllocator {
       this.#setRange(this.#allocated, run.start, run.length, false);
       total += run.length;
     }
-    this.#hints[HINTS.freeBlocks / 4] = this.freeBlocks + total;
+    this.#hints.freeBlocks = this.freeBlocks + total;
   }
 
   /** Marks runs dirty (their bytes belonged to a file) or clean (zeroed), keeping the dirty count. */
   markDirty(runs: readonly BlockRun[], dirty: boolean): void {
     let changed = 0;
     for (const run of runs) changed += this.#setRange(this.#dirty, run.start, run.length, dirty);
-    this.#hints[HINTS.dirtyBlocks / 4] = this.dirtyBlocks + (dirty ? changed : -changed);
+    this.#hints.dirtyBlocks = this.dirtyBlocks + (dirty ? changed : -changed);
   }
 
   /** The dirty blocks among runs, as runs, in order (a word at a time; nothing to scan when no block is dirty). */
@@ -117,9 +117,7 @@ export class BlockAllocator {
           block++;
           continue;
         }
-        const last = out.at(-1);
-        if (last && last.start + last.length === block) last.length++;
-        else out.push({ start: block, length: 1 });
+        appendRun(out, block);
         block++;
       }
     }
@@ -135,10 +133,7 @@ export class BlockAllocator {
       if (candidates === 0) continue;
       for (let bit = 0; bit < 32 && taken < limit; bit++) {
         if ((candidates & (1 << bit)) === 0) continue;
-        const block = word * 32 + bit;
-        const last = out.at(-1);
-        if (last && last.start + last.length === block) last.length++;
-        else out.push({ start: block, length: 1 });
+        appendRun(out, word * 32 + bit);
         taken++;
       }
     }
@@ -212,10 +207,7 @@ export class BlockAllocator {
       if (bits === FULL) continue;
       for (let bit = 0; bit < 32 && needed > 0; bit++) {
         if ((bits & (1 << bit)) !== 0) continue;
-        const block = word * 32 + bit;
-        const last = runs.at(-1);
-        if (last && last.start + last.length === block) last.length++;
-        else runs.push({ start: block, length: 1 });
+        appendRun(runs, word * 32 + bit);
         needed--;
       }
     }

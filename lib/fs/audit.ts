@@ -1,17 +1,13 @@
 // Audit: recomputes everything derived (bitmap, free lists, sibling lists, link counts, counters) from the primary
 // state (inode types, parents, names, extents, sizes) and lists every disagreement. The checker builds on it.
-import type { BlockAllocator } from './allocator';
 import { ExtentStore } from './extents';
-import { FLAG_ORPHAN, type InodeTable, InodeType } from './inodes';
-import { type Geometry, HINTS, ROOT_INO } from './layout';
+import { FLAG_ORPHAN, InodeType } from './inodes';
+import { ROOT_INO } from './layout';
+import { scanOwnership } from './ownership';
+import { totalBlocks } from './runs';
+import type { MetadataViews } from './views';
 
-export interface AuditViews {
-  geometry: Geometry;
-  inodes: InodeTable;
-  extents: ExtentStore;
-  allocator: BlockAllocator;
-  hints: Uint32Array;
-}
+export type AuditViews = Pick<MetadataViews, 'geometry' | 'inodes' | 'extents' | 'allocator' | 'hints'>;
 
 export interface AuditReport {
   problems: string[];
@@ -21,9 +17,8 @@ export interface AuditReport {
 
 export function auditMetadata(views: AuditViews): AuditReport {
   const { geometry, inodes, extents, allocator, hints } = views;
-  const problems: string[] = [];
-  const owner = new Int32Array(geometry.blockCount).fill(-1);
-  for (let block = 0; block < geometry.metadataBlocks; block++) owner[block] = 0;
+  // Types, parents, names and who holds each block: the scan recovery trusts, so audit and repair agree on them.
+  const { problems, owner } = scanOwnership(views);
   const children = new Map<number, number[]>();
   const pageOwner = new Int32Array(geometry.extentPageCount).fill(-1);
   let liveInodes = 0;
@@ -33,31 +28,16 @@ export function auditMetadata(views: AuditViews): AuditReport {
   for (let ino = 1; ino < inodes.count; ino++) {
     const type = inodes.type(ino);
     if (type === InodeType.Free) continue;
-    if (type !== InodeType.Directory && type !== InodeType.File) {
-      problems.push(`inode ${ino}: unknown type ${type}`);
-      continue;
-    }
+    if (type !== InodeType.Directory && type !== InodeType.File) continue;
     liveInodes++;
     const orphan = (inodes.flags(ino) & FLAG_ORPHAN) !== 0;
     if (ino !== ROOT_INO && !orphan) {
       const parent = inodes.parent(ino);
-      if (!inodes.isValidIno(parent) || inodes.type(parent) !== InodeType.Directory) problems.push(`inode ${ino}: parent ${parent} is not a directory`);
-      else children.set(parent, [...(children.get(parent) ?? []), ino]);
+      if (inodes.isValidIno(parent) && inodes.type(parent) === InodeType.Directory) children.set(parent, [...(children.get(parent) ?? []), ino]);
     }
     const runs = extents.read(ino);
     if (runs.length !== inodes.extentCount(ino)) problems.push(`inode ${ino}: ${inodes.extentCount(ino)} extents recorded, ${runs.length} readable`);
-    let blocks = 0;
-    for (const run of runs) {
-      if (run.length === 0 || run.start < geometry.metadataBlocks || run.start + run.length > geometry.blockCount) {
-        problems.push(`inode ${ino}: extent [${run.start}, +${run.length}) outside the data blocks`);
-        continue;
-      }
-      for (let block = run.start; block < run.start + run.length; block++) {
-        if (owner[block] !== -1) problems.push(`block ${block} owned by inode ${owner[block]} and inode ${ino}`);
-        owner[block] = ino;
-      }
-      blocks += run.length;
-    }
+    const blocks = totalBlocks(runs);
     usedBlocks += blocks;
     if (blocks !== inodes.blockCount(ino)) problems.push(`inode ${ino}: blockCount ${inodes.blockCount(ino)} but extents hold ${blocks}`);
     const size = inodes.size(ino);
@@ -111,7 +91,7 @@ export function auditMetadata(views: AuditViews): AuditReport {
 
   // Free inode list: exactly the free inodes, each once.
   const freeInodes = new Set<number>();
-  for (let ino = hints[HINTS.freeInodeHead / 4]!; ino !== 0; ino = inodes.nextFree(ino)) {
+  for (let ino = hints.freeInodeHead; ino !== 0; ino = inodes.nextFree(ino)) {
     if (freeInodes.has(ino) || !inodes.isValidIno(ino)) {
       problems.push(`free inode list loops or leaves the table at ${ino}`);
       break;
@@ -121,11 +101,11 @@ export function auditMetadata(views: AuditViews): AuditReport {
   }
   const expectedFree = inodes.count - 1 - liveInodes;
   if (freeInodes.size !== expectedFree) problems.push(`free inode list holds ${freeInodes.size}, ${expectedFree} inodes are free`);
-  if (hints[HINTS.freeInodes / 4] !== expectedFree) problems.push(`free inode counter ${hints[HINTS.freeInodes / 4]}, ${expectedFree} are free`);
+  if (hints.freeInodes !== expectedFree) problems.push(`free inode counter ${hints.freeInodes}, ${expectedFree} are free`);
 
   // Free extent pages: exactly the pages no chain uses.
   const freePages = new Set<number>();
-  for (let page = hints[HINTS.freePageHead / 4]!; page !== 0; page = extents.pageNextFree(page)) {
+  for (let page = hints.freePageHead; page !== 0; page = extents.pageNextFree(page)) {
     if (freePages.has(page) || page >= geometry.extentPageCount) {
       problems.push(`free extent page list loops or leaves the area at ${page}`);
       break;
@@ -137,7 +117,7 @@ export function auditMetadata(views: AuditViews): AuditReport {
   if (freePages.size + usedPages !== geometry.extentPageCount - 1) {
     problems.push(`extent pages: ${freePages.size} free + ${usedPages} used != ${geometry.extentPageCount - 1}`);
   }
-  if (hints[HINTS.freePages / 4] !== freePages.size) problems.push(`free extent page counter ${hints[HINTS.freePages / 4]}, list holds ${freePages.size}`);
+  if (hints.freePages !== freePages.size) problems.push(`free extent page counter ${hints.freePages}, list holds ${freePages.size}`);
 
   return { problems, liveInodes, usedBlocks };
 }

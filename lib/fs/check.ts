@@ -1,30 +1,18 @@
 // The consistency checker (pmempool check's model): verify a pool that nobody has mounted, optionally repair it,
 // and answer consistent, repaired (with the fixes) or inconsistent (with the reasons).
 import { GuestmemfsError } from '../errors';
-import { verifyHandoverBlob } from '../handover/blob';
-import { native } from '../native';
+import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
-import { BlockAllocator } from './allocator';
 import { auditMetadata } from './audit';
-import { isMountedHere } from './filesystem';
-import { ExtentStore } from './extents';
-import { FLAG_ORPHAN, InodeTable, InodeType } from './inodes';
-import {
-  crc32,
-  FIXED_HEADER_BYTES,
-  HINTS_OFFSET,
-  INTENT,
-  INTENT_ACTIVE,
-  INTENT_OFFSET,
-  PoolState,
-  readSuperblock,
-  SLOT_CHECKED_BYTES,
-  SLOT_SIZE,
-  type Superblock,
-  writeSuperblockSlot,
-} from './layout';
+import { FLAG_ORPHAN, InodeType } from './inodes';
+import { renameInFlight } from './intent';
+import { FIXED_HEADER_BYTES, PoolState, readSuperblock, slotChecksums, type Superblock, writeSuperblockSlot } from './layout';
+import { verifyRecordedBlob } from './lifecycle';
 import { MappedMetadata } from './metadata';
-import { findUnrepairable, repairDerived } from './repair';
+import { findUnrepairable } from './ownership';
+import { isMountedHere, tryLock, unlock } from './registry';
+import { repairDerived } from './repair';
+import { openViews } from './views';
 
 export type CheckState = 'consistent' | 'repaired' | 'inconsistent';
 
@@ -55,13 +43,13 @@ const stateNames = { [PoolState.Clean]: 'clean', [PoolState.Mounted]: 'mounted',
  */
 export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
   const fields = { syscall: 'check', path: pool.label };
-  if (isMountedHere(pool) || !native.fdLock(pool.fd, true, false)) {
+  if (isMountedHere(pool) || !tryLock(pool)) {
     throw new GuestmemfsError('EBUSY', 'pool is mounted: unmount it before checking (the checker needs it to itself)', fields);
   }
   const problems: string[] = [];
   const fixes: string[] = [];
-  let header: ReturnType<Pool['map']> | undefined;
-  let meta: ReturnType<Pool['map']> | undefined;
+  let header: Mapping | undefined;
+  let meta: Mapping | undefined;
   try {
     header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], { populate: false });
     const headerBytes = header.bytes(0, FIXED_HEADER_BYTES);
@@ -74,57 +62,33 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     const poolState = stateNames[sb.state as PoolState] ?? 'unreadable';
     // Each superblock copy on its own: the newer one was used; a damaged older one is rewritten from it.
     const other = 1 - sb.slot;
-    const otherBase = other * SLOT_SIZE;
-    const otherCrc = new DataView(headerBytes.buffer, headerBytes.byteOffset + otherBase + SLOT_CHECKED_BYTES, 4).getUint32(0, true);
-    const otherValid = otherCrc === crc32(headerBytes.subarray(otherBase, otherBase + SLOT_CHECKED_BYTES));
+    const otherCrc = slotChecksums(headerBytes, other);
+    const otherValid = otherCrc.stored === otherCrc.actual;
     if (!otherValid) problems.push(`superblock copy ${other === 0 ? 'A' : 'B'} is damaged (copy ${sb.slot === 0 ? 'A' : 'B'} is intact)`);
 
     meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
-    const source = new MappedMetadata(meta.id);
-    const metaHeader = source.window(0, FIXED_HEADER_BYTES);
-    const hints = new Uint32Array(metaHeader.buffer, metaHeader.byteOffset + HINTS_OFFSET, 1024);
-    const intent = new Uint32Array(metaHeader.buffer, metaHeader.byteOffset + INTENT_OFFSET, 1024);
-    const inodes = new InodeTable(source, sb.geometry);
-    const allocator = new BlockAllocator(source, sb.geometry, hints);
-    const extents = new ExtentStore(source, sb.geometry, hints, inodes);
+    const views = openViews(new MappedMetadata(meta.id), sb.geometry);
+    const { header: metaHeader, inodes, intent } = views;
 
     let handoverValid = false; // only meaningful when serialised
     if (sb.state === PoolState.Serialised) {
       try {
-        const area = source.window(sb.geometry.handoverOffset, sb.geometry.handoverLength);
-        if (sb.handoverBytes === 0 || sb.handoverBytes > area.length || sb.handoverGeneration !== sb.generation) {
-          throw new Error(`the superblock records an impossible blob (${sb.handoverBytes} bytes, generation ${sb.handoverGeneration} vs ${sb.generation})`);
-        }
-        verifyHandoverBlob(area.subarray(0, sb.handoverBytes), {
-          geometry: sb.geometry,
-          uuid: sb.uuid,
-          generation: sb.generation,
-          pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
-          metadata: {
-            header: metaHeader,
-            bitmaps: allocator.bitmapBytes(),
-            inodeRecord: (ino) => inodes.record(ino),
-            pageRecord: (page) => extents.pageRecord(page),
-          },
-          isLive: (ino) => inodes.type(ino) !== InodeType.Free,
-          chainOf: (ino) => (inodes.isValidIno(ino) ? extents.chain(ino) : []),
-          blobCrc: sb.handoverCrc,
-        });
+        verifyRecordedBlob(views, sb, pool, views.source.window(sb.geometry.handoverOffset, sb.geometry.handoverLength), fields);
         handoverValid = true;
       } catch (error) {
         problems.push(`handover blob is not valid: ${(error as Error).message}`);
       }
     }
     if (sb.state === PoolState.Mounted) problems.push(`pool was not unmounted cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted`);
-    if (intent[INTENT.magic / 4] === INTENT_ACTIVE) problems.push('an interrupted rename is recorded in the intent record');
-    const unclean = sb.state === PoolState.Mounted || intent[INTENT.magic / 4] === INTENT_ACTIVE;
+    if (renameInFlight(intent)) problems.push('an interrupted rename is recorded in the intent record');
+    const unclean = sb.state === PoolState.Mounted || renameInFlight(intent);
     if (unclean) {
       for (let ino = 2; ino < inodes.count; ino++) {
         if (inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
       }
     }
-    const unrepairable = findUnrepairable({ geometry: sb.geometry, inodes, extents });
-    const derived = unrepairable.length === 0 ? auditMetadata({ geometry: sb.geometry, inodes, extents, allocator, hints }).problems : [];
+    const unrepairable = findUnrepairable(views);
+    const derived = unrepairable.length === 0 ? auditMetadata(views).problems : [];
     problems.push(...unrepairable, ...derived);
 
     if (problems.length === 0) return { state: 'consistent', fixes, problems, repairable: true, poolState };
@@ -138,9 +102,9 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
       return { state: 'repaired', fixes: [`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`], problems, repairable: true, poolState };
     }
     // Repair. Everything below is idempotent: a kill part-way leaves a pool the next check repairs again.
-    const result = repairDerived({ geometry: sb.geometry, inodes, extents, allocator, hints, intent, intentBytes: metaHeader.subarray(INTENT_OFFSET, INTENT_OFFSET + 4096) });
+    const result = repairDerived(views);
     fixes.push(...result.fixes);
-    const after = auditMetadata({ geometry: sb.geometry, inodes, extents, allocator, hints }).problems;
+    const after = auditMetadata(views).problems;
     if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState };
     // The repair rewrote derived metadata the blob's checksum covers: a handover cannot survive it and becomes stale.
     if (sb.state === PoolState.Serialised) fixes.push(`marked the handover blob stale${handoverValid ? '' : ' (it was not valid)'}: the next mount uses the metadata itself`);
@@ -150,6 +114,6 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
   } finally {
     header?.unmap();
     meta?.unmap();
-    native.fdUnlock(pool.fd);
+    unlock(pool);
   }
 }

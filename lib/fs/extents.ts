@@ -4,32 +4,16 @@
 // Extent page layout: 0 owner ino u32, 4 next page u32, 8 nextFree u32 (free list link), 12 reserved,
 // 16.. 62 extents of (start u32, length u32). Page 0 is never used, so 0 means "none".
 //
-// Ordering (see filesystem.ts): new extent entries and pages are written and linked first and the inode's
+// Ordering (see data.ts): new extent entries and pages are written and linked first and the inode's
 // extentCount is raised last, so the count is the commit point; a kill before it leaves unused entries that
 // readers ignore and the checker frees.
 import { GuestmemfsError } from '../errors';
-import { EXTENT_PAGE_SIZE, EXTENTS_PER_PAGE, type Geometry, HINTS, INLINE_EXTENTS } from './layout';
+import { EXTENT_PAGE_SIZE, EXTENTS_PER_PAGE, type Geometry, type Hints, INLINE_EXTENTS } from './layout';
 import type { InodeTable } from './inodes';
 import { ChunkedRecords, type MetadataSource } from './metadata';
-
-export interface BlockRun {
-  start: number;
-  length: number;
-}
+import type { BlockRun } from './runs';
 
 const PAGE_WORDS = EXTENT_PAGE_SIZE / 4;
-
-/** The runs past the first `keep` blocks of a file whose extents are `runs`. */
-export function cutAfter(runs: readonly BlockRun[], keep: number): BlockRun[] {
-  const cut: BlockRun[] = [];
-  let seen = 0;
-  for (const run of runs) {
-    if (seen >= keep) cut.push(run);
-    else if (seen + run.length > keep) cut.push({ start: run.start + (keep - seen), length: run.length - (keep - seen) });
-    seen += run.length;
-  }
-  return cut;
-}
 const P = { owner: 0, next: 1, nextFree: 2, extents: 4 } as const;
 
 /** 2048 pages (1 MiB) per window. */
@@ -38,10 +22,10 @@ const CHUNK_SHIFT = 11;
 export class ExtentStore {
   readonly pageCount: number;
   readonly #pages: ChunkedRecords;
-  readonly #hints: Uint32Array;
+  readonly #hints: Hints;
   readonly #inodes: InodeTable;
 
-  constructor(source: MetadataSource, geometry: Geometry, hints: Uint32Array, inodes: InodeTable) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Hints, inodes: InodeTable) {
     this.pageCount = geometry.extentPageCount;
     this.#pages = new ChunkedRecords(source, geometry.extentOffset, EXTENT_PAGE_SIZE, geometry.extentPageCount, CHUNK_SHIFT);
     this.#hints = hints;
@@ -66,7 +50,7 @@ export class ExtentStore {
   }
 
   get freePages(): number {
-    return this.#hints[HINTS.freePages / 4]!;
+    return this.#hints.freePages;
   }
 
   pageOwner(page: number): number {
@@ -85,8 +69,8 @@ export class ExtentStore {
       this.#clearPage(page);
       this.#setWord(page, P.nextFree, page + 1 < this.pageCount ? page + 1 : 0);
     }
-    this.#hints[HINTS.freePageHead / 4] = this.pageCount > 1 ? 1 : 0;
-    this.#hints[HINTS.freePages / 4] = this.pageCount - 1;
+    this.#hints.freePageHead = this.pageCount > 1 ? 1 : 0;
+    this.#hints.freePages = this.pageCount - 1;
   }
 
   /** Recovery: every page not marked used goes on the free list, in order. */
@@ -100,8 +84,8 @@ export class ExtentStore {
       head = page;
       free++;
     }
-    this.#hints[HINTS.freePageHead / 4] = head;
-    this.#hints[HINTS.freePages / 4] = free;
+    this.#hints.freePageHead = head;
+    this.#hints.freePages = free;
   }
 
   /** The file's extents in file order. Entries are bounds-checked: a damaged chain ends the list early. */
@@ -221,13 +205,13 @@ export class ExtentStore {
   }
 
   #popFreePage(owner: number): number {
-    const head = this.#hints[HINTS.freePageHead / 4]!;
+    const head = this.#hints.freePageHead;
     if (head === 0) throw new GuestmemfsError('ENOSPC', 'extent pages exhausted (cannot happen with a consistent pool: run the checker)');
     if (head >= this.pageCount || this.pageOwner(head) !== 0) {
       throw new GuestmemfsError('EUCLEAN', `the free extent page list is damaged (it names page ${head}): unmount and run the checker with repair`);
     }
-    this.#hints[HINTS.freePageHead / 4] = this.pageNextFree(head);
-    this.#hints[HINTS.freePages / 4] = this.freePages - 1;
+    this.#hints.freePageHead = this.pageNextFree(head);
+    this.#hints.freePages = this.freePages - 1;
     this.#clearPage(head);
     this.#setWord(head, P.owner, owner);
     return head;
@@ -236,9 +220,9 @@ export class ExtentStore {
   #pushFreePage(page: number): void {
     this.#setWord(page, P.owner, 0);
     this.#setWord(page, P.next, 0);
-    this.#setWord(page, P.nextFree, this.#hints[HINTS.freePageHead / 4]!);
-    this.#hints[HINTS.freePageHead / 4] = page;
-    this.#hints[HINTS.freePages / 4] = this.freePages + 1;
+    this.#setWord(page, P.nextFree, this.#hints.freePageHead);
+    this.#hints.freePageHead = page;
+    this.#hints.freePages = this.freePages + 1;
   }
 
   // Entry addressing: an entry is -1 - (ino * 4 + slot) for an inline extent, or page * 64 + slot for one in a page.

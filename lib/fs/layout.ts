@@ -4,14 +4,14 @@
 //
 //   offset 0        superblock slot A (4 KiB)  \ two copies, each with its own CRC32 and sequence number: a writer
 //   offset 4096     superblock slot B (4 KiB)  / updates the older slot, so a kill mid-write leaves the other intact
-//   offset 8192     intent record (4 KiB)      rename's redo record (see namespace ordering in filesystem.ts)
+//   offset 8192     intent record (4 KiB)      rename's redo record (intent.ts)
 //   offset 12288    hints (4 KiB)              free-list heads and counters: derived, rebuilt by the checker
 //   bitmapOffset    allocated bitmap           one bit per block; derived from the extents of live inodes
 //   dirtyOffset     dirty bitmap               one bit per block: freed but not yet zeroed (primary: not derivable)
 //   inodeOffset     inode table                inodeCount x 512 bytes; inode 0 is never used, inode 1 is the root
 //   extentOffset    extent pages               extentPageCount x 512 bytes; page 0 is never used
 //   handoverOffset  handover area              the KHO-style blob (issue: handover)
-import * as zlib from 'node:zlib';
+import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
 
@@ -23,14 +23,21 @@ export const KNOWN_COMPAT = 0;
 export const KNOWN_INCOMPAT = 0;
 export const KNOWN_RO_COMPAT = 0;
 
-export const SLOT_SIZE = 4096;
+/** Each of the four records of the fixed header (two superblock slots, intent, hints) is one 4 KiB page. */
+export const HEADER_RECORD_BYTES = 4096;
+export const HEADER_RECORD_WORDS = HEADER_RECORD_BYTES / 4;
+export const SLOT_SIZE = HEADER_RECORD_BYTES;
 export const SLOT_A_OFFSET = 0;
-export const SLOT_B_OFFSET = 4096;
-export const INTENT_OFFSET = 8192;
-export const HINTS_OFFSET = 12288;
-export const FIXED_HEADER_BYTES = 16384;
+export const SLOT_B_OFFSET = SLOT_SIZE;
+export const INTENT_OFFSET = 2 * HEADER_RECORD_BYTES;
+export const HINTS_OFFSET = 3 * HEADER_RECORD_BYTES;
+export const FIXED_HEADER_BYTES = 4 * HEADER_RECORD_BYTES;
 /** Bytes of a superblock slot covered by its CRC32 (the CRC sits right after them). */
 export const SLOT_CHECKED_BYTES = 508;
+/** Every region after the fixed header starts on a 4 KiB boundary, so each can be mapped and checked on its own. */
+export const REGION_ALIGNMENT = 4096;
+/** The handover area's room for the blob's fixed nodes; per-inode and per-extent-page entries come on top. */
+const HANDOVER_FIXED_BYTES = 65536;
 
 export const INODE_SIZE = 512;
 export const EXTENT_PAGE_SIZE = 512;
@@ -43,45 +50,6 @@ export enum PoolState {
   Mounted = 1,
   Serialised = 2,
 }
-
-// Superblock slot field offsets.
-const SB = {
-  magic: 0,
-  major: 8,
-  minor: 10,
-  checkedBytes: 12,
-  compat: 16,
-  incompat: 20,
-  roCompat: 24,
-  uuid: 32,
-  poolSize: 48,
-  pageSize: 56,
-  blockSize: 64,
-  blockCount: 72,
-  metadataBlocks: 76,
-  inodeCount: 80,
-  inodeSize: 84,
-  extentPageCount: 88,
-  extentPageSize: 92,
-  bitmapOffset: 96,
-  bitmapLength: 104,
-  dirtyOffset: 112,
-  inodeOffset: 120,
-  extentOffset: 128,
-  handoverOffset: 136,
-  handoverLength: 144,
-  createdNs: 152,
-  sequence: 160,
-  generation: 168,
-  state: 176,
-  ownerPid: 180,
-  ownerStartTime: 184,
-  mountCount: 192,
-  handoverBytes: 200,
-  handoverCrc: 204,
-  handoverGeneration: 208,
-  crc: SLOT_CHECKED_BYTES,
-} as const;
 
 /** Pool geometry fixed at mkfs. */
 export interface Geometry {
@@ -161,12 +129,12 @@ export function computeGeometry(poolSize: number, pageSize: number, blockSize: n
   const extentPageCount = extentPagesFor(blockCount);
   const bitmapLength = align(Math.ceil(blockCount / 8), 8);
   const bitmapOffset = FIXED_HEADER_BYTES;
-  const dirtyOffset = align(bitmapOffset + bitmapLength, 4096);
-  const inodeOffset = align(dirtyOffset + bitmapLength, 4096);
-  const extentOffset = align(inodeOffset + inodeCount * INODE_SIZE, 4096);
-  const handoverOffset = align(extentOffset + extentPageCount * EXTENT_PAGE_SIZE, 4096);
+  const dirtyOffset = align(bitmapOffset + bitmapLength, REGION_ALIGNMENT);
+  const inodeOffset = align(dirtyOffset + bitmapLength, REGION_ALIGNMENT);
+  const extentOffset = align(inodeOffset + inodeCount * INODE_SIZE, REGION_ALIGNMENT);
+  const handoverOffset = align(extentOffset + extentPageCount * EXTENT_PAGE_SIZE, REGION_ALIGNMENT);
   // Room for the handover blob: fixed nodes plus per-inode and per-extent-page entries.
-  const handoverLength = align(65536 + 8 * inodeCount + 8 * extentPageCount, 4096);
+  const handoverLength = align(HANDOVER_FIXED_BYTES + 8 * inodeCount + 8 * extentPageCount, REGION_ALIGNMENT);
   const metadataBlocks = Math.ceil((handoverOffset + handoverLength) / blockSize);
   if (metadataBlocks >= blockCount) {
     throw new GuestmemfsError(
@@ -200,131 +168,165 @@ export function newUuid(): string {
   return (require('node:crypto') as typeof import('node:crypto')).randomUUID();
 }
 
-function writeUuid(view: DataView, offset: number, uuid: string): void {
-  const hex = uuid.replace(/-/g, '');
-  for (let i = 0; i < 16; i++) view.setUint8(offset + i, Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16));
+// ------------------------------------------------------------------ superblock slots
+
+/**
+ * How a field is stored: `u16`/`u32` as numbers; `u64` a number stored as 64 bits (sizes and offsets, all below
+ * 2^53); `bigint` a 64-bit counter or time; `uuid` 16 raw bytes; `magic` the 8-byte format magic. A field with
+ * `fixed` holds a constant of this format version, written by every writer and checked by every reader.
+ */
+type FieldType = 'u16' | 'u32' | 'u64' | 'bigint' | 'uuid' | 'magic';
+
+interface FieldSpec {
+  name: string;
+  offset: number;
+  type: FieldType;
+  /** Where the value lives in a Superblock: on it, or in its geometry. */
+  in?: 'geometry';
+  fixed?: number;
 }
 
-function readUuid(view: DataView, offset: number): string {
-  let hex = '';
-  for (let i = 0; i < 16; i++) hex += view.getUint8(offset + i).toString(16).padStart(2, '0');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+/** The superblock slot, field by field: encode, decode and the fixed-value checks are all driven by this list. */
+const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
+  { name: 'magic', offset: 0, type: 'magic' },
+  { name: 'major', offset: 8, type: 'u16' },
+  { name: 'minor', offset: 10, type: 'u16' },
+  { name: 'checkedBytes', offset: 12, type: 'u32', fixed: SLOT_CHECKED_BYTES },
+  { name: 'compat', offset: 16, type: 'u32' },
+  { name: 'incompat', offset: 20, type: 'u32' },
+  { name: 'roCompat', offset: 24, type: 'u32' },
+  { name: 'uuid', offset: 32, type: 'uuid' },
+  { name: 'poolSize', offset: 48, type: 'u64', in: 'geometry' },
+  { name: 'pageSize', offset: 56, type: 'u64', in: 'geometry' },
+  { name: 'blockSize', offset: 64, type: 'u64', in: 'geometry' },
+  { name: 'blockCount', offset: 72, type: 'u32', in: 'geometry' },
+  { name: 'metadataBlocks', offset: 76, type: 'u32', in: 'geometry' },
+  { name: 'inodeCount', offset: 80, type: 'u32', in: 'geometry' },
+  { name: 'inodeSize', offset: 84, type: 'u32', fixed: INODE_SIZE },
+  { name: 'extentPageCount', offset: 88, type: 'u32', in: 'geometry' },
+  { name: 'extentPageSize', offset: 92, type: 'u32', fixed: EXTENT_PAGE_SIZE },
+  { name: 'bitmapOffset', offset: 96, type: 'u64', in: 'geometry' },
+  { name: 'bitmapLength', offset: 104, type: 'u64', in: 'geometry' },
+  { name: 'dirtyOffset', offset: 112, type: 'u64', in: 'geometry' },
+  { name: 'inodeOffset', offset: 120, type: 'u64', in: 'geometry' },
+  { name: 'extentOffset', offset: 128, type: 'u64', in: 'geometry' },
+  { name: 'handoverOffset', offset: 136, type: 'u64', in: 'geometry' },
+  { name: 'handoverLength', offset: 144, type: 'u64', in: 'geometry' },
+  { name: 'createdNs', offset: 152, type: 'bigint' },
+  { name: 'sequence', offset: 160, type: 'bigint' },
+  { name: 'generation', offset: 168, type: 'bigint' },
+  { name: 'state', offset: 176, type: 'u32' },
+  { name: 'ownerPid', offset: 180, type: 'u32' },
+  { name: 'ownerStartTime', offset: 184, type: 'bigint' },
+  { name: 'mountCount', offset: 192, type: 'bigint' },
+  { name: 'handoverBytes', offset: 200, type: 'u32' },
+  { name: 'handoverCrc', offset: 204, type: 'u32' },
+  { name: 'handoverGeneration', offset: 208, type: 'bigint' },
+];
+/** The slot's own CRC32, over its first SLOT_CHECKED_BYTES bytes. */
+const SLOT_CRC_OFFSET = SLOT_CHECKED_BYTES;
+const MAGIC_BYTES = 8;
+
+type FieldValue = number | bigint | string;
+
+function writeField(view: DataView, field: FieldSpec, value: FieldValue): void {
+  const at = field.offset;
+  switch (field.type) {
+    case 'u16':
+      return view.setUint16(at, value as number, true);
+    case 'u32':
+      return view.setUint32(at, value as number, true);
+    case 'u64':
+      return view.setBigUint64(at, BigInt(value as number), true);
+    case 'bigint':
+      return view.setBigUint64(at, value as bigint, true);
+    case 'uuid': {
+      const hex = (value as string).replace(/-/g, '');
+      for (let i = 0; i < 16; i++) view.setUint8(at + i, Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16));
+      return;
+    }
+    case 'magic':
+      for (let i = 0; i < MAGIC_BYTES; i++) view.setUint8(at + i, FORMAT_MAGIC.charCodeAt(i));
+  }
 }
 
-export function crc32(bytes: Uint8Array): number {
-  return zlib.crc32(bytes) >>> 0;
+function readField(view: DataView, field: FieldSpec): FieldValue {
+  const at = field.offset;
+  switch (field.type) {
+    case 'u16':
+      return view.getUint16(at, true);
+    case 'u32':
+      return view.getUint32(at, true);
+    case 'u64':
+      return Number(view.getBigUint64(at, true));
+    case 'bigint':
+      return view.getBigUint64(at, true);
+    case 'uuid': {
+      let hex = '';
+      for (let i = 0; i < 16; i++) hex += view.getUint8(at + i).toString(16).padStart(2, '0');
+      return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+    }
+    case 'magic':
+      return magicAt(new Uint8Array(view.buffer, view.byteOffset, MAGIC_BYTES), 0);
+  }
+}
+
+function magicAt(bytes: Uint8Array, offset: number): string {
+  let magic = '';
+  for (let i = 0; i < MAGIC_BYTES; i++) magic += String.fromCharCode(bytes[offset + i]!);
+  return magic;
+}
+
+function slotView(metadata: Uint8Array, slot: number): DataView {
+  return new DataView(metadata.buffer, metadata.byteOffset + (slot === 0 ? SLOT_A_OFFSET : SLOT_B_OFFSET), SLOT_SIZE);
+}
+
+/** The CRC a slot carries and the one its bytes have: a slot is whole only when they agree. */
+export function slotChecksums(metadata: Uint8Array, slot: number): { stored: number; actual: number } {
+  const view = slotView(metadata, slot);
+  return { stored: view.getUint32(SLOT_CRC_OFFSET, true), actual: crc32(new Uint8Array(view.buffer, view.byteOffset, SLOT_CHECKED_BYTES)) };
 }
 
 /** Writes a complete superblock copy into one slot, CRC last, so a reader never accepts a half-written slot. */
 export function writeSuperblockSlot(metadata: Uint8Array, slot: number, sb: Omit<Superblock, 'slot'>): void {
-  const base = slot === 0 ? SLOT_A_OFFSET : SLOT_B_OFFSET;
-  const view = new DataView(metadata.buffer, metadata.byteOffset + base, SLOT_SIZE);
-  const g = sb.geometry;
+  const view = slotView(metadata, slot);
   // Invalidate the slot first: a kill during the rewrite must not leave the old CRC over mixed fields.
-  view.setUint32(SB.crc, 0, true);
-  for (let i = 0; i < 8; i++) view.setUint8(SB.magic + i, FORMAT_MAGIC.charCodeAt(i));
-  view.setUint16(SB.major, sb.major, true);
-  view.setUint16(SB.minor, sb.minor, true);
-  view.setUint32(SB.checkedBytes, SLOT_CHECKED_BYTES, true);
-  view.setUint32(SB.compat, sb.compat, true);
-  view.setUint32(SB.incompat, sb.incompat, true);
-  view.setUint32(SB.roCompat, sb.roCompat, true);
-  writeUuid(view, SB.uuid, sb.uuid);
-  view.setBigUint64(SB.poolSize, BigInt(g.poolSize), true);
-  view.setBigUint64(SB.pageSize, BigInt(g.pageSize), true);
-  view.setBigUint64(SB.blockSize, BigInt(g.blockSize), true);
-  view.setUint32(SB.blockCount, g.blockCount, true);
-  view.setUint32(SB.metadataBlocks, g.metadataBlocks, true);
-  view.setUint32(SB.inodeCount, g.inodeCount, true);
-  view.setUint32(SB.inodeSize, INODE_SIZE, true);
-  view.setUint32(SB.extentPageCount, g.extentPageCount, true);
-  view.setUint32(SB.extentPageSize, EXTENT_PAGE_SIZE, true);
-  view.setBigUint64(SB.bitmapOffset, BigInt(g.bitmapOffset), true);
-  view.setBigUint64(SB.bitmapLength, BigInt(g.bitmapLength), true);
-  view.setBigUint64(SB.dirtyOffset, BigInt(g.dirtyOffset), true);
-  view.setBigUint64(SB.inodeOffset, BigInt(g.inodeOffset), true);
-  view.setBigUint64(SB.extentOffset, BigInt(g.extentOffset), true);
-  view.setBigUint64(SB.handoverOffset, BigInt(g.handoverOffset), true);
-  view.setBigUint64(SB.handoverLength, BigInt(g.handoverLength), true);
-  view.setBigUint64(SB.createdNs, sb.createdNs, true);
-  view.setBigUint64(SB.sequence, sb.sequence, true);
-  view.setBigUint64(SB.generation, sb.generation, true);
-  view.setUint32(SB.state, sb.state, true);
-  view.setUint32(SB.ownerPid, sb.ownerPid, true);
-  view.setBigUint64(SB.ownerStartTime, sb.ownerStartTime, true);
-  view.setBigUint64(SB.mountCount, sb.mountCount, true);
-  view.setUint32(SB.handoverBytes, sb.handoverBytes, true);
-  view.setUint32(SB.handoverCrc, sb.handoverCrc, true);
-  view.setBigUint64(SB.handoverGeneration, sb.handoverGeneration, true);
-  view.setUint32(SB.crc, crc32(new Uint8Array(view.buffer, view.byteOffset, SLOT_CHECKED_BYTES)), true);
+  view.setUint32(SLOT_CRC_OFFSET, 0, true);
+  const source = sb as unknown as Record<string, FieldValue>;
+  const geometry = sb.geometry as unknown as Record<string, FieldValue>;
+  for (const field of SUPERBLOCK_FIELDS) {
+    writeField(view, field, field.fixed ?? (field.in === 'geometry' ? geometry : source)[field.name]!);
+  }
+  view.setUint32(SLOT_CRC_OFFSET, slotChecksums(metadata, slot).actual, true);
 }
 
 type SlotResult = { ok: true; sb: Superblock } | { ok: false; reason: string; code: string };
 
 function readSlot(metadata: Uint8Array, slot: number): SlotResult {
-  const base = slot === 0 ? SLOT_A_OFFSET : SLOT_B_OFFSET;
-  const view = new DataView(metadata.buffer, metadata.byteOffset + base, SLOT_SIZE);
-  let magic = '';
-  for (let i = 0; i < 8; i++) magic += String.fromCharCode(view.getUint8(SB.magic + i));
-  if (magic !== FORMAT_MAGIC) return { ok: false, code: 'ENOTFS', reason: 'no guestmemfs superblock (bad magic)' };
-  const stored = view.getUint32(SB.crc, true);
-  const actual = crc32(new Uint8Array(view.buffer, view.byteOffset, SLOT_CHECKED_BYTES));
+  const view = slotView(metadata, slot);
+  if (magicAt(metadata, slot === 0 ? SLOT_A_OFFSET : SLOT_B_OFFSET) !== FORMAT_MAGIC) {
+    return { ok: false, code: 'ENOTFS', reason: 'no guestmemfs superblock (bad magic)' };
+  }
+  const { stored, actual } = slotChecksums(metadata, slot);
   if (stored !== actual) {
     return { ok: false, code: 'EUCLEAN', reason: `superblock checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)})` };
   }
-  const major = view.getUint16(SB.major, true);
-  const minor = view.getUint16(SB.minor, true);
-  const num = (offset: number) => Number(view.getBigUint64(offset, true));
-  const geometry: Geometry = {
-    poolSize: num(SB.poolSize),
-    pageSize: num(SB.pageSize),
-    blockSize: num(SB.blockSize),
-    blockCount: view.getUint32(SB.blockCount, true),
-    metadataBlocks: view.getUint32(SB.metadataBlocks, true),
-    inodeCount: view.getUint32(SB.inodeCount, true),
-    extentPageCount: view.getUint32(SB.extentPageCount, true),
-    bitmapOffset: num(SB.bitmapOffset),
-    bitmapLength: num(SB.bitmapLength),
-    dirtyOffset: num(SB.dirtyOffset),
-    inodeOffset: num(SB.inodeOffset),
-    extentOffset: num(SB.extentOffset),
-    handoverOffset: num(SB.handoverOffset),
-    handoverLength: num(SB.handoverLength),
-    metadataBytes: 0,
-  };
-  geometry.metadataBytes = geometry.metadataBlocks * geometry.blockSize;
-  return {
-    ok: true,
-    sb: {
-      major,
-      minor,
-      compat: view.getUint32(SB.compat, true),
-      incompat: view.getUint32(SB.incompat, true),
-      roCompat: view.getUint32(SB.roCompat, true),
-      uuid: readUuid(view, SB.uuid),
-      createdNs: view.getBigUint64(SB.createdNs, true),
-      sequence: view.getBigUint64(SB.sequence, true),
-      generation: view.getBigUint64(SB.generation, true),
-      state: view.getUint32(SB.state, true),
-      ownerPid: view.getUint32(SB.ownerPid, true),
-      ownerStartTime: view.getBigUint64(SB.ownerStartTime, true),
-      mountCount: view.getBigUint64(SB.mountCount, true),
-      handoverBytes: view.getUint32(SB.handoverBytes, true),
-      handoverCrc: view.getUint32(SB.handoverCrc, true),
-      handoverGeneration: view.getBigUint64(SB.handoverGeneration, true),
-      geometry,
-      slot,
-    },
-  };
+  const sb: Record<string, FieldValue> = {};
+  const geometry: Record<string, FieldValue> = {};
+  for (const field of SUPERBLOCK_FIELDS) {
+    const value = readField(view, field);
+    if (field.fixed !== undefined && value !== field.fixed) {
+      return { ok: false, code: 'EUCLEAN', reason: `superblock field ${field.name} is ${value}, this format version has ${field.fixed}` };
+    }
+    if (field.type !== 'magic' && field.fixed === undefined) (field.in === 'geometry' ? geometry : sb)[field.name] = value;
+  }
+  geometry.metadataBytes = (geometry.metadataBlocks as number) * (geometry.blockSize as number);
+  return { ok: true, sb: { ...(sb as unknown as Omit<Superblock, 'geometry' | 'slot'>), geometry: geometry as unknown as Geometry, slot } };
 }
 
-/** True when the first slot carries the guestmemfs magic (a formatted pool, whatever its state). */
+/** True when either slot carries the guestmemfs magic (a formatted pool, whatever its state). */
 export function hasMagic(header: Uint8Array): boolean {
-  let magic = '';
-  for (let i = 0; i < 8; i++) magic += String.fromCharCode(header[i]!);
-  let magicB = '';
-  for (let i = 0; i < 8; i++) magicB += String.fromCharCode(header[SLOT_B_OFFSET + i]!);
-  return magic === FORMAT_MAGIC || magicB === FORMAT_MAGIC;
+  return magicAt(header, SLOT_A_OFFSET) === FORMAT_MAGIC || magicAt(header, SLOT_B_OFFSET) === FORMAT_MAGIC;
 }
 
 /**
@@ -388,32 +390,46 @@ function checkGeometry(g: Geometry, pool: { size: number; pageSize: number; labe
   }
 }
 
-/** Hints block: derived free-list heads and counters (rebuilt by the checker after a crash). */
-export const HINTS = {
-  freeInodeHead: 0,
-  freeInodes: 4,
-  freePageHead: 8,
-  freePages: 12,
-  freeBlocks: 16,
-  dirtyBlocks: 20,
-} as const;
+// ------------------------------------------------------------------ hints and intent records
 
-/** Intent record: rename's redo log. */
-export const INTENT = {
-  magic: 0,
-  op: 4,
-  srcIno: 8,
-  dstParent: 12,
-  victimIno: 16,
-  nameLength: 20,
-  crc: 24,
-  name: 32,
-} as const;
+/** A record of 32-bit words in the pool, with one accessor per named word: each read and write is one aligned access. */
+export type WordRecord<K extends string> = { [P in K]: number } & { readonly words: Uint32Array };
+
+function wordRecord<K extends string>(layout: Readonly<Record<K, number>>): new (words: Uint32Array) => WordRecord<K> {
+  class Record {
+    constructor(readonly words: Uint32Array) {}
+  }
+  for (const [name, word] of Object.entries(layout) as Array<[string, number]>) {
+    Object.defineProperty(Record.prototype, name, {
+      get(this: Record) {
+        return this.words[word]!;
+      },
+      set(this: Record, value: number) {
+        this.words[word] = value;
+      },
+    });
+  }
+  return Record as unknown as new (words: Uint32Array) => WordRecord<K>;
+}
+
+/** Hints: derived free-list heads and counters (rebuilt by the checker after a crash), by word. */
+const HINT_WORDS = { freeInodeHead: 0, freeInodes: 1, freePageHead: 2, freePages: 3, freeBlocks: 4, dirtyBlocks: 5 } as const;
+export type Hints = WordRecord<keyof typeof HINT_WORDS>;
+export const Hints = wordRecord(HINT_WORDS);
+
+/** Intent record: rename's redo log, by word; the new name's bytes follow at INTENT_NAME_OFFSET. */
+const INTENT_WORDS = { magic: 0, op: 1, srcIno: 2, dstParent: 3, victimIno: 4, nameLength: 5, crc: 6 } as const;
+export type Intent = WordRecord<keyof typeof INTENT_WORDS>;
+export const Intent = wordRecord(INTENT_WORDS);
+/** Byte offsets inside the intent record: the checked fields run from `op` up to `crc`, the name starts at 32. */
+export const INTENT_CHECKED_FROM = INTENT_WORDS.op * 4;
+export const INTENT_CHECKED_TO = INTENT_WORDS.crc * 4;
+export const INTENT_NAME_OFFSET = 32;
 export const INTENT_ACTIVE = 0x544e5449; // "ITNT"
 export const INTENT_OP_RENAME = 1;
 
-/** CRC32 over the intent's fields (op..nameLength) and its name bytes. */
-export function intentChecksum(intent: Uint8Array, nameLength: number): number {
-  const fields = crc32(intent.subarray(INTENT.op, INTENT.crc));
-  return zlib.crc32(intent.subarray(INTENT.name, INTENT.name + nameLength), fields) >>> 0;
+/** The hints and intent records of a fixed header (whose first byte is the pool's), aliasing it. */
+export function headerRecords(header: Uint8Array): { hints: Hints; intent: Intent; intentBytes: Uint8Array } {
+  const words = (offset: number) => new Uint32Array(header.buffer, header.byteOffset + offset, HEADER_RECORD_WORDS);
+  return { hints: new Hints(words(HINTS_OFFSET)), intent: new Intent(words(INTENT_OFFSET)), intentBytes: header.subarray(INTENT_OFFSET, INTENT_OFFSET + HEADER_RECORD_BYTES) };
 }

@@ -34,27 +34,45 @@
 //     mappings_to_inode
 //       num_inodes                u32: number of live inodes
 //       inodes                    u32 list: for each mappings_blocks range, the inode whose extents it holds
+//
+// This module is the format layer: it knows the blob, not the pool. What it says about the metadata (where each region
+// is, record sizes, the format version) the filesystem gives it as a BlobLayout.
+import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
-import { crc32, FIXED_HEADER_BYTES, FORMAT_MAJOR, FORMAT_MINOR, type Geometry, INODE_SIZE, EXTENT_PAGE_SIZE, INTENT_OFFSET } from '../fs/layout';
+import { child, FdtError, type FdtNode, FdtWriter, parseFdt } from './fdt';
 
 /** Where the live-metadata checksum reads its bytes from. */
 export interface LiveMetadata {
-  /** The fixed header [0, 16384): superblock copies, intent record, hints. */
-  header: Uint8Array;
+  /** The intent record and hints, [8192, 16384) of the fixed header (the superblock copies carry their own CRCs). */
+  checkedHeader: Uint8Array;
   /** The allocated and dirty bitmaps. */
   bitmaps: [Uint8Array, Uint8Array];
   inodeRecord(ino: number): Uint8Array;
   pageRecord(page: number): Uint8Array;
 }
-import { child, FdtError, type FdtNode, FdtWriter, parseFdt } from './fdt';
-import * as zlib from 'node:zlib';
+
+/** The metadata layout a blob describes, as the pool format defines it. */
+export interface BlobLayout {
+  formatVersion: readonly [major: number, minor: number];
+  blockSize: number;
+  blockCount: number;
+  inodeCount: number;
+  inodeSize: number;
+  extentPageCount: number;
+  extentPageSize: number;
+  extentOffset: number;
+  metadataBlocks: number;
+  metadataBytes: number;
+  /** [offset, length] of each region named in REGION_NAMES, in that order. */
+  regions: ReadonlyArray<readonly [number, number]>;
+}
 
 export const HANDOVER_COMPATIBLE = 'guestmemfs-v1';
 export const HANDOVER_VERSION = 1;
 export const POOL_FD_ENV = 'GUESTMEMFS_POOL_FD';
 export const POOL_PATH_ENV = 'GUESTMEMFS_POOL';
 
-const REGION_NAMES = ['header', 'allocated-bitmap', 'dirty-bitmap', 'inode-table', 'extent-pages', 'handover-area'] as const;
+export const REGION_NAMES = ['header', 'allocated-bitmap', 'dirty-bitmap', 'inode-table', 'extent-pages', 'handover-area'] as const;
 
 export interface PoolIdentity {
   backend: string;
@@ -66,7 +84,7 @@ export interface PoolIdentity {
 
 export interface HandoverInput {
   pool: PoolIdentity;
-  geometry: Geometry;
+  layout: BlobLayout;
   uuid: string;
   generation: bigint;
   metadata: LiveMetadata;
@@ -92,36 +110,25 @@ export interface HandoverDescription {
   reservations: Array<{ offset: number; length: number }>;
 }
 
-function regions(g: Geometry): Array<[number, number]> {
-  return [
-    [0, FIXED_HEADER_BYTES],
-    [g.bitmapOffset, g.bitmapLength],
-    [g.dirtyOffset, g.bitmapLength],
-    [g.inodeOffset, g.inodeCount * INODE_SIZE],
-    [g.extentOffset, g.extentPageCount * EXTENT_PAGE_SIZE],
-    [g.handoverOffset, g.handoverLength],
-  ];
-}
-
 /** CRC over the live metadata, as the `superblock/crc32` property defines it. */
 export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: readonly number[], pages: readonly number[]): number {
-  let crc = crc32(metadata.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES));
-  crc = zlib.crc32(metadata.bitmaps[0], crc);
-  crc = zlib.crc32(metadata.bitmaps[1], crc);
-  for (const ino of liveInodes) crc = zlib.crc32(metadata.inodeRecord(ino), crc);
-  for (const page of pages) crc = zlib.crc32(metadata.pageRecord(page), crc);
-  return crc >>> 0;
+  let crc = crc32(metadata.checkedHeader);
+  crc = crc32(metadata.bitmaps[0], crc);
+  crc = crc32(metadata.bitmaps[1], crc);
+  for (const ino of liveInodes) crc = crc32(metadata.inodeRecord(ino), crc);
+  for (const page of pages) crc = crc32(metadata.pageRecord(page), crc);
+  return crc;
 }
 
 export function buildHandoverBlob(input: HandoverInput): Uint8Array {
-  const g = input.geometry;
+  const g = input.layout;
   const w = new FdtWriter();
   w.reserve(0n, BigInt(g.metadataBytes));
   w.beginNode('');
   w.beginNode('guestmemfs');
   w.propString('compatible', HANDOVER_COMPATIBLE);
   w.propU32('handover-version', HANDOVER_VERSION);
-  w.propU32('format-version', FORMAT_MAJOR, FORMAT_MINOR);
+  w.propU32('format-version', ...g.formatVersion);
   w.propU64('generation', input.generation);
 
   w.beginNode('fs_mem');
@@ -139,12 +146,12 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.endNode();
 
   w.beginNode('superblock');
-  w.propU64('mem', ...regions(g).flat());
+  w.propU64('mem', ...g.regions.flat());
   w.propStrings('mem-names', REGION_NAMES);
   w.propU32('inode-count', g.inodeCount);
-  w.propU32('inode-size', INODE_SIZE);
+  w.propU32('inode-size', g.inodeSize);
   w.propU32('extent-page-count', g.extentPageCount);
-  w.propU32('extent-page-size', EXTENT_PAGE_SIZE);
+  w.propU32('extent-page-size', g.extentPageSize);
   w.propU32('metadata-blocks', g.metadataBlocks);
   w.propU32('crc32', liveMetadataCrc(input.metadata, input.liveInodes, input.pages));
   w.endNode();
@@ -154,7 +161,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.endNode();
 
   w.beginNode('mappings_blocks');
-  w.propU64('mem', ...input.pages.flatMap((page) => [g.extentOffset + page * EXTENT_PAGE_SIZE, EXTENT_PAGE_SIZE]));
+  w.propU64('mem', ...input.pages.flatMap((page) => [g.extentOffset + page * g.extentPageSize, g.extentPageSize]));
   w.endNode();
 
   w.beginNode('mappings_to_inode');
@@ -265,7 +272,7 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
 }
 
 export interface RestoreExpectations {
-  geometry: Geometry;
+  layout: BlobLayout;
   uuid: string;
   generation: bigint;
   pool: { size: number; pageSize: number; label: string };
@@ -287,13 +294,13 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
   const fields = { syscall: 'mount', path: expect.pool.label };
   try {
     const d = decodeHandoverBlob(blob);
-    const g = expect.geometry;
+    const g = expect.layout;
     const reject = (code: string, check: string, message: string): never => {
       throw new BlobReject(code, check, message);
     };
     if (d.compatible !== HANDOVER_COMPATIBLE) reject('EINVAL', 'compatible', `compatible is "${d.compatible}", this guestmemfs reads "${HANDOVER_COMPATIBLE}"`);
     if (d.handoverVersion !== HANDOVER_VERSION) reject('EINVAL', 'version', `handover version ${d.handoverVersion} is not supported (this guestmemfs reads ${HANDOVER_VERSION})`);
-    if (d.formatVersion[0] !== FORMAT_MAJOR) reject('EINVAL', 'version', `metadata format ${d.formatVersion.join('.')} is not supported (this guestmemfs reads ${FORMAT_MAJOR}.x)`);
+    if (d.formatVersion[0] !== g.formatVersion[0]) reject('EINVAL', 'version', `metadata format ${d.formatVersion.join('.')} is not supported (this guestmemfs reads ${g.formatVersion[0]}.x)`);
     if (d.uuid !== expect.uuid) reject('EINVAL', 'uuid', `blob belongs to pool ${d.uuid}, this pool is ${expect.uuid}`);
     if (d.generation !== expect.generation.toString()) reject('EUCLEAN', 'generation', `blob is from generation ${d.generation}, the superblock expects ${expect.generation}`);
     if (d.fsMem.size !== expect.pool.size) reject('EINVAL', 'geometry', `blob describes a pool of ${d.fsMem.size} bytes, this pool has ${expect.pool.size}`);
@@ -301,7 +308,7 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
     if (d.fsMem.blockSize !== g.blockSize || d.fsMem.blockCount !== g.blockCount) {
       reject('EINVAL', 'geometry', `blob describes ${d.fsMem.blockCount} blocks of ${d.fsMem.blockSize} bytes, the superblock ${g.blockCount} of ${g.blockSize}`);
     }
-    regions(g).forEach(([offset, length], index) => {
+    g.regions.forEach(([offset, length], index) => {
       const region = d.regions[index]!;
       if (region.offset !== offset || region.length !== length) {
         reject('EUCLEAN', 'regions', `blob places ${region.name} at [${region.offset}, +${region.length}), the superblock at [${offset}, +${length})`);
@@ -319,8 +326,8 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
     if (d.liveInodes[0] !== 1) reject('EUCLEAN', 'inodes', 'live inode list lacks the root directory');
     const pages: number[] = [];
     for (const block of d.mappingsBlocks) {
-      const page = (block.offset - g.extentOffset) / EXTENT_PAGE_SIZE;
-      if (block.length !== EXTENT_PAGE_SIZE || !Number.isInteger(page) || page < 1 || page >= g.extentPageCount) {
+      const page = (block.offset - g.extentOffset) / g.extentPageSize;
+      if (block.length !== g.extentPageSize || !Number.isInteger(page) || page < 1 || page >= g.extentPageCount) {
         reject('EUCLEAN', 'mappings', `mappings block [${block.offset}, +${block.length}) is not an extent page`);
       }
       if (!expect.chainOf(block.inode).includes(page)) reject('EUCLEAN', 'mappings', `extent page ${page} is not in inode ${block.inode}'s chain`);

@@ -175,23 +175,6 @@ export class Mapping {
    * Physical frame numbers behind each page (from /proc/self/pagemap): the proof that the same pages survive
    * a restart. Needs root; without it the kernel hides PFNs and this throws EPERM.
    */
-  /**
-   * Times `ops` random 8-byte reads of the mapping's memory in native code, the loop the C baseline of bench:access
-   * runs over a raw mmap: independent reads give throughput, `dependent` ones (each address from the value read
-   * before) give latency. Returns nanoseconds per read.
-   */
-  probeRandomReads(options: { ops: number; seed?: number; dependent?: boolean; offset?: number; length?: number }): number {
-    this.#requireMapped('mapProbe');
-    const { ops, seed = 1, dependent = false, offset = 0, length = this.length - offset } = options;
-    for (const [name, value] of Object.entries({ ops, seed, offset, length })) {
-      if (!Number.isSafeInteger(value) || value < 0) throw new GuestmemfsError('EINVAL', `${name} must be a non-negative integer`, { syscall: 'mapProbe', path: this.#label });
-    }
-    if (offset % 8 !== 0 || length < 8 || offset + length > this.length) {
-      throw new GuestmemfsError('EINVAL', `probe range [${offset}, +${length}) must be 8-byte aligned, at least 8 bytes and inside the ${this.length}-byte mapping`, { syscall: 'mapProbe', path: this.#label });
-    }
-    return ops === 0 ? 0 : native.mapProbe(this.id, offset, length, ops, seed, dependent).ns / ops;
-  }
-
   physicalFrames(offset = 0, length = this.length - offset): PhysicalFrame[] {
     this.#requireMapped('pread');
     const entries = native.pagemapEntries(this.id, offset, length, this.pageSize);

@@ -8,8 +8,8 @@
 // Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
 // final `done` line with the guest's console output and whether guest RAM stayed on the same physical frames.
 import * as fs from 'node:fs';
-import { mount } from '../fs/filesystem';
-import { openHandedOverPool } from '../handover/successor';
+import { mount } from '../fs/mount';
+import { openHandedOverPool } from '../fs/successor';
 import { Pool } from '../pool/pool';
 import { elapsedMs } from '../units';
 import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';

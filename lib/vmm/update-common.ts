@@ -1,7 +1,8 @@
 // What the exec-mode and transfer-mode update programs share: the plan, event output, booting the guest, the update
 // delay, and the end of a run (the guest halted, or a benchmark stopped it).
 import * as fs from 'node:fs';
-import { mkfs, mount } from '../fs/filesystem';
+import { mkfs } from '../fs/format';
+import { mount } from '../fs/mount';
 import { Pool } from '../pool/pool';
 import { elapsedMs, MiB } from '../units';
 import { Vmm, type VmmFiles } from './vmm';

@@ -1,7 +1,8 @@
 // The VMM prototype: a KVM guest whose RAM is a guestmemfs `guest` file and whose vCPU and device state live in a
 // `state` file, so that a new VMM process can take it over (live update) without copying guest memory.
 import { GuestmemfsError } from '../errors';
-import { type Filesystem, premapFile } from '../fs/filesystem';
+import type { Filesystem } from '../fs/filesystem';
+import { premapFile } from '../fs/successor';
 import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { elapsedMs, KiB } from '../units';

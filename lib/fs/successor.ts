@@ -1,10 +1,16 @@
-// The successor's side of a handover: find the pool the previous owner passed on, or wait for one to be handed over.
+// The successor's side of a handover: find the pool the previous owner passed on, map its files ahead of the handover,
+// and wait or spin until the owner has serialised and let go of it.
 import { GuestmemfsError } from '../errors';
-import { type Filesystem, mount, type MountOptions, readPoolSuperblock } from '../fs/filesystem';
-import { PoolState } from '../fs/layout';
-import { native } from '../native';
+import { POOL_FD_ENV, POOL_PATH_ENV } from '../handover/blob';
+import type { MapOptions, Mapping } from '../pool/mapping';
 import { Pool } from '../pool/pool';
-import { POOL_FD_ENV, POOL_PATH_ENV } from './blob';
+import { premap } from './data';
+import { contextOf, type Filesystem } from './filesystem';
+import { readPoolSuperblock } from './format';
+import { PoolState } from './layout';
+import { mount } from './mount';
+import { tryLock, unlock } from './registry';
+import type { MountOptions } from './types';
 
 /** Opens the pool a kexec() handed to this process: an inherited fd (GUESTMEMFS_POOL_FD) or a path (GUESTMEMFS_POOL). */
 export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
@@ -16,6 +22,20 @@ export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
   const poolPath = env[POOL_PATH_ENV];
   if (poolPath) return Pool.open(poolPath);
   throw new GuestmemfsError('ENOENT', `no pool was handed to this process: neither ${POOL_FD_ENV} nor ${POOL_PATH_ENV} is set`);
+}
+
+/**
+ * Maps a file of a pool another process owns, writable and pre-faulted, as a successor does before a handover so that
+ * mapping guest RAM stays out of the blackout. The file's blocks come from a read-only view; map(path, { premapped })
+ * in the mount that follows adopts the mapping if the blocks are still the same.
+ */
+export function premapFile(pool: Pool, path: string, options: MountOptions = {}, mapOptions: Pick<MapOptions, 'sharePageTables'> = {}): Mapping {
+  const view = mount(pool, { ...options, readOnly: true });
+  try {
+    return premap(contextOf(view), pool, path, mapOptions);
+  } finally {
+    view.unmount();
+  }
 }
 
 export interface WaitOptions extends MountOptions {
@@ -32,12 +52,12 @@ export interface WaitOptions extends MountOptions {
 export async function waitForHandover(pool: Pool, options: WaitOptions = {}): Promise<Filesystem> {
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
   for (;;) {
-    if (native.fdLock(pool.fd, true, false)) {
+    if (tryLock(pool)) {
       let ready = false;
       try {
         ready = readPoolSuperblock(pool).state === PoolState.Serialised;
       } finally {
-        native.fdUnlock(pool.fd);
+        unlock(pool);
       }
       if (ready) return mount(pool, { ...options, requireHandover: true });
     }
@@ -61,7 +81,7 @@ export function spinForHandover(pool: Pool, options: WaitOptions = {}): Filesyst
   const timeoutMs = options.timeoutMs ?? 10_000;
   const deadline = process.hrtime.bigint() + BigInt(timeoutMs) * 1_000_000n;
   // The mount lock comes free when the owner lets go; only a serialised pool is then taken (requireHandover).
-  while (!native.fdLock(pool.fd, true, false)) {
+  while (!tryLock(pool)) {
     if (process.hrtime.bigint() > deadline) {
       throw new GuestmemfsError('ETIMEDOUT', `no handover arrived within ${timeoutMs} ms of being announced: the owner has not released the pool`, {
         syscall: 'mount',
@@ -69,6 +89,6 @@ export function spinForHandover(pool: Pool, options: WaitOptions = {}): Filesyst
       });
     }
   }
-  native.fdUnlock(pool.fd);
+  unlock(pool);
   return mount(pool, { ...options, requireHandover: true });
 }

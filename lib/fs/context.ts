@@ -1,0 +1,192 @@
+// What one mount of a pool holds (its metadata views, the volatile name index, live mappings, the freeze of a
+// handover) and the checks every operation starts with. The namespace, data and handover modules work on it.
+import { GuestmemfsError } from '../errors';
+import type { Mapping } from '../pool/mapping';
+import type { Pool } from '../pool/pool';
+import { nowNs } from '../units';
+import { InodeType } from './inodes';
+import { type Geometry, type Superblock, writeSuperblockSlot } from './layout';
+import { describeWant, permits, type Credentials } from './permissions';
+import { markMountedHere, unlock } from './registry';
+import type { MetadataViews } from './views';
+
+/** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
+export class NameIndex {
+  readonly #dirs = new Map<number, Map<string, number>>();
+
+  get(dir: number, name: string): number | undefined {
+    return this.#dirs.get(dir)?.get(name);
+  }
+
+  has(dir: number, name: string): boolean {
+    return this.#dirs.get(dir)?.has(name) ?? false;
+  }
+
+  set(dir: number, name: string, ino: number): void {
+    let names = this.#dirs.get(dir);
+    if (!names) {
+      names = new Map();
+      this.#dirs.set(dir, names);
+    }
+    names.set(name, ino);
+  }
+
+  delete(dir: number, name: string): void {
+    this.#dirs.get(dir)?.delete(name);
+  }
+
+  /** Forgets a directory with no entries left (it was removed). */
+  dropIfEmpty(dir: number): void {
+    if (this.#dirs.get(dir)?.size === 0) this.#dirs.delete(dir);
+  }
+
+  /** Every named inode, in no particular order. */
+  *inodes(): IterableIterator<number> {
+    for (const names of this.#dirs.values()) yield* names.values();
+  }
+}
+
+export class MountContext {
+  readonly pool: Pool;
+  readonly views: MetadataViews;
+  readonly geometry: Geometry;
+  readonly uuid: string;
+  /** The credentials permission checks use (from mount options, else this process's). */
+  readonly credentials: Credentials;
+  readonly readOnly: boolean;
+  /** The pool's identity (device:inode), as the registry of this process's mounts knows it. */
+  readonly key: string;
+  /** The metadata region, mapped for the life of the mount (none for a read-only view, which works on a snapshot). */
+  readonly meta: Mapping | undefined;
+  superblock: Superblock;
+  /** The generation this filesystem was serialised at, while frozen for handover. */
+  frozenAt: bigint | undefined;
+  mounted = true;
+  readonly names = new NameIndex();
+  /** Unlinked inodes still mapped here: live, but in no directory. */
+  readonly orphans = new Set<number>();
+  /** Live mappings per inode in this process. */
+  readonly mapped = new Map<number, number>();
+  /** Inodes with asynchronous work in flight. */
+  readonly busy = new Set<number>();
+  #handoverWindow: Uint8Array | undefined;
+  /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
+  #data: Mapping | undefined;
+
+  constructor(pool: Pool, views: MetadataViews, sb: Superblock, credentials: Credentials, key: string, readOnly: boolean, meta: Mapping | undefined) {
+    this.pool = pool;
+    this.views = views;
+    this.geometry = sb.geometry;
+    this.uuid = sb.uuid;
+    this.credentials = credentials;
+    this.key = key;
+    this.readOnly = readOnly;
+    this.meta = meta;
+    this.superblock = sb;
+  }
+
+  get inodes() {
+    return this.views.inodes;
+  }
+
+  /** The handover area, where serialise() writes the blob. */
+  handoverArea(): Uint8Array {
+    this.#handoverWindow ??= this.views.source.window(this.geometry.handoverOffset, this.geometry.handoverLength);
+    return this.#handoverWindow;
+  }
+
+  dataMapping(): Mapping {
+    this.#data ??= this.pool.mapAll({ populate: false, dontDump: true, dontFork: true, writable: !this.readOnly });
+    return this.#data;
+  }
+
+  writeSuperblock(changes: Partial<Superblock>): void {
+    const next = { ...this.superblock, ...changes, sequence: this.superblock.sequence + 1n };
+    // Overwrite the copy that is not the newest: a kill mid-write leaves the newest one intact.
+    const slot = 1 - this.superblock.slot;
+    writeSuperblockSlot(this.views.header, slot, next);
+    this.superblock = { ...next, slot };
+  }
+
+  /** Ends the mount: unmaps the metadata and data, forgets the pool, lets go of the lock (a view holds none). */
+  release(): void {
+    this.mounted = false;
+    this.#data?.unmap();
+    this.#data = undefined;
+    if (this.readOnly) return;
+    this.meta?.unmap();
+    markMountedHere(this.key, false);
+    unlock(this.pool);
+  }
+
+  liveMappingCount(): number {
+    let total = 0;
+    for (const count of this.mapped.values()) total += count;
+    return total;
+  }
+
+  /** Access times are metadata too: a serialised filesystem must not change under its blob's checksum. */
+  touchAtime(ino: number): void {
+    if (this.frozenAt === undefined && !this.readOnly) this.views.inodes.setTime(ino, 'atime', nowNs());
+  }
+
+  // ---------------------------------------------------------------- checks
+
+  requireMounted(syscall: string): void {
+    if (!this.mounted) throw new GuestmemfsError('EINVAL', `the filesystem was unmounted; mount the pool again, ${syscall}`, { syscall, path: this.pool.label });
+  }
+
+  requireNotReadOnly(syscall: string): void {
+    if (this.readOnly) {
+      throw new GuestmemfsError('EROFS', `this is a read-only view of the pool, ${syscall}: mount it normally to change it`, { syscall, path: this.pool.label });
+    }
+  }
+
+  /** Mounted, writable and not frozen for a handover: what every metadata change needs. */
+  requireWritable(syscall: string): void {
+    this.requireMounted(syscall);
+    this.requireNotReadOnly(syscall);
+    if (this.frozenAt !== undefined) {
+      throw new GuestmemfsError(
+        'EBUSY',
+        `the filesystem is serialised for handover (generation ${this.frozenAt}), ${syscall}: abort() the handover to change it again`,
+        { syscall, path: this.pool.label },
+      );
+    }
+  }
+
+  requireNotBusy(ino: number, syscall: string, path: string): void {
+    if (this.busy.has(ino)) {
+      throw new GuestmemfsError('EBUSY', `an asynchronous truncate of this file is in flight, ${syscall} '${path}': await it first`, { syscall, path });
+    }
+  }
+
+  requireAccess(ino: number, want: number, syscall: string, path: string): void {
+    const inodes = this.views.inodes;
+    const owner = { mode: inodes.mode(ino), uid: inodes.uid(ino), gid: inodes.gid(ino) };
+    if (permits(owner, this.credentials, want, inodes.type(ino) === InodeType.Directory)) return;
+    throw new GuestmemfsError(
+      'EACCES',
+      `permission denied, ${syscall} '${path}': uid ${this.credentials.uid} lacks ${describeWant(want)} permission on inode ${ino} ` +
+        `(mode ${owner.mode.toString(8).padStart(4, '0')}, owner ${owner.uid}:${owner.gid}); chmod/chown it or mount with other credentials`,
+      { syscall, path },
+    );
+  }
+
+  requireOwner(ino: number, syscall: string, path: string): void {
+    const uid = this.views.inodes.uid(ino);
+    if (this.credentials.uid === 0 || this.credentials.uid === uid) return;
+    throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall} '${path}': only the owner (uid ${uid}) or root may`, { syscall, path });
+  }
+
+  requireFile(ino: number, syscall: string, path: string): void {
+    if (this.views.inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, ${syscall} '${path}'`, { syscall, path });
+  }
+}
+
+export function checkMode(mode: number, syscall: string, path: string): number {
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
+    throw new GuestmemfsError('EINVAL', `mode ${mode} must be permission bits between 0 and 07777`, { syscall, path });
+  }
+  return mode;
+}

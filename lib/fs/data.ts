@@ -1,0 +1,320 @@
+// The data path: truncate (the resize plan, grow and shrink), map, read and write, zeroing and scrub.
+//
+// Crash ordering. Blocks are claimed in the bitmap before they are zeroed or linked, so a kill leaks them to the
+// checker and never hands them to another file; the extent count, then the size, are the commit points of a grow. A
+// shrink publishes the smaller size first, then turns the cut blocks dirty, unlinks and frees them.
+import { GuestmemfsError } from '../errors';
+import { native } from '../native';
+import { type Extent, Mapping, type ProgressOptions } from '../pool/mapping';
+import type { Pool } from '../pool/pool';
+import { formatSize, nowNs } from '../units';
+import type { MountContext } from './context';
+import { FileType, FLAG_ORPHAN, InodeType } from './inodes';
+import { resolve, resolveFileForWrite } from './names';
+import { releaseInode } from './namespace';
+import { R_OK, W_OK } from './permissions';
+import { type BlockRun, cutAfter, totalBlocks } from './runs';
+import type { FileMapOptions } from './types';
+
+interface ResizePlan {
+  grow: boolean;
+  /** Blocks claimed for the grow, in file order. */
+  runs: BlockRun[];
+  /** The claimed blocks that still hold old bytes and must be zeroed before they are linked. */
+  dirty: BlockRun[];
+  size: number;
+}
+
+/** Mappings premapFile() made and no mount has adopted yet, with the pool they map: map() adopts only these. */
+const unadoptedPremappings = new WeakMap<Mapping, string>();
+
+/** Records a mapping made ahead of a mount (by a successor) so that a mount of the same pool may adopt it. */
+export function registerPremapping(mapping: Mapping, poolKey: string): void {
+  unadoptedPremappings.set(mapping, poolKey);
+}
+
+function sameExtents(a: readonly Extent[], b: readonly Extent[]): boolean {
+  return a.length === b.length && a.every((extent, index) => extent.offset === b[index]!.offset && extent.length === b[index]!.length);
+}
+
+/** A file's blocks as pool byte ranges, in file order. */
+export function poolExtents(ctx: MountContext, ino: number): Extent[] {
+  const blockSize = ctx.geometry.blockSize;
+  return ctx.views.extents.read(ino).map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
+}
+
+/**
+ * What mapping a file needs, checked the same way for map() and premapFile(): a file (not a directory) with blocks,
+ * which the caller may access as asked, through a mount that may write when a writable mapping is asked for. Guest
+ * files are mapped MADV_DONTDUMP|MADV_DONTFORK.
+ */
+export function mappableFile(ctx: MountContext, path: string, access: number, writableMount: boolean): { ino: number; extents: Extent[]; guest: boolean } {
+  const ino = resolve(ctx, path, 'mmap');
+  ctx.requireFile(ino, 'mmap', path);
+  if (writableMount) ctx.requireNotReadOnly('mmap');
+  ctx.requireAccess(ino, access, 'mmap', path);
+  const extents = poolExtents(ctx, ino);
+  if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
+  return { ino, extents, guest: ctx.inodes.fileType(ino) === FileType.Guest };
+}
+
+/** Maps the file for another mount to adopt (see premapFile): writable and pre-faulted. */
+export function premap(ctx: MountContext, pool: Pool, path: string, options: Pick<FileMapOptions, 'sharePageTables'>): Mapping {
+  // The view is read-only by construction; the successor that asks will own the pool by the time it writes.
+  const { extents, guest } = mappableFile(ctx, path, R_OK | W_OK, false);
+  const mapping = pool.map(extents, { ...options, writable: true, populate: true, dontDump: guest, dontFork: guest });
+  registerPremapping(mapping, ctx.key);
+  return mapping;
+}
+
+export function map(ctx: MountContext, path: string, options: FileMapOptions): Mapping {
+  ctx.requireMounted('mmap');
+  const writable = options.writable ?? !ctx.readOnly;
+  const { ino, extents, guest } = mappableFile(ctx, path, writable ? R_OK | W_OK : R_OK, writable);
+  const { premapped, ...mapOptions } = options;
+  if (premapped !== undefined && (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== ctx.key || !premapped.mapped)) {
+    throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`, { syscall: 'mmap', path });
+  }
+  let mapping: Mapping;
+  if (premapped && writable && sameExtents(premapped.extents, extents)) {
+    unadoptedPremappings.delete(premapped);
+    premapped.attachUnmapHook(() => unmapped(ctx, ino));
+    mapping = premapped;
+  } else {
+    mapping = ctx.pool.map(extents, {
+      ...mapOptions,
+      writable,
+      dontDump: guest || options.dontDump,
+      dontFork: guest || options.dontFork,
+      onUnmap: () => unmapped(ctx, ino),
+    });
+  }
+  ctx.mapped.set(ino, (ctx.mapped.get(ino) ?? 0) + 1);
+  ctx.touchAtime(ino);
+  return mapping;
+}
+
+/** The last mapping of an unlinked file frees it. */
+function unmapped(ctx: MountContext, ino: number): void {
+  const count = (ctx.mapped.get(ino) ?? 1) - 1;
+  if (count > 0) {
+    ctx.mapped.set(ino, count);
+    return;
+  }
+  ctx.mapped.delete(ino);
+  const inodes = ctx.inodes;
+  if (ctx.mounted && inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) releaseInode(ctx, ino);
+}
+
+export function truncate(ctx: MountContext, path: string, size: number): void {
+  ctx.requireWritable('ftruncate');
+  const ino = resolveFileForWrite(ctx, path, 'ftruncate');
+  const plan = planResize(ctx, ino, size, path);
+  if (!plan.grow) return shrink(ctx, ino, size, path);
+  for (const run of plan.dirty) zeroRun(ctx, run);
+  commitGrow(ctx, ino, plan);
+}
+
+export async function truncateAsync(ctx: MountContext, path: string, size: number, options: ProgressOptions): Promise<void> {
+  ctx.requireWritable('ftruncate');
+  const ino = resolveFileForWrite(ctx, path, 'ftruncate');
+  const plan = planResize(ctx, ino, size, path);
+  if (!plan.grow) {
+    shrink(ctx, ino, size, path);
+    options.onProgress?.(0, 0);
+    return;
+  }
+  const blockSize = ctx.geometry.blockSize;
+  const total = totalBlocks(plan.dirty) * blockSize;
+  ctx.busy.add(ino);
+  try {
+    let done = 0;
+    for (const run of plan.dirty) {
+      const length = run.length * blockSize;
+      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
+      done += length;
+    }
+  } catch (error) {
+    // The chosen blocks go back; those not yet zeroed are still marked dirty.
+    ctx.views.allocator.markFree(plan.runs);
+    throw error;
+  } finally {
+    ctx.busy.delete(ino);
+  }
+  commitGrow(ctx, ino, plan);
+  options.onProgress?.(total, total);
+}
+
+function requireReadWritable(ctx: MountContext, ino: number, syscall: string, path: string): void {
+  ctx.requireFile(ino, syscall, path);
+  if (ctx.inodes.fileType(ino) === FileType.Guest) {
+    throw new GuestmemfsError('EPERM', `guest files have no ${syscall}(): their memory is only reachable through map(), ${syscall} '${path}'`, { syscall, path });
+  }
+}
+
+function requirePosition(position: number, syscall: string, path: string): void {
+  if (!Number.isSafeInteger(position) || position < 0) throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall, path });
+}
+
+export function read(ctx: MountContext, path: string, position: number, length: number | undefined): Uint8Array {
+  ctx.requireMounted('read');
+  const ino = resolve(ctx, path, 'read');
+  requireReadWritable(ctx, ino, 'read', path);
+  ctx.requireAccess(ino, R_OK, 'read', path);
+  const size = ctx.inodes.size(ino);
+  requirePosition(position, 'read', path);
+  const end = Math.min(size, length === undefined ? size : position + length);
+  const out = new Uint8Array(Math.max(0, end - position));
+  copy(ctx, ino, position, out, 'read');
+  ctx.touchAtime(ino);
+  return out;
+}
+
+export function write(ctx: MountContext, path: string, data: Uint8Array, position: number): number {
+  ctx.requireWritable('write');
+  const ino = resolveFileForWrite(ctx, path, 'write');
+  requireReadWritable(ctx, ino, 'write', path);
+  if (!(data instanceof Uint8Array)) throw new GuestmemfsError('EINVAL', 'data must be a Uint8Array or Buffer', { syscall: 'write', path });
+  requirePosition(position, 'write', path);
+  const inodes = ctx.inodes;
+  const end = position + data.length;
+  const extending = end > inodes.size(ino);
+  if (extending) {
+    // Blocks first, then the bytes, then the size: a kill never shows the new size without the new bytes.
+    const plan = planResize(ctx, ino, end, path);
+    for (const run of plan.dirty) zeroRun(ctx, run);
+    commitGrow(ctx, ino, plan, false);
+  }
+  copy(ctx, ino, position, data, 'write');
+  if (extending) inodes.setSize(ino, end); // commit point of an extending write
+  const now = nowNs();
+  inodes.setTime(ino, 'mtime', now);
+  inodes.setTime(ino, 'ctime', now);
+  return data.length;
+}
+
+/** Zeroes free blocks that still hold old bytes, off the JS thread, so later allocations need no zeroing. */
+export async function scrub(ctx: MountContext, options: ProgressOptions): Promise<number> {
+  ctx.requireWritable('scrub');
+  const allocator = ctx.views.allocator;
+  const runs = allocator.dirtyFreeRuns();
+  const blockSize = ctx.geometry.blockSize;
+  const total = totalBlocks(runs) * blockSize;
+  let done = 0;
+  for (const run of runs) {
+    // Claim the run while it is zeroed so no allocation hands it out half-zeroed.
+    allocator.markAllocated([run]);
+    try {
+      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) => options.onProgress?.(done + chunk, total));
+      allocator.markDirty([run], false);
+    } finally {
+      allocator.markFree([run]);
+    }
+    done += run.length * blockSize;
+  }
+  options.onProgress?.(total, total);
+  return total;
+}
+
+function planResize(ctx: MountContext, ino: number, size: number, path: string): ResizePlan {
+  if (!Number.isSafeInteger(size) || size < 0) throw new GuestmemfsError('EINVAL', `size ${size} must be a non-negative integer`, { syscall: 'ftruncate', path });
+  const { inodes, extents, allocator } = ctx.views;
+  const blockSize = ctx.geometry.blockSize;
+  const oldSize = inodes.size(ino);
+  const have = inodes.blockCount(ino);
+  const want = Math.ceil(size / blockSize);
+  if (size <= oldSize) return { grow: false, runs: [], dirty: [], size };
+  if (want <= have) return { grow: true, runs: [], dirty: [], size };
+  const needed = want - have;
+  const existing = extents.read(ino);
+  const last = existing.at(-1);
+  const runs = allocator.choose(needed, last ? last.start + last.length : -1);
+  if (!runs) {
+    throw new GuestmemfsError(
+      'ENOSPC',
+      `pool has ${allocator.freeBlocks} free ${formatSize(blockSize)} blocks, truncate needs ${needed} of them ` +
+        `(${formatSize(needed * blockSize)}, ${formatSize(allocator.freeBlocks * blockSize)} free), ftruncate '${path}': delete files or use a larger pool`,
+      { syscall: 'ftruncate', path },
+    );
+  }
+  const mergesWithLast = last !== undefined && last.start + last.length === runs[0]!.start ? 1 : 0;
+  if (extents.pagesNeeded(ino, runs.length - mergesWithLast) > extents.freePages) {
+    throw new GuestmemfsError('ENOSPC', `no free extent pages for ${runs.length} more extents, ftruncate '${path}': run the checker`, { syscall: 'ftruncate', path });
+  }
+  // Blocks are claimed before they are zeroed or linked: a kill now leaks them to the checker, never to another file.
+  allocator.markAllocated(runs);
+  return { grow: true, runs, dirty: allocator.dirtyWithin(runs), size };
+}
+
+function zeroRun(ctx: MountContext, run: BlockRun): void {
+  native.zero(ctx.dataMapping().id, run.start * ctx.geometry.blockSize, run.length * ctx.geometry.blockSize);
+}
+
+/** Links zeroed blocks into the file (extent count is the commit point), then publishes the size unless told not to. */
+function commitGrow(ctx: MountContext, ino: number, plan: ResizePlan, publishSize = true): void {
+  const { inodes, extents, allocator } = ctx.views;
+  const blockSize = ctx.geometry.blockSize;
+  allocator.markDirty(plan.dirty, false);
+  // Bytes past the old size inside the old last block may hold data from before a shrink: zero them first.
+  const oldSize = inodes.size(ino);
+  const allocatedEnd = inodes.blockCount(ino) * blockSize;
+  if (oldSize < allocatedEnd) zeroFileRange(ctx, ino, oldSize, Math.min(plan.size, allocatedEnd));
+  if (plan.runs.length > 0) {
+    extents.append(ino, plan.runs);
+    inodes.setBlockCount(ino, inodes.blockCount(ino) + totalBlocks(plan.runs));
+  }
+  if (!publishSize) return;
+  inodes.setSize(ino, plan.size); // commit point
+  const now = nowNs();
+  inodes.setTime(ino, 'mtime', now);
+  inodes.setTime(ino, 'ctime', now);
+}
+
+function shrink(ctx: MountContext, ino: number, size: number, path: string): void {
+  const { inodes, extents, allocator } = ctx.views;
+  const keep = Math.ceil(size / ctx.geometry.blockSize);
+  if (keep < inodes.blockCount(ino) && ctx.mapped.get(ino)) {
+    throw new GuestmemfsError('EBUSY', `file is mapped, ftruncate '${path}': unmap it before shrinking (its blocks would be freed under the mapping)`, {
+      syscall: 'ftruncate',
+      path,
+    });
+  }
+  inodes.setSize(ino, size); // commit point
+  if (keep < inodes.blockCount(ino)) {
+    const cut = cutAfter(extents.read(ino), keep);
+    allocator.markDirty(cut, true);
+    extents.truncate(ino, keep);
+    allocator.markFree(cut);
+    inodes.setBlockCount(ino, keep);
+  }
+  const now = nowNs();
+  inodes.setTime(ino, 'mtime', now);
+  inodes.setTime(ino, 'ctime', now);
+}
+
+/** Visits the pool byte ranges behind [from, to) of a file. */
+function forEachRange(ctx: MountContext, ino: number, from: number, to: number, visit: (poolOffset: number, fileOffset: number, length: number) => void): void {
+  const blockSize = ctx.geometry.blockSize;
+  let fileOffset = 0;
+  for (const run of ctx.views.extents.read(ino)) {
+    const runBytes = run.length * blockSize;
+    const start = Math.max(from, fileOffset);
+    const end = Math.min(to, fileOffset + runBytes);
+    if (start < end) visit(run.start * blockSize + (start - fileOffset), start, end - start);
+    fileOffset += runBytes;
+    if (fileOffset >= to) break;
+  }
+}
+
+function zeroFileRange(ctx: MountContext, ino: number, from: number, to: number): void {
+  forEachRange(ctx, ino, from, to, (poolOffset, _fileOffset, length) => native.zero(ctx.dataMapping().id, poolOffset, length));
+}
+
+function copy(ctx: MountContext, ino: number, position: number, buffer: Uint8Array, direction: 'read' | 'write'): void {
+  forEachRange(ctx, ino, position, position + buffer.length, (poolOffset, fileOffset, length) => {
+    const window = ctx.dataMapping().bytes(poolOffset, length);
+    const slice = buffer.subarray(fileOffset - position, fileOffset - position + length);
+    if (direction === 'read') slice.set(window);
+    else window.set(slice);
+  });
+}

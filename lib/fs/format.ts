@@ -1,0 +1,134 @@
+// Formatting a pool (mkfs) and reading its superblock: the two things that need only the fixed header.
+import { GuestmemfsError } from '../errors';
+import type { Pool } from '../pool/pool';
+import { MiB, nowNs } from '../units';
+import { InodeType } from './inodes';
+import {
+  computeGeometry,
+  defaultInodeCount,
+  FIXED_HEADER_BYTES,
+  FORMAT_MAJOR,
+  FORMAT_MINOR,
+  hasMagic,
+  newUuid,
+  PoolState,
+  readSuperblock,
+  ROOT_INO,
+  type Superblock,
+  writeSuperblockSlot,
+} from './layout';
+import { BufferMetadata } from './metadata';
+import { lockOrExplain, poolKey, requireNotMountedHere, unlock } from './registry';
+import type { FormatInfo, MkfsOptions } from './types';
+import { openViews } from './views';
+
+function defaultBlockSize(pool: Pool): number {
+  return pool.isFallback ? 2 * MiB : pool.pageSize;
+}
+
+export function requireHeaderRoom(pool: Pool, syscall: string): void {
+  if (pool.size < FIXED_HEADER_BYTES) {
+    throw new GuestmemfsError('EINVAL', `pool of ${pool.size} bytes is too small to hold a guestmemfs filesystem`, { syscall, path: pool.label });
+  }
+}
+
+/** The bytes [0, FIXED_HEADER_BYTES) of a pool, copied out of a mapping of just its first page. */
+export function readPoolHeader(pool: Pool, syscall = 'mount'): Uint8Array {
+  requireHeaderRoom(pool, syscall);
+  const header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], { populate: false, writable: false });
+  try {
+    return header.bytes(0, FIXED_HEADER_BYTES).slice();
+  } finally {
+    header.unmap();
+  }
+}
+
+/** Reads and checks the pool's superblock through a mapping of just its header. */
+export function readPoolSuperblock(pool: Pool): Superblock {
+  return readSuperblock(readPoolHeader(pool), pool);
+}
+
+/** Takes the mount lock, naming the holder's pid from the superblock when someone else has it. */
+export function lockPool(pool: Pool, syscall: string): void {
+  lockOrExplain(pool, syscall, () => readPoolSuperblock(pool).ownerPid);
+}
+
+function currentUid(): number {
+  return process.getuid?.() ?? 0;
+}
+
+function currentGid(): number {
+  return process.getgid?.() ?? 0;
+}
+
+/**
+ * Formats a pool: superblock (both copies), empty inode table with the root directory, bitmaps and extent pages.
+ * A pool that already holds guestmemfs is refused unless `force` is set.
+ */
+export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
+  const blockSize = options.blockSize ?? defaultBlockSize(pool);
+  if (!Number.isSafeInteger(blockSize) || blockSize <= 0 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new GuestmemfsError('EINVAL', `block size ${blockSize} must be a power of two`, { syscall: 'mkfs', path: pool.label });
+  }
+  requireHeaderRoom(pool, 'mkfs');
+  const blockCount = pool.size / blockSize;
+  const geometry = computeGeometry(pool.size, pool.pageSize, blockSize, options.inodes ?? defaultInodeCount(Math.floor(blockCount)));
+  requireNotMountedHere(pool, poolKey(pool), 'mkfs', 'pool is mounted by this process: unmount it before mkfs');
+  lockPool(pool, 'mkfs');
+  const zeroed = pool.freshlyAllocated;
+  const mapping = pool.map([{ offset: 0, length: geometry.metadataBytes }], { populate: true });
+  try {
+    const metadata = mapping.buffer;
+    const bytes = new Uint8Array(metadata);
+    if (hasMagic(bytes) && !options.force) {
+      throw new GuestmemfsError('EEXIST', 'pool already holds a guestmemfs filesystem: pass force to reformat it (every file is lost)', {
+        syscall: 'mkfs',
+        path: pool.label,
+      });
+    }
+    bytes.fill(0);
+    const { inodes, allocator, extents, hints } = openViews(new BufferMetadata(metadata), geometry);
+    allocator.format();
+    // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
+    if (!zeroed) allocator.markDirty([{ start: geometry.metadataBlocks, length: allocator.dataBlocks }], true);
+    extents.format();
+    for (let ino = 2; ino < geometry.inodeCount; ino++) inodes.setNextFree(ino, ino + 1 < geometry.inodeCount ? ino + 1 : 0);
+    hints.freeInodeHead = geometry.inodeCount > 2 ? 2 : 0;
+    hints.freeInodes = geometry.inodeCount - 2;
+    const now = nowNs();
+    inodes.setMode(ROOT_INO, 0o755);
+    inodes.setUid(ROOT_INO, currentUid());
+    inodes.setGid(ROOT_INO, currentGid());
+    inodes.setNlink(ROOT_INO, 2);
+    inodes.setParent(ROOT_INO, ROOT_INO);
+    inodes.setGeneration(ROOT_INO, 1);
+    for (const field of ['atime', 'mtime', 'ctime', 'btime'] as const) inodes.setTime(ROOT_INO, field, now);
+    inodes.setType(ROOT_INO, InodeType.Directory);
+    const uuid = newUuid();
+    const sb = {
+      major: FORMAT_MAJOR,
+      minor: FORMAT_MINOR,
+      compat: 0,
+      incompat: 0,
+      roCompat: 0,
+      uuid,
+      createdNs: now,
+      geometry,
+      sequence: 1n,
+      generation: 0n,
+      state: PoolState.Clean,
+      ownerPid: 0,
+      ownerStartTime: 0n,
+      mountCount: 0n,
+      handoverBytes: 0,
+      handoverCrc: 0,
+      handoverGeneration: 0n,
+    };
+    writeSuperblockSlot(bytes, 1, sb);
+    writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
+    return { uuid, geometry };
+  } finally {
+    mapping.unmap();
+    unlock(pool);
+  }
+}

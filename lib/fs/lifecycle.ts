@@ -1,0 +1,215 @@
+// How a mount ends: unmount, or a handover (serialise, abort, kexec), and the checks a handover blob must pass to be
+// adopted, which mount and the checker share.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { crc32 } from '../checksum';
+import { GuestmemfsError } from '../errors';
+import { buildHandoverBlob, type BlobLayout, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, type RestoreExpectations, verifyHandoverBlob } from '../handover/blob';
+import { native } from '../native';
+import type { Pool } from '../pool/pool';
+import { resolveExecutable } from '../process';
+import { elapsedMs } from '../units';
+import type { MountContext } from './context';
+import { InodeType } from './inodes';
+import { EXTENT_PAGE_SIZE, FIXED_HEADER_BYTES, FORMAT_MAJOR, FORMAT_MINOR, type Geometry, INODE_SIZE, INTENT_OFFSET, PoolState, ROOT_INO, type Superblock } from './layout';
+import { releaseInode } from './namespace';
+import type { KexecOptions, SerialiseResult } from './types';
+import type { MetadataViews } from './views';
+
+/** The pool format, as the handover blob describes it. */
+export function blobLayout(g: Geometry): BlobLayout {
+  return {
+    formatVersion: [FORMAT_MAJOR, FORMAT_MINOR],
+    blockSize: g.blockSize,
+    blockCount: g.blockCount,
+    inodeCount: g.inodeCount,
+    inodeSize: INODE_SIZE,
+    extentPageCount: g.extentPageCount,
+    extentPageSize: EXTENT_PAGE_SIZE,
+    extentOffset: g.extentOffset,
+    metadataBlocks: g.metadataBlocks,
+    metadataBytes: g.metadataBytes,
+    regions: [
+      [0, FIXED_HEADER_BYTES],
+      [g.bitmapOffset, g.bitmapLength],
+      [g.dirtyOffset, g.bitmapLength],
+      [g.inodeOffset, g.inodeCount * INODE_SIZE],
+      [g.extentOffset, g.extentPageCount * EXTENT_PAGE_SIZE],
+      [g.handoverOffset, g.handoverLength],
+    ],
+  };
+}
+
+function liveMetadata(views: MetadataViews): LiveMetadata {
+  return {
+    checkedHeader: views.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES),
+    bitmaps: views.allocator.bitmapBytes(),
+    inodeRecord: (ino) => views.inodes.record(ino),
+    pageRecord: (page) => views.extents.pageRecord(page),
+  };
+}
+
+/** What a blob must match to be adopted: this pool, this superblock, and these metadata views. */
+export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool): RestoreExpectations {
+  return {
+    layout: blobLayout(sb.geometry),
+    uuid: sb.uuid,
+    generation: sb.generation,
+    pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
+    metadata: liveMetadata(views),
+    isLive: (ino) => views.inodes.type(ino) !== InodeType.Free,
+    chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
+    blobCrc: sb.handoverCrc,
+  };
+}
+
+/**
+ * Checks the blob a serialised superblock names against the metadata it describes; throws (EUCLEAN and the check that
+ * failed) when it cannot be adopted.
+ */
+export function verifyRecordedBlob(views: MetadataViews, sb: Superblock, pool: Pool, area: Uint8Array, fields: { syscall: string; path: string }): HandoverDescription {
+  if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
+    throw new GuestmemfsError('EUCLEAN', `handover refused (length): the superblock records a ${sb.handoverBytes}-byte blob in a ${area.length}-byte area; the pool was left untouched`, fields);
+  }
+  if (sb.handoverGeneration !== sb.generation) {
+    throw new GuestmemfsError('EUCLEAN', `handover refused (generation): the blob was made at generation ${sb.handoverGeneration}, the superblock is at ${sb.generation}; the pool was left untouched`, fields);
+  }
+  return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool));
+}
+
+/**
+ * Marks the pool cleanly unmounted and releases it. Refuses (EBUSY) while this process still maps files from it or
+ * has asynchronous work in flight, as umount refuses a busy filesystem. A serialised pool stays serialised for the
+ * next owner, and mappings here stay valid: nothing can change the metadata any more.
+ */
+export function unmount(ctx: MountContext): void {
+  ctx.requireMounted('umount');
+  if (ctx.readOnly || ctx.frozenAt !== undefined) return ctx.release();
+  const mapped = ctx.liveMappingCount();
+  if (mapped > 0) {
+    throw new GuestmemfsError('EBUSY', `${mapped} file mapping(s) are still live: unmap them before unmounting`, { syscall: 'umount', path: ctx.pool.label });
+  }
+  if (ctx.busy.size > 0) {
+    throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before unmounting', { syscall: 'umount', path: ctx.pool.label });
+  }
+  ctx.writeSuperblock({ state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n });
+  ctx.release();
+}
+
+/**
+ * Serialises the metadata's description into a handover blob (an FDT) in the pool's handover area and freezes the
+ * filesystem until abort(). Serialising again returns the same blob.
+ */
+export function serialise(ctx: MountContext, options: { out?: string }): SerialiseResult {
+  ctx.requireMounted('serialise');
+  ctx.requireNotReadOnly('serialise');
+  const started = process.hrtime.bigint();
+  const area = ctx.handoverArea();
+  const fields = { syscall: 'serialise', path: ctx.pool.label };
+  let blob: Uint8Array;
+  let files: number;
+  let mappingBlocks: number;
+  if (ctx.frozenAt !== undefined) {
+    blob = area.slice(0, ctx.superblock.handoverBytes);
+    const description = verifyHandoverBlob(blob, restoreExpectations(ctx.views, ctx.superblock, ctx.pool));
+    files = description.liveInodes.length;
+    mappingBlocks = description.mappingsBlocks.length;
+  } else {
+    if (ctx.busy.size > 0) throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before serialising', fields);
+    const live = [ROOT_INO, ...ctx.orphans, ...ctx.names.inodes()].sort((a, b) => a - b);
+    const pages: number[] = [];
+    const owners: number[] = [];
+    for (const ino of live) {
+      for (const page of ctx.views.extents.chain(ino)) {
+        pages.push(page);
+        owners.push(ino);
+      }
+    }
+    const generation = ctx.superblock.generation + 1n;
+    const pool = ctx.pool;
+    blob = buildHandoverBlob({
+      pool: { backend: pool.backend, path: pool.path, fd: pool.path === undefined ? pool.fd : undefined, size: pool.size, pageSize: pool.pageSize },
+      layout: blobLayout(ctx.geometry),
+      uuid: ctx.uuid,
+      generation,
+      metadata: liveMetadata(ctx.views),
+      liveInodes: live,
+      pages,
+      pageOwners: owners,
+    });
+    if (blob.length > area.length) {
+      throw new GuestmemfsError(
+        'ENOSPC',
+        `handover blob of ${blob.length} bytes does not fit the ${area.length}-byte handover area (${live.length} files, ${pages.length} extent pages): delete files or mkfs with fewer, larger files`,
+        fields,
+      );
+    }
+    area.set(blob);
+    // Commit point: the superblock names the blob, its checksum and generation, and says "serialised".
+    ctx.writeSuperblock({ state: PoolState.Serialised, generation, handoverBytes: blob.length, handoverCrc: crc32(blob), handoverGeneration: generation });
+    ctx.frozenAt = generation;
+    files = live.length;
+    mappingBlocks = pages.length;
+  }
+  const result: SerialiseResult = { generation: ctx.frozenAt!, blob, files, mappingBlocks, ms: elapsedMs(started) };
+  if (options.out) {
+    // Written as a file of the caller's choosing: only its owner can read the pool's layout from it.
+    fs.writeFileSync(options.out, blob, { mode: 0o600 });
+    result.out = path.resolve(options.out);
+  }
+  return result;
+}
+
+/** Lifts the freeze of serialise() (the RFC's KEXEC_KHO_ABORT): the blob becomes stale and changes are allowed again. */
+export function abort(ctx: MountContext): void {
+  ctx.requireMounted('abort');
+  ctx.requireNotReadOnly('abort');
+  if (ctx.frozenAt === undefined) {
+    throw new GuestmemfsError('EINVAL', 'the filesystem is not serialised: nothing to abort', { syscall: 'abort', path: ctx.pool.label });
+  }
+  ctx.writeSuperblock({ state: PoolState.Mounted, handoverBytes: 0, handoverCrc: 0 });
+  ctx.frozenAt = undefined;
+  // Orphans kept while frozen (a mount that kept a handover serialised) whose mapping process is gone go now.
+  for (const ino of [...ctx.orphans]) if (!ctx.mapped.get(ino)) releaseInode(ctx, ino);
+}
+
+/**
+ * Serialises, then replaces this process with `argv` through execve (same PID). A memfd pool's fd is kept open and its
+ * number passed in GUESTMEMFS_POOL_FD (as QEMU's cpr-exec does); a path pool's path goes in GUESTMEMFS_POOL. Returns
+ * only by throwing: if execve fails, the serialisation is aborted and the filesystem keeps working here.
+ */
+export function kexec(ctx: MountContext, argv: readonly string[], options: KexecOptions): never {
+  ctx.requireMounted('execve');
+  ctx.requireNotReadOnly('execve');
+  if (!Array.isArray(argv) || argv.length === 0 || !argv.every((arg) => typeof arg === 'string')) {
+    throw new GuestmemfsError('EINVAL', 'kexec needs argv: a non-empty array of strings (program first)', { syscall: 'execve' });
+  }
+  const file = resolveExecutable(argv[0]!);
+  const wasFrozen = ctx.frozenAt !== undefined;
+  serialise(ctx, {});
+  const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
+  delete env[POOL_FD_ENV];
+  delete env[POOL_PATH_ENV];
+  // Exactly the pool's fd survives (a path pool is found again by path; its fd and mount lock go with the exec).
+  const keepFds: number[] = [];
+  if (ctx.pool.path === undefined) {
+    keepFds.push(ctx.pool.fd);
+    env[POOL_FD_ENV] = String(ctx.pool.fd);
+  } else {
+    env[POOL_PATH_ENV] = ctx.pool.path;
+  }
+  const envList = Object.entries(env)
+    .filter((entry): entry is [string, string] => entry[1] !== undefined)
+    .map(([key, value]) => `${key}=${value}`);
+  try {
+    native.processExec(file, [...argv], envList, keepFds);
+  } catch (error) {
+    if (wasFrozen) {
+      // The caller serialised before calling kexec: undoing that is the caller's decision.
+      throw GuestmemfsError.from(error).withRemedy('this process keeps the filesystem, still serialised: abort() to change it again');
+    }
+    abort(ctx);
+    throw GuestmemfsError.from(error).withRemedy('the handover was aborted and this process keeps the filesystem');
+  }
+  throw new GuestmemfsError('EIO', 'execve returned without an error', { syscall: 'execve' });
+}

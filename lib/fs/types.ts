@@ -1,0 +1,145 @@
+// The filesystem's public option and result types: what mkfs, mount and the Filesystem methods take and return.
+import type { HandoverDescription } from '../handover/blob';
+import type { MapOptions, Mapping } from '../pool/mapping';
+import type { FileTypeName } from './inodes';
+import type { Geometry } from './layout';
+import type { Credentials } from './permissions';
+
+export interface MkfsOptions {
+  /** Inodes in the flat table (default: two per block, 1024..65536). */
+  inodes?: number;
+  /** Allocation block: the pool's page size on huge pages, 2 MiB on the 4 KiB fallback, unless chosen here. */
+  blockSize?: number;
+  /** Reformat a pool that already holds a guestmemfs filesystem. */
+  force?: boolean;
+}
+
+export interface FormatInfo {
+  uuid: string;
+  geometry: Geometry;
+}
+
+export interface MountOptions extends Partial<Credentials> {
+  /**
+   * What to do with a pool whose owner died while it was mounted: recover it (the default: finish or discard an
+   * interrupted rename, free orphans and leaked blocks, rebuild free lists, entry lists and counters), or refuse
+   * with EUCLEAN (false).
+   */
+  repair?: boolean;
+  /**
+   * A serialised pool is restored from its handover blob. With this set, the blob is ignored and the pool is
+   * recovered as if its owner had died (for a blob that fails its checks).
+   */
+  discardHandover?: boolean;
+  /**
+   * Mount only to take over a handover: a pool that is not serialised is refused with ENOENT and left as it is (its
+   * owner let go without handing over, or died). For a successor, which must not recover a pool behind its owner.
+   */
+  requireHandover?: boolean;
+  /**
+   * A read-only view, for inspecting a pool that another process has mounted or that is serialised for handover:
+   * no lock, nothing written, every change refused with EROFS. It works on a snapshot of the metadata and trusts the
+   * snapshot only if it is consistent (a live owner caught mid-operation is retried, then EAGAIN).
+   */
+  readOnly?: boolean;
+  /**
+   * Adopt a handover but keep the filesystem serialised: metadata stays frozen, and the pool stays described by its
+   * blob, until abort() (the CLI's `abort`, for a handover whose owner exited without a successor).
+   */
+  keepSerialised?: boolean;
+}
+
+/** What serialise() produced. */
+export interface SerialiseResult {
+  generation: bigint;
+  /** The blob itself (an FDT), as written into the pool's handover area. */
+  blob: Uint8Array;
+  /** Live inodes and extent pages it describes. */
+  files: number;
+  mappingBlocks: number;
+  ms: number;
+  /** Set when the blob was also exported to a file. */
+  out?: string;
+}
+
+/** What mount did when it found a handover. */
+export interface Restore {
+  generation: bigint;
+  files: number;
+  ms: number;
+  description: HandoverDescription;
+}
+
+export interface KexecOptions {
+  /** Environment for the new program (default: this process's). The pool location is added to it. */
+  env?: NodeJS.ProcessEnv;
+}
+
+/** What mount did to a pool that was not unmounted cleanly. */
+export interface Recovery {
+  previousOwnerPid: number;
+  fixes: string[];
+}
+
+export interface CreateOptions {
+  /** guest: guest RAM, mmap only, mapped MADV_DONTDUMP|MADV_DONTFORK; state: VMM/device state, read/write; plain. */
+  type?: FileTypeName;
+  /** Permission bits (default 0600 for guest and state files, 0644 for plain). */
+  mode?: number;
+}
+
+export interface MkdirOptions {
+  mode?: number;
+  /** Create missing parents and accept an existing directory, like mkdir -p. */
+  recursive?: boolean;
+}
+
+export interface Stat {
+  ino: number;
+  generation: number;
+  type: 'file' | 'directory';
+  /** For files: plain, guest or state. */
+  fileType: FileTypeName | undefined;
+  size: number;
+  /** Allocated blocks of blockSize bytes. */
+  blocks: number;
+  blockSize: number;
+  /** Extents (contiguous runs of blocks) holding the file. */
+  extents: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  birthtimeNs: bigint;
+}
+
+export interface StatFs {
+  blockSize: number;
+  pageSize: number;
+  totalBlocks: number;
+  /** Blocks files can use (total minus the metadata region). */
+  dataBlocks: number;
+  freeBlocks: number;
+  /** Free blocks still holding old bytes; they are zeroed before reaching a file (or by scrub()). */
+  dirtyFreeBlocks: number;
+  totalInodes: number;
+  freeInodes: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: number;
+  type: 'file' | 'directory';
+}
+
+export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {
+  /**
+   * A mapping premapFile() made of this file before this mount existed (a successor preparing ahead of a handover).
+   * It is adopted and returned when it still maps exactly the file's blocks; otherwise a fresh mapping is returned and
+   * the stale one is left to the caller to unmap.
+   */
+  premapped?: Mapping;
+}

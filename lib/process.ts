@@ -1,0 +1,32 @@
+// Facts about processes that Node does not expose: this process's start time, and what execve runs for a name.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GuestmemfsError } from './errors';
+
+let cachedStartTime: { pid: number; value: bigint } | undefined;
+
+/** This process's start time in clock ticks since boot (with the pid, it names an owner even after pid reuse). */
+export function processStartTime(): bigint {
+  if (cachedStartTime?.pid !== process.pid) {
+    const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    cachedStartTime = { pid: process.pid, value: BigInt(fields[19]!) };
+  }
+  return cachedStartTime.value;
+}
+
+/** The file execve should run for argv[0]: a path as given, or the first match on PATH, as execvp finds it. */
+export function resolveExecutable(program: string): string {
+  if (program.includes('/')) return program;
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const candidate = path.join(dir || '.', program);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      if (fs.statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  throw new GuestmemfsError('ENOENT', `no executable "${program}" on PATH`, { syscall: 'execve', path: program });
+}
