@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { mkfs } from '../lib/fs/format';
 import { probeRandomReads } from '../lib/probes';
+import { scratchDirectory } from '../lib/scratch';
 import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, KiB, MiB } from '../lib/units';
@@ -111,8 +112,9 @@ function hugePages(pageSize: number): PageSizeResult {
 }
 
 function smallPages(): PageSizeResult {
-  const file = path.join('/dev/shm', `guestmemfs-bench-access-${process.pid}`);
-  fs.writeFileSync(file, '');
+  const scratch = scratchDirectory('/dev/shm', 'guestmemfs-bench-access');
+  const file = path.join(scratch.path, 'small-pages');
+  fs.writeFileSync(file, '', { flag: 'wx', mode: 0o600 });
   try {
     const samples = { throughput: [] as number[], latency: [] as number[] };
     for (let run = 0; run < runs; run++) {
@@ -122,7 +124,7 @@ function smallPages(): PageSizeResult {
     }
     return { pageSize: 4 * KiB, raw: { throughputNsPerRead: stats(samples.throughput), latencyNsPerRead: stats(samples.latency) } };
   } finally {
-    fs.rmSync(file, { force: true });
+    scratch.remove();
   }
 }
 

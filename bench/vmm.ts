@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { mount } from '../lib/fs/mount';
+import { scratchDirectory } from '../lib/scratch';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
@@ -45,12 +46,13 @@ function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, ex
 
 /** The baseline without preservation: copy guest RAM out to a snapshot file and back into freshly allocated memory. */
 function copyBaseline(mapping: ReturnType<Pool['mapAll']>, ramBytes: number, scratchDir: string): { saveMs: number; loadMs: number } {
-  const snapshot = path.join(scratchDir, `guestmemfs-bench-snapshot-${process.pid}`);
+  const scratch = scratchDirectory(scratchDir, 'guestmemfs-bench-snapshot');
+  const snapshot = path.join(scratch.path, 'ram');
   const fresh = Pool.create({ backend: 'memfd-4k', size: ramBytes, sparse: true });
   try {
     const chunk = 64 * MiB;
     const started = process.hrtime.bigint();
-    const fd = fs.openSync(snapshot, 'w');
+    const fd = fs.openSync(snapshot, 'wx', 0o600);
     for (let offset = 0; offset < ramBytes; offset += chunk) fs.writeSync(fd, mapping.bytes(offset, Math.min(chunk, ramBytes - offset)));
     fs.closeSync(fd);
     const saved = process.hrtime.bigint();
@@ -62,7 +64,7 @@ function copyBaseline(mapping: ReturnType<Pool['mapAll']>, ramBytes: number, scr
     target.unmap();
     return { saveMs: Number(saved - started) / 1e6, loadMs: Number(loaded - saved) / 1e6 };
   } finally {
-    fs.rmSync(snapshot, { force: true });
+    scratch.remove();
     fresh.close();
   }
 }

@@ -5,9 +5,14 @@
  * halts. All of its state is in registers and guest RAM, so a live update that saves the vCPU and keeps the RAM lets
  * it finish with the same checksum as an uninterrupted run.
  *
- * Entry (set by the VMM): rdi = first byte of the work area, rsi = 64-bit words in it (< 2^32), rdx = steps, r8 = seed.
+ * Entry (set by the VMM): rdi = first byte of the work area, rsi = 64-bit words in it (< 2^32), rdx = steps, r8 = seed,
+ * r15 = the step to wait at (0: none). At that step the guest sets the gate's "arrived" word and spins until the VMM
+ * sets its "release" word: a point the VMM can pause the guest at by signal, not by timing. The gate touches neither the
+ * checksum nor the work area, so a gated run computes what an ungated one does.
  * Build: as --64 -o build/guest.o guest/guest.S && objcopy -O binary -j .text build/guest.o build/guest.bin
  */
+    .set GATE_ARRIVED, 0x800
+    .set GATE_RELEASE, 0x808
     .code64
     .text
     .globl _start
@@ -20,6 +25,9 @@ _start:
 step:
     cmp %r12, %r11
     jae report
+    cmp %r15, %r11
+    je gate
+work:
     imul %r13, %r8                  /* x = x * a + c (mod 2^64) */
     add %r14, %r8
     mov %r8, %rax
@@ -40,6 +48,16 @@ step:
     mov $'.', %al
     out %al, %dx
     jmp step
+gate:
+    test %r15, %r15
+    jz work
+    movq $1, GATE_ARRIVED
+wait:
+    pause
+    cmpq $0, GATE_RELEASE
+    je wait
+    xor %r15, %r15                  /* a gate is passed once */
+    jmp work
 report:
     mov $0x3f8, %dx
     mov $16, %r10

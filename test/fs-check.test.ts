@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FIXED_HEADER_BYTES, readSuperblock } from '../lib/fs/layout';
+import { FIXED_HEADER_BYTES, PoolState, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import { MappedMetadata } from '../lib/fs/metadata';
 import { type MetadataViews, openViews } from '../lib/fs/views';
 import { check, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
@@ -23,6 +23,12 @@ function edit(fn: (views: Views) => void): void {
   const meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
   fn(openViews(new MappedMetadata(meta.id), sb.geometry));
   meta.unmap();
+}
+
+/** What a kill leaves in the superblock: the pool still marked as mounted by an owner that is gone. */
+function markOwnerDead(header: Uint8Array): void {
+  const sb = readSuperblock(header, pool);
+  writeSuperblockSlot(header, 1 - sb.slot, { ...sb, sequence: sb.sequence + 1n, state: PoolState.Mounted, ownerPid: 999_999 });
 }
 
 function digest(): string {
@@ -91,6 +97,36 @@ describe('check', () => {
     expect(gfs.recovery).toBeUndefined();
     gfs.unmount();
     expectDataIntact();
+  });
+
+  it('an extent page left linked by a kill inside a shrink is released, and the kept extents are untouched', () => {
+    // Two files allocated in turn get five extents each: the fifth needs an extent page.
+    const gfs = mount(pool);
+    gfs.create('/a', { type: 'state' });
+    gfs.create('/b', { type: 'state' });
+    for (let blocks = 1; blocks <= 5; blocks++) for (const name of ['/a', '/b']) gfs.truncate(name, blocks * B);
+    expect(gfs.stat('/a').extents).toBe(5);
+    gfs.write('/a', new TextEncoder().encode('kept'), 0);
+    const ino = gfs.lookup('/a');
+    gfs.unmount();
+    // A shrink to four blocks killed after its commit point and the lower extent count, before the page was freed.
+    edit(({ inodes, header }) => {
+      inodes.setSize(ino, 4 * B);
+      inodes.setExtentCount(ino, 4);
+      inodes.setBlockCount(ino, 4);
+      markOwnerDead(header);
+    });
+    const dry = check(pool);
+    expect(dry).toMatchObject({ state: 'inconsistent', repairable: true });
+    expect(dry.problems.join('\n')).toContain(`inode ${ino}: 1 extent pages for 4 extents`);
+    const repaired = check(pool, { repair: true });
+    expect(repaired.state).toBe('repaired');
+    expect(repaired.fixes.join('\n')).toContain(`inode ${ino}: released 1 extent page(s) past its extents`);
+    expect(check(pool).state).toBe('consistent');
+    const after = mount(pool);
+    expect(after.stat('/a')).toMatchObject({ size: 4 * B, extents: 4, blocks: 4 });
+    expect(new TextDecoder().decode(after.read('/a', 0, 4))).toBe('kept');
+    after.unmount();
   });
 
   it('rebuilds damaged derived state (bitmap, free list, counters, entry lists) without touching file data', () => {

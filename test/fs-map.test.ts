@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KiB, MiB, mkfs, mount, Pool } from '../lib/index';
-import { captureError, machine, repoRoot, skipReason, uniquePath } from './helpers';
+import { captureError, collectUntil, machine, mappingCollected, repoRoot, skipReason, uniquePath } from './helpers';
 import { smallFs, type TestFs } from './fs-helpers';
 
 const B = 64 * KiB;
@@ -86,16 +86,14 @@ describe('map, read and write', () => {
     const { fs: gfs } = t;
     gfs.create('/ram', { type: 'guest' });
     gfs.truncate('/ram', 2 * B);
+    let id = -1;
+    const unmapped = mappingCollected(() => id);
     (() => {
-      gfs.map('/ram');
+      id = gfs.map('/ram').id;
     })();
     gfs.unlink('/ram');
     const free = gfs.statfs().freeBlocks;
-    const gc = (globalThis as { gc?: () => void }).gc!;
-    for (let round = 0; round < 50 && gfs.statfs().freeBlocks === free; round++) {
-      gc();
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
+    await collectUntil(unmapped);
     expect(gfs.statfs().freeBlocks).toBe(free + 2);
   });
 

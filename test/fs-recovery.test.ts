@@ -70,6 +70,7 @@ describe('mount after the owner was killed', () => {
         const fs = g.mount(g.Pool.open(${JSON.stringify(pool.path)}));
         process.stdout.write('ready\\n');
         for (let i = 0; ; i++) {
+          require('fs').writeSync(1, i + '\\n');
           const name = '/f' + (i % 7);
           try { fs.create(name, { type: 'state' }); } catch {}
           try { fs.truncate(name, (i * 7919) % ${12 * B}); } catch {}
@@ -77,10 +78,17 @@ describe('mount after the owner was killed', () => {
           if (i % 5 === 0) try { fs.unlink('/f' + ((i * 5) % 7)); } catch {}
         }`;
       const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-      await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
-      await new Promise((resolve) => setTimeout(resolve, 20 + round * 13));
-      child.kill('SIGKILL');
-      await new Promise((resolve) => child.once('exit', resolve));
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      // Killed when the child reports reaching its Nth round, wherever it is in that round when the signal lands.
+      const killAt = String(20 + round * 37);
+      let pending = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        pending += chunk.toString();
+        const lines = pending.split('\n');
+        pending = lines.pop()!;
+        if (lines.includes(killAt)) child.kill('SIGKILL');
+      });
+      await exited;
       const fs = mount(pool);
       expect(fs.recovery).toBeDefined();
       expect(fs.audit().problems).toEqual([]);

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import { type Filesystem, decodeHandoverBlob, KiB, MiB, mkfs, mount, parseFdt, Pool, premapFile, spinForHandover, waitForHandover } from '../lib/index';
+import { scratchDirectory } from '../lib/scratch';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
@@ -138,7 +139,8 @@ describe('serialise, freeze and abort', () => {
   });
 
   it('exports the blob to a file, and unmount of a serialised filesystem leaves it handed over for the next mount', () => {
-    const out = path.join(os.tmpdir(), `guestmemfs-blob-${process.pid}.dtb`);
+    const scratch = scratchDirectory(os.tmpdir(), 'guestmemfs-blob');
+    const out = path.join(scratch.path, 'handover.dtb');
     try {
       const result = gfs.serialise({ out });
       expect(fs.readFileSync(out).equals(Buffer.from(result.blob))).toBe(true);
@@ -152,7 +154,7 @@ describe('serialise, freeze and abort', () => {
       gfs.create('/writable-again');
       expect(gfs.audit().problems).toEqual([]);
     } finally {
-      fs.rmSync(out, { force: true });
+      scratch.remove();
     }
   });
 
@@ -206,7 +208,8 @@ describe('the real device-tree compiler reads the blob', () => {
 
   it.skipIf(skipReason(dtc ? '' : 'dtc is not installed and could not be installed (needs root and apt)'))('dtc -I dtb -O dts decodes the compatible string and every node', () => {
     const pool = Pool.create({ backend: 'memfd-4k', size: 4 * MiB });
-    const out = path.join(os.tmpdir(), `guestmemfs-dtc-${process.pid}.dtb`);
+    const scratch = scratchDirectory(os.tmpdir(), 'guestmemfs-dtc');
+    const out = path.join(scratch.path, 'handover.dtb');
     try {
       mkfs(pool, { blockSize: B });
       const gfs = mount(pool);
@@ -220,7 +223,7 @@ describe('the real device-tree compiler reads the blob', () => {
       expect(dts).toContain('backend = "memfd-4k";');
       expect(dts).toMatch(/\/memreserve\/\s+0x0+ 0x/);
     } finally {
-      fs.rmSync(out, { force: true });
+      scratch.remove();
       pool.close();
     }
   });
@@ -241,17 +244,23 @@ describe('a successor started ahead of time', () => {
         const g = require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});
         const fs = g.mount(g.Pool.open(${JSON.stringify(poolPath)}));
         process.stdout.write('mounted\\n');
-        setTimeout(() => { fs.serialise(); fs.unmount(); process.stdout.write('handed over\\n'); setTimeout(() => {}, 200); }, 100);`;
-      const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+        // The handover happens when the test says so (a line on stdin), and the owner exits when stdin closes.
+        process.stdin.once('data', () => { fs.serialise(); fs.unmount(); process.stdout.write('handed over\\n'); });
+        process.stdin.resume();`;
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
       const successorPool = Pool.open(poolPath);
+      // The owner holds the pool until it is told to hand over: the wait must give up, however slow the machine.
       expect(await captureRejection(waitForHandover(successorPool, { timeoutMs: 30 }))).toMatchObject({ code: 'ETIMEDOUT' });
+      child.stdin.write('go\n');
       const successor = await waitForHandover(successorPool, { timeoutMs: 10_000 });
       expect(successor.restored).toBeDefined();
       expect(new TextDecoder().decode(successor.read('/vm-state'))).toBe('paused');
       successor.unmount();
       successorPool.close();
-      await new Promise((resolve) => child.once('exit', resolve));
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.stdin.end();
+      await exited;
     } finally {
       pool.destroy();
     }

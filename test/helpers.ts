@@ -1,8 +1,10 @@
-// Shared test helpers: machine context from the global setup, unique pool paths, child processes running compiled code.
+// Shared test helpers: machine context from the global setup, unique pool paths, child processes running compiled code,
+// captured errors, and waiting for the garbage collector to unmap a mapping.
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { inject } from 'vitest';
+import { onMappingCollected } from '../lib/pool/mapping';
 import type { MachineContext } from './setup/machine';
 
 export const repoRoot = path.resolve(__dirname, '..');
@@ -53,4 +55,38 @@ export async function captureRejection(promise: Promise<unknown>): Promise<Captu
     return error as CapturedError;
   }
   throw new Error('expected a rejection, but the promise resolved');
+}
+
+/**
+ * Runs the garbage collector (vitest runs with --expose-gc) and lets finalizers run until `signal` settles: the signal
+ * is a finalizer having run, so the wait ends on the event itself, never after a number of rounds or a time.
+ */
+export async function collectUntil(signal: Promise<unknown>): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('run vitest with --expose-gc (see vitest.config.mts)');
+  let settled = false;
+  void signal.then(() => (settled = true));
+  while (!settled) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/** Resolves when the collector has unmapped the Mapping with this id. */
+export function mappingCollected(id: () => number): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = onMappingCollected((unmappedId) => {
+      if (unmappedId !== id()) return;
+      stop();
+      resolve();
+    });
+  });
+}
+
+/**
+ * Waits until check() holds: for a condition another thread or a guest sets (a flag in shared memory, a native stamp),
+ * looked at on every event-loop turn. The wait ends on the condition, never after a time.
+ */
+export async function signalled(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((resolve) => setImmediate(resolve));
 }

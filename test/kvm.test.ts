@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
 import { native } from '../lib/native';
 import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
-import { captureError, captureRejection, machine, skipReason, uniquePath } from './helpers';
+import { captureError, captureRejection, machine, signalled, skipReason, uniquePath } from './helpers';
 
 const m = machine();
 const RAM = 64 * MiB;
@@ -37,7 +37,7 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     const before = process.hrtime.bigint();
     const run = vm.run();
     // The vCPU's own thread stamps its entry into KVM_RUN (the end of a blackout), on the clock of process.hrtime.
-    while (vm.runStartedAt() === 0n) await new Promise((resolve) => setTimeout(resolve, 1));
+    await signalled(() => vm.runStartedAt() !== 0n);
     expect(vm.runStartedAt()).toBeGreaterThanOrEqual(before);
     expect(vm.runStartedAt()).toBeLessThanOrEqual(process.hrtime.bigint());
     expect(await run).toBe('halted');
@@ -62,12 +62,13 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     const ram = gfs.map('/c');
     const frames = ram.physicalFrames().map(String);
     const first = KvmMachine.create(ram);
-    first.loadDemoGuest(options);
+    // The guest stops at its gate, half way, and says so: the pause below lands mid-run on the guest's signal.
+    first.loadDemoGuest({ ...options, gateAtStep: options.steps / 2 });
     const running = first.run();
     // The successor's VM, with the guest's RAM mapped and registered, is made while the guest still runs, as a
     // transfer-mode successor does before the pause.
     const prepared = prepareVm(premapFile(pool, '/c'));
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await signalled(() => first.gateReached());
     expect(captureError(() => first.saveState())).toMatchObject({ code: 'EBUSY' });
     expect(await captureRejection(first.run())).toMatchObject({ code: 'EBUSY' });
     first.pause();
@@ -83,6 +84,8 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     const second = KvmMachine.create(again, prepared);
     expect(captureError(() => KvmMachine.create(again, prepared))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/prepare one VM per machine/) });
     second.restoreState(state);
+    expect(second.gateReached()).toBe(true); // the restored guest still waits at its gate, in the same RAM
+    second.releaseGate();
     expect(await second.run()).toBe('halted');
     expect((progress + second.serial()).replace(/\./g, '')).toBe(expected);
     expect(captureError(() => second.restoreState(new Uint8Array(10)))).toMatchObject({ code: 'EINVAL' });

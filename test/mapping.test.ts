@@ -5,7 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GiB, MiB, Pool } from '../lib/index';
 import { native } from '../lib/native';
-import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
+import { captureError, captureRejection, collectUntil, machine, mappingCollected, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
 
@@ -16,17 +16,6 @@ function vmFlags(address: bigint): string[] {
   if (start < 0) throw new Error(`no VMA at 0x${address.toString(16)}`);
   const flagsLine = lines.slice(start).find((line) => line.startsWith('VmFlags:'))!;
   return flagsLine.slice('VmFlags:'.length).trim().split(/\s+/);
-}
-
-/** Runs the garbage collector (vitest runs with --expose-gc) and lets finalizers run, until done() or 50 rounds. */
-async function collectUntil(done: () => boolean): Promise<void> {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (!gc) throw new Error('run vitest with --expose-gc (see vitest.config.mts)');
-  for (let round = 0; round < 50; round++) {
-    gc();
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    if (done()) return;
-  }
 }
 
 function isMapped(address: bigint): boolean {
@@ -184,14 +173,17 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
 
   it('unmaps a Mapping that was garbage-collected, detaching buffers still held', async () => {
     let address = 0n;
+    let id = -1;
     let kept: ArrayBuffer | undefined;
+    const unmapped = mappingCollected(() => id);
     (() => {
       const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
       address = mapping.address;
+      id = mapping.id;
       kept = mapping.buffer;
     })();
     expect(kept!.byteLength).toBe(2 * MiB);
-    await collectUntil(() => !isMapped(address));
+    await collectUntil(unmapped);
     expect(isMapped(address)).toBe(false);
     expect(kept!.byteLength).toBe(0);
   });
@@ -199,7 +191,12 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
   it('a Mapping collected while native work runs on it is unmapped when the work ends, not before', async () => {
     let address = 0n;
     let collected = false;
-    const watcher = new FinalizationRegistry(() => (collected = true));
+    let noticed!: () => void;
+    const finalized = new Promise<void>((resolve) => (noticed = resolve));
+    const watcher = new FinalizationRegistry(() => {
+      collected = true;
+      noticed();
+    });
     const work = (() => {
       const mapping = pool.map([{ offset: 0, length: 32 * MiB }]);
       address = mapping.address;
@@ -207,10 +204,11 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
       // Hold only the id, so the Mapping object is unreachable while the worker zeroes its memory.
       return native.zeroAsync(mapping.id, 0, 32 * MiB);
     })();
-    await collectUntil(() => collected);
+    await collectUntil(finalized);
     expect(collected).toBe(true);
+    // The munmap waits for the worker: the memory is still mapped under it, and gone once the work has ended.
+    expect(isMapped(address)).toBe(true);
     await work;
-    await collectUntil(() => !isMapped(address));
     expect(isMapped(address)).toBe(false);
   });
 

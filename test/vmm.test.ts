@@ -2,6 +2,8 @@
 // started ahead of time): the guest resumed each time from its state file on the same guest RAM, finishing with the
 // checksum of an uninterrupted run on the same frames; a failed update loses nothing.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MiB, Pool } from '../lib/index';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
@@ -30,10 +32,51 @@ function runGuest(mode: UpdateMode, guest: { steps: number; seed: number; update
   }
 }
 
+/** Symlinks and foreign files under every name the exec-mode code cache was once written to, for the next pids. */
+function plantCodeCacheNames(): { expectUntouched(): void; remove(): void } {
+  const victimDir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmemfs-victim-'));
+  const victim = path.join(victimDir, 'precious');
+  fs.writeFileSync(victim, 'the planter chose this file');
+  const foreign = Buffer.from('bytecode of the planter');
+  const lastPid = Number(fs.readFileSync('/proc/sys/kernel/ns_last_pid', 'utf8'));
+  const names: string[] = [];
+  for (const dir of ['/dev/shm', os.tmpdir()]) {
+    for (let pid = lastPid + 1; pid <= lastPid + 1500; pid++) {
+      const name = path.join(dir, `guestmemfs-code-cache-${pid}`);
+      if (fs.existsSync(name)) continue;
+      if (pid % 2 === 0) fs.symlinkSync(victim, name);
+      else fs.writeFileSync(name, foreign, { flag: 'wx' });
+      names.push(name);
+    }
+  }
+  return {
+    expectUntouched() {
+      expect(fs.readFileSync(victim, 'utf8')).toBe('the planter chose this file');
+      for (const name of names) {
+        if (fs.lstatSync(name).isSymbolicLink()) expect(fs.readlinkSync(name)).toBe(victim);
+        else expect(fs.readFileSync(name).equals(foreign)).toBe(true);
+      }
+    },
+    remove() {
+      for (const name of names) fs.rmSync(name, { force: true });
+      fs.rmSync(victimDir, { recursive: true, force: true });
+    },
+  };
+}
+
 describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM guest', () => {
   it('three updates at random points: same pid, same checksum as an uninterrupted run, same physical frames', () => {
+    // The names earlier releases wrote the code cache under, planted for the pids the VMM may get, as an unprivileged
+    // user could: a symlink to a file of the planter's choosing, or a file of the planter's bytes. None may be touched.
+    const planted = plantCodeCacheNames();
     // kvm-pvm runs this guest at ~6 µs a step: 500k steps give the three updates (<= 400 ms apart) time to happen.
-    const events = runGuest('exec', { steps: 500_000, seed: 11, updates: 3, maxDelayMs: 400 });
+    let events: Array<Record<string, unknown>>;
+    try {
+      events = runGuest('exec', { steps: 500_000, seed: 11, updates: 3, maxDelayMs: 400 });
+      planted.expectUntouched();
+    } finally {
+      planted.remove();
+    }
     const updates = events.filter((event) => event.event === 'update');
     expect(updates).toHaveLength(3);
     expect(new Set(events.map((event) => event.pid)).size).toBe(1); // execve in place: one pid throughout

@@ -11,6 +11,7 @@ import { hugePageSizeInfo } from '../pool/hugepages';
 import type { Mapping } from '../pool/mapping';
 import { Pool } from '../pool/pool';
 import { releaseReservation, reserveHugePages, type ReservationRecord } from '../pool/reserve';
+import { scratchDirectory } from '../scratch';
 import { formatSize, MiB } from '../units';
 
 const T0_ENV = 'GUESTMEMFS_DEMO_T0';
@@ -25,6 +26,8 @@ export interface DemoOptions {
 export interface Cleanup {
   reservation?: ReservationRecord;
   poolPath: string;
+  /** The private directory the 4 KiB fallback pool was made in. */
+  scratchDir?: string;
 }
 
 /** Output that must not be lost at execve: written straight to fd 1. */
@@ -73,12 +76,19 @@ export function choosePool(size: number): { pool: Pool; cleanup: Cleanup } {
     log(`  huge pages unavailable (${(error as Error).message})`);
   }
   log('  using the 4 KiB fallback (shm-4k under /dev/shm): guest memory will not be on huge pages');
-  const poolPath = path.join('/dev/shm', `guestmemfs-demo-${process.pid}`);
-  return { pool: Pool.create({ backend: 'shm-4k', path: poolPath, size: poolSize }), cleanup: { poolPath } };
+  const scratch = scratchDirectory('/dev/shm', 'guestmemfs-demo');
+  const poolPath = path.join(scratch.path, 'pool');
+  try {
+    return { pool: Pool.create({ backend: 'shm-4k', path: poolPath, size: poolSize }), cleanup: { poolPath, scratchDir: scratch.path } };
+  } catch (error) {
+    scratch.remove();
+    throw error;
+  }
 }
 
 export function undo(cleanup: Cleanup): void {
   fs.rmSync(cleanup.poolPath, { force: true });
+  if (cleanup.scratchDir) fs.rmSync(cleanup.scratchDir, { recursive: true, force: true });
   if (cleanup.reservation) releaseReservation(cleanup.reservation);
 }
 

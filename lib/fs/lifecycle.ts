@@ -184,14 +184,17 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   if (!Array.isArray(argv) || argv.length === 0 || !argv.every((arg) => typeof arg === 'string')) {
     throw new GuestmemfsError('EINVAL', 'kexec needs argv: a non-empty array of strings (program first)', { syscall: 'execve' });
   }
+  if (!(options.keepFds ?? []).every((fd) => Number.isInteger(fd) && fd > 2)) {
+    throw new GuestmemfsError('EINVAL', 'kexec keepFds must be fd numbers above stdio', { syscall: 'execve' });
+  }
   const file = resolveExecutable(argv[0]!);
   const wasFrozen = ctx.frozenAt !== undefined;
   serialise(ctx, {});
   const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
   delete env[POOL_FD_ENV];
   delete env[POOL_PATH_ENV];
-  // Exactly the pool's fd survives (a path pool is found again by path; its fd and mount lock go with the exec).
-  const keepFds: number[] = [];
+  // Exactly the pool's fd and the caller's survive (a path pool is found again by path; its fd and lock go with the exec).
+  const keepFds: number[] = [...(options.keepFds ?? [])];
   if (ctx.pool.path === undefined) {
     keepFds.push(ctx.pool.fd);
     env[POOL_FD_ENV] = String(ctx.pool.fd);

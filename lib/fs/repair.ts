@@ -1,6 +1,7 @@
 // Recovery after the owner died mid-operation: roll a committed rename forward, free orphans and blocks past each
 // file's size, and rebuild everything derived (bitmap, free lists, entry lists, link counts, counters) from the primary
 // state. Idempotent: a kill during recovery is recovered from by running it again.
+import { ExtentStore } from './extents';
 import { replayRename } from './intent';
 import { InodeType, FLAG_ORPHAN } from './inodes';
 import { ROOT_INO } from './layout';
@@ -52,6 +53,13 @@ export function repairDerived(views: RepairViews): RepairResult {
       fixes.push(`inode ${ino}: size cut to the ${held} blocks it holds`);
     }
     if (inodes.blockCount(ino) !== Math.min(held, needed)) inodes.setBlockCount(ino, Math.min(held, needed));
+    // A kill between linking a new extent page and raising the extent count (append), or between lowering the count
+    // and freeing the pages (truncate), leaves pages no extent uses: they go back.
+    const surplus = extents.chain(ino).length - ExtentStore.pagesFor(inodes.extentCount(ino));
+    if (surplus > 0) {
+      extents.truncate(ino, Math.min(held, needed));
+      fixes.push(`inode ${ino}: released ${surplus} extent page(s) past its extents`);
+    }
   }
   // Who holds each block now that the files hold only what their sizes need.
   const { owner } = scanOwnership(views);

@@ -73,6 +73,8 @@ export interface Restore {
 export interface KexecOptions {
   /** Environment for the new program (default: this process's). The pool location is added to it. */
   env?: NodeJS.ProcessEnv;
+  /** Further fds the new program inherits (the pool's own fd is kept without asking); they stay close-on-exec here. */
+  keepFds?: readonly number[];
 }
 
 /** What mount did to a pool that was not unmounted cleanly. */

@@ -45,6 +45,18 @@ export interface ProgressOptions {
 /** One physical frame per page of the mapping: its PFN, or null when the page is not present. */
 export type PhysicalFrame = bigint | null;
 
+/** Told of every Mapping the collector unmapped, once its memory is gone (or handed to the worker still using it). */
+const collectedListeners = new Set<(id: number) => void>();
+
+/**
+ * @internal Calls listener with the id of each Mapping the garbage collector unmaps from now on, until the returned
+ * function is called: the signal a test waits for instead of polling /proc/self/maps.
+ */
+export function onMappingCollected(listener: (id: number) => void): () => void {
+  collectedListeners.add(listener);
+  return () => collectedListeners.delete(listener);
+}
+
 // A Mapping that becomes unreachable unmaps its memory; buffers taken from it are detached then, never left dangling.
 const unmapWhenCollected = new FinalizationRegistry<UnmapRecord>(({ id, onUnmap }) => {
   try {
@@ -53,6 +65,7 @@ const unmapWhenCollected = new FinalizationRegistry<UnmapRecord>(({ id, onUnmap 
     // Already unmapped by environment teardown.
   }
   onUnmap?.();
+  for (const listener of collectedListeners) listener(id);
 });
 
 /** What the collector needs to unmap a lost Mapping; shared with it so a hook attached later is seen too. */

@@ -7,20 +7,19 @@
 //
 // Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
 // final `done` line with the guest's console output and whether guest RAM stayed on the same physical frames.
-import * as fs from 'node:fs';
 import { mount } from '../fs/mount';
 import { openHandedOverPool } from '../fs/successor';
 import { Pool } from '../pool/pool';
 import { elapsedMs } from '../units';
 import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
-import type { ExecLauncher } from './exec-launcher';
+import { type CodeCacheHandoff, dropCodeCache, handOverCodeCache } from './code-cache';
 import { Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
 /** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
 const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
 /** The launcher that started this program from its bundle (exec-launcher.ts), if one did. */
-const launcher = (globalThis as Record<symbol, unknown>)[Symbol.for('guestmemfs.execLauncher')] as ExecLauncher | undefined;
+const launcher = globalThis.guestmemfsExecLauncher;
 
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
 async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
@@ -41,13 +40,13 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   // The update path has run (rehearsed) by now: its compiled code goes to the next process. Before the collection
   // below, whose --expose-gc would make V8 reject the cache in a process without it.
   const cacheStarted = process.hrtime.bigint();
-  const codeCacheEnv = launcher?.saveCodeCache() ?? {};
+  const codeCache: CodeCacheHandoff | undefined = launcher ? handOverCodeCache(launcher) : undefined;
   const codeCacheMs = elapsedMs(cacheStarted);
   collectGarbageBeforeBlackout();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
-    dropCodeCache(codeCacheEnv);
+    dropCodeCache(codeCache);
     gfs.abort();
     reportDone(vmm, reason, { updatesSkipped: plan.updatesLeft });
     return;
@@ -56,13 +55,13 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   vmm.close();
   // The stop time travels in the state file; these are the rest of the sender's half.
   const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
-  const env: NodeJS.ProcessEnv = { ...process.env, ...codeCacheEnv, [TIMINGS_ENV]: JSON.stringify(timings) };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...codeCache?.env, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
   try {
-    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'], { env });
+    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'], { env, keepFds: codeCache ? [codeCache.fd] : [] });
   } catch (error) {
-    dropCodeCache(codeCacheEnv);
+    dropCodeCache(codeCache);
     // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
     delete process.env[FAIL_FIRST_EXEC_ENV];
     if (gfs.serialised) gfs.abort();
@@ -70,11 +69,6 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     emit({ event: 'update-failed', pid: process.pid, error: (error as Error).message, resumedAfterMs: elapsedMs(stoppedAtNs) });
     await drive(again, next);
   }
-}
-
-/** Deletes a code cache no process will read (the update did not happen). */
-function dropCodeCache(env: Record<string, string>): void {
-  for (const file of Object.values(env)) fs.rmSync(file, { force: true });
 }
 
 async function main(): Promise<void> {

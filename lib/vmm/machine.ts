@@ -14,6 +14,9 @@ export const GUEST = {
   pdpt: 0x3000,
   /** One page directory per GiB, from here on. */
   pageDirectories: 0x4000,
+  /** The gate: the guest sets the first word on arriving at its gate step and waits for the VMM to set the second. */
+  gateArrived: 0x800,
+  gateRelease: 0x808,
   /** Everything from here to the end of RAM is the guest's work area. */
   workArea: 1 * MiB,
   /** RAM the identity page tables can cover (8 page directories below the work area). */
@@ -28,6 +31,8 @@ export interface DemoGuestOptions {
   /** Read-modify-write steps before the guest prints its checksum and halts. */
   steps: number;
   seed: bigint;
+  /** Stop at this step (1 or more) until releaseGate(): a point a test pauses the guest at on the guest's own signal. */
+  gateAtStep?: number;
 }
 
 let kvmFd: number | undefined;
@@ -138,6 +143,7 @@ export class KvmMachine {
     regs[5] = BigInt(GUEST.workArea); // rdi: the work area
     regs[3] = BigInt(options.steps); // rdx: steps
     regs[8] = options.seed; // r8: seed
+    regs[15] = BigInt(options.gateAtStep ?? 0); // r15: the step to wait at
     regs[6] = BigInt(GUEST.code); // rsp (the guest uses no stack)
     regs[16] = BigInt(GUEST.code); // rip
     regs[17] = 2n; // rflags: the reserved bit
@@ -159,6 +165,21 @@ export class KvmMachine {
   runStartedAt(): bigint {
     this.#requireOpen();
     return native.kvmRunStartedAt(this.vcpu);
+  }
+
+  /** True once the guest has arrived at its gate (see DemoGuestOptions.gateAtStep) and waits there. */
+  gateReached(): boolean {
+    return this.#gateWords()[0] === 1n;
+  }
+
+  /** Lets a guest waiting at its gate go on (the word lives in guest RAM, so it crosses a save and restore). */
+  releaseGate(): void {
+    this.#gateWords()[1] = 1n;
+  }
+
+  #gateWords(): BigUint64Array {
+    const bytes = this.ram.bytes(GUEST.gateArrived, 16);
+    return new BigUint64Array(bytes.buffer, bytes.byteOffset, 2);
   }
 
   /** COM1 output since the last call. */

@@ -20,8 +20,8 @@ export interface CrashOptions {
   blockSize: number;
   kills: number;
   seed: number;
-  /** Longest random run of the child before the kill, in ms. */
-  maxRunMs?: number;
+  /** The kill comes at a random announcement or acknowledgement of the child's, at most this many into its run. */
+  maxOps?: number;
   onKill?: (stats: CrashStats) => void;
 }
 
@@ -183,8 +183,11 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
     let inFlight: Op | undefined;
     const recent: string[] = [];
     let failure: Error | undefined;
-    let ready!: () => void;
-    const readyPromise = new Promise<void>((resolve) => (ready = resolve));
+    // The kill lands on an event of the child's own (its Nth announcement or acknowledgement, N random), never after a
+    // time: it comes while that operation runs or just after, wherever the child has got to when the signal arrives.
+    const killOn = next() < 0.5 ? 'B' : 'A';
+    const killAfter = 1 + Math.floor(next() * (options.maxOps ?? 40));
+    let seen = 0;
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.stdout.on('data', (chunk: Buffer) => {
       buffer += chunk.toString();
@@ -192,8 +195,7 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
       while ((newline = buffer.indexOf('\n')) >= 0) {
         const line = buffer.slice(0, newline);
         buffer = buffer.slice(newline + 1);
-        if (line === 'R') ready();
-        else if (line.startsWith('B ')) inFlight = JSON.parse(line.slice(2)) as Op;
+        if (line.startsWith('B ')) inFlight = JSON.parse(line.slice(2)) as Op;
         else if (line.startsWith('A ') && inFlight && !failure) {
           const result = outcome(model, inFlight);
           if (result !== line.slice(2)) failure = new Error(`model says ${result}, pool said ${line.slice(2)} for ${JSON.stringify(inFlight)}`);
@@ -202,12 +204,10 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
           if (recent.length > 6) recent.shift();
           inFlight = undefined;
         }
+        if (line[0] === killOn && ++seen === killAfter) child.kill('SIGKILL');
       }
     });
     const exited = new Promise<number | null>((resolve) => child.once('exit', (status) => resolve(status)));
-    await Promise.race([readyPromise, exited]);
-    await new Promise((resolve) => setTimeout(resolve, next() * (options.maxRunMs ?? 40)));
-    child.kill('SIGKILL');
     await exited;
     await new Promise((resolve) => setImmediate(resolve)); // drain the last stdout chunk
     if (stderr.trim()) throw new Error(`crash child ${kill} failed: ${stderr.trim().slice(0, 2000)}`);

@@ -1,5 +1,7 @@
 // npm run soak:crash -- --kills N [--seed S]: the crash test at any length, with progress and a JSON summary.
+import * as path from 'node:path';
 import { KiB, MiB, mkfs, Pool } from '../../lib/index';
+import { scratchDirectory } from '../../lib/scratch';
 import { runCrashes } from './harness';
 
 const arg = (name: string, fallback: number) => {
@@ -9,7 +11,8 @@ const arg = (name: string, fallback: number) => {
 const kills = arg('kills', 1000);
 const seed = arg('seed', Date.now() % 100000);
 const B = 64 * KiB;
-const pool = Pool.create({ backend: 'shm-4k', path: `/dev/shm/guestmemfs-soak-${process.pid}`, size: 4 * MiB });
+const scratch = scratchDirectory('/dev/shm', 'guestmemfs-soak');
+const pool = Pool.create({ backend: 'shm-4k', path: path.join(scratch.path, 'pool'), size: 4 * MiB });
 mkfs(pool, { blockSize: B, inodes: 24 });
 const started = Date.now();
 runCrashes({
@@ -28,4 +31,7 @@ runCrashes({
     process.stderr.write(`soak failed (seed ${seed}): ${error.message}\n`);
     process.exitCode = 1;
   })
-  .finally(() => pool.destroy());
+  .finally(() => {
+    pool.destroy();
+    scratch.remove();
+  });
