@@ -8,13 +8,13 @@ import { scratchDirectory } from '../lib/scratch';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
-import { kvmAvailable } from '../lib/vmm/machine';
+import { kvmUnavailableReason } from '../lib/vmm/machine';
 import { NO_REHEARSAL_ENV } from '../lib/vmm/update-common';
 import { childEnv, quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
 
 const updates = Math.max(5, runsArg(7));
 const sizes = quickMode ? [256 * MiB] : [256 * MiB, GiB, 2 * GiB, 4 * GiB];
-const noKvm = kvmAvailable();
+const noKvm = kvmUnavailableReason();
 if (noKvm) {
   process.stderr.write(`bench:vmm needs /dev/kvm: ${noKvm}\n`);
   process.exit(3);

@@ -1,11 +1,14 @@
-// How CLI commands open pools: by path or inherited fd, mounted for a change or viewed read-only for a look.
+// How subcommands open pools: by path or inherited fd, mounted for a change or viewed read-only for a look, and closed
+// afterwards unless the fd was inherited (the process that passed it keeps it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../lib/errors';
 import type { Filesystem } from '../lib/fs/filesystem';
 import { readPoolSuperblock } from '../lib/fs/format';
-import { mount } from '../lib/fs/mount';
 import { PoolState } from '../lib/fs/layout';
+import { mount } from '../lib/fs/mount';
+import type { MountOptions } from '../lib/fs/types';
+import { TMPFS_MAGIC } from '../lib/pool/hugepages';
 import { type CreatePoolOptions, Pool } from '../lib/pool/pool';
 
 /** `fd:N` for an inherited pool fd (as kexec passes one), otherwise a path. */
@@ -18,32 +21,44 @@ export function openPool(spec: string): Pool {
   return Pool.open(spec);
 }
 
+/** Runs fn on the pool `spec` names, then closes it unless its fd was inherited. */
+export function withPool<T>(spec: string, fn: (pool: Pool) => T): T {
+  const pool = openPool(spec);
+  try {
+    return fn(pool);
+  } finally {
+    if (!spec.startsWith('fd:')) pool.close();
+  }
+}
+
 /** The backend a new pool at `poolPath` gets: hugetlbfs under a hugetlbfs mount, the 4 KiB fallback under tmpfs. */
 export function backendFor(poolPath: string, pageSize: number | undefined): CreatePoolOptions['backend'] {
   if (pageSize === 4096) return 'shm-4k';
-  const stats = fs.statfsSync(path.dirname(path.resolve(poolPath)));
-  return stats.type === 0x01021994 && pageSize === undefined ? 'shm-4k' : 'hugetlbfs';
+  const dir = path.dirname(path.resolve(poolPath));
+  let stats: fs.StatsFs;
+  try {
+    stats = fs.statfsSync(dir);
+  } catch (error) {
+    throw GuestmemfsError.from(error, { path: dir }).withRemedy(`the pool's directory must exist: create ${dir} (or mount a hugetlbfs there) first`);
+  }
+  return stats.type === TMPFS_MAGIC && pageSize === undefined ? 'shm-4k' : 'hugetlbfs';
 }
 
 /** Runs fn on a read-only view: safe whatever the pool's state (mounted elsewhere, serialised, clean). */
 export function withView<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T): T {
-  const pool = openPool(spec);
-  try {
+  return withPool(spec, (pool) => {
     const gfs = mount(pool, { readOnly: true });
     try {
       return fn(gfs, pool);
     } finally {
       gfs.unmount();
     }
-  } finally {
-    if (!spec.startsWith('fd:')) pool.close();
-  }
+  });
 }
 
 /** Runs fn on a normal mount (recovering a pool whose owner died); a serialised pool must be aborted first. */
-export function withMount<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T, options: { allowSerialised?: boolean } = {}): T {
-  const pool = openPool(spec);
-  try {
+export function withMount<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T, options: { allowSerialised?: boolean; mount?: MountOptions } = {}): T {
+  return withPool(spec, (pool) => {
     const sb = readPoolSuperblock(pool);
     if (sb.state === PoolState.Serialised && !options.allowSerialised) {
       throw new GuestmemfsError('EBUSY', `pool is serialised for handover (generation ${sb.generation}): run \`guestmemfs abort ${spec}\` to change it`, {
@@ -51,13 +66,11 @@ export function withMount<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => 
         path: pool.label,
       });
     }
-    const gfs = mount(pool);
+    const gfs = mount(pool, options.mount);
     try {
       return fn(gfs, pool);
     } finally {
       if (gfs.mounted) gfs.unmount();
     }
-  } finally {
-    if (!spec.startsWith('fd:')) pool.close();
-  }
+  });
 }

@@ -6,14 +6,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BENCHMARKS } from '../bench/common';
-import { kvmAvailable } from '../lib/vmm/machine';
+import { kvmUnavailableReason } from '../lib/vmm/machine';
 import { machine, repoRoot } from './helpers';
 
 const m = machine();
 const quickDir = path.join(repoRoot, 'build', 'bench-quick');
 const committed = path.join(repoRoot, 'bench', 'results');
 /** What each benchmark needs beyond Node: the reason it may skip on this machine ('' when it can run). */
-const needs: Record<(typeof BENCHMARKS)[number], string> = { map: m.skip2M, alloc: m.skip2M, access: m.skip2M, zero: m.skip2M, fs: m.skip2M, handover: '', vmm: m.skip2M || kvmAvailable() };
+const needs: Record<(typeof BENCHMARKS)[number], string> = { map: m.skip2M, alloc: m.skip2M, access: m.skip2M, zero: m.skip2M, fs: m.skip2M, handover: '', vmm: m.skip2M || kvmUnavailableReason() };
 
 const digest = (dir: string) =>
   Object.fromEntries(fs.readdirSync(dir).map((name) => [name, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, name))).digest('hex')]));

@@ -121,6 +121,64 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
   });
 });
 
+describe('what a new user hit', () => {
+  it('mkfs into a directory that does not exist: one line naming the fix, no stack trace', () => {
+    const result = run('mkfs', '/no/such/dir/pool', '--size', '1G');
+    expect(result.status).toBe(1);
+    expect(result.stderr).toBe("guestmemfs: ENOENT: no such file or directory, statfs '/no/such/dir': the pool's directory must exist: create /no/such/dir (or mount a hugetlbfs there) first\n");
+  });
+
+  it('a truncate the pool cannot hold says how much it asked for and how much is free, in units', () => {
+    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
+    try {
+      run('mkfs', pool, '--size', '16M', '-q');
+      run('touch', pool, '/f');
+      const result = run('truncate', '-s', '100T', pool, '/f');
+      expect(result.status).toBe(1);
+      expect(result.stderr).toMatch(/truncate needs 52428800 of them \(100 TiB, \d+ MiB free\)/);
+    } finally {
+      fs.rmSync(pool, { force: true });
+    }
+  });
+
+  it('abort thaws a handover left by a process that exited: the blob goes stale and the pool can change again', () => {
+    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
+    try {
+      run('mkfs', pool, '--size', '16M', '-q');
+      run('touch', pool, '/f');
+      expect(run('serialise', pool, '-q').status).toBe(0);
+      expect(JSON.parse(run('status', pool, '--json').stdout).state).toBe('Serialised');
+      const aborted = run('abort', pool);
+      expect([aborted.status, aborted.stderr]).toEqual([0, expect.stringMatching(/handover of generation \d+ aborted/)]);
+      expect(JSON.parse(run('status', pool, '--json').stdout).state).toBe('Clean');
+      expect(run('inspect', pool).status).toBe(1); // no handover any more
+      expect(run('touch', pool, '/g').status).toBe(0);
+      expect(run('abort', pool).stderr).toContain('was not serialised');
+    } finally {
+      fs.rmSync(pool, { force: true });
+    }
+  });
+
+  it('inspect tells a pool from a blob by its first bytes: a 64 GiB pool is not read whole', () => {
+    const dir = fs.mkdtempSync(path.join('/dev/shm', 'guestmemfs-inspect-'));
+    const pool = path.join(dir, 'pool');
+    try {
+      // Sparse: the pool describes 64 GiB and owns only its metadata pages. Reading it whole would fail (over 2 GiB).
+      const script = `
+        const g = require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});
+        const pool = g.Pool.create({ backend: 'shm-4k', path: ${JSON.stringify(pool)}, size: 64 * g.GiB, sparse: true });
+        g.mkfs(pool, { inodes: 64 }); const fs = g.mount(pool); fs.create('/ram', { type: 'guest' }); fs.serialise(); fs.unmount();`;
+      const made = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+      expect(made.stderr).toBe('');
+      const result = run('inspect', pool);
+      expect(result.stderr).toBe('');
+      expect(JSON.parse(result.stdout)).toMatchObject({ compatible: 'guestmemfs-v1', fsMem: { size: 64 * 1024 ** 3 } });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('operator conveniences', () => {
   it('every subcommand has --help with an example', () => {
     const commands = ['detect', 'mkfs', 'status', 'ls', 'stat', 'df', 'mkdir', 'touch', 'truncate', 'rm', 'mv', 'chmod', 'chown', 'serialise', 'abort', 'check', 'inspect', 'kexec', 'demo', 'vmm'];

@@ -4,12 +4,12 @@ import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
 import { native } from '../lib/native';
-import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmAvailable, prepareVm } from '../lib/vmm/machine';
+import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmUnavailableReason, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, signalled, skipReason, uniquePath } from './helpers';
 
 const m = machine();
 const RAM = 64 * MiB;
-const skip = skipReason(m.skip2M || kvmAvailable());
+const skip = skipReason(m.skip2M || kvmUnavailableReason());
 
 describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
   let pool: Pool;

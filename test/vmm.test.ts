@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MiB, Pool } from '../lib/index';
 import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
-import { demoGuestChecksum, kvmAvailable } from '../lib/vmm/machine';
+import { demoGuestChecksum, kvmUnavailableReason } from '../lib/vmm/machine';
 import { machine, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -64,7 +64,7 @@ function plantCodeCacheNames(): { expectUntouched(): void; remove(): void } {
   };
 }
 
-describe.skipIf(skipReason(m.skip2M || kvmAvailable()))('live update of a KVM guest', () => {
+describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of a KVM guest', () => {
   it('three updates at random points: same pid, same checksum as an uninterrupted run, same physical frames', () => {
     // The names earlier releases wrote the code cache under, planted for the pids the VMM may get, as an unprivileged
     // user could: a symlink to a file of the planter's choosing, or a file of the planter's bytes. None may be touched.

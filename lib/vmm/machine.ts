@@ -43,7 +43,8 @@ export function kvm(): number {
   return kvmFd;
 }
 
-export function kvmAvailable(): string {
+/** Why /dev/kvm cannot be used here, or '' when it can. */
+export function kvmUnavailableReason(): string {
   try {
     kvm();
     return '';

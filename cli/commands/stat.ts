@@ -1,0 +1,24 @@
+// guestmemfs stat: show an inode.
+import type { Command } from 'commander';
+import { formatSize } from '../../lib/units';
+import { command, type Common, describeStat, modeString, print } from '../common';
+import { withView } from '../pools';
+
+export function register(program: Command): void {
+  command(program, 'stat', 'show an inode', 'guestmemfs stat /dev/hugepages/pool /vms/vm0/ram')
+    .argument('<pool>')
+    .argument('<path>')
+    .action((spec: string, target: string, options: Common) => {
+      withView(spec, (gfs) => {
+        const stat = gfs.stat(target);
+        print(options, { path: target, ...describeStat(stat), extents: gfs.extents(target) }, () =>
+          [
+            `  File: ${target}`,
+            `  Type: ${stat.type}${stat.fileType ? ` (${stat.fileType})` : ''}   Size: ${stat.size}   Blocks: ${stat.blocks} of ${formatSize(stat.blockSize)}   Extents: ${stat.extents}`,
+            ` Inode: ${stat.ino}   Links: ${stat.nlink}   Access: (${stat.mode.toString(8).padStart(4, '0')}/${modeString(stat)})   Uid: ${stat.uid}   Gid: ${stat.gid}`,
+            `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}`,
+          ].join('\n'),
+        );
+      });
+    });
+}

@@ -1,0 +1,67 @@
+// What every subcommand shares: exit codes, the --json/-q flags and example help, printing, and how sizes, modes and
+// inodes are shown.
+import type { Command } from 'commander';
+import { CommanderError } from 'commander';
+import type { Stat } from '../lib/fs/types';
+import { formatSize } from '../lib/units';
+
+/** 0 success, 1 the operation failed (message on stderr), 2 usage error; check: 0 consistent, 3 repaired, 4 inconsistent. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, repaired: 3, inconsistent: 4 } as const;
+
+export interface Common {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+/** A subcommand with the flags every command shares and an example in its help. */
+export function command(program: Command, name: string, description: string, example: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .option('--json', 'machine-readable output')
+    .option('-q, --quiet', 'print only what was asked for')
+    .addHelpText('after', `\nExample:\n  $ ${example}`);
+}
+
+/** A usage error: printed as it is, exit code 2. */
+export function usageError(message: string): CommanderError {
+  return new CommanderError(EXIT.usage, 'guestmemfs.usage', message);
+}
+
+/** Prints JSON with --json (bigints as strings), otherwise the text, if any. */
+export function print(options: Common, json: unknown, text: () => string): void {
+  if (options.json) {
+    process.stdout.write(`${JSON.stringify(json, (_key, value) => (typeof value === 'bigint' ? value.toString() : value), 2)}\n`);
+    return;
+  }
+  const output = text();
+  if (output) process.stdout.write(`${output}\n`);
+}
+
+/** A remark on stderr, unless --quiet or --json. */
+export function note(options: Common, line: string): void {
+  if (!options.quiet && !options.json) process.stderr.write(`${line}\n`);
+}
+
+/** Bytes, or with -h a human size like 2M. */
+export function size(bytes: number, human: boolean | undefined): string {
+  return human ? formatSize(bytes).replace(' ', '').replace('iB', '') : String(bytes);
+}
+
+/** drwxr-xr-x, as ls -l prints it. */
+export function modeString(stat: Stat): string {
+  const bits = ['r', 'w', 'x'];
+  let out = stat.type === 'directory' ? 'd' : '-';
+  for (let shift = 6; shift >= 0; shift -= 3) for (let bit = 0; bit < 3; bit++) out += stat.mode & (1 << (shift + 2 - bit)) ? bits[bit] : '-';
+  return out;
+}
+
+export function describeStat(stat: Stat): Record<string, unknown> {
+  return { ...stat, modeOctal: stat.mode.toString(8).padStart(4, '0') };
+}
+
+/** A progress bar on stderr, when it is a terminal and the user did not ask for quiet or JSON. */
+export function progressBar(options: Common, what: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY || options.quiet || options.json) return undefined;
+  return (done, total) => process.stderr.write(`\r${what} [${'#'.repeat(Math.round((30 * done) / total)).padEnd(30)}] ${formatSize(done)} / ${formatSize(total)}`);
+}
