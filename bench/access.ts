@@ -11,7 +11,18 @@ import { scratchDirectory } from '../lib/scratch';
 import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, KiB, MiB } from '../lib/units';
-import { buildBaseline, childEnv, quickMode, repoRoot, reserveBenchPages, runJson, runsArg, stats, type Stats, writeResults } from './common';
+import {
+  buildBaseline,
+  childEnv,
+  quickMode,
+  repoRoot,
+  reserveBenchPages,
+  runJson,
+  runsArg,
+  stats,
+  type Stats,
+  writeResults,
+} from './common';
 
 const size = quickMode ? 64 * MiB : 4 * GiB;
 const ops = quickMode ? 200_000 : 10_000_000;
@@ -38,7 +49,11 @@ interface PageSizeResult {
 }
 
 function raw(file: string, small: boolean): { throughputNsPerRead: number; latencyNsPerRead: number } {
-  return runJson(baseline, [file, String(size), String(ops), String(dependentOps), String(seed), small ? 'small-pages' : 'huge-pages'], childEnv);
+  return runJson(
+    baseline,
+    [file, String(size), String(ops), String(dependentOps), String(seed), small ? 'small-pages' : 'huge-pages'],
+    childEnv,
+  );
 }
 
 function hugePages(pageSize: number): PageSizeResult {
@@ -54,7 +69,11 @@ function hugePages(pageSize: number): PageSizeResult {
     try {
       reservation = reserveBenchPages(pageSize, poolSize / pageSize);
     } catch (error) {
-      return { pageSize, raw: undefined!, skipped: `${poolSize / pageSize} pages of ${formatSize(pageSize)} not available: ${(error as Error).message}` };
+      return {
+        pageSize,
+        raw: undefined!,
+        skipped: `${poolSize / pageSize} pages of ${formatSize(pageSize)} not available: ${(error as Error).message}`,
+      };
     }
   }
   const poolPath = path.join(reservation.mountpoint!, 'bench-access-pool');
@@ -106,7 +125,12 @@ function hugePages(pageSize: number): PageSizeResult {
     raw: rawSides,
     guestmemfs,
     paired: together,
-    throughputVsRaw: ratio(samples.rThroughput, samples.gThroughput, rawSides.throughputNsPerRead.median, guestmemfs.throughputNsPerRead.median),
+    throughputVsRaw: ratio(
+      samples.rThroughput,
+      samples.gThroughput,
+      rawSides.throughputNsPerRead.median,
+      guestmemfs.throughputNsPerRead.median,
+    ),
     latencyVsRaw: ratio(samples.rLatency, samples.gLatency, rawSides.latencyNsPerRead.median, guestmemfs.latencyNsPerRead.median),
   };
 }
@@ -135,19 +159,40 @@ const hugeGain = {
   throughput2MiBVs4KiB: small.raw.throughputNsPerRead.median / twoMiB.raw.throughputNsPerRead.median,
   latency2MiBVs4KiB: small.raw.latencyNsPerRead.median / twoMiB.raw.latencyNsPerRead.median,
 };
-const file = writeResults('access', { size, opsPerRun: ops, dependentOpsPerRun: dependentOps, runs, seed, results, hugeGain, target: 'guestmemfs throughput >= 0.98x the raw hugetlbfs mapping (throughputVsRaw)' }, quickMode);
-process.stdout.write(`random 8-byte reads over ${formatSize(size)} (median of ${runs} runs of ${ops} independent and ${dependentOps} dependent reads):\n`);
+const file = writeResults(
+  'access',
+  {
+    size,
+    opsPerRun: ops,
+    dependentOpsPerRun: dependentOps,
+    runs,
+    seed,
+    results,
+    hugeGain,
+    target: 'guestmemfs throughput >= 0.98x the raw hugetlbfs mapping (throughputVsRaw)',
+  },
+  quickMode,
+);
+process.stdout.write(
+  `random 8-byte reads over ${formatSize(size)} (median of ${runs} runs of ${ops} independent and ${dependentOps} dependent reads):\n`,
+);
 for (const result of results) {
   if (result.skipped) {
     process.stdout.write(`  ${formatSize(result.pageSize).padStart(7)} pages: skipped (${result.skipped})\n`);
     continue;
   }
   const line = (name: string, sides: Sides) =>
-    `  ${formatSize(result.pageSize).padStart(7)} pages, ${name.padEnd(10)}: ${sides.throughputNsPerRead.median.toFixed(2)} ns/read independent, ${sides.latencyNsPerRead.median.toFixed(1)} ns/read dependent\n`;
+    `  ${formatSize(result.pageSize).padStart(7)} pages, ${name.padEnd(10)}: ` +
+    `${sides.throughputNsPerRead.median.toFixed(2)} ns/read independent, ${sides.latencyNsPerRead.median.toFixed(1)} ns/read dependent\n`;
   process.stdout.write(line('raw mmap', result.raw));
   if (result.guestmemfs) {
     process.stdout.write(line('guestmemfs', result.guestmemfs));
-    process.stdout.write(`      guestmemfs vs raw: throughput ${result.throughputVsRaw!.toFixed(3)}x, latency ${result.latencyVsRaw!.toFixed(3)}x\n`);
+    process.stdout.write(
+      `      guestmemfs vs raw: throughput ${result.throughputVsRaw!.toFixed(3)}x, latency ${result.latencyVsRaw!.toFixed(3)}x\n`,
+    );
   }
 }
-process.stdout.write(`  2 MiB vs 4 KiB pages: throughput ${hugeGain.throughput2MiBVs4KiB.toFixed(2)}x, latency ${hugeGain.latency2MiBVs4KiB.toFixed(2)}x\nresults: ${path.relative(repoRoot, file)}\n`);
+process.stdout.write(
+  `  2 MiB vs 4 KiB pages: throughput ${hugeGain.throughput2MiBVs4KiB.toFixed(2)}x, ` +
+    `latency ${hugeGain.latency2MiBVs4KiB.toFixed(2)}x\nresults: ${path.relative(repoRoot, file)}\n`,
+);

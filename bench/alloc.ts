@@ -63,8 +63,14 @@ try {
   const ratios = { dirtyVsC: summary.guestmemfs_dirty_blocks!.median / floor, freshPoolVsC: summary.guestmemfs_fresh_pool!.median / floor };
   const file = writeResults('alloc', { size, pageSize, runs, ms: summary, ratios, target: 'dirtyVsC <= 1.1' }, quickMode);
   process.stdout.write(`first allocation of a ${formatSize(size)} guest file, ${formatSize(pageSize)} pages (median of ${runs}):\n`);
-  for (const [key, value] of Object.entries(summary)) process.stdout.write(`  ${key.padEnd(24)} ${value.median.toFixed(1).padStart(8)} ms  [${value.min.toFixed(1)} .. ${value.max.toFixed(1)}]\n`);
-  process.stdout.write(`  zeroing dirty blocks vs the kernel faulting fresh pages: ${ratios.dirtyVsC.toFixed(2)}x; fresh pool: ${ratios.freshPoolVsC.toFixed(3)}x\nresults: ${path.relative(repoRoot, file)}\n`);
+  for (const [key, value] of Object.entries(summary))
+    process.stdout.write(
+      `  ${key.padEnd(24)} ${value.median.toFixed(1).padStart(8)} ms  [${value.min.toFixed(1)} .. ${value.max.toFixed(1)}]\n`,
+    );
+  process.stdout.write(
+    `  zeroing dirty blocks vs the kernel faulting fresh pages: ${ratios.dirtyVsC.toFixed(2)}x; fresh pool: ` +
+      `${ratios.freshPoolVsC.toFixed(3)}x\nresults: ${path.relative(repoRoot, file)}\n`,
+  );
 } finally {
   reservation.release();
 }

@@ -33,7 +33,8 @@ const MARGIN = { left: 78, right: 190, top: 44, bottom: 56 };
 const COLOURS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
 
 const escape = (text: string) => text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const compact = (value: number) => (Math.abs(value) >= 100 ? value.toFixed(0) : Math.abs(value) >= 10 ? value.toFixed(1) : value.toPrecision(2));
+const compact = (value: number) =>
+  Math.abs(value) >= 100 ? value.toFixed(0) : Math.abs(value) >= 10 ? value.toFixed(1) : value.toPrecision(2);
 
 /** Tick values: powers of ten (and 2x, 5x when few) on a log axis, about six round steps on a linear one. */
 function ticks(min: number, max: number, log: boolean): number[] {
@@ -56,7 +57,8 @@ function ticks(min: number, max: number, log: boolean): number[] {
 
 function frame(title: string, body: string[]): string {
   return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="12">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" ` +
+      `font-family="Helvetica, Arial, sans-serif" font-size="12">`,
     `<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`,
     `<text x="${MARGIN.left}" y="24" font-size="15" font-weight="bold">${escape(title)}</text>`,
     ...body,
@@ -70,7 +72,8 @@ function legend(names: Array<{ name: string; dashed?: boolean }>): string[] {
     const y = MARGIN.top + 10 + index * 20;
     const x = WIDTH - MARGIN.right + 16;
     return [
-      `<line x1="${x}" y1="${y}" x2="${x + 22}" y2="${y}" stroke="${COLOURS[index % COLOURS.length]}" stroke-width="3"${dashed ? ' stroke-dasharray="6 4"' : ''}/>`,
+      `<line x1="${x}" y1="${y}" x2="${x + 22}" y2="${y}" stroke="${COLOURS[index % COLOURS.length]}" ` +
+        `stroke-width="3"${dashed ? ' stroke-dasharray="6 4"' : ''}/>`,
       `<text x="${x + 28}" y="${y + 4}">${escape(name)}</text>`,
     ];
   });
@@ -108,8 +111,15 @@ export function renderLineChart(chart: LineChart): string {
   chart.series.forEach((series, index) => {
     const colour = COLOURS[index % COLOURS.length];
     const points = [...series.points].sort((a, b) => a.x - b.x);
-    body.push(`<polyline fill="none" stroke="${colour}" stroke-width="2.5"${series.dashed ? ' stroke-dasharray="6 4"' : ''} points="${points.map((p) => `${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join(' ')}"/>`);
-    for (const p of points) body.push(`<circle cx="${px(p.x).toFixed(1)}" cy="${py(p.y).toFixed(1)}" r="3.5" fill="${colour}"><title>${escape(`${series.name}: ${formatY(p.y)} at ${formatX(p.x)}`)}</title></circle>`);
+    body.push(
+      `<polyline fill="none" stroke="${colour}" stroke-width="2.5"${series.dashed ? ' stroke-dasharray="6 4"' : ''} ` +
+        `points="${points.map((p) => `${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join(' ')}"/>`,
+    );
+    for (const p of points)
+      body.push(
+        `<circle cx="${px(p.x).toFixed(1)}" cy="${py(p.y).toFixed(1)}" r="3.5" ` +
+          `fill="${colour}"><title>${escape(`${series.name}: ${formatY(p.y)} at ${formatX(p.x)}`)}</title></circle>`,
+      );
   });
   body.push(...legend(chart.series));
   return frame(chart.title, body);
@@ -134,10 +144,20 @@ export function renderBarChart(chart: BarChart): string {
     group.bars.forEach((bar) => {
       const index = names.indexOf(bar.name);
       const x = x0 + index * barW;
-      body.push(`<rect x="${x.toFixed(1)}" y="${py(bar.value).toFixed(1)}" width="${(barW - 3).toFixed(1)}" height="${(MARGIN.top + plotH - py(bar.value)).toFixed(1)}" fill="${COLOURS[index % COLOURS.length]}"><title>${escape(`${group.label}, ${bar.name}: ${formatY(bar.value)}`)}</title></rect>`);
-      body.push(`<text x="${(x + (barW - 3) / 2).toFixed(1)}" y="${(py(bar.value) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${escape(formatY(bar.value))}</text>`);
+      body.push(
+        `<rect x="${x.toFixed(1)}" y="${py(bar.value).toFixed(1)}" width="${(barW - 3).toFixed(1)}" ` +
+          `height="${(MARGIN.top + plotH - py(bar.value)).toFixed(1)}" ` +
+          `fill="${COLOURS[index % COLOURS.length]}"><title>${escape(`${group.label}, ${bar.name}: ${formatY(bar.value)}`)}</title></rect>`,
+      );
+      body.push(
+        `<text x="${(x + (barW - 3) / 2).toFixed(1)}" y="${(py(bar.value) - 4).toFixed(1)}" text-anchor="middle" ` +
+          `font-size="10">${escape(formatY(bar.value))}</text>`,
+      );
     });
-    body.push(`<text x="${(MARGIN.left + groupIndex * groupW + groupW / 2).toFixed(1)}" y="${MARGIN.top + plotH + 19}" text-anchor="middle">${escape(group.label)}</text>`);
+    body.push(
+      `<text x="${(MARGIN.left + groupIndex * groupW + groupW / 2).toFixed(1)}" y="${MARGIN.top + plotH + 19}" ` +
+        `text-anchor="middle">${escape(group.label)}</text>`,
+    );
   });
   body.push(`<rect x="${MARGIN.left}" y="${MARGIN.top}" width="${plotW}" height="${plotH}" fill="none" stroke="#333"/>`);
   body.push(`<text transform="translate(18 ${MARGIN.top + plotH / 2}) rotate(-90)" text-anchor="middle">${escape(chart.yLabel)}</text>`);
@@ -152,7 +172,10 @@ export function writeChart(base: string, svg: string): string[] {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { Resvg } = require('@resvg/resvg-js') as { Resvg: new (svg: string, options?: object) => { render(): { asPng(): Buffer } } };
-    fs.writeFileSync(`${base}.png`, new Resvg(svg, { fitTo: { mode: 'width', value: WIDTH * 2 }, font: { loadSystemFonts: true } }).render().asPng());
+    fs.writeFileSync(
+      `${base}.png`,
+      new Resvg(svg, { fitTo: { mode: 'width', value: WIDTH * 2 }, font: { loadSystemFonts: true } }).render().asPng(),
+    );
     written.push(`${base}.png`);
   } catch {
     // No renderer installed (it is an optional dependency): the SVG is the chart.

@@ -41,7 +41,10 @@ export function machineDescription(): Record<string, unknown> {
   return {
     date: new Date().toISOString(),
     kernel: os.release(),
-    cpus: os.cpus().map((cpu) => cpu.model).filter((model, index, all) => all.indexOf(model) === index),
+    cpus: os
+      .cpus()
+      .map((cpu) => cpu.model)
+      .filter((model, index, all) => all.indexOf(model) === index),
     cpuCount: os.cpus().length,
     memoryBytes: os.totalmem(),
     node: process.version,

@@ -6,6 +6,7 @@
 //   node exec-floor.js before <pool> <ramBytes>        (execs itself as `after`)
 // Before anything is loaded: in the `after` stage, the end of execve + Node start-up.
 const startedAt = process.hrtime.bigint();
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- a bare require, as the launcher loads it
 import path = require('node:path');
 import type { NativeBinding } from '../lib/native';
 // The raw addon, loaded after the stamp (an import would run first): loading it is part of what any VMM needs for
@@ -42,5 +43,7 @@ if (stage === 'before') {
   vmOverRam();
   const ready = process.hrtime.bigint();
   const stoppedAt = BigInt(stoppedText!);
-  process.stdout.write(`${JSON.stringify({ startupMs: Number(startedAt - stoppedAt) / 1e6, kvmReadyMs: Number(ready - stoppedAt) / 1e6 })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ startupMs: Number(startedAt - stoppedAt) / 1e6, kvmReadyMs: Number(ready - stoppedAt) / 1e6 })}\n`,
+  );
 }

@@ -126,7 +126,12 @@ async function main(): Promise<void> {
   const pageSize = 2 * MiB;
   const reservation = reserveForBench(pageSize, bigSize / pageSize + 64);
   const pool = Pool.create({ backend: 'hugetlbfs', path: path.join(reservation.mountpoint!, 'bench-fs'), size: bigSize + 64 * MiB });
-  const big = { controlPlaneMs: [] as number[], controlPlaneColdMs: [] as number[], withZeroingMs: [] as number[], memsetMs: [] as number[] };
+  const big = {
+    controlPlaneMs: [] as number[],
+    controlPlaneColdMs: [] as number[],
+    withZeroingMs: [] as number[],
+    memsetMs: [] as number[],
+  };
   let truncate: { clean: Stats; withZeroing: Stats };
   try {
     mkfs(pool);
@@ -185,17 +190,30 @@ async function main(): Promise<void> {
       allocation,
       ratios: { allocationWithZeroingVsMemset: zeroingVsMemset },
       targets: { metadataOpsPerSecond: '>= 200000', allocation16GiBControlPlaneMs: '<= 1 (steady state)' },
-      environment: 'the VM runs DAMON with a pageout scheme (file pages, node itself included, are reclaimed when idle) on 2 shared vCPUs: sub-millisecond samples are noisy',
+      environment:
+        'the VM runs DAMON with a pageout scheme (file pages, node itself included, are reclaimed when idle) on 2 shared vCPUs: ' +
+        'sub-millisecond samples are noisy',
     },
     quickMode,
   );
   const out = (line: string) => process.stdout.write(`${line}\n`);
   out(`metadata operations on ${files} empty files (median of ${runs}, ops/s):`);
   for (const [op, value] of Object.entries(metadata)) {
-    out(`  ${op.padEnd(8)} guestmemfs ${Math.round(value.guestmemfs.median).toLocaleString('en').padStart(11)}   in-memory model ${Math.round(value.inMemoryModel.median).toLocaleString('en').padStart(11)}   ratio ${value.ratio.toFixed(2)}x`);
+    out(
+      `  ${op.padEnd(8)} guestmemfs ${Math.round(value.guestmemfs.median).toLocaleString('en').padStart(11)}   in-memory model ` +
+        `${Math.round(value.inMemoryModel.median).toLocaleString('en').padStart(11)}   ratio ${value.ratio.toFixed(2)}x`,
+    );
   }
-  out(`truncate of 2 MiB guest files: ${Math.round(truncate.clean.median).toLocaleString('en')} ops/s on clean blocks, ${Math.round(truncate.withZeroing.median).toLocaleString('en')} ops/s zeroing dirty ones`);
-  out(`one truncate to ${formatSize(bigSize)}: control plane ${allocation.controlPlaneMs.median.toFixed(3)} ms steady state (${allocation.controlPlaneColdMs.median.toFixed(3)} ms cold, after a scrub); with zeroing ${allocation.withZeroingMs.median.toFixed(0)} ms vs memset ${allocation.memsetMs.median.toFixed(0)} ms (${zeroingVsMemset.toFixed(2)}x)`);
+  out(
+    `truncate of 2 MiB guest files: ${Math.round(truncate.clean.median).toLocaleString('en')} ops/s on clean blocks, ` +
+      `${Math.round(truncate.withZeroing.median).toLocaleString('en')} ops/s zeroing dirty ones`,
+  );
+  out(
+    `one truncate to ${formatSize(bigSize)}: control plane ${allocation.controlPlaneMs.median.toFixed(3)} ms steady state ` +
+      `(${allocation.controlPlaneColdMs.median.toFixed(3)} ms cold, after a scrub); with zeroing ` +
+      `${allocation.withZeroingMs.median.toFixed(0)} ms vs memset ${allocation.memsetMs.median.toFixed(0)} ms ` +
+      `(${zeroingVsMemset.toFixed(2)}x)`,
+  );
   out(`results: ${path.relative(repoRoot, file)}`);
 }
 

@@ -124,7 +124,12 @@ const file = writeResults(
 const out = (line: string) => process.stdout.write(`${line}\n`);
 out(`handover (serialise + unmount, then mount restoring), median of ${runs}:`);
 for (const point of [...files, ...sizes]) {
-  out(`  ${point.label.padEnd(22)} blob ${String(point.blobBytes).padStart(8)} B  serialise ${point.serialiseMs.median.toFixed(3).padStart(8)} ms  restore ${point.restoreMs.median.toFixed(3).padStart(8)} ms  total ${point.totalMs.median.toFixed(3).padStart(8)} ms`);
+  out(
+    `  ${point.label.padEnd(22)} blob ${String(point.blobBytes).padStart(8)} B  serialise ` +
+      `${point.serialiseMs.median.toFixed(3).padStart(8)} ms  restore ${point.restoreMs.median.toFixed(3).padStart(8)} ms  total ` +
+      `${point.totalMs.median.toFixed(3).padStart(8)} ms`,
+  );
 }
-if (hundredGiB) out(`100 GiB described: ${hundredGiB.totalMs.median.toFixed(3)} ms in total (target <= 1 ms; PKRAM: 13 ms save + 101 ms load)`);
+if (hundredGiB)
+  out(`100 GiB described: ${hundredGiB.totalMs.median.toFixed(3)} ms in total (target <= 1 ms; PKRAM: 13 ms save + 101 ms load)`);
 out(`results: ${path.relative(repoRoot, file)}`);

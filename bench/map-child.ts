@@ -30,7 +30,15 @@ if (!cold) {
   const scratch = Pool.create({ backend: 'memfd-4k', size: 8192 });
   for (let round = 0; round < 200; round++) {
     scratch.map([{ offset: 0, length: 8192 }], { populate: true, sharePageTables: shared }).unmap();
-    scratch.map([{ offset: 4096, length: 4096 }, { offset: 0, length: 4096 }], { populate: true, sharePageTables: shared }).unmap();
+    scratch
+      .map(
+        [
+          { offset: 4096, length: 4096 },
+          { offset: 0, length: 4096 },
+        ],
+        { populate: true, sharePageTables: shared },
+      )
+      .unmap();
   }
   scratch.close();
 }
@@ -39,10 +47,9 @@ const count = length / pageSize;
 // 'one'/'one-cold'/'one-shared' (placed for page-table sharing): a single extent; 'adjacent': one extent per page,
 // coalesced by the addon; 'scattered': one per page in reverse order, so nothing coalesces and every page costs an
 // mmap call.
-const extents =
-  mode!.startsWith('one')
-    ? [{ offset: 0, length }]
-    : Array.from({ length: count }, (_, i) => ({ offset: (mode === 'scattered' ? count - 1 - i : i) * pageSize, length: pageSize }));
+const extents = mode!.startsWith('one')
+  ? [{ offset: 0, length }]
+  : Array.from({ length: count }, (_, i) => ({ offset: (mode === 'scattered' ? count - 1 - i : i) * pageSize, length: pageSize }));
 const started = process.hrtime.bigint();
 const mapping = pool.map(extents, { populate: true, sharePageTables: shared });
 const ms = Number(process.hrtime.bigint() - started) / 1e6;

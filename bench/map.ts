@@ -6,7 +6,19 @@
 import * as path from 'node:path';
 import { Pool } from '../lib/pool/pool';
 import { formatSize, GiB, MiB } from '../lib/units';
-import { buildBaseline, childEnv, quickMode, repoRoot, reserveBenchPages, reserveForBench, runJson, runsArg, stats, type Stats, writeResults } from './common';
+import {
+  buildBaseline,
+  childEnv,
+  quickMode,
+  repoRoot,
+  reserveBenchPages,
+  reserveForBench,
+  runJson,
+  runsArg,
+  stats,
+  type Stats,
+  writeResults,
+} from './common';
 
 const pageSize = 2 * MiB;
 const size = quickMode ? 64 * MiB : 4 * GiB;
@@ -38,8 +50,17 @@ try {
     openMs.c!.push(floor.openMs);
     samples.c_mmap_populate_hot_cache!.push(runJson<{ ms: number }>(baseline, [pool.path!, String(size), '0'], childEnv).ms);
     for (const mode of ['one', 'one-cold', 'adjacent', 'scattered'] as const) {
-      const result = runJson<{ ms: number; openMs: number; mmapCalls: number }>(process.execPath, ['--expose-gc', child, pool.path!, mode, String(size), String(sweepBytes)], childEnv);
-      const key = { one: 'addon_one_extent', 'one-cold': 'addon_one_extent_cold_js', adjacent: 'addon_adjacent_extents', scattered: 'addon_scattered_extents' }[mode];
+      const result = runJson<{ ms: number; openMs: number; mmapCalls: number }>(
+        process.execPath,
+        ['--expose-gc', child, pool.path!, mode, String(size), String(sweepBytes)],
+        childEnv,
+      );
+      const key = {
+        one: 'addon_one_extent',
+        'one-cold': 'addon_one_extent_cold_js',
+        adjacent: 'addon_adjacent_extents',
+        scattered: 'addon_scattered_extents',
+      }[mode];
       samples[key]!.push(result.ms);
       if (mode === 'one') openMs.addon!.push(result.openMs);
       calls[key] = result.mmapCalls;
@@ -72,20 +93,45 @@ try {
         measureConfig(16 * GiB, 2 * MiB),
         measureConfig(16 * GiB, GiB),
       ];
-  const file = writeResults('map', { size, pageSize, runs, cacheSweepBytes: sweepBytes, childEnvDrops: ['NODE_EXTRA_CA_CERTS'], mmapCalls: { c_mmap_populate: 1, ...calls }, ms: summary, pairedRatios, openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) }, ratios, configs, target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)' }, quickMode);
+  const file = writeResults(
+    'map',
+    {
+      size,
+      pageSize,
+      runs,
+      cacheSweepBytes: sweepBytes,
+      childEnvDrops: ['NODE_EXTRA_CA_CERTS'],
+      mmapCalls: { c_mmap_populate: 1, ...calls },
+      ms: summary,
+      pairedRatios,
+      openMs: { c: stats(openMs.c!), addon: stats(openMs.addon!) },
+      ratios,
+      configs,
+      target: 'addon_one_extent_vs_c <= 1.1 (median of paired ratios)',
+    },
+    quickMode,
+  );
   process.stdout.write(`re-map ${formatSize(size)} of ${formatSize(pageSize)} pages in a fresh process (median of ${runs}):\n`);
   for (const [key, value] of Object.entries(summary)) {
-    process.stdout.write(`  ${key.padEnd(26)} ${value.median.toFixed(3).padStart(9)} ms  [${value.min.toFixed(3)} .. ${value.max.toFixed(3)}]  ${calls[key] ?? 1} mmap calls\n`);
+    process.stdout.write(
+      `  ${key.padEnd(26)} ${value.median.toFixed(3).padStart(9)} ms  [${value.min.toFixed(3)} .. ${value.max.toFixed(3)}]  ` +
+        `${calls[key] ?? 1} mmap calls\n`,
+    );
   }
   for (const [key, value] of Object.entries(ratios)) {
     const pair = pairedRatios[key as keyof typeof pairedRatios];
-    process.stdout.write(`  ${key.padEnd(30)} ${value.toFixed(2)}x (ratio of medians), ${pair.median.toFixed(2)}x (median of paired ratios)\n`);
+    process.stdout.write(
+      `  ${key.padEnd(30)} ${value.toFixed(2)}x (ratio of medians), ${pair.median.toFixed(2)}x (median of paired ratios)\n`,
+    );
   }
   for (const config of configs) {
     process.stdout.write(
       config.skipped
         ? `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages: skipped (${config.skipped})\n`
-        : `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} pages${config.whileMapped ? ' (previous owner still maps it)' : ''}: C ${config.ms!.c_mmap_populate.median.toFixed(3)} ms, addon ${config.ms!.addon_one_extent.median.toFixed(3)} ms, ${config.pairedRatio!.median.toFixed(2)}x (median of paired ratios)\n`,
+        : `  ${formatSize(config.size)} of ${formatSize(config.pageSize)} ` +
+            `pages${config.whileMapped ? ' (previous owner still maps it)' : ''}: C ${config.ms!.c_mmap_populate.median.toFixed(3)} ms, ` +
+            `addon ${config.ms!.addon_one_extent.median.toFixed(3)} ms, ${config.pairedRatio!.median.toFixed(2)}x (median of paired ` +
+            `ratios)\n`,
     );
   }
   process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
@@ -115,7 +161,11 @@ interface ConfigResult {
  * successor maps it; the addon places mappings so that Linux can then share their page tables (see Pool.map).
  * `fewerPagesOk`: if the kernel cannot give all the pages (1 GiB pages fragment away), measure the largest pool it can.
  */
-function measureConfig(requestedSize: number, configPageSize: number, options: { whileMapped?: boolean; fewerPagesOk?: boolean } = {}): ConfigResult {
+function measureConfig(
+  requestedSize: number,
+  configPageSize: number,
+  options: { whileMapped?: boolean; fewerPagesOk?: boolean } = {},
+): ConfigResult {
   const configRuns = Math.min(runs, 15); // fewer than the headline: each 16 GiB round is long
   let configReservation;
   let configSize = requestedSize;
@@ -125,12 +175,21 @@ function measureConfig(requestedSize: number, configPageSize: number, options: {
       break;
     } catch (error) {
       if (!options.fewerPagesOk || configSize / configPageSize <= 2) {
-        return { size: requestedSize, pageSize: configPageSize, skipped: `${requestedSize / configPageSize} pages of ${formatSize(configPageSize)} not available: ${(error as Error).message}` };
+        return {
+          size: requestedSize,
+          pageSize: configPageSize,
+          skipped: `${requestedSize / configPageSize} pages of ${formatSize(configPageSize)} not available: ${(error as Error).message}`,
+        };
       }
       configSize -= configPageSize;
     }
   }
-  const configPool = Pool.create({ backend: 'hugetlbfs', path: path.join(configReservation.mountpoint!, 'bench-map'), size: configSize, pageSize: configPageSize });
+  const configPool = Pool.create({
+    backend: 'hugetlbfs',
+    path: path.join(configReservation.mountpoint!, 'bench-map'),
+    size: configSize,
+    pageSize: configPageSize,
+  });
   // As a running VMM maps guest RAM (Vmm uses sharePageTables), when the successor maps it meanwhile.
   const owner = configPool.mapAll({ populate: true, sharePageTables: options.whileMapped === true });
   if (!options.whileMapped) owner.unmap();
@@ -141,7 +200,13 @@ function measureConfig(requestedSize: number, configPageSize: number, options: {
     for (let run = 0; run < configRuns; run++) {
       c.push(runJson<{ ms: number }>(baseline, [configPool.path!, String(configSize), String(sweepBytes)], childEnv).ms);
       const mode = options.whileMapped ? 'one-shared' : 'one';
-      addon.push(runJson<{ ms: number }>(process.execPath, ['--expose-gc', child, configPool.path!, mode, String(configSize), String(sweepBytes)], childEnv).ms);
+      addon.push(
+        runJson<{ ms: number }>(
+          process.execPath,
+          ['--expose-gc', child, configPool.path!, mode, String(configSize), String(sweepBytes)],
+          childEnv,
+        ).ms,
+      );
     }
     return {
       size: configSize,

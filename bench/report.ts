@@ -7,7 +7,10 @@ import { formatSize, GiB, TiB } from '../lib/units';
 import { renderBarChart, renderLineChart, writeChart } from './charts';
 import { BENCHMARKS, type BenchmarkName, stats, type Stats } from './common';
 
-/* eslint-disable @typescript-eslint/no-explicit-any -- results files are JSON written by the benchmarks */
+/* eslint-disable
+     @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-member-access, @typescript-eslint/no-unsafe-assignment,
+     @typescript-eslint/no-unsafe-argument, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-return
+     -- results files are JSON written by the benchmarks, read here as they are */
 type Results = Record<string, any>;
 
 export interface ReportOptions {
@@ -59,43 +62,124 @@ function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headline[] {
   const map = all.map;
   if (map) {
     const paired = map.pairedRatios.addon_one_extent_vs_c as Stats;
-    rows.push({ benchmark: 'map', measure: `re-map ${formatSize(map.size)} of ${formatSize(map.pageSize)} pages in a new process`, value: `${fixed(map.ms.addon_one_extent.median, 3)} ms`, baseline: `C mmap(MAP_POPULATE) ${fixed(map.ms.c_mmap_populate.median, 3)} ms`, ratio: `${fixed(paired.median, 3)}x (median of per-round ratios)`, target: '<= 1.1x', met: paired.median <= 1.1 });
+    rows.push({
+      benchmark: 'map',
+      measure: `re-map ${formatSize(map.size)} of ${formatSize(map.pageSize)} pages in a new process`,
+      value: `${fixed(map.ms.addon_one_extent.median, 3)} ms`,
+      baseline: `C mmap(MAP_POPULATE) ${fixed(map.ms.c_mmap_populate.median, 3)} ms`,
+      ratio: `${fixed(paired.median, 3)}x (median of per-round ratios)`,
+      target: '<= 1.1x',
+      met: paired.median <= 1.1,
+    });
     for (const config of map.configs ?? []) {
       if (config.skipped) continue;
-      rows.push({ benchmark: 'map', measure: `re-map ${configLabel(config)}`, value: `${fixed(config.ms.addon_one_extent.median, 3)} ms`, baseline: `C ${fixed(config.ms.c_mmap_populate.median, 3)} ms`, ratio: `${fixed(config.pairedRatio.median, 3)}x (median of per-round ratios)`, target: '<= 1.1x', met: config.pairedRatio.median <= 1.1 });
+      rows.push({
+        benchmark: 'map',
+        measure: `re-map ${configLabel(config)}`,
+        value: `${fixed(config.ms.addon_one_extent.median, 3)} ms`,
+        baseline: `C ${fixed(config.ms.c_mmap_populate.median, 3)} ms`,
+        ratio: `${fixed(config.pairedRatio.median, 3)}x (median of per-round ratios)`,
+        target: '<= 1.1x',
+        met: config.pairedRatio.median <= 1.1,
+      });
     }
   }
   const alloc = all.alloc;
   if (alloc) {
-    rows.push({ benchmark: 'alloc', measure: `first allocation of a ${formatSize(alloc.size)} guest file (zero + populate)`, value: `${fixed(alloc.ms.guestmemfs_dirty_blocks.median, 1)} ms`, baseline: `C faulting fresh huge pages ${fixed(alloc.ms.c_fault_fresh_hugepages.median, 1)} ms`, ratio: `${fixed(alloc.ratios.dirtyVsC)}x`, target: '<= 1.1x', met: alloc.ratios.dirtyVsC <= 1.1 });
+    rows.push({
+      benchmark: 'alloc',
+      measure: `first allocation of a ${formatSize(alloc.size)} guest file (zero + populate)`,
+      value: `${fixed(alloc.ms.guestmemfs_dirty_blocks.median, 1)} ms`,
+      baseline: `C faulting fresh huge pages ${fixed(alloc.ms.c_fault_fresh_hugepages.median, 1)} ms`,
+      ratio: `${fixed(alloc.ratios.dirtyVsC)}x`,
+      target: '<= 1.1x',
+      met: alloc.ratios.dirtyVsC <= 1.1,
+    });
   }
   const access = all.access;
   if (access) {
     for (const result of access.results) {
       if (!result.guestmemfs) continue;
-      rows.push({ benchmark: 'access', measure: `random 8-byte reads, ${formatSize(access.size)}, ${formatSize(result.pageSize)} pages`, value: `${fixed(1000 / result.guestmemfs.throughputNsPerRead.median, 1)} M reads/s`, baseline: `raw hugetlbfs mmap ${fixed(1000 / result.raw.throughputNsPerRead.median, 1)} M reads/s`, ratio: `${fixed(result.throughputVsRaw, 3)}x${result.paired ? ' (median of per-run ratios)' : ''}`, target: '>= 0.98x', met: result.throughputVsRaw >= 0.98 });
+      rows.push({
+        benchmark: 'access',
+        measure: `random 8-byte reads, ${formatSize(access.size)}, ${formatSize(result.pageSize)} pages`,
+        value: `${fixed(1000 / result.guestmemfs.throughputNsPerRead.median, 1)} M reads/s`,
+        baseline: `raw hugetlbfs mmap ${fixed(1000 / result.raw.throughputNsPerRead.median, 1)} M reads/s`,
+        ratio: `${fixed(result.throughputVsRaw, 3)}x${result.paired ? ' (median of per-run ratios)' : ''}`,
+        target: '>= 0.98x',
+        met: result.throughputVsRaw >= 0.98,
+      });
     }
-    rows.push({ benchmark: 'access', measure: 'gain of 2 MiB over 4 KiB pages (raw mmap)', value: `${fixed(access.hugeGain.throughput2MiBVs4KiB)}x throughput, ${fixed(access.hugeGain.latency2MiBVs4KiB)}x latency`, baseline: '4 KiB pages', ratio: '-', target: 'report', met: null });
+    rows.push({
+      benchmark: 'access',
+      measure: 'gain of 2 MiB over 4 KiB pages (raw mmap)',
+      value: `${fixed(access.hugeGain.throughput2MiBVs4KiB)}x throughput, ${fixed(access.hugeGain.latency2MiBVs4KiB)}x latency`,
+      baseline: '4 KiB pages',
+      ratio: '-',
+      target: 'report',
+      met: null,
+    });
   }
   const handover = all.handover;
   if (handover) {
     const at100 = handover.byDescribedSize.find((point: any) => point.describedBytes === 100 * GiB);
-    if (at100) rows.push({ benchmark: 'handover', measure: 'serialise + restore, 100 GiB described', value: `${fixed(at100.totalMs.median, 3)} ms`, baseline: 'PKRAM 100 GiB: 13 ms save, 101 ms load', ratio: '-', target: '<= 1 ms', met: at100.totalMs.median <= 1 });
-    rows.push({ benchmark: 'handover', measure: 'slopes', value: `${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ${fixed(handover.slopes.msPerTiBDescribed, 3)} ms per TiB`, baseline: '-', ratio: '-', target: 'report', met: null });
+    if (at100)
+      rows.push({
+        benchmark: 'handover',
+        measure: 'serialise + restore, 100 GiB described',
+        value: `${fixed(at100.totalMs.median, 3)} ms`,
+        baseline: 'PKRAM 100 GiB: 13 ms save, 101 ms load',
+        ratio: '-',
+        target: '<= 1 ms',
+        met: at100.totalMs.median <= 1,
+      });
+    rows.push({
+      benchmark: 'handover',
+      measure: 'slopes',
+      value: `${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ${fixed(handover.slopes.msPerTiBDescribed, 3)} ms per TiB`,
+      baseline: '-',
+      ratio: '-',
+      target: 'report',
+      met: null,
+    });
   }
   const fsResults = all.fs;
   if (fsResults) {
     for (const op of ['create', 'lookup', 'unlink'] as const) {
       const entry = fsResults.metadataOpsPerSecond[op];
-      rows.push({ benchmark: 'fs', measure: `${op} on ${fsResults.files.toLocaleString('en')} files`, value: `${fixed(entry.guestmemfs.median / 1000, 0)}k/s`, baseline: `in-memory model ${fixed(entry.inMemoryModel.median / 1000, 0)}k/s`, ratio: `${fixed(entry.ratio)}x`, target: '>= 200k/s', met: entry.guestmemfs.median >= 200_000 });
+      rows.push({
+        benchmark: 'fs',
+        measure: `${op} on ${fsResults.files.toLocaleString('en')} files`,
+        value: `${fixed(entry.guestmemfs.median / 1000, 0)}k/s`,
+        baseline: `in-memory model ${fixed(entry.inMemoryModel.median / 1000, 0)}k/s`,
+        ratio: `${fixed(entry.ratio)}x`,
+        target: '>= 200k/s',
+        met: entry.guestmemfs.median >= 200_000,
+      });
     }
   }
   const vmm = all.vmm;
   if (vmm) {
     const largest = vmm.results.at(-1);
     const startup = vmm.nodeStartupMs.median as number;
-    rows.push({ benchmark: 'vmm', measure: `transfer-mode blackout, ${formatSize(largest.ramBytes)} guest`, value: `${fixed(largest.transferMs.median)} ms (fastest ${fixed(largest.transferMs.min)})`, baseline: `copy save + load ${fixed(largest.copyBaselineMs.median / 1000, 1)} s`, ratio: `${fixed(1 / largest.ratios.transferVsCopy, 0)}x shorter than copy`, target: '<= 2 ms', met: largest.transferMs.median <= 2 });
-    rows.push({ benchmark: 'vmm', measure: `exec-mode blackout, ${formatSize(largest.ramBytes)} guest`, value: `${fixed(largest.execMs.median, 1)} ms`, baseline: `Node start-up ${fixed(startup, 1)} ms`, ratio: `${fixed(largest.execMs.median / startup)}x`, target: `<= start-up + 5 = ${fixed(startup + 5, 1)} ms`, met: largest.execMs.median <= startup + 5 });
+    rows.push({
+      benchmark: 'vmm',
+      measure: `transfer-mode blackout, ${formatSize(largest.ramBytes)} guest`,
+      value: `${fixed(largest.transferMs.median)} ms (fastest ${fixed(largest.transferMs.min)})`,
+      baseline: `copy save + load ${fixed(largest.copyBaselineMs.median / 1000, 1)} s`,
+      ratio: `${fixed(1 / largest.ratios.transferVsCopy, 0)}x shorter than copy`,
+      target: '<= 2 ms',
+      met: largest.transferMs.median <= 2,
+    });
+    rows.push({
+      benchmark: 'vmm',
+      measure: `exec-mode blackout, ${formatSize(largest.ramBytes)} guest`,
+      value: `${fixed(largest.execMs.median, 1)} ms`,
+      baseline: `Node start-up ${fixed(startup, 1)} ms`,
+      ratio: `${fixed(largest.execMs.median / startup)}x`,
+      target: `<= start-up + 5 = ${fixed(startup + 5, 1)} ms`,
+      met: largest.execMs.median <= startup + 5,
+    });
   }
   return rows;
 }
@@ -170,7 +254,14 @@ function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: string):
           ...(result.guestmemfs ? [{ name: 'guestmemfs mapping', value: 1000 / result.guestmemfs.throughputNsPerRead.median }] : []),
         ],
       }));
-    writeChart(path.join(chartDir, 'access'), renderBarChart({ title: `Random 8-byte reads over ${formatSize(access.size)}: throughput by page size`, yLabel: 'million reads per second', groups }));
+    writeChart(
+      path.join(chartDir, 'access'),
+      renderBarChart({
+        title: `Random 8-byte reads over ${formatSize(access.size)}: throughput by page size`,
+        yLabel: 'million reads per second',
+        groups,
+      }),
+    );
     made.access = 'access';
   }
   return made;
@@ -178,11 +269,13 @@ function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: string):
 
 function machineLine(results: Results): string {
   const m = results.machine;
-  return `${m.cpus.join(', ')} x${m.cpuCount}, ${formatSize(m.memoryBytes)} RAM, Linux ${m.kernel}, Node ${m.node}, huge pages ${m.hugePageSizes.map((size: number) => formatSize(size)).join(' and ')}`;
+  return (
+    `${m.cpus.join(', ')} x${m.cpuCount}, ${formatSize(m.memoryBytes)} RAM, Linux ${m.kernel}, Node ${m.node}, ` +
+    `huge pages ${m.hugePageSizes.map((size: number) => formatSize(size)).join(' and ')}`
+  );
 }
 
 const runDate = (results: Results) => `${results.machine.date.slice(0, 16).replace('T', ' ')} UTC`;
-
 
 /** A captioned table of breakdowns: one row per labelled list of breakdowns, one column per key (its median). */
 function breakdownTable(caption: string, keys: string[], rows: Array<[string, Array<Record<string, number | null>>]>): string[] {
@@ -197,7 +290,9 @@ function breakdownTable(caption: string, keys: string[], rows: Array<[string, Ar
 
 /** Median of each part over a list of breakdowns, as a table row. */
 function breakdownRow(label: string, breakdowns: Array<Record<string, number | null>>, keys: string[]): string {
-  return `| ${label} | ${keys.map((key) => (breakdowns.some((b) => typeof b[key] === 'number') ? fixed(stats(breakdowns.map((b) => b[key] ?? 0)).median, 2) : '-')).join(' | ')} |`;
+  const medianOf = (key: string) =>
+    breakdowns.some((b) => typeof b[key] === 'number') ? fixed(stats(breakdowns.map((b) => b[key] ?? 0)).median, 2) : '-';
+  return `| ${label} | ${keys.map(medianOf).join(' | ')} |`;
 }
 
 /** The verdicts as a Markdown table (BENCHMARKS.md and the README show the same one). */
@@ -205,7 +300,11 @@ function headlineTable(rows: Headline[]): string[] {
   return [
     '| benchmark | measure | guestmemfs | baseline | ratio | target | met |',
     '|---|---|---|---|---|---|---|',
-    ...rows.map((row) => `| ${row.benchmark} | ${row.measure} | ${row.value} | ${row.baseline} | ${row.ratio} | ${row.target} | ${row.met === null ? '-' : row.met ? 'yes' : '**no**'} |`),
+    ...rows.map(
+      (row) =>
+        `| ${row.benchmark} | ${row.measure} | ${row.value} | ${row.baseline} | ${row.ratio} | ${row.target} | ` +
+        `${row.met === null ? '-' : row.met ? 'yes' : '**no**'} |`,
+    ),
   ];
 }
 
@@ -219,11 +318,7 @@ export function updateReadme(readme: string, resultsDir: string): boolean {
   const end = text.indexOf(README_END);
   if (begin < 0 || end < begin) return false;
   const rows = headlines(resultsDir);
-  const table = [
-    README_BEGIN,
-    ...headlineTable(rows),
-    README_END,
-  ].join('\n');
+  const table = [README_BEGIN, ...headlineTable(rows), README_END].join('\n');
   fs.writeFileSync(readme, text.slice(0, begin) + table + text.slice(end + README_END.length));
   return true;
 }
@@ -246,7 +341,13 @@ export function writeReport(options: ReportOptions): string {
     '`bench/results/`; no figure here is typed in. Each benchmark runs the project and its baseline in the same run on',
     'the same machine and reports the median with the spread `[min .. max]`.',
     '',
-    ...(quick ? ['**A quick smoke run** (`--quick`: small sizes, one run each): it checks that the benchmarks work; its figures are not for comparison.', ''] : []),
+    ...(quick
+      ? [
+          '**A quick smoke run** (`--quick`: small sizes, one run each): it checks that the benchmarks work; its figures are not for ' +
+            'comparison.',
+          '',
+        ]
+      : []),
     '## Reproduce',
     '',
     '```',
@@ -270,50 +371,81 @@ export function writeReport(options: ReportOptions): string {
   const map = all.map;
   if (map) {
     lines.push('## Re-map of preserved guest RAM (`bench:map`)', '');
-    lines.push(`${formatSize(map.size)} of ${formatSize(map.pageSize)} pages, ${map.runs} rounds, each side timing only its map call from the same cache state; ratios are medians of per-round ratios to the C floor.`, '');
+    lines.push(
+      `${formatSize(map.size)} of ${formatSize(map.pageSize)} pages, ${map.runs} rounds, ` +
+        `each side timing only its map call from the same cache state; ratios are medians of per-round ratios to the C floor.`,
+      '',
+    );
     lines.push('| variant | ms | mmap calls | vs C |', '|---|---|---|---|');
     for (const [key, value] of Object.entries(map.ms as Record<string, Stats>)) {
       const paired = map.pairedRatios[`${key}_vs_c`] as Stats | undefined;
-      lines.push(`| ${key} | ${spread(value, 3)} | ${map.mmapCalls[key] ?? 1} | ${paired ? `${fixed(paired.median)}x` : key === 'c_mmap_populate' ? '1' : '-'} |`);
+      lines.push(
+        `| ${key} | ${spread(value, 3)} | ${map.mmapCalls[key] ?? 1} | ` +
+          `${paired ? `${fixed(paired.median)}x` : key === 'c_mmap_populate' ? '1' : '-'} |`,
+      );
     }
     for (const config of map.configs ?? []) {
-      lines.push(config.skipped ? `| ${configLabel(config)} | skipped: ${config.skipped} | | |` : `| ${configLabel(config)}: C / addon | ${spread(config.ms.c_mmap_populate, 3)} / ${spread(config.ms.addon_one_extent, 3)} | 1 | ${fixed(config.pairedRatio.median)}x |`);
+      lines.push(
+        config.skipped
+          ? `| ${configLabel(config)} | skipped: ${config.skipped} | | |`
+          : `| ${configLabel(config)}: C / addon | ${spread(config.ms.c_mmap_populate, 3)} / ${spread(config.ms.addon_one_extent, 3)} | ` +
+              `1 | ${fixed(config.pairedRatio.median)}x |`,
+      );
     }
     lines.push('');
   }
   const alloc = all.alloc;
   if (alloc) {
-    lines.push('## First allocation (`bench:alloc`)', '', `A ${formatSize(alloc.size)} guest file of ${formatSize(alloc.pageSize)} pages, ${alloc.runs} runs.`, '');
+    lines.push(
+      '## First allocation (`bench:alloc`)',
+      '',
+      `A ${formatSize(alloc.size)} guest file of ${formatSize(alloc.pageSize)} pages, ${alloc.runs} runs.`,
+      '',
+    );
     lines.push('| case | ms |', '|---|---|');
     for (const [key, value] of Object.entries(alloc.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
     lines.push('');
   }
   const zero = all.zero;
   if (zero) {
-    lines.push('## Zeroing blocks (`bench:zero`)', '', `${formatSize(zero.size)} of ${formatSize(zero.pageSize)} pages, ${zero.runs} runs.`, '');
+    lines.push(
+      '## Zeroing blocks (`bench:zero`)',
+      '',
+      `${formatSize(zero.size)} of ${formatSize(zero.pageSize)} pages, ${zero.runs} runs.`,
+      '',
+    );
     lines.push('| method | ms |', '|---|---|');
     for (const [key, value] of Object.entries(zero.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
     lines.push('');
   }
   const fsResults = all.fs;
   if (fsResults) {
-    lines.push('## Metadata operations (`bench:fs`)', '', `${fsResults.files.toLocaleString('en')} files, ${fsResults.runs} runs; operations per second.`, '');
+    lines.push(
+      '## Metadata operations (`bench:fs`)',
+      '',
+      `${fsResults.files.toLocaleString('en')} files, ${fsResults.runs} runs; operations per second.`,
+      '',
+    );
     lines.push('| operation | guestmemfs | in-memory model | ratio |', '|---|---|---|---|');
     for (const [op, entry] of Object.entries(fsResults.metadataOpsPerSecond as Record<string, any>)) {
       lines.push(`| ${op} | ${spread(entry.guestmemfs, 0)} | ${spread(entry.inMemoryModel, 0)} | ${fixed(entry.ratio)}x |`);
     }
-    for (const [kind, value] of Object.entries(fsResults.truncate2MiBOpsPerSecond as Record<string, Stats>)) lines.push(`| truncate to 2 MiB (${kind}) | ${spread(value, 0)} | - | - |`);
+    for (const [kind, value] of Object.entries(fsResults.truncate2MiBOpsPerSecond as Record<string, Stats>))
+      lines.push(`| truncate to 2 MiB (${kind}) | ${spread(value, 0)} | - | - |`);
     lines.push('');
   }
   if (vmm) {
     lines.push('## Live-update blackout (`bench:vmm`)', '', image('blackout', 'blackout against guest RAM'));
     lines.push(`Median of ${vmm.updatesPerRun} updates per mode and size; bare Node start-up ${spread(vmm.nodeStartupMs, 1)} ms.`, '');
     lines.push('| guest RAM | transfer (ms) | exec (ms) | copy save + load (ms) |', '|---|---|---|---|');
-    for (const r of vmm.results) lines.push(`| ${formatSize(r.ramBytes)} | ${spread(r.transferMs)} | ${spread(r.execMs, 1)} | ${spread(r.copyBaselineMs, 0)} |`);
+    for (const r of vmm.results)
+      lines.push(`| ${formatSize(r.ramBytes)} | ${spread(r.transferMs)} | ${spread(r.execMs, 1)} | ${spread(r.copyBaselineMs, 0)} |`);
     lines.push(
       '',
       ...breakdownTable(
-        'Inside the blackout (median of each part, ms): save, wake-up (transfer) or execve + Node start-up and loading the bundled VMM with the code cache its predecessor wrote (exec), restore, state read, map (with creating the VM and its memory slot), vCPU restore, other.',
+        'Inside the blackout (median of each part, ms): save, wake-up (transfer) or execve + Node start-up and loading the bundled VMM ' +
+          'with the code cache its predecessor wrote (exec), restore, state read, map (with creating the VM and its memory slot), vCPU ' +
+          'restore, other.',
         ['saveMs', 'signalMs', 'execAndStartupMs', 'loadMs', 'restoreMs', 'readStateMs', 'mapMs', 'vcpuRestoreMs', 'otherMs'],
         vmm.results.flatMap((r: any) => [
           [`transfer, ${formatSize(r.ramBytes)}`, r.transferBreakdowns],
@@ -323,7 +455,9 @@ export function writeReport(options: ReportOptions): string {
       ),
       '',
       ...breakdownTable(
-        'Before the pause, the guest still running (median, ms): both modes serialise the filesystem first; exec mode writes the code cache for its successor; in transfer mode the successor restores the filesystem and attaches to guest RAM and the state file, so that only the vCPU state crosses inside the blackout.',
+        'Before the pause, the guest still running (median, ms): both modes serialise the filesystem first; exec mode writes the code ' +
+          'cache for its successor; in transfer mode the successor restores the filesystem and attaches to guest RAM and the state ' +
+          'file, so that only the vCPU state crosses inside the blackout.',
         ['serialiseMs', 'codeCacheMs', 'restoreMs', 'mapMs'],
         vmm.results.flatMap((r: any) => [
           [`transfer, ${formatSize(r.ramBytes)}`, r.transferBeforePause ?? []],
@@ -335,24 +469,51 @@ export function writeReport(options: ReportOptions): string {
     if (floor) {
       lines.push(
         '',
-        `The floor of an exec-mode update at ${formatSize(floor.ramBytes)} for any VMM on Node here, with none of guestmemfs's code (\`bench/exec-floor.ts\`: a process holding a VM over the guest RAM closes it and execs Node, which maps the RAM and creates a VM, a vCPU and the memory slot): ` +
-          `${spread(floor.execFloorStartupMs, 1)} ms to the new process's first line, ${spread(floor.execFloorKvmReadyMs, 1)} ms to its VM being ready, against the exec-mode target of Node start-up + 5 = ${fixed(vmm.nodeStartupMs.median + 5, 1)} ms.`,
+        `The floor of an exec-mode update at ${formatSize(floor.ramBytes)} for any VMM on Node here, with none of guestmemfs's code ` +
+          `(\`bench/exec-floor.ts\`: a process holding a VM over the guest RAM closes it and execs Node, which maps the RAM and creates ` +
+          `a VM, a vCPU and the memory slot): ` +
+          `${spread(floor.execFloorStartupMs, 1)} ms to the new process's first line, ${spread(floor.execFloorKvmReadyMs, 1)} ms to its ` +
+          `VM being ready, against the exec-mode target of Node start-up + 5 = ${fixed(vmm.nodeStartupMs.median + 5, 1)} ms.`,
       );
     }
     const cold = vmm.results.find((r: any) => r.transferColdMs);
-    if (cold) lines.push('', `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`);
+    if (cold)
+      lines.push(
+        '',
+        `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`,
+      );
     lines.push('');
   }
   const handover = all.handover;
   if (handover) {
-    lines.push('## Handover (`bench:handover`)', '', image('handoverSize', 'handover time against memory described'), image('handoverFiles', 'handover time against number of files'));
+    lines.push(
+      '## Handover (`bench:handover`)',
+      '',
+      image('handoverSize', 'handover time against memory described'),
+      image('handoverFiles', 'handover time against number of files'),
+    );
     lines.push('| described | files | serialise (ms) | restore (ms) | total (ms) |', '|---|---|---|---|---|');
-    for (const p of [...handover.byDescribedSize, ...handover.byFileCount]) lines.push(`| ${formatSize(p.describedBytes)} | ${p.files.toLocaleString('en')} | ${spread(p.serialiseMs, 3)} | ${spread(p.restoreMs, 3)} | ${spread(p.totalMs, 3)} |`);
-    lines.push('', `Slopes (least squares): ${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ${fixed(handover.slopes.msPerTiBDescribed, 3)} ms per TiB described (largest: ${formatSize(Math.max(...handover.byDescribedSize.map((p: any) => p.describedBytes)) || TiB)}).`, '');
+    for (const p of [...handover.byDescribedSize, ...handover.byFileCount])
+      lines.push(
+        `| ${formatSize(p.describedBytes)} | ${p.files.toLocaleString('en')} | ${spread(p.serialiseMs, 3)} | ${spread(p.restoreMs, 3)} ` +
+          `| ${spread(p.totalMs, 3)} |`,
+      );
+    lines.push(
+      '',
+      `Slopes (least squares): ${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ` +
+        `${fixed(handover.slopes.msPerTiBDescribed, 3)} ms per TiB described (largest: ` +
+        `${formatSize(Math.max(...handover.byDescribedSize.map((p: any) => p.describedBytes)) || TiB)}).`,
+      '',
+    );
   }
   if (access) {
     lines.push('## Random access (`bench:access`)', '', image('access', 'random-read throughput by page size'));
-    lines.push(`${access.opsPerRun.toLocaleString('en')} independent and ${(access.dependentOpsPerRun ?? access.opsPerRun).toLocaleString('en')} dependent reads per run, ${access.runs} runs, over ${formatSize(access.size)}; the same loop (native/gmfs_probe_loop.h) on both sides.`, '');
+    lines.push(
+      `${access.opsPerRun.toLocaleString('en')} independent and ${(access.dependentOpsPerRun ?? access.opsPerRun).toLocaleString('en')} ` +
+        `dependent reads per run, ${access.runs} runs, over ${formatSize(access.size)}; the same loop (native/gmfs_probe_loop.h) on ` +
+        `both sides.`,
+      '',
+    );
     lines.push('| pages | mapping | independent reads (ns/read) | dependent reads (ns/read) |', '|---|---|---|---|');
     for (const r of access.results) {
       if (r.skipped) {
@@ -360,7 +521,11 @@ export function writeReport(options: ReportOptions): string {
         continue;
       }
       lines.push(`| ${formatSize(r.pageSize)} | raw mmap | ${spread(r.raw.throughputNsPerRead)} | ${spread(r.raw.latencyNsPerRead, 1)} |`);
-      if (r.guestmemfs) lines.push(`| ${formatSize(r.pageSize)} | guestmemfs | ${spread(r.guestmemfs.throughputNsPerRead)} | ${spread(r.guestmemfs.latencyNsPerRead, 1)} |`);
+      if (r.guestmemfs)
+        lines.push(
+          `| ${formatSize(r.pageSize)} | guestmemfs | ${spread(r.guestmemfs.throughputNsPerRead)} | ` +
+            `${spread(r.guestmemfs.latencyNsPerRead, 1)} |`,
+        );
     }
     lines.push('');
   }

@@ -35,8 +35,17 @@ if (!process.argv.includes('--report-only')) {
     process.stderr.write(child.stderr);
     const seconds = (Date.now() - started) / 1000;
     // The error line, not Node's closing "Node.js vX" banner.
-    const reason = child.stderr.trim().split('\n').filter((line) => line.trim() && !line.startsWith('Node.js v')).at(-1);
-    outcomes.push({ name, seconds, status: child.status === 0 ? 'ran' : child.status === 3 ? 'skipped' : 'failed', ...(child.status === 0 ? {} : { reason }) });
+    const reason = child.stderr
+      .trim()
+      .split('\n')
+      .filter((line) => line.trim() && !line.startsWith('Node.js v'))
+      .at(-1);
+    outcomes.push({
+      name,
+      seconds,
+      status: child.status === 0 ? 'ran' : child.status === 3 ? 'skipped' : 'failed',
+      ...(child.status === 0 ? {} : { reason }),
+    });
   }
 }
 
@@ -44,9 +53,16 @@ const sourceDir = quickMode ? path.join(quickOutputDir, 'results') : resultsDir;
 const report = writeReport({ resultsDir: sourceDir, quick: quickMode, outDir: quickMode ? quickOutputDir : repoRoot });
 if (!quickMode && updateReadme(path.join(repoRoot, 'README.md'), sourceDir)) process.stdout.write('README.md: benchmark table updated\n');
 process.stdout.write('\n== summary\n');
-for (const outcome of outcomes) process.stdout.write(`  ${outcome.name.padEnd(9)} ${outcome.status.padEnd(8)} ${outcome.seconds.toFixed(0).padStart(4)} s${outcome.reason ? `  (${outcome.reason})` : ''}\n`);
+for (const outcome of outcomes)
+  process.stdout.write(
+    `  ${outcome.name.padEnd(9)} ${outcome.status.padEnd(8)} ${outcome.seconds.toFixed(0).padStart(4)} ` +
+      `s${outcome.reason ? `  (${outcome.reason})` : ''}\n`,
+  );
 for (const row of headlines(sourceDir)) {
-  process.stdout.write(`  ${row.met === null ? '   ' : row.met ? 'met' : 'NOT'}  ${row.benchmark.padEnd(9)} ${row.measure}: ${row.value} vs ${row.baseline} (${row.ratio}; target ${row.target})\n`);
+  process.stdout.write(
+    `  ${row.met === null ? '   ' : row.met ? 'met' : 'NOT'}  ${row.benchmark.padEnd(9)} ${row.measure}: ` +
+      `${row.value} vs ${row.baseline} (${row.ratio}; target ${row.target})\n`,
+  );
 }
 process.stdout.write(`report: ${path.relative(repoRoot, report)}\n`);
 if (outcomes.some((outcome) => outcome.status === 'failed')) process.exitCode = 1;

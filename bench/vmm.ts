@@ -36,7 +36,8 @@ function measureUpdates(mode: UpdateMode, poolPath: string, ramBytes: number, ex
   if (run.status !== 0) throw new Error(`${mode} run at ${formatSize(ramBytes)} failed: ${run.stderr}`);
   const done = run.events.at(-1)!;
   const updated = run.events.filter((event) => event.event === 'update');
-  if ([done, ...updated].some((event) => event.sameFrames === false)) throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
+  if ([done, ...updated].some((event) => event.sameFrames === false))
+    throw new Error(`${mode} run at ${formatSize(ramBytes)}: guest RAM changed physical pages`);
   return {
     blackouts: updated.map((event) => event.blackoutMs as number),
     breakdowns: updated.map((event) => event.breakdown as Record<string, number>),
@@ -58,7 +59,8 @@ function copyBaseline(mapping: ReturnType<Pool['mapAll']>, ramBytes: number, scr
     const saved = process.hrtime.bigint();
     const target = fresh.mapAll({ populate: true });
     const input = fs.openSync(snapshot, 'r');
-    for (let offset = 0; offset < ramBytes; offset += chunk) fs.readSync(input, target.bytes(offset, Math.min(chunk, ramBytes - offset)), 0, Math.min(chunk, ramBytes - offset), offset);
+    for (let offset = 0; offset < ramBytes; offset += chunk)
+      fs.readSync(input, target.bytes(offset, Math.min(chunk, ramBytes - offset)), 0, Math.min(chunk, ramBytes - offset), offset);
     fs.closeSync(input);
     const loaded = process.hrtime.bigint();
     target.unmap();
@@ -108,14 +110,19 @@ try {
       const exec = measureUpdates('exec', poolPath, ramBytes);
       const transfer = measureUpdates('transfer', poolPath, ramBytes);
       // What rehearsing the update path buys: the same transfer with its code run cold inside the blackout.
-      const coldTransfer = ramBytes === largest && !quickMode ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
+      const coldTransfer =
+        ramBytes === largest && !quickMode ? measureUpdates('transfer', poolPath, ramBytes, { [NO_REHEARSAL_ENV]: '1' }) : undefined;
       const floor = ramBytes === largest ? execFloor(poolPath, ramBytes) : undefined;
       // The copy baseline reads the same guest RAM file the VMM used, found through a read-only view.
       const pool = Pool.open(poolPath);
       const view = mount(pool, { readOnly: true });
       const mapping = pool.map(view.extents('/vm0/ram'), { populate: false, writable: false });
       view.unmount();
-      const copies = [copyBaseline(mapping, ramBytes, '/dev/shm'), copyBaseline(mapping, ramBytes, '/dev/shm'), copyBaseline(mapping, ramBytes, '/dev/shm')];
+      const copies = [
+        copyBaseline(mapping, ramBytes, '/dev/shm'),
+        copyBaseline(mapping, ramBytes, '/dev/shm'),
+        copyBaseline(mapping, ramBytes, '/dev/shm'),
+      ];
       mapping.unmap();
       pool.close();
       const copy = stats(copies.map((sample) => sample.saveMs + sample.loadMs));
@@ -127,15 +134,27 @@ try {
         transferMs: stats(transfer.blackouts),
         transferBreakdowns: transfer.breakdowns,
         transferBeforePause: transfer.beforePause,
-        ...(coldTransfer ? { transferColdMs: stats(coldTransfer.blackouts), transferColdBreakdowns: coldTransfer.breakdowns, transferColdBeforePause: coldTransfer.beforePause } : {}),
+        ...(coldTransfer
+          ? {
+              transferColdMs: stats(coldTransfer.blackouts),
+              transferColdBreakdowns: coldTransfer.breakdowns,
+              transferColdBeforePause: coldTransfer.beforePause,
+            }
+          : {}),
         ...(floor ? { execFloorStartupMs: floor.startupMs, execFloorKvmReadyMs: floor.kvmReadyMs } : {}),
         copyBaselineMs: copy,
         copySamples: copies,
-        ratios: { transferVsCopy: stats(transfer.blackouts).median / copy.median, execVsCopy: stats(exec.blackouts).median / copy.median, execMinusNodeStartupMs: stats(exec.blackouts).median - startup.median },
+        ratios: {
+          transferVsCopy: stats(transfer.blackouts).median / copy.median,
+          execVsCopy: stats(exec.blackouts).median / copy.median,
+          execMinusNodeStartupMs: stats(exec.blackouts).median - startup.median,
+        },
       });
       process.stdout.write(
-        `${formatSize(ramBytes).padStart(8)}: exec ${stats(exec.blackouts).median.toFixed(1)} ms, transfer ${stats(transfer.blackouts).median.toFixed(1)} ms` +
-          `${coldTransfer ? ` (not rehearsed: ${stats(coldTransfer.blackouts).median.toFixed(1)} ms)` : ''}, copy save+load ${copy.median.toFixed(0)} ms` +
+        `${formatSize(ramBytes).padStart(8)}: exec ${stats(exec.blackouts).median.toFixed(1)} ms, ` +
+          `transfer ${stats(transfer.blackouts).median.toFixed(1)} ms` +
+          `${coldTransfer ? ` (not rehearsed: ${stats(coldTransfer.blackouts).median.toFixed(1)} ms)` : ''}, copy save+load ` +
+          `${copy.median.toFixed(0)} ms` +
           `${floor ? `, exec floor ${floor.kvmReadyMs.median.toFixed(1)} ms (first line ${floor.startupMs.median.toFixed(1)} ms)` : ''}\n`,
       );
     } finally {

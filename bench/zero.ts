@@ -67,7 +67,9 @@ async function main(): Promise<void> {
       ratios: { punch_hole_vs_memset: punchMs / memsetMs },
       primitive: 'memset (Mapping.zero / Mapping.zeroAsync)',
       memsetIsFaster,
-      reason: 'memset keeps the pages allocated and reserved; punch-hole releases them, so a concurrent allocation can take them before fallocate',
+      reason:
+        'memset keeps the pages allocated and reserved; punch-hole releases them, so a concurrent allocation can take them before ' +
+        'fallocate',
     },
     quickMode,
   );
@@ -76,7 +78,8 @@ async function main(): Promise<void> {
     process.stdout.write(`  ${key.padEnd(30)} ${value.median.toFixed(2).padStart(8)} ms  ${gbPerSecond[key]!.toFixed(1)} GiB/s\n`);
   }
   process.stdout.write(
-    `  punch-hole path takes ${(punchMs / memsetMs).toFixed(2)}x memset's time: memset, the safe primitive, is ${memsetIsFaster ? 'also the faster' : 'SLOWER here'}\n`,
+    `  punch-hole path takes ${(punchMs / memsetMs).toFixed(2)}x memset's time: memset, the safe primitive, ` +
+      `is ${memsetIsFaster ? 'also the faster' : 'SLOWER here'}\n`,
   );
   process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
 }

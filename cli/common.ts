@@ -31,7 +31,7 @@ export function usageError(message: string): CommanderError {
 /** Prints JSON with --json (bigints as strings), otherwise the text, if any. */
 export function print(options: Common, json: unknown, text: () => string): void {
   if (options.json) {
-    process.stdout.write(`${JSON.stringify(json, (_key, value) => (typeof value === 'bigint' ? value.toString() : value), 2)}\n`);
+    process.stdout.write(`${JSON.stringify(json, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value), 2)}\n`);
     return;
   }
   const output = text();
@@ -52,7 +52,8 @@ export function size(bytes: number, human: boolean | undefined): string {
 export function modeString(stat: Stat): string {
   const bits = ['r', 'w', 'x'];
   let out = stat.type === 'directory' ? 'd' : '-';
-  for (let shift = 6; shift >= 0; shift -= 3) for (let bit = 0; bit < 3; bit++) out += stat.mode & (1 << (shift + 2 - bit)) ? bits[bit] : '-';
+  for (let shift = 6; shift >= 0; shift -= 3)
+    for (let bit = 0; bit < 3; bit++) out += stat.mode & (1 << (shift + 2 - bit)) ? bits[bit] : '-';
   return out;
 }
 
@@ -63,5 +64,8 @@ export function describeStat(stat: Stat): Record<string, unknown> {
 /** A progress bar on stderr, when it is a terminal and the user did not ask for quiet or JSON. */
 export function progressBar(options: Common, what: string): ((done: number, total: number) => void) | undefined {
   if (!process.stderr.isTTY || options.quiet || options.json) return undefined;
-  return (done, total) => process.stderr.write(`\r${what} [${'#'.repeat(Math.round((30 * done) / total)).padEnd(30)}] ${formatSize(done)} / ${formatSize(total)}`);
+  return (done, total) =>
+    process.stderr.write(
+      `\r${what} [${'#'.repeat(Math.round((30 * done) / total)).padEnd(30)}] ${formatSize(done)} / ${formatSize(total)}`,
+    );
 }

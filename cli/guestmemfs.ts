@@ -36,7 +36,28 @@ program
   .exitOverride();
 
 // In the order `guestmemfs --help` lists them: set-up, looking, changing, handover, checking, the VMM.
-for (const register of [detect, mkfs, status, ls, stat, df, mkdir, touch, truncate, rm, mv, chmod, chown, serialise, abort, check, inspect, kexec, demo, vmm]) {
+for (const register of [
+  detect,
+  mkfs,
+  status,
+  ls,
+  stat,
+  df,
+  mkdir,
+  touch,
+  truncate,
+  rm,
+  mv,
+  chmod,
+  chown,
+  serialise,
+  abort,
+  check,
+  inspect,
+  kexec,
+  demo,
+  vmm,
+]) {
   register(program);
 }
 program.command('demo-verify', { hidden: true }).action(() => verifyHandoverDemo());

@@ -39,7 +39,9 @@ export function backendFor(poolPath: string, pageSize: number | undefined): Crea
   try {
     stats = fs.statfsSync(dir);
   } catch (error) {
-    throw GuestmemfsError.from(error, { path: dir }).withRemedy(`the pool's directory must exist: create ${dir} (or mount a hugetlbfs there) first`);
+    throw GuestmemfsError.from(error, { path: dir }).withRemedy(
+      `the pool's directory must exist: create ${dir} (or mount a hugetlbfs there) first`,
+    );
   }
   return stats.type === TMPFS_MAGIC && pageSize === undefined ? 'shm-4k' : 'hugetlbfs';
 }
@@ -57,14 +59,22 @@ export function withView<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T
 }
 
 /** Runs fn on a normal mount (recovering a pool whose owner died); a serialised pool must be aborted first. */
-export function withMount<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T, options: { allowSerialised?: boolean; mount?: MountOptions } = {}): T {
+export function withMount<T>(
+  spec: string,
+  fn: (gfs: Filesystem, pool: Pool) => T,
+  options: { allowSerialised?: boolean; mount?: MountOptions } = {},
+): T {
   return withPool(spec, (pool) => {
     const sb = readPoolSuperblock(pool);
     if (sb.state === PoolState.Serialised && !options.allowSerialised) {
-      throw new GuestmemfsError('EBUSY', `pool is serialised for handover (generation ${sb.generation}): run \`guestmemfs abort ${spec}\` to change it`, {
-        syscall: 'mount',
-        path: pool.label,
-      });
+      throw new GuestmemfsError(
+        'EBUSY',
+        `pool is serialised for handover (generation ${sb.generation}): run \`guestmemfs abort ${spec}\` to change it`,
+        {
+          syscall: 'mount',
+          path: pool.label,
+        },
+      );
     }
     const gfs = mount(pool, options.mount);
     try {

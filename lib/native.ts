@@ -67,9 +67,22 @@ export interface NativeBinding {
   mapProbe(id: number, offset: number, length: number, ops: number, seed: number, dependent: boolean): { ns: number; sum: bigint };
   readonly mapFlags: Readonly<Record<'populate' | 'writable' | 'dontDump' | 'dontFork' | 'hugepage' | 'lock', number>>;
   readonly mapResult: Readonly<Record<'id' | 'address' | 'length' | 'mmapCalls' | 'hugepageAdvice' | 'slots', number>>;
-  readonly advice: Readonly<Record<
-    | 'MADV_NORMAL' | 'MADV_WILLNEED' | 'MADV_DONTNEED' | 'MADV_DONTFORK' | 'MADV_DOFORK' | 'MADV_DONTDUMP'
-    | 'MADV_DODUMP' | 'MADV_HUGEPAGE' | 'MADV_NOHUGEPAGE' | 'MADV_POPULATE_READ' | 'MADV_POPULATE_WRITE', number>>;
+  readonly advice: Readonly<
+    Record<
+      | 'MADV_NORMAL'
+      | 'MADV_WILLNEED'
+      | 'MADV_DONTNEED'
+      | 'MADV_DONTFORK'
+      | 'MADV_DOFORK'
+      | 'MADV_DONTDUMP'
+      | 'MADV_DODUMP'
+      | 'MADV_HUGEPAGE'
+      | 'MADV_NOHUGEPAGE'
+      | 'MADV_POPULATE_READ'
+      | 'MADV_POPULATE_WRITE',
+      number
+    >
+  >;
   // Sched family
   /** The CPUs the calling thread may run on. */
   threadAffinity(): number[];

@@ -26,7 +26,11 @@ export function probeRandomReads(mapping: Mapping, options: ProbeOptions): numbe
     if (!Number.isSafeInteger(value) || value < 0) throw new GuestmemfsError('EINVAL', `${name} must be a non-negative integer`, fields);
   }
   if (offset % 8 !== 0 || length < 8 || offset + length > mapping.length) {
-    throw new GuestmemfsError('EINVAL', `probe range [${offset}, +${length}) must be 8-byte aligned, at least 8 bytes and inside the ${mapping.length}-byte mapping`, fields);
+    throw new GuestmemfsError(
+      'EINVAL',
+      `probe range [${offset}, +${length}) must be 8-byte aligned, at least 8 bytes and inside the ${mapping.length}-byte mapping`,
+      fields,
+    );
   }
   return ops === 0 ? 0 : native.mapProbe(mapping.id, offset, length, ops, seed, dependent).ns / ops;
 }

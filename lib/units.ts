@@ -7,7 +7,22 @@ export const MiB = 1024 * KiB;
 export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 
-const suffixes: Record<string, number> = { '': 1, B: 1, K: KiB, KB: KiB, KIB: KiB, M: MiB, MB: MiB, MIB: MiB, G: GiB, GB: GiB, GIB: GiB, T: TiB, TB: TiB, TIB: TiB };
+const suffixes: Record<string, number> = {
+  '': 1,
+  B: 1,
+  K: KiB,
+  KB: KiB,
+  KIB: KiB,
+  M: MiB,
+  MB: MiB,
+  MIB: MiB,
+  G: GiB,
+  GB: GiB,
+  GIB: GiB,
+  T: TiB,
+  TB: TiB,
+  TIB: TiB,
+};
 
 /** Parses "8G", "500M", "2MiB", "4096" (binary multiples, as truncate(1) does for K/M/G/T). */
 export function parseSize(text: string | number): number {
@@ -27,7 +42,12 @@ export function parseSize(text: string | number): number {
 
 /** "2 MiB", "1 GiB", "1.5 GiB", "4 KiB", "512 B". */
 export function formatSize(bytes: number): string {
-  const units: Array<[number, string]> = [[TiB, 'TiB'], [GiB, 'GiB'], [MiB, 'MiB'], [KiB, 'KiB']];
+  const units: Array<[number, string]> = [
+    [TiB, 'TiB'],
+    [GiB, 'GiB'],
+    [MiB, 'MiB'],
+    [KiB, 'KiB'],
+  ];
   for (const [unit, name] of units) {
     if (bytes >= unit) {
       const value = bytes / unit;

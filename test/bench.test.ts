@@ -13,10 +13,26 @@ const m = machine();
 const quickDir = path.join(repoRoot, 'build', 'bench-quick');
 const committed = path.join(repoRoot, 'bench', 'results');
 /** What each benchmark needs beyond Node: the reason it may skip on this machine ('' when it can run). */
-const needs: Record<(typeof BENCHMARKS)[number], string> = { map: m.skip2M, alloc: m.skip2M, access: m.skip2M, zero: m.skip2M, fs: m.skip2M, handover: '', vmm: m.skip2M || kvmUnavailableReason() };
+const needs: Record<(typeof BENCHMARKS)[number], string> = {
+  map: m.skip2M,
+  alloc: m.skip2M,
+  access: m.skip2M,
+  zero: m.skip2M,
+  fs: m.skip2M,
+  handover: '',
+  vmm: m.skip2M || kvmUnavailableReason(),
+};
 
 const digest = (dir: string) =>
-  Object.fromEntries(fs.readdirSync(dir).map((name) => [name, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, name))).digest('hex')]));
+  Object.fromEntries(
+    fs.readdirSync(dir).map((name) => [
+      name,
+      crypto
+        .createHash('sha256')
+        .update(fs.readFileSync(path.join(dir, name)))
+        .digest('hex'),
+    ]),
+  );
 
 describe('npm run bench -- --quick', () => {
   it('runs every benchmark once, writes its results and a report with charts, and leaves the committed results alone', () => {
@@ -38,7 +54,11 @@ describe('npm run bench -- --quick', () => {
       }
       expect(line).toMatch(/\bran\b/);
       const results = JSON.parse(fs.readFileSync(path.join(quickDir, 'results', `${name}.json`), 'utf8'));
-      expect(results).toMatchObject({ benchmark: name, quick: true, machine: { kernel: expect.any(String), hugePageSizes: expect.any(Array) } });
+      expect(results).toMatchObject({
+        benchmark: name,
+        quick: true,
+        machine: { kernel: expect.any(String), hugePageSizes: expect.any(Array) },
+      });
       expect(JSON.stringify(results)).toMatch(/"samples":\[\d/); // every sample is kept, not just the median
     }
     const report = fs.readFileSync(path.join(quickDir, 'BENCHMARKS.md'), 'utf8');

@@ -77,7 +77,13 @@ describe('block allocator against a boolean-array model', () => {
     expect(allocator.choose(3, first + 5)).toEqual([{ start: first + 5, length: 3 }]);
     allocator.markAllocated([{ start: first + 6, length: 1 }]);
     expect(allocator.choose(3, first + 5)).toEqual([{ start: first + 7, length: 3 }]);
-    allocator.markDirty([{ start: first + 8, length: 2 }, { start: first + 20, length: 1 }], true);
+    allocator.markDirty(
+      [
+        { start: first + 8, length: 2 },
+        { start: first + 20, length: 1 },
+      ],
+      true,
+    );
     expect(allocator.dirtyWithin([{ start: first + 7, length: 20 }])).toEqual([
       { start: first + 8, length: 2 },
       { start: first + 20, length: 1 },
@@ -95,34 +101,38 @@ describe('block allocator against a boolean-array model', () => {
 describe('extent store', () => {
   it('keeps any number of extents in order (inline, then chained pages), merges contiguous ones, and truncates exactly', () => {
     fc.assert(
-      fc.property(fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 300, size: 'max' }), fc.nat(), (lengths, keepPick) => {
-        const { extents, inodes } = views(2048);
-        const ino = 2;
-        // Non-adjacent runs (a gap of one block between each), then one adjacent run that must merge.
-        const runs: BlockRun[] = [];
-        let next = 100;
-        for (const length of lengths) {
-          runs.push({ start: next, length });
-          next += length + 1;
-        }
-        extents.append(ino, runs);
-        expect(extents.read(ino)).toEqual(runs);
-        expect(inodes.extentCount(ino)).toBe(runs.length);
-        expect(extents.chain(ino)).toHaveLength(ExtentStore.pagesFor(runs.length));
-        const last = runs.at(-1)!;
-        extents.append(ino, [{ start: last.start + last.length, length: 2 }]);
-        expect(extents.read(ino).at(-1)).toEqual({ start: last.start, length: last.length + 2 });
-        const blocks = total(extents.read(ino));
-        const keep = keepPick % (blocks + 1);
-        const before = extents.read(ino);
-        const cut = extents.truncate(ino, keep);
-        expect(total(extents.read(ino))).toBe(keep);
-        expect(total(cut)).toBe(blocks - keep);
-        // What is kept plus what was cut is exactly what there was.
-        const flatten = (list: BlockRun[]) => list.flatMap((run) => Array.from({ length: run.length }, (_, i) => run.start + i));
-        expect([...flatten(extents.read(ino)), ...flatten(cut)]).toEqual(flatten(before));
-        expect(extents.chain(ino)).toHaveLength(ExtentStore.pagesFor(inodes.extentCount(ino)));
-      }),
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 300, size: 'max' }),
+        fc.nat(),
+        (lengths, keepPick) => {
+          const { extents, inodes } = views(2048);
+          const ino = 2;
+          // Non-adjacent runs (a gap of one block between each), then one adjacent run that must merge.
+          const runs: BlockRun[] = [];
+          let next = 100;
+          for (const length of lengths) {
+            runs.push({ start: next, length });
+            next += length + 1;
+          }
+          extents.append(ino, runs);
+          expect(extents.read(ino)).toEqual(runs);
+          expect(inodes.extentCount(ino)).toBe(runs.length);
+          expect(extents.chain(ino)).toHaveLength(ExtentStore.pagesFor(runs.length));
+          const last = runs.at(-1)!;
+          extents.append(ino, [{ start: last.start + last.length, length: 2 }]);
+          expect(extents.read(ino).at(-1)).toEqual({ start: last.start, length: last.length + 2 });
+          const blocks = total(extents.read(ino));
+          const keep = keepPick % (blocks + 1);
+          const before = extents.read(ino);
+          const cut = extents.truncate(ino, keep);
+          expect(total(extents.read(ino))).toBe(keep);
+          expect(total(cut)).toBe(blocks - keep);
+          // What is kept plus what was cut is exactly what there was.
+          const flatten = (list: BlockRun[]) => list.flatMap((run) => Array.from({ length: run.length }, (_, i) => run.start + i));
+          expect([...flatten(extents.read(ino)), ...flatten(cut)]).toEqual(flatten(before));
+          expect(extents.chain(ino)).toHaveLength(ExtentStore.pagesFor(inodes.extentCount(ino)));
+        },
+      ),
       { numRuns: 150 },
     );
   });

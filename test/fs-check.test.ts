@@ -87,7 +87,12 @@ describe('check', () => {
     const before = digest();
     const dry = check(pool);
     expect(dry).toMatchObject({ state: 'inconsistent', repairable: true, poolState: 'mounted' });
-    expect(dry.problems).toEqual(expect.arrayContaining([expect.stringContaining(`owner (pid ${child.pid}) died`), expect.stringMatching(/unlinked while mapped and still holds 2 blocks/)]));
+    expect(dry.problems).toEqual(
+      expect.arrayContaining([
+        expect.stringContaining(`owner (pid ${child.pid}) died`),
+        expect.stringMatching(/unlinked while mapped and still holds 2 blocks/),
+      ]),
+    );
     expect(digest()).toBe(before);
     const repaired = check(pool, { repair: true });
     expect(repaired.state).toBe('repaired');
@@ -169,7 +174,11 @@ describe('check', () => {
       header[older + 508] = header[older + 508]! ^ 0xff; // its CRC: as a kill in the middle of abort() leaves it
     });
     const repaired = check(pool, { repair: true });
-    expect(repaired).toMatchObject({ state: 'repaired', fixes: [expect.stringMatching(/rewrote superblock copy/)], poolState: 'serialised' });
+    expect(repaired).toMatchObject({
+      state: 'repaired',
+      fixes: [expect.stringMatching(/rewrote superblock copy/)],
+      poolState: 'serialised',
+    });
     const restored = mount(pool);
     expect(restored.restored).toBeDefined();
     restored.unmount();
@@ -223,7 +232,11 @@ describe('check', () => {
   it('a root directory marked unlinked (a flipped bit the fuzzer found) is refused, never freed', () => {
     edit(({ inodes }) => inodes.setFlags(1, inodes.flags(1) | 1));
     const before = digest();
-    expect(check(pool, { repair: true })).toMatchObject({ state: 'inconsistent', repairable: false, problems: [expect.stringContaining('root directory is marked unlinked')] });
+    expect(check(pool, { repair: true })).toMatchObject({
+      state: 'inconsistent',
+      repairable: false,
+      problems: [expect.stringContaining('root directory is marked unlinked')],
+    });
     expect(captureError(() => mount(pool))).toMatchObject({ code: 'EUCLEAN' });
     expect(digest()).toBe(before);
   });

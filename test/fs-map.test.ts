@@ -14,7 +14,12 @@ const m = machine();
 function vmFlags(address: bigint): string[] {
   const lines = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n');
   const start = lines.findIndex((line) => line.startsWith(`${address.toString(16)}-`));
-  return lines.slice(start).find((line) => line.startsWith('VmFlags:'))!.slice(8).trim().split(/\s+/);
+  return lines
+    .slice(start)
+    .find((line) => line.startsWith('VmFlags:'))!
+    .slice(8)
+    .trim()
+    .split(/\s+/);
 }
 
 describe('map, read and write', () => {
@@ -139,7 +144,14 @@ describe.skipIf(skipReason(m.skip2M))('on a hugetlbfs pool', () => {
         ram.unmap(); fs.unmount(); process.stdout.write(JSON.stringify(out));`;
       const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
       expect(child.stderr).toBe('');
-      expect(JSON.parse(child.stdout)).toEqual({ tree: ['ram', 'state'], size: 32 * MiB, tail: [1, 2, 3], state: 'rip=0xfff0', frames, audit: [] });
+      expect(JSON.parse(child.stdout)).toEqual({
+        tree: ['ram', 'state'],
+        size: 32 * MiB,
+        tail: [1, 2, 3],
+        state: 'rip=0xfff0',
+        frames,
+        audit: [],
+      });
     } finally {
       fs.rmSync(poolPath, { force: true });
     }

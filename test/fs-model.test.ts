@@ -25,7 +25,14 @@ const newPathRef = fc.oneof(
 type NewPathRef = { dir: number; name: string } | { literal: string };
 const sizeArb = fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 6 * B }), fc.constantFrom(B, 2 * B, 12 * B, 80 * B));
 const opArb = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ op: fc.constant('create' as const), target: newPathRef, type: fc.constantFrom('plain' as const, 'state' as const, 'guest' as const) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('create' as const),
+      target: newPathRef,
+      type: fc.constantFrom('plain' as const, 'state' as const, 'guest' as const),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('mkdir' as const), target: newPathRef }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('unlink' as const), target: pathRef }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('rmdir' as const), target: pathRef }) },
@@ -83,7 +90,9 @@ function apply(target: 'fs' | 'model', gfs: Filesystem, model: Model, step: Step
   const onFs = target === 'fs';
   switch (step.op) {
     case 'create':
-      return onFs ? void gfs.create(step.path, { type: step.type! }) : model.create(step.path, { kind: 'file', type: step.type!, data: new Uint8Array(0) });
+      return onFs
+        ? void gfs.create(step.path, { type: step.type! })
+        : model.create(step.path, { kind: 'file', type: step.type!, data: new Uint8Array(0) });
     case 'mkdir':
       return onFs ? void gfs.mkdir(step.path) : model.create(step.path, { kind: 'dir' });
     case 'unlink':
@@ -95,7 +104,7 @@ function apply(target: 'fs' | 'model', gfs: Filesystem, model: Model, step: Step
     case 'truncate':
       return onFs ? gfs.truncate(step.path, step.size!) : model.resize(step.path, step.size!);
     case 'write':
-      return onFs ? void gfs.write(step.path, step.bytes!, step.position!) : model.write(step.path, step.position!, step.bytes!);
+      return onFs ? void gfs.write(step.path, step.bytes!, step.position) : model.write(step.path, step.position!, step.bytes!);
   }
 }
 
@@ -169,10 +178,14 @@ describe('filesystem against a model (fast-check)', () => {
     }
     process.stdout.write(`[model] outcomes: ${JSON.stringify(Object.fromEntries([...outcomes].sort()))}\n`);
     // The sequences must really exercise the filesystem: every operation succeeds often, and ENOSPC is reached.
-    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write']) expect(outcomes.get(`${op}:ok`) ?? 0).toBeGreaterThan(50);
+    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write'])
+      expect(outcomes.get(`${op}:ok`) ?? 0).toBeGreaterThan(50);
     expect(outcomes.get('truncate:ENOSPC') ?? 0).toBeGreaterThan(10);
     for (const errorCode of ['EEXIST', 'ENOTEMPTY', 'EISDIR', 'ENOTDIR', 'EINVAL', 'EPERM']) {
-      expect([...outcomes.keys()].some((key) => key.endsWith(`:${errorCode}`)), errorCode).toBe(true);
+      expect(
+        [...outcomes.keys()].some((key) => key.endsWith(`:${errorCode}`)),
+        errorCode,
+      ).toBe(true);
     }
   });
 });
@@ -183,5 +196,8 @@ function tally(op: string, result: string): void {
 }
 
 function describeStep(step: Step): string {
-  return `${step.op} ${step.path}${step.to ? ` -> ${step.to}` : ''}${step.size !== undefined ? ` size=${step.size}` : ''}${step.bytes ? ` @${step.position}+${step.bytes.length}` : ''}`;
+  const to = step.to ? ` -> ${step.to}` : '';
+  const size = step.size !== undefined ? ` size=${step.size}` : '';
+  const bytes = step.bytes ? ` @${step.position}+${step.bytes.length}` : '';
+  return `${step.op} ${step.path}${to}${size}${bytes}`;
 }

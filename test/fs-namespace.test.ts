@@ -15,7 +15,16 @@ describe('create and mkdir', () => {
     const { fs } = t;
     const before = BigInt(Date.now()) * 1_000_000n - 1_000_000_000n;
     const guest = fs.create('/ram', { type: 'guest' });
-    expect(guest).toMatchObject({ type: 'file', fileType: 'guest', size: 0, blocks: 0, nlink: 1, mode: 0o600, uid: process.getuid!(), gid: process.getgid!() });
+    expect(guest).toMatchObject({
+      type: 'file',
+      fileType: 'guest',
+      size: 0,
+      blocks: 0,
+      nlink: 1,
+      mode: 0o600,
+      uid: process.getuid!(),
+      gid: process.getgid!(),
+    });
     expect(guest.birthtimeNs).toBeGreaterThan(before);
     expect(fs.create('/state', { type: 'state' })).toMatchObject({ fileType: 'state', mode: 0o600 });
     expect(fs.create('/plain')).toMatchObject({ fileType: 'plain', mode: 0o644 });

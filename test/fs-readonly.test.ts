@@ -42,7 +42,13 @@ describe('read-only views', () => {
     const ram = view.map('/vm/ram');
     expect(ram.length).toBe(2 * B);
     ram.unmap();
-    for (const change of [() => view.create('/x'), () => view.truncate('/vm/ram', B), () => view.serialise(), () => view.abort(), () => view.map('/vm/ram', { writable: true })]) {
+    for (const change of [
+      () => view.create('/x'),
+      () => view.truncate('/vm/ram', B),
+      () => view.serialise(),
+      () => view.abort(),
+      () => view.map('/vm/ram', { writable: true }),
+    ]) {
       expect(captureError(change)).toMatchObject({ code: 'EROFS', errno: -30 });
     }
     view.unmount();

@@ -34,7 +34,13 @@ describe('mkfs', () => {
     const fs = mount(pool);
     expect(fs.uuid).toBe(info.uuid);
     expect(fs.superblock).toMatchObject({ major: 1, minor: 0, state: 1, ownerPid: process.pid, mountCount: 1n });
-    expect(fs.statfs()).toMatchObject({ blockSize: 64 * KiB, totalBlocks: 64, dataBlocks: 64 - info.geometry.metadataBlocks, totalInodes: 99, freeInodes: 98 });
+    expect(fs.statfs()).toMatchObject({
+      blockSize: 64 * KiB,
+      totalBlocks: 64,
+      dataBlocks: 64 - info.geometry.metadataBlocks,
+      totalInodes: 99,
+      freeInodes: 98,
+    });
     fs.unmount();
     const again = mount(pool);
     expect(again.superblock).toMatchObject({ state: 1, mountCount: 2n });
@@ -162,7 +168,9 @@ describe('exclusive mount', () => {
     try {
       mkfs(pool, { blockSize: 64 * KiB });
       mount(pool).unmount();
-      const script = `const g=require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});const p=g.Pool.open(${JSON.stringify(poolPath)});g.mount(p);process.stdout.write('mounted\\n');setInterval(()=>{},1000);`;
+      const script =
+        `const g=require(${JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'))});const ` +
+        `p=g.Pool.open(${JSON.stringify(poolPath)});g.mount(p);process.stdout.write('mounted\\n');setInterval(()=>{},1000);`;
       const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
       await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
       const busy = captureError(() => mount(pool));

@@ -84,7 +84,12 @@ beforeAll(() => {
     uuid: sbCopy.uuid,
     generation: BigInt(decodeHandoverBlob(blob).generation),
     pool: { size: pool.size, pageSize: pool.pageSize, label: 'fuzz' },
-    metadata: { checkedHeader: new Uint8Array(FIXED_HEADER_BYTES / 2), bitmaps: [new Uint8Array(0), new Uint8Array(0)], inodeRecord: () => new Uint8Array(512), pageRecord: () => new Uint8Array(512) },
+    metadata: {
+      checkedHeader: new Uint8Array(FIXED_HEADER_BYTES / 2),
+      bitmaps: [new Uint8Array(0), new Uint8Array(0)],
+      inodeRecord: () => new Uint8Array(512),
+      pageRecord: () => new Uint8Array(512),
+    },
     isLive: () => true,
     chainOf: () => [],
     blobCrc: 0,
@@ -189,11 +194,11 @@ describe('fuzzing the inode and extent readers behind mount', () => {
           mounted++;
           expect(gfs.audit().problems).toEqual([]);
           const walk = (dir: string): void => {
-            for (const entry of gfs!.readdirEntries(dir)) {
+            for (const entry of gfs.readdirEntries(dir)) {
               const full = dir === '/' ? `/${entry.name}` : `${dir}/${entry.name}`;
-              const stat = gfs!.stat(full);
+              const stat = gfs.stat(full);
               if (entry.type === 'directory') walk(full);
-              else if (stat.fileType !== 'guest') gfs!.read(full, 0, 64);
+              else if (stat.fileType !== 'guest') gfs.read(full, 0, 64);
             }
           };
           walk('/');

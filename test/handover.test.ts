@@ -7,7 +7,19 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
-import { type Filesystem, decodeHandoverBlob, KiB, MiB, mkfs, mount, parseFdt, Pool, premapFile, spinForHandover, waitForHandover } from '../lib/index';
+import {
+  type Filesystem,
+  decodeHandoverBlob,
+  KiB,
+  MiB,
+  mkfs,
+  mount,
+  parseFdt,
+  Pool,
+  premapFile,
+  spinForHandover,
+  waitForHandover,
+} from '../lib/index';
 import { scratchDirectory } from '../lib/scratch';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
@@ -30,7 +42,10 @@ function runProof(args: string[]): ProofRecord[] {
   const script = path.join(repoRoot, 'dist', 'test', 'fixtures', 'handover-proof.js');
   const result = spawnSync(process.execPath, [script, ...args], { encoding: 'utf8', maxBuffer: 16 * MiB });
   if (result.status !== 0) throw new Error(`handover proof ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
-  return result.stdout.trim().split('\n').map((line) => JSON.parse(line) as ProofRecord);
+  return result.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as ProofRecord);
 }
 
 function expectProof(verify: ProofRecord, backend: string): void {
@@ -39,7 +54,10 @@ function expectProof(verify: ProofRecord, backend: string): void {
   const files = Object.values(verify.files!);
   expect(files.reduce((sum, file) => sum + file.bytes, 0)).toBeGreaterThanOrEqual(1024 * MiB);
   for (const file of files) expect(file).toMatchObject({ mismatchedPages: 0, framesSame: true });
-  process.stdout.write(`[handover] ${backend}: restored ${verify.restored!.files} inodes in ${verify.restored!.ms.toFixed(2)} ms (open + mount ${verify.restoreMs!.toFixed(2)} ms), 1 GiB verified on the same physical pages\n`);
+  process.stdout.write(
+    `[handover] ${backend}: restored ${verify.restored!.files} inodes in ${verify.restored!.ms.toFixed(2)} ms (open + mount ` +
+      `${verify.restoreMs!.toFixed(2)} ms), 1 GiB verified on the same physical pages\n`,
+  );
 }
 
 describe.skipIf(skipReason(m.skip2M))('handover of 1 GiB of guest memory, proved by bytes and physical frames', () => {
@@ -189,9 +207,23 @@ describe('serialise, freeze and abort', () => {
     expect(root.children.map((node) => node.name)).toEqual(['fs_mem', 'superblock', 'inodes', 'mappings_blocks', 'mappings_to_inode']);
     const description = decodeHandoverBlob(blob);
     expect(description).toMatchObject({ compatible: 'guestmemfs-v1', handoverVersion: 1, formatVersion: [1, 0], uuid: gfs.uuid });
-    expect(description.fsMem).toMatchObject({ backend: 'memfd-4k', size: 4 * MiB, pageSize: 4096, blockSize: B, inheritedFd: pool.fd, fdEnv: 'GUESTMEMFS_POOL_FD' });
+    expect(description.fsMem).toMatchObject({
+      backend: 'memfd-4k',
+      size: 4 * MiB,
+      pageSize: 4096,
+      blockSize: B,
+      inheritedFd: pool.fd,
+      fdEnv: 'GUESTMEMFS_POOL_FD',
+    });
     expect(description.reservations).toEqual([{ offset: 0, length: gfs.geometry.metadataBytes }]);
-    expect(description.regions.map((region) => region.name)).toEqual(['header', 'allocated-bitmap', 'dirty-bitmap', 'inode-table', 'extent-pages', 'handover-area']);
+    expect(description.regions.map((region) => region.name)).toEqual([
+      'header',
+      'allocated-bitmap',
+      'dirty-bitmap',
+      'inode-table',
+      'extent-pages',
+      'handover-area',
+    ]);
   });
 });
 
@@ -201,32 +233,39 @@ describe('the real device-tree compiler reads the blob', () => {
     if (found) return found;
     if (process.getuid?.() !== 0) return null;
     // The test installs what it needs (CI also does, in .ci/run).
-    spawnSync('apt-get', ['install', '-y', 'device-tree-compiler'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    spawnSync('apt-get', ['install', '-y', 'device-tree-compiler'], {
+      stdio: 'ignore',
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
     return spawnSync('sh', ['-c', 'command -v dtc'], { encoding: 'utf8' }).stdout.trim() || null;
   }
   const dtc = dtcPath();
 
-  it.skipIf(skipReason(dtc ? '' : 'dtc is not installed and could not be installed (needs root and apt)'))('dtc -I dtb -O dts decodes the compatible string and every node', () => {
-    const pool = Pool.create({ backend: 'memfd-4k', size: 4 * MiB });
-    const scratch = scratchDirectory(os.tmpdir(), 'guestmemfs-dtc');
-    const out = path.join(scratch.path, 'handover.dtb');
-    try {
-      mkfs(pool, { blockSize: B });
-      const gfs = mount(pool);
-      gfs.create('/ram', { type: 'guest' });
-      gfs.truncate('/ram', 3 * B);
-      gfs.serialise({ out });
-      gfs.unmount();
-      const dts = execFileSync(dtc!, ['-I', 'dtb', '-O', 'dts', out], { encoding: 'utf8' });
-      expect(dts).toContain('compatible = "guestmemfs-v1";');
-      for (const nodeName of ['guestmemfs {', 'fs_mem {', 'superblock {', 'inodes {', 'mappings_blocks {', 'mappings_to_inode {']) expect(dts).toContain(nodeName);
-      expect(dts).toContain('backend = "memfd-4k";');
-      expect(dts).toMatch(/\/memreserve\/\s+0x0+ 0x/);
-    } finally {
-      scratch.remove();
-      pool.close();
-    }
-  });
+  it.skipIf(skipReason(dtc ? '' : 'dtc is not installed and could not be installed (needs root and apt)'))(
+    'dtc -I dtb -O dts decodes the compatible string and every node',
+    () => {
+      const pool = Pool.create({ backend: 'memfd-4k', size: 4 * MiB });
+      const scratch = scratchDirectory(os.tmpdir(), 'guestmemfs-dtc');
+      const out = path.join(scratch.path, 'handover.dtb');
+      try {
+        mkfs(pool, { blockSize: B });
+        const gfs = mount(pool);
+        gfs.create('/ram', { type: 'guest' });
+        gfs.truncate('/ram', 3 * B);
+        gfs.serialise({ out });
+        gfs.unmount();
+        const dts = execFileSync(dtc!, ['-I', 'dtb', '-O', 'dts', out], { encoding: 'utf8' });
+        expect(dts).toContain('compatible = "guestmemfs-v1";');
+        for (const nodeName of ['guestmemfs {', 'fs_mem {', 'superblock {', 'inodes {', 'mappings_blocks {', 'mappings_to_inode {'])
+          expect(dts).toContain(nodeName);
+        expect(dts).toContain('backend = "memfd-4k";');
+        expect(dts).toMatch(/\/memreserve\/\s+0x0+ 0x/);
+      } finally {
+        scratch.remove();
+        pool.close();
+      }
+    },
+  );
 });
 
 describe('a successor started ahead of time', () => {
@@ -309,7 +348,10 @@ describe('a successor preparing before the handover', () => {
     expect(restored.map('/ram', { premapped })).toBe(premapped);
     // Adopted mappings count like any other: the file cannot shrink under it.
     expect(captureError(() => restored.truncate('/ram', B))).toMatchObject({ code: 'EBUSY' });
-    expect(captureError(() => restored.map('/ram', { premapped }))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/unadopted/) });
+    expect(captureError(() => restored.map('/ram', { premapped }))).toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringMatching(/unadopted/),
+    });
     const fresh = restored.map('/grows', { premapped: stale });
     expect(fresh).not.toBe(stale);
     expect(fresh.length).toBe(2 * B);
@@ -327,7 +369,10 @@ describe('a successor preparing before the handover', () => {
     twinFs.unmount();
     const foreign = premapFile(twin, '/ram');
     expect(foreign.extents).toEqual(premapped.extents);
-    expect(captureError(() => restored.map('/ram', { premapped: foreign }))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/on this pool/) });
+    expect(captureError(() => restored.map('/ram', { premapped: foreign }))).toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringMatching(/on this pool/),
+    });
     foreign.unmap();
     twin.close();
     for (const mapping of [premapped, fresh, other]) mapping.unmap();
@@ -339,10 +384,16 @@ describe('a successor preparing before the handover', () => {
     expect(captureError(() => spinForHandover(successorPool, { timeoutMs: 20 }))).toMatchObject({ code: 'ETIMEDOUT', syscall: 'mount' });
     expect(captureError(() => premapFile(successorPool, '/'))).toMatchObject({ code: 'EISDIR' });
     owner.create('/empty', { type: 'guest' });
-    expect(captureError(() => premapFile(successorPool, '/empty'))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/truncate it/) });
+    expect(captureError(() => premapFile(successorPool, '/empty'))).toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringMatching(/truncate it/),
+    });
     owner.unmount(); // let go without serialising, as an owner that gave up on the update does
     const before = readPoolSuperblock(successorPool);
-    expect(captureError(() => spinForHandover(successorPool))).toMatchObject({ code: 'ENOENT', message: expect.stringMatching(/holds no handover/) });
+    expect(captureError(() => spinForHandover(successorPool))).toMatchObject({
+      code: 'ENOENT',
+      message: expect.stringMatching(/holds no handover/),
+    });
     expect(captureError(() => mount(successorPool, { requireHandover: true }))).toMatchObject({ code: 'ENOENT' });
     expect(readPoolSuperblock(successorPool)).toEqual(before);
     mount(successorPool).unmount(); // and the lock was not left held
@@ -375,7 +426,12 @@ describe('a damaged handover is refused with its own error, and the pool is left
   }
 
   /** Edits the pool's metadata region in place (as a corruption would), then checks mount refuses it. */
-  function expectRefused(edit: (metadata: Uint8Array, blob: Uint8Array, view: DataView) => void, code: string, check: string, message: string | RegExp): void {
+  function expectRefused(
+    edit: (metadata: Uint8Array, blob: Uint8Array, view: DataView) => void,
+    code: string,
+    check: string,
+    message: string | RegExp,
+  ): void {
     const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
     const metadata = mapping.bytes();
     const blob = metadata.subarray(blobOffset, blobOffset + blobLength);
@@ -419,7 +475,12 @@ describe('a damaged handover is refused with its own error, and the pool is left
 
   it('a flipped byte in the strings block', () => {
     // The first string is "compatible": damage it and the property is gone.
-    expectRefused((_m, blob, view) => (blob[stringsOffset(view)] = 'C'.charCodeAt(0)), 'EUCLEAN', 'missing-property', '/guestmemfs has no "compatible" property');
+    expectRefused(
+      (_m, blob, view) => (blob[stringsOffset(view)] = 'C'.charCodeAt(0)),
+      'EUCLEAN',
+      'missing-property',
+      '/guestmemfs has no "compatible" property',
+    );
   });
 
   it('a wrong compatible string', () => {
@@ -489,7 +550,8 @@ describe('a damaged handover is refused with its own error, and the pool is left
 
   it('a damaged blob can still be discarded explicitly: the pool is then recovered from its metadata', () => {
     const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
-    mapping.bytes()[blobOffset + 1] ^= 0x40;
+    const bytes = mapping.bytes();
+    bytes[blobOffset + 1] = bytes[blobOffset + 1]! ^ 0x40;
     mapping.unmap();
     const gfs = mount(pool, { discardHandover: true });
     expect(gfs.restored).toBeUndefined();

@@ -30,7 +30,7 @@ export function runFixture<T>(name: string, args: string[], options: SpawnSyncOp
   const script = path.join(repoRoot, 'dist', 'test', 'fixtures', `${name}.js`);
   const result = spawnSync(process.execPath, [script, ...args], { encoding: 'utf8', ...options });
   if (result.status !== 0) {
-    throw new Error(`fixture ${name} exited ${result.status} (signal ${result.signal}): ${result.stderr}`);
+    throw new Error(`fixture ${name} exited ${result.status} (signal ${result.signal}): ${String(result.stderr)}`);
   }
   return JSON.parse(String(result.stdout)) as T;
 }

@@ -1,7 +1,16 @@
 // Machine detection (/proc/mounts, sysfs huge page counters) and the root helper that reserves pages and mounts hugetlbfs.
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { GiB, hugePageSizeInfo, hugePageSizes, hugetlbfsMounts, machineSupport, MiB, requireFreeHugePages, reserveHugePages } from '../lib/index';
+import {
+  GiB,
+  hugePageSizeInfo,
+  hugePageSizes,
+  hugetlbfsMounts,
+  machineSupport,
+  MiB,
+  requireFreeHugePages,
+  reserveHugePages,
+} from '../lib/index';
 import { captureError, machine, skipReason } from './helpers';
 
 const m = machine();
@@ -40,7 +49,9 @@ describe('detecting what the machine offers', () => {
   it('names the exact command when pages are short, and refuses a page size the kernel lacks', () => {
     const short = captureError(() => requireFreeHugePages(2 * MiB, 10_000_000, { path: '/x' }));
     expect(short).toMatchObject({ code: 'ENOMEM', errno: -12, path: '/x' });
-    expect(short.message).toMatch(/^ENOMEM: need 10000000 free 2 MiB huge pages, \d+ free: echo \d+ > \/proc\/sys\/vm\/nr_hugepages as root, or use the 4k fallback$/);
+    expect(short.message).toMatch(
+      /^ENOMEM: need 10000000 free 2 MiB huge pages, \d+ free: echo \d+ > \/proc\/sys\/vm\/nr_hugepages as root, or use the 4k fallback$/,
+    );
     const oneGig = captureError(() => requireFreeHugePages(GiB, 1_000_000));
     expect(oneGig.message).toContain('echo');
     expect(oneGig.message).toContain('/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages');

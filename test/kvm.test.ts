@@ -47,52 +47,59 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     ram.unmap();
   });
 
-  it('pause, save, a new VM over a new mapping of the same file, restore, resume: same checksum, same frames', { timeout: 120_000 }, async () => {
-    // kvm-pvm (this machine has no hardware virtualization) executes such a guest at ~6 µs a step: 400k steps run ~2.5 s.
-    const options = { steps: 400_000, seed: 0xfeedn };
-    // The reference: the same guest, uninterrupted, in its own file.
-    const refRam = gfs.map('/b');
-    const reference = KvmMachine.create(refRam);
-    reference.loadDemoGuest(options);
-    expect(await reference.run()).toBe('halted');
-    const expected = reference.serial().replace(/\./g, '');
-    reference.close();
-    refRam.unmap();
+  it(
+    'pause, save, a new VM over a new mapping of the same file, restore, resume: same checksum, same frames',
+    { timeout: 120_000 },
+    async () => {
+      // kvm-pvm (this machine has no hardware virtualization) executes such a guest at ~6 µs a step: 400k steps run ~2.5 s.
+      const options = { steps: 400_000, seed: 0xfeedn };
+      // The reference: the same guest, uninterrupted, in its own file.
+      const refRam = gfs.map('/b');
+      const reference = KvmMachine.create(refRam);
+      reference.loadDemoGuest(options);
+      expect(await reference.run()).toBe('halted');
+      const expected = reference.serial().replace(/\./g, '');
+      reference.close();
+      refRam.unmap();
 
-    const ram = gfs.map('/c');
-    const frames = ram.physicalFrames().map(String);
-    const first = KvmMachine.create(ram);
-    // The guest stops at its gate, half way, and says so: the pause below lands mid-run on the guest's signal.
-    first.loadDemoGuest({ ...options, gateAtStep: options.steps / 2 });
-    const running = first.run();
-    // The successor's VM, with the guest's RAM mapped and registered, is made while the guest still runs, as a
-    // transfer-mode successor does before the pause.
-    const prepared = prepareVm(premapFile(pool, '/c'));
-    await signalled(() => first.gateReached());
-    expect(captureError(() => first.saveState())).toMatchObject({ code: 'EBUSY' });
-    expect(await captureRejection(first.run())).toMatchObject({ code: 'EBUSY' });
-    first.pause();
-    expect(await running).toBe('paused');
-    const state = first.saveState();
-    const progress = first.serial();
-    first.close();
-    ram.unmap();
+      const ram = gfs.map('/c');
+      const frames = ram.physicalFrames().map(String);
+      const first = KvmMachine.create(ram);
+      // The guest stops at its gate, half way, and says so: the pause below lands mid-run on the guest's signal.
+      first.loadDemoGuest({ ...options, gateAtStep: options.steps / 2 });
+      const running = first.run();
+      // The successor's VM, with the guest's RAM mapped and registered, is made while the guest still runs, as a
+      // transfer-mode successor does before the pause.
+      const prepared = prepareVm(premapFile(pool, '/c'));
+      await signalled(() => first.gateReached());
+      expect(captureError(() => first.saveState())).toMatchObject({ code: 'EBUSY' });
+      expect(await captureRejection(first.run())).toMatchObject({ code: 'EBUSY' });
+      first.pause();
+      expect(await running).toBe('paused');
+      const state = first.saveState();
+      const progress = first.serial();
+      first.close();
+      ram.unmap();
 
-    const again = gfs.map('/c', { premapped: prepared.ram });
-    expect(again).toBe(prepared.ram);
-    expect(again.physicalFrames().map(String)).toEqual(frames);
-    const second = KvmMachine.create(again, prepared);
-    expect(captureError(() => KvmMachine.create(again, prepared))).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/prepare one VM per machine/) });
-    second.restoreState(state);
-    expect(second.gateReached()).toBe(true); // the restored guest still waits at its gate, in the same RAM
-    second.releaseGate();
-    expect(await second.run()).toBe('halted');
-    expect((progress + second.serial()).replace(/\./g, '')).toBe(expected);
-    expect(captureError(() => second.restoreState(new Uint8Array(10)))).toMatchObject({ code: 'EINVAL' });
-    second.close();
-    expect(captureError(() => second.pause())).toMatchObject({ code: 'EINVAL' });
-    again.unmap();
-  });
+      const again = gfs.map('/c', { premapped: prepared.ram });
+      expect(again).toBe(prepared.ram);
+      expect(again.physicalFrames().map(String)).toEqual(frames);
+      const second = KvmMachine.create(again, prepared);
+      expect(captureError(() => KvmMachine.create(again, prepared))).toMatchObject({
+        code: 'EINVAL',
+        message: expect.stringMatching(/prepare one VM per machine/),
+      });
+      second.restoreState(state);
+      expect(second.gateReached()).toBe(true); // the restored guest still waits at its gate, in the same RAM
+      second.releaseGate();
+      expect(await second.run()).toBe('halted');
+      expect((progress + second.serial()).replace(/\./g, '')).toBe(expected);
+      expect(captureError(() => second.restoreState(new Uint8Array(10)))).toMatchObject({ code: 'EINVAL' });
+      second.close();
+      expect(captureError(() => second.pause())).toMatchObject({ code: 'EINVAL' });
+      again.unmap();
+    },
+  );
 
   it('a prepared VM holding other RAM than the machine is given is replaced by a fresh one', async () => {
     const wrong = prepareVm(premapFile(pool, '/b'));
@@ -114,7 +121,7 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
 });
 
 describe('thread affinity (the sched family the transfer-mode VMMs use to stay on separate CPUs)', () => {
-  it('reads and sets the calling thread\'s CPUs, and refuses bad input leaving them as they were', () => {
+  it("reads and sets the calling thread's CPUs, and refuses bad input leaving them as they were", () => {
     const allowed = native.threadAffinity();
     expect(allowed.length).toBeGreaterThan(0);
     expect(allowed.every((cpu) => Number.isInteger(cpu) && cpu >= 0)).toBe(true);

@@ -19,7 +19,10 @@ function vmFlags(address: bigint): string[] {
 }
 
 function isMapped(address: bigint): boolean {
-  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => line.startsWith(`${address.toString(16)}-`));
+  return fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .some((line) => line.startsWith(`${address.toString(16)}-`));
 }
 
 describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', () => {
@@ -138,7 +141,13 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
     expect(bytes[0]).toBeUndefined();
     expect(() => view.getUint8(0)).toThrow(TypeError);
     expect(() => new Uint8Array(buffer)).toThrow(TypeError);
-    for (const use of [() => mapping.buffer, () => mapping.bytes(), () => mapping.zero(), () => mapping.unmap(), () => mapping.physicalFrames()]) {
+    for (const use of [
+      () => mapping.buffer,
+      () => mapping.bytes(),
+      () => mapping.zero(),
+      () => mapping.unmap(),
+      () => mapping.physicalFrames(),
+    ]) {
       expect(captureError(use)).toMatchObject({ code: 'EINVAL', errno: -22 });
     }
     expect(captureError(() => mapping.bytes()).message).toContain('was unmapped; map the region again');
@@ -147,7 +156,7 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
   it('rejects bad extents with specific errors and maps nothing', () => {
     const before = native.liveMappings();
     const cases: Array<[unknown, string]> = [
-      [[{ offset: 1 * MiB, length: 2 * MiB }], 'is not aligned to the pool\'s 2 MiB pages'],
+      [[{ offset: 1 * MiB, length: 2 * MiB }], "is not aligned to the pool's 2 MiB pages"],
       [[{ offset: 0, length: 3 * MiB }], 'is not aligned'],
       [[{ offset: 30 * MiB, length: 4 * MiB }], 'beyond the 32 MiB pool'],
       [[{ offset: 64 * MiB, length: 2 * MiB }], 'beyond the 32 MiB pool'],
@@ -182,10 +191,10 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
       id = mapping.id;
       kept = mapping.buffer;
     })();
-    expect(kept!.byteLength).toBe(2 * MiB);
+    expect(kept.byteLength).toBe(2 * MiB);
     await collectUntil(unmapped);
     expect(isMapped(address)).toBe(false);
-    expect(kept!.byteLength).toBe(0);
+    expect(kept.byteLength).toBe(0);
   });
 
   it('a Mapping collected while native work runs on it is unmapped when the work ends, not before', async () => {
@@ -271,26 +280,32 @@ describe.skipIf(skipReason(m.skip2M))('placement for page-table sharing (2 MiB p
   });
 });
 
-describe.skipIf(skipReason(process.env.GUESTMEMFS_BUILD === 'Asan' ? 'AddressSanitizer turns mlock into a no-op' : ''))('mlock on the 4 KiB fallback', () => {
-  it('locks and unlocks the range (VmFlags "lo")', () => {
-    const pool = Pool.create({ backend: 'memfd-4k', size: 1 * MiB });
-    const mapping = pool.mapAll({ lock: true });
-    expect(vmFlags(mapping.address)).toContain('lo');
-    mapping.lock(false);
-    expect(vmFlags(mapping.address)).not.toContain('lo');
-    mapping.lock(true);
-    expect(vmFlags(mapping.address)).toContain('lo');
-    mapping.unmap();
-    pool.close();
-  });
-});
+describe.skipIf(skipReason(process.env.GUESTMEMFS_BUILD === 'Asan' ? 'AddressSanitizer turns mlock into a no-op' : ''))(
+  'mlock on the 4 KiB fallback',
+  () => {
+    it('locks and unlocks the range (VmFlags "lo")', () => {
+      const pool = Pool.create({ backend: 'memfd-4k', size: 1 * MiB });
+      const mapping = pool.mapAll({ lock: true });
+      expect(vmFlags(mapping.address)).toContain('lo');
+      mapping.lock(false);
+      expect(vmFlags(mapping.address)).not.toContain('lo');
+      mapping.lock(true);
+      expect(vmFlags(mapping.address)).toContain('lo');
+      mapping.unmap();
+      pool.close();
+    });
+  },
+);
 
 describe('a mapping larger than JavaScript can view at once', () => {
   it('refuses a whole view over 4 GiB with the remedy, and windows of it work', () => {
     const pool = Pool.create({ backend: 'memfd-4k', size: 5 * GiB, sparse: true });
     const mapping = pool.mapAll({ populate: false });
     try {
-      expect(captureError(() => mapping.bytes())).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/larger than JavaScript allows.*bytes\(offset, length\)/) });
+      expect(captureError(() => mapping.bytes())).toMatchObject({
+        code: 'EINVAL',
+        message: expect.stringMatching(/larger than JavaScript allows.*bytes\(offset, length\)/),
+      });
       expect(captureError(() => mapping.buffer)).toMatchObject({ code: 'EINVAL' });
       const last = mapping.bytes(5 * GiB - 4096, 4096);
       last[4095] = 7;
@@ -308,7 +323,14 @@ describe('native layer re-checks its arguments', () => {
     try {
       const result = new Float64Array(native.mapResult.slots);
       const map = (extents: unknown, overrides: { flags?: number; alignment?: number; congruence?: number; result?: unknown } = {}) =>
-        native.mapExtents(pool.fd, extents as Float64Array, overrides.flags ?? native.mapFlags.writable, overrides.alignment ?? 4096, overrides.congruence ?? 0, (overrides.result ?? result) as Float64Array);
+        native.mapExtents(
+          pool.fd,
+          extents as Float64Array,
+          overrides.flags ?? native.mapFlags.writable,
+          overrides.alignment ?? 4096,
+          overrides.congruence ?? 0,
+          (overrides.result ?? result) as Float64Array,
+        );
       const signature = 'mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result)';
       const bad: Array<[() => unknown, string]> = [
         [() => native.fileResize('3' as never, 1), 'fd must be a number'],

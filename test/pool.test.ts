@@ -42,7 +42,13 @@ describe.skipIf(skipReason(m.skip2M))('hugetlbfs pool, 2 MiB pages', () => {
     const second = pool.map([{ offset: 6 * MiB, length: 2 * MiB }]);
     expect(Array.from(second.bytes(0, 4))).toEqual([1, 2, 3, 4]);
     const child = runFixture<ReadResult>('read-pool', [pool.path!, String(6 * MiB), String(2 * MiB), '4']);
-    expect(child).toMatchObject({ backend: 'hugetlbfs', pageSize: 2 * MiB, size: 16 * MiB, bytes: [1, 2, 3, 4], kernelPageSizes: [2 * MiB] });
+    expect(child).toMatchObject({
+      backend: 'hugetlbfs',
+      pageSize: 2 * MiB,
+      size: 16 * MiB,
+      bytes: [1, 2, 3, 4],
+      kernelPageSizes: [2 * MiB],
+    });
     first.unmap();
     second.unmap();
   });
@@ -56,7 +62,14 @@ describe.skipIf(skipReason(m.skip2M))('hugetlbfs pool, 2 MiB pages', () => {
 
   it('reports pre-allocation progress up to the full size', () => {
     const calls: Array<[number, number]> = [];
-    track(Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'pool'), size: 8 * MiB, onProgress: (done, total) => calls.push([done, total]) }));
+    track(
+      Pool.create({
+        backend: 'hugetlbfs',
+        path: uniquePath(m.hugetlbfs2M!, 'pool'),
+        size: 8 * MiB,
+        onProgress: (done, total) => calls.push([done, total]),
+      }),
+    );
     expect(calls.at(-1)).toEqual([8 * MiB, 8 * MiB]);
   });
 
@@ -65,13 +78,18 @@ describe.skipIf(skipReason(m.skip2M))('hugetlbfs pool, 2 MiB pages', () => {
     const pages = 1_000_000;
     const error = captureError(() => Pool.create({ backend: 'hugetlbfs', path: poolPath, size: pages * 2 * MiB }));
     expect(error).toMatchObject({ code: 'ENOMEM', errno: -12, syscall: 'fallocate', path: poolPath });
-    expect(error.message).toMatch(new RegExp(`need ${pages} free 2 MiB huge pages, \\d+ free: echo \\d+ > /proc/sys/vm/nr_hugepages as root, or use the 4k fallback`));
+    expect(error.message).toMatch(
+      new RegExp(`need ${pages} free 2 MiB huge pages, \\d+ free: echo \\d+ > /proc/sys/vm/nr_hugepages as root, or use the 4k fallback`),
+    );
     expect(fs.existsSync(poolPath)).toBe(false);
   });
 
   it('refuses a size that is not a multiple of the page size', () => {
     const poolPath = uniquePath(m.hugetlbfs2M!, 'odd');
-    expect(captureError(() => Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 3 * MiB }))).toMatchObject({ code: 'EINVAL', errno: -22 });
+    expect(captureError(() => Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 3 * MiB }))).toMatchObject({
+      code: 'EINVAL',
+      errno: -22,
+    });
     expect(captureError(() => Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 0 }))).toMatchObject({ code: 'EINVAL' });
     expect(fs.existsSync(poolPath)).toBe(false);
   });
@@ -93,7 +111,9 @@ describe.skipIf(skipReason(m.skip2M))('hugetlbfs pool, 2 MiB pages', () => {
   });
 
   it('refuses a hugetlbfs mount of the wrong page size', () => {
-    const error = captureError(() => Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'pool'), size: GiB, pageSize: GiB }));
+    const error = captureError(() =>
+      Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'pool'), size: GiB, pageSize: GiB }),
+    );
     expect(error).toMatchObject({ code: 'EINVAL', syscall: 'statfs' });
     expect(error.message).toContain('is a hugetlbfs mount of 2 MiB pages, not 1 GiB');
   });
@@ -108,8 +128,16 @@ describe.skipIf(skipReason(m.skip2M))('hugetlb memfd pool', () => {
     mapping.bytes().set([9, 8, 7], 2 * MiB);
     const again = pool.map([{ offset: 2 * MiB, length: 2 * MiB }]);
     expect(Array.from(again.bytes(0, 3))).toEqual([9, 8, 7]);
-    const child = runFixture<ReadResult>('read-pool', ['fd:3', String(2 * MiB), String(2 * MiB), '3'], { stdio: ['ignore', 'pipe', 'pipe', pool.fd] });
-    expect(child).toMatchObject({ backend: 'memfd-hugetlb', pageSize: 2 * MiB, size: 8 * MiB, bytes: [9, 8, 7], kernelPageSizes: [2 * MiB] });
+    const child = runFixture<ReadResult>('read-pool', ['fd:3', String(2 * MiB), String(2 * MiB), '3'], {
+      stdio: ['ignore', 'pipe', 'pipe', pool.fd],
+    });
+    expect(child).toMatchObject({
+      backend: 'memfd-hugetlb',
+      pageSize: 2 * MiB,
+      size: 8 * MiB,
+      bytes: [9, 8, 7],
+      kernelPageSizes: [2 * MiB],
+    });
     mapping.unmap();
     again.unmap();
   });
@@ -211,7 +239,9 @@ describe('opening pools: misuse', () => {
   it('the module loads in a plain Node process from the compiled output', () => {
     // The raw addon is not public API: the package loads it, and only lib/native.js hands it out.
     const nativeModule = path.join(path.dirname(distLib), 'native.js');
-    const script = `const g=require(${JSON.stringify(distLib)}); const n=require(${JSON.stringify(nativeModule)}).native; console.log(n.napiVersion, n.buildType, 'native' in g)`;
+    const script =
+      `const g=require(${JSON.stringify(distLib)}); const n=require(${JSON.stringify(nativeModule)}).native; ` +
+      `console.log(n.napiVersion, n.buildType, 'native' in g)`;
     const result = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     expect(result.stdout.trim()).toBe(`8 ${process.env.GUESTMEMFS_BUILD ?? 'Release'} false`);
   });

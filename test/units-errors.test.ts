@@ -50,7 +50,13 @@ describe('errors', () => {
 
   it('withRemedy appends the remedy and keeps the fields', () => {
     const error = new GuestmemfsError('EACCES', 'permission denied', { syscall: 'open', path: '/p' }).withRemedy('run as root');
-    expect(error).toMatchObject({ code: 'EACCES', errno: -13, syscall: 'open', path: '/p', message: 'EACCES: permission denied: run as root' });
+    expect(error).toMatchObject({
+      code: 'EACCES',
+      errno: -13,
+      syscall: 'open',
+      path: '/p',
+      message: 'EACCES: permission denied: run as root',
+    });
   });
 
   it('from() rethrows what is not a system error untouched', () => {

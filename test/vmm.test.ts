@@ -17,15 +17,27 @@ const ramBytes = 32 * MiB;
  * Boots the demo guest in a fresh pool and live-updates it in `mode`; checks that the run ended cleanly with the
  * guest halted on its uninterrupted checksum and on the same physical frames, and returns the events.
  */
-function runGuest(mode: UpdateMode, guest: { steps: number; seed: number; updates: number; maxDelayMs: number }, env: NodeJS.ProcessEnv = process.env) {
+function runGuest(
+  mode: UpdateMode,
+  guest: { steps: number; seed: number; updates: number; maxDelayMs: number },
+  env: NodeJS.ProcessEnv = process.env,
+) {
   const poolPath = uniquePath(m.hugetlbfs2M!, 'vmm');
   Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
   try {
     // A few rehearsal rounds suffice here (speed is bench:vmm's business), and keep every update well inside the
     // guest's run also in slow builds (ASan).
-    const run = runUpdates({ mode, poolPath, ramBytes, ...guest }, { env: { GUESTMEMFS_REHEARSAL_ROUNDS: '3', ...env }, timeoutMs: 120_000 });
+    const run = runUpdates(
+      { mode, poolPath, ramBytes, ...guest },
+      { env: { GUESTMEMFS_REHEARSAL_ROUNDS: '3', ...env }, timeoutMs: 120_000 },
+    );
     expect(run.stderr).toBe('');
-    expect(run.events.at(-1)).toMatchObject({ event: 'done', reason: 'halted', sameFrames: true, serial: `${demoGuestChecksum(ramBytes, { steps: guest.steps, seed: BigInt(guest.seed) })}\n` });
+    expect(run.events.at(-1)).toMatchObject({
+      event: 'done',
+      reason: 'halted',
+      sameFrames: true,
+      serial: `${demoGuestChecksum(ramBytes, { steps: guest.steps, seed: BigInt(guest.seed) })}\n`,
+    });
     return run.events;
   } finally {
     fs.rmSync(poolPath, { force: true });
@@ -84,7 +96,16 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
       const breakdown = update.breakdown as Record<string, number>;
       expect(update.blackoutMs).toBeGreaterThan(0);
       expect(update.sameFrames).toBe(true); // checked by the new process right after each update
-      expect(Object.keys(breakdown).sort()).toEqual(['execAndStartupMs', 'loadMs', 'mapMs', 'otherMs', 'readStateMs', 'restoreMs', 'saveMs', 'vcpuRestoreMs']);
+      expect(Object.keys(breakdown).sort()).toEqual([
+        'execAndStartupMs',
+        'loadMs',
+        'mapMs',
+        'otherMs',
+        'readStateMs',
+        'restoreMs',
+        'saveMs',
+        'vcpuRestoreMs',
+      ]);
       // Serialised, and the code cache written, while the guest still ran; the new process took the cache.
       expect(update.beforePause).toEqual({ serialiseMs: expect.any(Number), codeCacheMs: expect.any(Number) });
       expect(update.codeCache).toBe('accepted');
@@ -95,12 +116,17 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
   }, 180_000);
 
   it('an update whose execve fails is aborted, and the guest resumes in the same process with nothing lost', () => {
-    const events = runGuest('exec', { steps: 400_000, seed: 5, updates: 2, maxDelayMs: 300 }, { ...process.env, GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC: '1' });
+    const events = runGuest(
+      'exec',
+      { steps: 400_000, seed: 5, updates: 2, maxDelayMs: 300 },
+      { ...process.env, GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC: '1' },
+    );
     expect(events.map((event) => event.event)).toEqual(['boot', 'update-failed', 'update', 'done']);
     expect(events[1]!.error).toMatch(/^ENOENT: .*execve '\/nonexistent\/guestmemfs-vmm'/);
   }, 180_000);
 
-  const runTransfer = (updates: number, env: NodeJS.ProcessEnv = process.env) => runGuest('transfer', { steps: 500_000, seed: 7, updates, maxDelayMs: 300 }, env);
+  const runTransfer = (updates: number, env: NodeJS.ProcessEnv = process.env) =>
+    runGuest('transfer', { steps: 500_000, seed: 7, updates, maxDelayMs: 300 }, env);
 
   it('transfer mode: three successors started ahead of time take over in turn, same checksum, same frames', () => {
     const events = runTransfer(3);

@@ -16,7 +16,8 @@ export function register(program: Command): void {
         const lines = [`${spec}: ${result.state}`];
         for (const fix of result.fixes) lines.push(`  fixed: ${fix}`);
         if (result.state !== 'repaired') for (const problem of result.problems) lines.push(`  ${problem}`);
-        if (result.state === 'inconsistent') lines.push(result.repairable ? '  (repairable: run with --repair)' : '  (cannot be repaired: the pool was left as it was)');
+        if (result.state === 'inconsistent')
+          lines.push(result.repairable ? '  (repairable: run with --repair)' : '  (cannot be repaired: the pool was left as it was)');
         return lines.join('\n');
       });
       process.exitCode = { consistent: EXIT.ok, repaired: EXIT.repaired, inconsistent: EXIT.inconsistent }[result.state];

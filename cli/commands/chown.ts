@@ -11,7 +11,8 @@ export function register(program: Command): void {
     .argument('<paths...>')
     .action((spec: string, owner: string, paths: string[]) => {
       const match = /^(\d*)(?::(\d*))?$/.exec(owner);
-      if (!match || (!match[1] && !match[2])) throw new GuestmemfsError('EINVAL', `owner "${owner}" must be UID, UID:GID or :GID (numbers)`);
+      if (!match || (!match[1] && !match[2]))
+        throw new GuestmemfsError('EINVAL', `owner "${owner}" must be UID, UID:GID or :GID (numbers)`);
       const uid = match[1] ? Number(match[1]) : undefined;
       const gid = match[2] ? Number(match[2]) : undefined;
       withMount(spec, (gfs) => paths.forEach((target) => gfs.chown(target, uid, gid)));

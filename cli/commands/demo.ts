@@ -1,4 +1,5 @@
-// guestmemfs demo: live-update demo: a KVM guest on guestmemfs memory updated in exec and transfer modes (without KVM: the filesystem handover).
+// guestmemfs demo: a KVM guest on guestmemfs memory live-updated in exec and transfer modes (without KVM: the
+// filesystem handover alone).
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { GuestmemfsError } from '../../lib/errors';
@@ -9,14 +10,20 @@ import { kvmUnavailableReason } from '../../lib/vmm/machine';
 import { command } from '../common';
 
 export function register(program: Command): void {
-  command(program, 'demo', 'live-update demo: a KVM guest on guestmemfs memory updated in exec and transfer modes (without KVM: the filesystem handover)', 'sudo guestmemfs demo')
+  command(
+    program,
+    'demo',
+    'live-update demo: a KVM guest on guestmemfs memory updated in exec and transfer modes (without KVM: the filesystem handover)',
+    'sudo guestmemfs demo',
+  )
     .option('--size <size>', 'guest RAM size (K/M/G suffixes)', '1G')
     .option('--steps <n>', 'guest work steps (this VM runs ~6 µs each under kvm-pvm)', '600000')
     .option('--updates <n>', 'live updates per mode', '3')
     .option('--no-vm', 'run only the filesystem handover demo (no KVM guest)')
     .action((options: { size: string; steps: string; updates: string; vm: boolean }) => {
       const bytes = parseSize(options.size);
-      if (bytes % (2 * MiB) !== 0 || bytes === 0) throw new GuestmemfsError('EINVAL', `demo size must be a positive multiple of 2 MiB, got ${options.size}`);
+      if (bytes % (2 * MiB) !== 0 || bytes === 0)
+        throw new GuestmemfsError('EINVAL', `demo size must be a positive multiple of 2 MiB, got ${options.size}`);
       const noKvm = kvmUnavailableReason();
       if (options.vm && !noKvm) {
         runVmmDemo({ ramBytes: bytes, steps: Number(options.steps), updates: Number(options.updates) });

@@ -15,9 +15,20 @@ export function register(program: Command): void {
         print(options, s, () =>
           [
             ['Pool', 'Size', 'Used', 'Avail', 'Use%', 'Inodes', 'IFree'],
-            [spec, size(total, options.humanReadable), size(used, options.humanReadable), size(total - used, options.humanReadable), `${Math.round((100 * used) / Math.max(1, total))}%`, String(s.totalInodes), String(s.freeInodes)],
+            [
+              spec,
+              size(total, options.humanReadable),
+              size(used, options.humanReadable),
+              size(total - used, options.humanReadable),
+              `${Math.round((100 * used) / Math.max(1, total))}%`,
+              String(s.totalInodes),
+              String(s.freeInodes),
+            ],
           ]
-            .map(([name, ...columns]) => `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`)
+            .map(
+              ([name, ...columns]) =>
+                `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`,
+            )
             .join('\n'),
         );
       });

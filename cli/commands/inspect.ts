@@ -24,7 +24,8 @@ function readPrefix(file: string, length: number): Buffer {
 /** The blob a serialised pool holds, read through a mapping of just the pages of its handover area that it fills. */
 function poolBlob(pool: Pool, source: string): Uint8Array {
   const sb = readPoolSuperblock(pool);
-  if (sb.state !== PoolState.Serialised) throw new GuestmemfsError('ENOENT', `${source} holds no handover: it is not serialised (run serialise first)`, { path: source });
+  if (sb.state !== PoolState.Serialised)
+    throw new GuestmemfsError('ENOENT', `${source} holds no handover: it is not serialised (run serialise first)`, { path: source });
   const start = Math.floor(sb.geometry.handoverOffset / pool.pageSize) * pool.pageSize;
   const end = Math.ceil((sb.geometry.handoverOffset + sb.handoverBytes) / pool.pageSize) * pool.pageSize;
   const area = pool.map([{ offset: start, length: end - start }], { populate: false, writable: false });
@@ -39,14 +40,23 @@ function poolBlob(pool: Pool, source: string): Uint8Array {
 function toDts(blob: Uint8Array): string {
   const parsed = parseFdt(blob);
   const lines = ['/dts-v1/;', ''];
-  for (const reservation of parsed.reservations) lines.push(`/memreserve/ 0x${reservation.address.toString(16)} 0x${reservation.size.toString(16)};`);
-  const printable = (value: Uint8Array) => value.length > 0 && value[value.length - 1] === 0 && value.subarray(0, -1).every((byte) => byte === 0 || (byte >= 0x20 && byte < 0x7f));
+  for (const reservation of parsed.reservations)
+    lines.push(`/memreserve/ 0x${reservation.address.toString(16)} 0x${reservation.size.toString(16)};`);
+  const printable = (value: Uint8Array) =>
+    value.length > 0 && value[value.length - 1] === 0 && value.subarray(0, -1).every((byte) => byte === 0 || (byte >= 0x20 && byte < 0x7f));
   const render = (node: ReturnType<typeof parseFdt>['root'], depth: number): void => {
     const pad = '\t'.repeat(depth);
     lines.push(`${pad}${node.name || '/'} {`);
     for (const [name, value] of node.props) {
       if (value.length === 0) lines.push(`${pad}\t${name};`);
-      else if (printable(value)) lines.push(`${pad}\t${name} = ${new TextDecoder().decode(value.subarray(0, -1)).split('\0').map((part) => JSON.stringify(part)).join(', ')};`);
+      else if (printable(value))
+        lines.push(
+          `${pad}\t${name} = ${new TextDecoder()
+            .decode(value.subarray(0, -1))
+            .split('\0')
+            .map((part) => JSON.stringify(part))
+            .join(', ')};`,
+        );
       else if (value.length % 4 === 0) {
         const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
         const cells = Array.from({ length: value.length / 4 }, (_, index) => `0x${view.getUint32(index * 4).toString(16)}`);
@@ -61,7 +71,12 @@ function toDts(blob: Uint8Array): string {
 }
 
 export function register(program: Command): void {
-  command(program, 'inspect', 'decode a handover blob (from a pool or a file) as JSON or device-tree source', 'guestmemfs inspect --dts handover.dtb')
+  command(
+    program,
+    'inspect',
+    'decode a handover blob (from a pool or a file) as JSON or device-tree source',
+    'guestmemfs inspect --dts handover.dtb',
+  )
     .argument('<source>', 'a pool, or a blob file written by serialise --out')
     .option('--dts', 'print device-tree source instead of JSON')
     .action((source: string, options: Common & { dts?: boolean }) => {

@@ -15,13 +15,21 @@ export function register(program: Command): void {
       withView(spec, (gfs) => {
         const entries = gfs
           .readdirEntries(dir)
-          .map((entry) => ({ name: entry.name, ...describeStat(gfs.stat(path.posix.join(dir, entry.name))) }) as Record<string, unknown> & { name: string } & Stat)
+          .map(
+            (entry) =>
+              ({ name: entry.name, ...describeStat(gfs.stat(path.posix.join(dir, entry.name))) }) as Record<string, unknown> & {
+                name: string;
+              } & Stat,
+          )
           .sort((a, b) => a.name.localeCompare(b.name));
         print(options, entries, () =>
           entries
             .map((entry) =>
               options.l
-                ? `${modeString(entry)} ${String(entry.nlink).padStart(2)} ${String(entry.uid).padEnd(5)} ${String(entry.gid).padEnd(5)} ${size(entry.size, options.humanReadable).padStart(10)} ${(entry.fileType ?? 'dir').padEnd(5)} ${new Date(Number(entry.mtimeNs / 1_000_000n)).toISOString().slice(0, 16).replace('T', ' ')} ${entry.name}`
+                ? `${modeString(entry)} ${String(entry.nlink).padStart(2)} ${String(entry.uid).padEnd(5)} ` +
+                  `${String(entry.gid).padEnd(5)} ${size(entry.size, options.humanReadable).padStart(10)} ` +
+                  `${(entry.fileType ?? 'dir').padEnd(5)} ` +
+                  `${new Date(Number(entry.mtimeNs / 1_000_000n)).toISOString().slice(0, 16).replace('T', ' ')} ${entry.name}`
                 : entry.name,
             )
             .join('\n'),

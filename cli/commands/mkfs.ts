@@ -11,7 +11,12 @@ import { command, type Common, note, print, progressBar, usageError } from '../c
 import { backendFor, withMount } from '../pools';
 
 export function register(program: Command): void {
-  command(program, 'mkfs', 'create a pool (hugetlbfs file, 4 KiB fallback under /dev/shm, or memfd: handed to a command) and format it', 'sudo guestmemfs mkfs /dev/hugepages/pool --size 8G --reserve')
+  command(
+    program,
+    'mkfs',
+    'create a pool (hugetlbfs file, 4 KiB fallback under /dev/shm, or memfd: handed to a command) and format it',
+    'sudo guestmemfs mkfs /dev/hugepages/pool --size 8G --reserve',
+  )
     .argument('<pool>', 'path of the pool file to create, or memfd:NAME (then give the command to hand it to after --)')
     .argument('[command...]', 'for memfd: pools, the program that gets the pool (fd in GUESTMEMFS_POOL_FD)')
     .requiredOption('--size <size>', 'pool size (K/M/G/T suffixes)')
@@ -19,41 +24,55 @@ export function register(program: Command): void {
     .option('--inodes <n>', 'inodes in the table')
     .option('--reserve', 'as root: raise nr_hugepages and mount a private hugetlbfs at the pool directory when needed')
     .option('--force', 'reformat a pool file that exists')
-    .action((poolPath: string, handTo: string[], options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean }) => {
-      const bytes = parseSize(options.size);
-      const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
-      if (poolPath.startsWith('memfd:')) {
-        // A memfd pool lives as long as some process holds it: format it, then hand it over to the command at once.
-        if (handTo.length === 0) {
-          throw usageError('a memfd: pool lives only while a process holds it: name the program to hand it to after --');
+    .action(
+      (
+        poolPath: string,
+        handTo: string[],
+        options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean },
+      ) => {
+        const bytes = parseSize(options.size);
+        const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
+        if (poolPath.startsWith('memfd:')) {
+          // A memfd pool lives as long as some process holds it: format it, then hand it over to the command at once.
+          if (handTo.length === 0) {
+            throw usageError('a memfd: pool lives only while a process holds it: name the program to hand it to after --');
+          }
+          const pool = Pool.create({
+            backend: pageSize === 4096 ? 'memfd-4k' : 'memfd-hugetlb',
+            name: poolPath.slice(6) || 'guestmemfs',
+            size: bytes,
+            pageSize,
+          });
+          mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
+          withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
+          return;
         }
-        const pool = Pool.create({ backend: pageSize === 4096 ? 'memfd-4k' : 'memfd-hugetlb', name: poolPath.slice(6) || 'guestmemfs', size: bytes, pageSize });
-        mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
-        withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
-        return;
-      }
-      if (handTo.length > 0) throw usageError('only a memfd: pool takes a command to hand it to');
-      const changes: string[] = [];
-      if (options.reserve && pageSize !== 4096) {
-        const huge = pageSize ?? 2 * MiB;
-        const dir = path.dirname(path.resolve(poolPath));
-        const onHugetlbfs = fs.existsSync(dir) && fs.statfsSync(dir).type === HUGETLBFS_MAGIC;
-        const reservation = reserveHugePages({ pageSize: huge, pages: Math.ceil(bytes / huge), mount: onHugetlbfs ? undefined : dir });
-        changes.push(...reservation.changes);
-      }
-      if (options.force) fs.rmSync(poolPath, { force: true });
-      const backend = backendFor(poolPath, pageSize);
-      const onProgress = progressBar(options, 'reserving pages');
-      const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress });
-      if (onProgress) process.stderr.write('\n');
-      try {
-        const info = mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
-        for (const change of changes) note(options, `changed: ${change}`);
-        print(options, { pool: pool.path, backend: pool.backend, uuid: info.uuid, geometry: info.geometry, changes }, () =>
-          options.quiet ? '' : `${pool.path}: ${pool.describe()}, ${info.geometry.blockCount - info.geometry.metadataBlocks} blocks of ${formatSize(info.geometry.blockSize)}, ${info.geometry.inodeCount - 1} inodes, uuid ${info.uuid}`,
-        );
-      } finally {
-        pool.close();
-      }
-    });
+        if (handTo.length > 0) throw usageError('only a memfd: pool takes a command to hand it to');
+        const changes: string[] = [];
+        if (options.reserve && pageSize !== 4096) {
+          const huge = pageSize ?? 2 * MiB;
+          const dir = path.dirname(path.resolve(poolPath));
+          const onHugetlbfs = fs.existsSync(dir) && fs.statfsSync(dir).type === HUGETLBFS_MAGIC;
+          const reservation = reserveHugePages({ pageSize: huge, pages: Math.ceil(bytes / huge), mount: onHugetlbfs ? undefined : dir });
+          changes.push(...reservation.changes);
+        }
+        if (options.force) fs.rmSync(poolPath, { force: true });
+        const backend = backendFor(poolPath, pageSize);
+        const onProgress = progressBar(options, 'reserving pages');
+        const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress });
+        if (onProgress) process.stderr.write('\n');
+        try {
+          const info = mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
+          for (const change of changes) note(options, `changed: ${change}`);
+          print(options, { pool: pool.path, backend: pool.backend, uuid: info.uuid, geometry: info.geometry, changes }, () =>
+            options.quiet
+              ? ''
+              : `${pool.path}: ${pool.describe()}, ${info.geometry.blockCount - info.geometry.metadataBlocks} blocks of ` +
+                `${formatSize(info.geometry.blockSize)}, ${info.geometry.inodeCount - 1} inodes, uuid ${info.uuid}`,
+          );
+        } finally {
+          pool.close();
+        }
+      },
+    );
 }

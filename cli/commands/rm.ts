@@ -14,7 +14,8 @@ export function register(program: Command): void {
       withMount(spec, (gfs) => {
         const remove = (target: string): void => {
           if (gfs.stat(target).type === 'directory') {
-            if (!options.recursive) throw new GuestmemfsError('EISDIR', `is a directory, rm '${target}': use -r`, { syscall: 'unlink', path: target });
+            if (!options.recursive)
+              throw new GuestmemfsError('EISDIR', `is a directory, rm '${target}': use -r`, { syscall: 'unlink', path: target });
             for (const name of gfs.readdir(target)) remove(path.posix.join(target, name));
             gfs.rmdir(target);
           } else gfs.unlink(target);

@@ -14,8 +14,10 @@ export function register(program: Command): void {
         print(options, { path: target, ...describeStat(stat), extents: gfs.extents(target) }, () =>
           [
             `  File: ${target}`,
-            `  Type: ${stat.type}${stat.fileType ? ` (${stat.fileType})` : ''}   Size: ${stat.size}   Blocks: ${stat.blocks} of ${formatSize(stat.blockSize)}   Extents: ${stat.extents}`,
-            ` Inode: ${stat.ino}   Links: ${stat.nlink}   Access: (${stat.mode.toString(8).padStart(4, '0')}/${modeString(stat)})   Uid: ${stat.uid}   Gid: ${stat.gid}`,
+            `  Type: ${stat.type}${stat.fileType ? ` (${stat.fileType})` : ''}   Size: ${stat.size}   Blocks: ${stat.blocks} of ` +
+              `${formatSize(stat.blockSize)}   Extents: ${stat.extents}`,
+            ` Inode: ${stat.ino}   Links: ${stat.nlink}   Access: (${stat.mode.toString(8).padStart(4, '0')}/${modeString(stat)}) ` +
+              `  Uid: ${stat.uid}   Gid: ${stat.gid}`,
             `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}`,
           ].join('\n'),
         );

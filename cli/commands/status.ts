@@ -9,7 +9,12 @@ import { command, type Common, print } from '../common';
 import { withPool, withView } from '../pools';
 
 export function register(program: Command): void {
-  command(program, 'status', 'backend, sizes, used and free blocks and inodes, owner, handover state', 'guestmemfs status /dev/hugepages/pool')
+  command(
+    program,
+    'status',
+    'backend, sizes, used and free blocks and inodes, owner, handover state',
+    'guestmemfs status /dev/hugepages/pool',
+  )
     .argument('<pool>')
     .action((spec: string, options: Common) => {
       // The mount lock tells a live owner from a dead one.
@@ -20,25 +25,42 @@ export function register(program: Command): void {
           : sb.state === PoolState.Mounted
             ? held
               ? `live: mounted by pid ${sb.ownerPid}`
-              : `not handed over cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted; the next mount (or check --repair) recovers it`
+              : `not handed over cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted; the next mount (or check --repair) ` +
+                `recovers it`
             : 'clean';
       // An unclean pool cannot be viewed consistently until it is recovered; its sizes are left out then.
       let usage: { backend: string; pageSize: number; size: number; statfs: StatFs | null };
       try {
-        usage = withView(spec, (gfs, opened) => ({ backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: gfs.statfs() as StatFs | null }));
+        usage = withView(spec, (gfs, opened) => ({
+          backend: opened.backend,
+          pageSize: opened.pageSize,
+          size: opened.size,
+          statfs: gfs.statfs(),
+        }));
       } catch (error) {
         if (sb.state !== PoolState.Mounted || held) throw error;
         usage = withPool(spec, (opened) => ({ backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: null }));
       }
-      const result = { pool: spec, ...usage, uuid: sb.uuid, generation: sb.generation, state: PoolState[sb.state], ownerPid: sb.ownerPid || null, description: state };
+      const result = {
+        pool: spec,
+        ...usage,
+        uuid: sb.uuid,
+        generation: sb.generation,
+        state: PoolState[sb.state],
+        ownerPid: sb.ownerPid || null,
+        description: state,
+      };
       print(options, result, () =>
         [
           `pool:       ${spec}`,
           `backend:    ${usage.backend}, ${formatSize(usage.pageSize)} pages, ${formatSize(usage.size)}`,
           usage.statfs
-            ? `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ${usage.statfs.freeBlocks} free of ${usage.statfs.dataBlocks} (${formatSize(usage.statfs.blockSize)} each)`
+            ? `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ` +
+              `${usage.statfs.freeBlocks} free of ${usage.statfs.dataBlocks} (${formatSize(usage.statfs.blockSize)} each)`
             : 'blocks:     unknown until recovered',
-          usage.statfs ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free` : 'inodes:     unknown until recovered',
+          usage.statfs
+            ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free`
+            : 'inodes:     unknown until recovered',
           `state:      ${state}`,
           `uuid:       ${sb.uuid}`,
         ].join('\n'),

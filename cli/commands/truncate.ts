@@ -5,7 +5,12 @@ import { command, type Common } from '../common';
 import { withMount } from '../pools';
 
 export function register(program: Command): void {
-  command(program, 'truncate', 'set file sizes (allocating or freeing blocks)', 'guestmemfs truncate -s 500M /dev/hugepages/pool /vms/vm0/ram')
+  command(
+    program,
+    'truncate',
+    'set file sizes (allocating or freeing blocks)',
+    'guestmemfs truncate -s 500M /dev/hugepages/pool /vms/vm0/ram',
+  )
     .argument('<pool>')
     .argument('<paths...>')
     .requiredOption('-s, --size <size>', 'new size (K/M/G/T suffixes)')

@@ -8,7 +8,12 @@ import { kvmUnavailableReason } from '../../lib/vmm/machine';
 import { command } from '../common';
 
 export function register(program: Command): void {
-  command(program, 'vmm', 'run the VMM prototype: boot the demo guest from a pool and live-update it (exec or transfer mode)', 'sudo guestmemfs vmm /dev/hugepages/pool --ram 1G --mode transfer --updates 3')
+  command(
+    program,
+    'vmm',
+    'run the VMM prototype: boot the demo guest from a pool and live-update it (exec or transfer mode)',
+    'sudo guestmemfs vmm /dev/hugepages/pool --ram 1G --mode transfer --updates 3',
+  )
     .argument('<pool>', 'a pool file (it is reformatted)')
     .requiredOption('--ram <size>', 'guest RAM')
     .addOption(new Option('--mode <mode>', 'how to update').choices(['exec', 'transfer']).default('exec'))
@@ -18,7 +23,20 @@ export function register(program: Command): void {
     .action((poolPath: string, options: { ram: string; mode: string; updates: string; steps: string; seed: string }) => {
       const noKvm = kvmUnavailableReason();
       if (noKvm) throw new GuestmemfsError('ENODEV', noKvm);
-      const argv = updateArgv({ mode: options.mode as UpdateMode, poolPath, ramBytes: parseSize(options.ram), steps: Number(options.steps), seed: BigInt(options.seed), updates: Number(options.updates), maxDelayMs: 400 });
-      native.processExec(process.execPath, argv, Object.entries(process.env).map(([key, value]) => `${key}=${value}`), []);
+      const argv = updateArgv({
+        mode: options.mode as UpdateMode,
+        poolPath,
+        ramBytes: parseSize(options.ram),
+        steps: Number(options.steps),
+        seed: BigInt(options.seed),
+        updates: Number(options.updates),
+        maxDelayMs: 400,
+      });
+      native.processExec(
+        process.execPath,
+        argv,
+        Object.entries(process.env).map(([key, value]) => `${key}=${value}`),
+        [],
+      );
     });
 }

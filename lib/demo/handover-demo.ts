@@ -66,7 +66,10 @@ export function choosePool(size: number): { pool: Pool; cleanup: Cleanup } {
       for (const change of reservation.changes) log(`  machine: ${change}`);
       const poolPath = path.join(reservation.mountpoint!, 'demo-pool');
       try {
-        return { pool: Pool.create({ backend: 'hugetlbfs', path: poolPath, size: poolSize }), cleanup: { reservation: reservation.record(), poolPath } };
+        return {
+          pool: Pool.create({ backend: 'hugetlbfs', path: poolPath, size: poolSize }),
+          cleanup: { reservation: reservation.record(), poolPath },
+        };
       } catch (error) {
         reservation.release();
         throw error;
@@ -114,7 +117,10 @@ export function runHandoverDemo(options: DemoOptions): void {
     ram.unmap();
     gfs.create('/vm0/vcpu-state', { type: 'state' });
     gfs.write('/vm0/vcpu-state', new TextEncoder().encode(JSON.stringify({ checksum: sum.toString(16), frames })));
-    log(`  pid ${process.pid}: wrote /vm0/ram (${formatSize(options.size)}, checksum ${sum.toString(16)}${frames ? `, physical frames ${frames[0]}..${frames.at(-1)}` : ''})`);
+    log(
+      `  pid ${process.pid}: wrote /vm0/ram (${formatSize(options.size)}, checksum ` +
+        `${sum.toString(16)}${frames ? `, physical frames ${frames[0]}..${frames.at(-1)}` : ''})`,
+    );
     log(`  serialising the filesystem and exec'ing a new guestmemfs process (the userspace "kexec")...`);
     const env = { ...process.env, [T0_ENV]: process.hrtime.bigint().toString(), [CLEANUP_ENV]: JSON.stringify(cleanup) };
     gfs.kexec(options.verifierArgv, { env });
@@ -147,7 +153,10 @@ export function verifyHandoverDemo(env: NodeJS.ProcessEnv = process.env): void {
       ok &&= same;
     }
     ram.unmap();
-    log(`  pid ${process.pid}: restored ${gfs.restored.files} inodes from the handover (generation ${gfs.restored.generation}) in ${gfs.restored.ms.toFixed(2)} ms`);
+    log(
+      `  pid ${process.pid}: restored ${gfs.restored.files} inodes from the handover (generation ${gfs.restored.generation}) ` +
+        `in ${gfs.restored.ms.toFixed(2)} ms`,
+    );
     log(`  exec + Node start-up + restore: ${(Number(restoredAt - t0) / 1e6).toFixed(1)} ms`);
     log(`  /vm0/ram checksum ${sum} ${sum === expected.checksum ? 'matches' : 'DIFFERS'}; ${framesVerdict}`);
     if (!ok) process.exitCode = 1;

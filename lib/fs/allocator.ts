@@ -33,7 +33,10 @@ export class BlockAllocator {
 
   /** Both bitmaps' bytes (for the handover checksum). */
   bitmapBytes(): [Uint8Array, Uint8Array] {
-    return [new Uint8Array(this.#allocated.buffer, this.#allocated.byteOffset, this.#allocated.byteLength), new Uint8Array(this.#dirty.buffer, this.#dirty.byteOffset, this.#dirty.byteLength)];
+    return [
+      new Uint8Array(this.#allocated.buffer, this.#allocated.byteOffset, this.#allocated.byteLength),
+      new Uint8Array(this.#dirty.buffer, this.#dirty.byteOffset, this.#dirty.byteLength),
+    ];
   }
 
   get freeBlocks(): number {
@@ -156,7 +159,7 @@ export class BlockAllocator {
 
   #isFreeRange(start: number, count: number): boolean {
     if (start < this.metadataBlocks || start + count > this.blockCount) return false;
-    for (let block = start; block < start + count; ) {
+    for (let block = start; block < start + count;) {
       if ((block & 31) === 0 && block + 32 <= start + count) {
         if (this.#allocated[block >>> 5] !== 0) return false;
         block += 32;

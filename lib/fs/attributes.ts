@@ -57,13 +57,19 @@ export function chmod(ctx: MountContext, path: string, mode: number): void {
 export function chown(ctx: MountContext, path: string, uid: number | undefined, gid: number | undefined): void {
   ctx.requireWritable('chown');
   const ino = resolve(ctx, path, 'chown');
-  for (const [what, id] of [['uid', uid], ['gid', gid]] as const) {
+  for (const [what, id] of [
+    ['uid', uid],
+    ['gid', gid],
+  ] as const) {
     if (id !== undefined && id !== -1 && (!Number.isInteger(id) || id < 0 || id > 0xfffffffe)) {
       throw new GuestmemfsError('EINVAL', `${what} ${id} is not a valid id`, { syscall: 'chown', path });
     }
   }
   if (ctx.credentials.uid !== 0) {
-    throw new GuestmemfsError('EPERM', `operation not permitted, chown '${path}': only root (uid 0) may change ownership`, { syscall: 'chown', path });
+    throw new GuestmemfsError('EPERM', `operation not permitted, chown '${path}': only root (uid 0) may change ownership`, {
+      syscall: 'chown',
+      path,
+    });
   }
   if (uid !== undefined && uid !== -1) ctx.inodes.setUid(ino, uid);
   if (gid !== undefined && gid !== -1) ctx.inodes.setGid(ino, gid);

@@ -33,21 +33,26 @@ export function auditMetadata(views: AuditViews): AuditReport {
     const orphan = (inodes.flags(ino) & FLAG_ORPHAN) !== 0;
     if (ino !== ROOT_INO && !orphan) {
       const parent = inodes.parent(ino);
-      if (inodes.isValidIno(parent) && inodes.type(parent) === InodeType.Directory) children.set(parent, [...(children.get(parent) ?? []), ino]);
+      if (inodes.isValidIno(parent) && inodes.type(parent) === InodeType.Directory)
+        children.set(parent, [...(children.get(parent) ?? []), ino]);
     }
     const runs = extents.read(ino);
-    if (runs.length !== inodes.extentCount(ino)) problems.push(`inode ${ino}: ${inodes.extentCount(ino)} extents recorded, ${runs.length} readable`);
+    if (runs.length !== inodes.extentCount(ino))
+      problems.push(`inode ${ino}: ${inodes.extentCount(ino)} extents recorded, ${runs.length} readable`);
     const blocks = totalBlocks(runs);
     usedBlocks += blocks;
     if (blocks !== inodes.blockCount(ino)) problems.push(`inode ${ino}: blockCount ${inodes.blockCount(ino)} but extents hold ${blocks}`);
     const size = inodes.size(ino);
-    if (Math.ceil(size / geometry.blockSize) !== blocks) problems.push(`inode ${ino}: size ${size} needs ${Math.ceil(size / geometry.blockSize)} blocks, has ${blocks}`);
+    if (Math.ceil(size / geometry.blockSize) !== blocks)
+      problems.push(`inode ${ino}: size ${size} needs ${Math.ceil(size / geometry.blockSize)} blocks, has ${blocks}`);
     const chain = extents.chain(ino);
-    if (chain.length !== ExtentStore.pagesFor(runs.length)) problems.push(`inode ${ino}: ${chain.length} extent pages for ${runs.length} extents`);
+    if (chain.length !== ExtentStore.pagesFor(runs.length))
+      problems.push(`inode ${ino}: ${chain.length} extent pages for ${runs.length} extents`);
     for (const page of chain) {
       if (pageOwner[page] !== -1) problems.push(`extent page ${page} in two chains`);
       pageOwner[page] = ino;
-      if (extents.pageOwner(page) !== ino) problems.push(`extent page ${page}: owner field ${extents.pageOwner(page)}, chained from ${ino}`);
+      if (extents.pageOwner(page) !== ino)
+        problems.push(`extent page ${page}: owner field ${extents.pageOwner(page)}, chained from ${ino}`);
     }
     if (type === InodeType.Directory && runs.length > 0) problems.push(`directory ${ino} has data blocks`);
   }
@@ -55,11 +60,16 @@ export function auditMetadata(views: AuditViews): AuditReport {
   // Bitmaps: allocated == union of extents + metadata; live blocks are never dirty.
   for (let block = 0; block < geometry.blockCount; block++) {
     const used = owner[block] !== -1;
-    if (allocator.isAllocated(block) !== used) problems.push(`block ${block}: bitmap says ${allocator.isAllocated(block) ? 'allocated' : 'free'}, extents say ${used ? 'used' : 'free'}`);
-    if (used && owner[block]! > 0 && allocator.isDirty(block)) problems.push(`block ${block}: in use by inode ${owner[block]} but marked dirty`);
+    if (allocator.isAllocated(block) !== used)
+      problems.push(
+        `block ${block}: bitmap says ${allocator.isAllocated(block) ? 'allocated' : 'free'}, extents say ${used ? 'used' : 'free'}`,
+      );
+    if (used && owner[block]! > 0 && allocator.isDirty(block))
+      problems.push(`block ${block}: in use by inode ${owner[block]} but marked dirty`);
   }
   const counts = allocator.count();
-  if (allocator.freeBlocks !== geometry.blockCount - counts.allocated) problems.push(`free block counter ${allocator.freeBlocks}, bitmap has ${geometry.blockCount - counts.allocated}`);
+  if (allocator.freeBlocks !== geometry.blockCount - counts.allocated)
+    problems.push(`free block counter ${allocator.freeBlocks}, bitmap has ${geometry.blockCount - counts.allocated}`);
   if (allocator.dirtyBlocks !== counts.dirty) problems.push(`dirty block counter ${allocator.dirtyBlocks}, bitmap has ${counts.dirty}`);
 
   // Directory lists mirror parent pointers; link counts follow from them.
@@ -77,7 +87,8 @@ export function auditMetadata(views: AuditViews): AuditReport {
       listed.add(child);
       prev = child;
     }
-    for (const child of expected) if (!listed.has(child)) problems.push(`directory ${dir}: inode ${child} names it as parent but is not listed`);
+    for (const child of expected)
+      if (!listed.has(child)) problems.push(`directory ${dir}: inode ${child} names it as parent but is not listed`);
     for (const child of listed) if (!expected.has(child)) problems.push(`directory ${dir}: lists inode ${child}, which is not its child`);
     const subdirs = [...expected].filter((child) => inodes.type(child) === InodeType.Directory).length;
     if (inodes.nlink(dir) !== 2 + subdirs) problems.push(`directory ${dir}: nlink ${inodes.nlink(dir)}, expected ${2 + subdirs}`);

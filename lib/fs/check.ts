@@ -59,7 +59,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     } catch (error) {
       return { state: 'inconsistent', fixes, problems: [(error as Error).message], repairable: false, poolState: 'unreadable' };
     }
-    const poolState = stateNames[sb.state as PoolState] ?? 'unreadable';
+    const poolState = stateNames[sb.state] ?? 'unreadable';
     // Each superblock copy on its own: the newer one was used; a damaged older one is rewritten from it.
     const other = 1 - sb.slot;
     const otherCrc = slotChecksums(headerBytes, other);
@@ -79,12 +79,14 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
         problems.push(`handover blob is not valid: ${(error as Error).message}`);
       }
     }
-    if (sb.state === PoolState.Mounted) problems.push(`pool was not unmounted cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted`);
+    if (sb.state === PoolState.Mounted)
+      problems.push(`pool was not unmounted cleanly: its owner (pid ${sb.ownerPid}) died while it was mounted`);
     if (renameInFlight(intent)) problems.push('an interrupted rename is recorded in the intent record');
     const unclean = sb.state === PoolState.Mounted || renameInFlight(intent);
     if (unclean) {
       for (let ino = 2; ino < inodes.count; ino++) {
-        if (inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
+        if (inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN)
+          problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
       }
     }
     const unrepairable = findUnrepairable(views);
@@ -107,9 +109,18 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     const after = auditMetadata(views).problems;
     if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState };
     // The repair rewrote derived metadata the blob's checksum covers: a handover cannot survive it and becomes stale.
-    if (sb.state === PoolState.Serialised) fixes.push(`marked the handover blob stale${handoverValid ? '' : ' (it was not valid)'}: the next mount uses the metadata itself`);
+    if (sb.state === PoolState.Serialised)
+      fixes.push(`marked the handover blob stale${handoverValid ? '' : ' (it was not valid)'}: the next mount uses the metadata itself`);
     if (!otherValid) fixes.push(`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`);
-    writeSuperblockSlot(metaHeader, other, { ...sb, sequence: sb.sequence + 1n, state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n, handoverBytes: 0, handoverCrc: 0 });
+    writeSuperblockSlot(metaHeader, other, {
+      ...sb,
+      sequence: sb.sequence + 1n,
+      state: PoolState.Clean,
+      ownerPid: 0,
+      ownerStartTime: 0n,
+      handoverBytes: 0,
+      handoverCrc: 0,
+    });
     return { state: 'repaired', fixes, problems, repairable: true, poolState };
   } finally {
     header?.unmap();

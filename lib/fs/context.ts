@@ -73,7 +73,15 @@ export class MountContext {
   /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
   #data: Mapping | undefined;
 
-  constructor(pool: Pool, views: MetadataViews, sb: Superblock, credentials: Credentials, key: string, readOnly: boolean, meta: Mapping | undefined) {
+  constructor(
+    pool: Pool,
+    views: MetadataViews,
+    sb: Superblock,
+    credentials: Credentials,
+    key: string,
+    readOnly: boolean,
+    meta: Mapping | undefined,
+  ) {
     this.pool = pool;
     this.views = views;
     this.geometry = sb.geometry;
@@ -133,12 +141,19 @@ export class MountContext {
   // ---------------------------------------------------------------- checks
 
   requireMounted(syscall: string): void {
-    if (!this.mounted) throw new GuestmemfsError('EINVAL', `the filesystem was unmounted; mount the pool again, ${syscall}`, { syscall, path: this.pool.label });
+    if (!this.mounted)
+      throw new GuestmemfsError('EINVAL', `the filesystem was unmounted; mount the pool again, ${syscall}`, {
+        syscall,
+        path: this.pool.label,
+      });
   }
 
   requireNotReadOnly(syscall: string): void {
     if (this.readOnly) {
-      throw new GuestmemfsError('EROFS', `this is a read-only view of the pool, ${syscall}: mount it normally to change it`, { syscall, path: this.pool.label });
+      throw new GuestmemfsError('EROFS', `this is a read-only view of the pool, ${syscall}: mount it normally to change it`, {
+        syscall,
+        path: this.pool.label,
+      });
     }
   }
 
@@ -157,7 +172,10 @@ export class MountContext {
 
   requireNotBusy(ino: number, syscall: string, path: string): void {
     if (this.busy.has(ino)) {
-      throw new GuestmemfsError('EBUSY', `an asynchronous truncate of this file is in flight, ${syscall} '${path}': await it first`, { syscall, path });
+      throw new GuestmemfsError('EBUSY', `an asynchronous truncate of this file is in flight, ${syscall} '${path}': await it first`, {
+        syscall,
+        path,
+      });
     }
   }
 
@@ -168,7 +186,8 @@ export class MountContext {
     throw new GuestmemfsError(
       'EACCES',
       `permission denied, ${syscall} '${path}': uid ${this.credentials.uid} lacks ${describeWant(want)} permission on inode ${ino} ` +
-        `(mode ${owner.mode.toString(8).padStart(4, '0')}, owner ${owner.uid}:${owner.gid}); chmod/chown it or mount with other credentials`,
+        `(mode ${owner.mode.toString(8).padStart(4, '0')}, owner ${owner.uid}:${owner.gid}); ` +
+        `chmod/chown it or mount with other credentials`,
       { syscall, path },
     );
   }
@@ -176,11 +195,15 @@ export class MountContext {
   requireOwner(ino: number, syscall: string, path: string): void {
     const uid = this.views.inodes.uid(ino);
     if (this.credentials.uid === 0 || this.credentials.uid === uid) return;
-    throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall} '${path}': only the owner (uid ${uid}) or root may`, { syscall, path });
+    throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall} '${path}': only the owner (uid ${uid}) or root may`, {
+      syscall,
+      path,
+    });
   }
 
   requireFile(ino: number, syscall: string, path: string): void {
-    if (this.views.inodes.type(ino) !== InodeType.File) throw new GuestmemfsError('EISDIR', `is a directory, ${syscall} '${path}'`, { syscall, path });
+    if (this.views.inodes.type(ino) !== InodeType.File)
+      throw new GuestmemfsError('EISDIR', `is a directory, ${syscall} '${path}'`, { syscall, path });
   }
 }
 

@@ -48,13 +48,19 @@ export function poolExtents(ctx: MountContext, ino: number): Extent[] {
  * which the caller may access as asked, through a mount that may write when a writable mapping is asked for. Guest
  * files are mapped MADV_DONTDUMP|MADV_DONTFORK.
  */
-export function mappableFile(ctx: MountContext, path: string, access: number, writableMount: boolean): { ino: number; extents: Extent[]; guest: boolean } {
+export function mappableFile(
+  ctx: MountContext,
+  path: string,
+  access: number,
+  writableMount: boolean,
+): { ino: number; extents: Extent[]; guest: boolean } {
   const ino = resolve(ctx, path, 'mmap');
   ctx.requireFile(ino, 'mmap', path);
   if (writableMount) ctx.requireNotReadOnly('mmap');
   ctx.requireAccess(ino, access, 'mmap', path);
   const extents = poolExtents(ctx, ino);
-  if (extents.length === 0) throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
+  if (extents.length === 0)
+    throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
   return { ino, extents, guest: ctx.inodes.fileType(ino) === FileType.Guest };
 }
 
@@ -72,8 +78,15 @@ export function map(ctx: MountContext, path: string, options: FileMapOptions): M
   const writable = options.writable ?? !ctx.readOnly;
   const { ino, extents, guest } = mappableFile(ctx, path, writable ? R_OK | W_OK : R_OK, writable);
   const { premapped, ...mapOptions } = options;
-  if (premapped !== undefined && (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== ctx.key || !premapped.mapped)) {
-    throw new GuestmemfsError('EINVAL', `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`, { syscall: 'mmap', path });
+  if (
+    premapped !== undefined &&
+    (!(premapped instanceof Mapping) || unadoptedPremappings.get(premapped) !== ctx.key || !premapped.mapped)
+  ) {
+    throw new GuestmemfsError(
+      'EINVAL',
+      `premapped must be an unadopted, still mapped result of premapFile() on this pool, mmap '${path}'`,
+      { syscall: 'mmap', path },
+    );
   }
   let mapping: Mapping;
   if (premapped && writable && sameExtents(premapped.extents, extents)) {
@@ -148,12 +161,17 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
 function requireReadWritable(ctx: MountContext, ino: number, syscall: string, path: string): void {
   ctx.requireFile(ino, syscall, path);
   if (ctx.inodes.fileType(ino) === FileType.Guest) {
-    throw new GuestmemfsError('EPERM', `guest files have no ${syscall}(): their memory is only reachable through map(), ${syscall} '${path}'`, { syscall, path });
+    throw new GuestmemfsError(
+      'EPERM',
+      `guest files have no ${syscall}(): their memory is only reachable through map(), ${syscall} '${path}'`,
+      { syscall, path },
+    );
   }
 }
 
 function requirePosition(position: number, syscall: string, path: string): void {
-  if (!Number.isSafeInteger(position) || position < 0) throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall, path });
+  if (!Number.isSafeInteger(position) || position < 0)
+    throw new GuestmemfsError('EINVAL', `position ${position} must be a non-negative integer`, { syscall, path });
 }
 
 export function read(ctx: MountContext, path: string, position: number, length: number | undefined): Uint8Array {
@@ -205,7 +223,9 @@ export async function scrub(ctx: MountContext, options: ProgressOptions): Promis
     // Claim the run while it is zeroed so no allocation hands it out half-zeroed.
     allocator.markAllocated([run]);
     try {
-      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) => options.onProgress?.(done + chunk, total));
+      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) =>
+        options.onProgress?.(done + chunk, total),
+      );
       allocator.markDirty([run], false);
     } finally {
       allocator.markFree([run]);
@@ -217,7 +237,8 @@ export async function scrub(ctx: MountContext, options: ProgressOptions): Promis
 }
 
 function planResize(ctx: MountContext, ino: number, size: number, path: string): ResizePlan {
-  if (!Number.isSafeInteger(size) || size < 0) throw new GuestmemfsError('EINVAL', `size ${size} must be a non-negative integer`, { syscall: 'ftruncate', path });
+  if (!Number.isSafeInteger(size) || size < 0)
+    throw new GuestmemfsError('EINVAL', `size ${size} must be a non-negative integer`, { syscall: 'ftruncate', path });
   const { inodes, extents, allocator } = ctx.views;
   const blockSize = ctx.geometry.blockSize;
   const oldSize = inodes.size(ino);
@@ -233,13 +254,17 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
     throw new GuestmemfsError(
       'ENOSPC',
       `pool has ${allocator.freeBlocks} free ${formatSize(blockSize)} blocks, truncate needs ${needed} of them ` +
-        `(${formatSize(needed * blockSize)}, ${formatSize(allocator.freeBlocks * blockSize)} free), ftruncate '${path}': delete files or use a larger pool`,
+        `(${formatSize(needed * blockSize)}, ${formatSize(allocator.freeBlocks * blockSize)} free), ftruncate '${path}': ` +
+        `delete files or use a larger pool`,
       { syscall: 'ftruncate', path },
     );
   }
   const mergesWithLast = last !== undefined && last.start + last.length === runs[0]!.start ? 1 : 0;
   if (extents.pagesNeeded(ino, runs.length - mergesWithLast) > extents.freePages) {
-    throw new GuestmemfsError('ENOSPC', `no free extent pages for ${runs.length} more extents, ftruncate '${path}': run the checker`, { syscall: 'ftruncate', path });
+    throw new GuestmemfsError('ENOSPC', `no free extent pages for ${runs.length} more extents, ftruncate '${path}': run the checker`, {
+      syscall: 'ftruncate',
+      path,
+    });
   }
   // Blocks are claimed before they are zeroed or linked: a kill now leaks them to the checker, never to another file.
   allocator.markAllocated(runs);
@@ -274,10 +299,14 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
   const { inodes, extents, allocator } = ctx.views;
   const keep = Math.ceil(size / ctx.geometry.blockSize);
   if (keep < inodes.blockCount(ino) && ctx.mapped.get(ino)) {
-    throw new GuestmemfsError('EBUSY', `file is mapped, ftruncate '${path}': unmap it before shrinking (its blocks would be freed under the mapping)`, {
-      syscall: 'ftruncate',
-      path,
-    });
+    throw new GuestmemfsError(
+      'EBUSY',
+      `file is mapped, ftruncate '${path}': unmap it before shrinking (its blocks would be freed under the mapping)`,
+      {
+        syscall: 'ftruncate',
+        path,
+      },
+    );
   }
   inodes.setSize(ino, size); // commit point
   if (keep < inodes.blockCount(ino)) {
@@ -293,7 +322,13 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
 }
 
 /** Visits the pool byte ranges behind [from, to) of a file. */
-function forEachRange(ctx: MountContext, ino: number, from: number, to: number, visit: (poolOffset: number, fileOffset: number, length: number) => void): void {
+function forEachRange(
+  ctx: MountContext,
+  ino: number,
+  from: number,
+  to: number,
+  visit: (poolOffset: number, fileOffset: number, length: number) => void,
+): void {
   const blockSize = ctx.geometry.blockSize;
   let fileOffset = 0;
   for (const run of ctx.views.extents.read(ino)) {

@@ -208,7 +208,10 @@ export class ExtentStore {
     const head = this.#hints.freePageHead;
     if (head === 0) throw new GuestmemfsError('ENOSPC', 'extent pages exhausted (cannot happen with a consistent pool: run the checker)');
     if (head >= this.pageCount || this.pageOwner(head) !== 0) {
-      throw new GuestmemfsError('EUCLEAN', `the free extent page list is damaged (it names page ${head}): unmount and run the checker with repair`);
+      throw new GuestmemfsError(
+        'EUCLEAN',
+        `the free extent page list is damaged (it names page ${head}): unmount and run the checker with repair`,
+      );
     }
     this.#hints.freePageHead = this.pageNextFree(head);
     this.#hints.freePages = this.freePages - 1;

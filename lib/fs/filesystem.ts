@@ -11,7 +11,18 @@ import * as lifecycle from './lifecycle';
 import { resolve } from './names';
 import * as namespace from './namespace';
 import type { Credentials } from './permissions';
-import type { CreateOptions, DirEntry, FileMapOptions, KexecOptions, MkdirOptions, Recovery, Restore, SerialiseResult, Stat, StatFs } from './types';
+import type {
+  CreateOptions,
+  DirEntry,
+  FileMapOptions,
+  KexecOptions,
+  MkdirOptions,
+  Recovery,
+  Restore,
+  SerialiseResult,
+  Stat,
+  StatFs,
+} from './types';
 
 const contexts = new WeakMap<Filesystem, MountContext>();
 

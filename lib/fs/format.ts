@@ -28,14 +28,20 @@ function defaultBlockSize(pool: Pool): number {
 
 export function requireHeaderRoom(pool: Pool, syscall: string): void {
   if (pool.size < FIXED_HEADER_BYTES) {
-    throw new GuestmemfsError('EINVAL', `pool of ${pool.size} bytes is too small to hold a guestmemfs filesystem`, { syscall, path: pool.label });
+    throw new GuestmemfsError('EINVAL', `pool of ${pool.size} bytes is too small to hold a guestmemfs filesystem`, {
+      syscall,
+      path: pool.label,
+    });
   }
 }
 
 /** The bytes [0, FIXED_HEADER_BYTES) of a pool, copied out of a mapping of just its first page. */
 export function readPoolHeader(pool: Pool, syscall = 'mount'): Uint8Array {
   requireHeaderRoom(pool, syscall);
-  const header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], { populate: false, writable: false });
+  const header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], {
+    populate: false,
+    writable: false,
+  });
   try {
     return header.bytes(0, FIXED_HEADER_BYTES).slice();
   } finally {

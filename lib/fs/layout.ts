@@ -11,6 +11,7 @@
 //   inodeOffset     inode table                inodeCount x 512 bytes; inode 0 is never used, inode 1 is the root
 //   extentOffset    extent pages               extentPageCount x 512 bytes; page 0 is never used
 //   handoverOffset  handover area              the KHO-style blob (issue: handover)
+import type { randomUUID } from 'node:crypto';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
@@ -116,13 +117,17 @@ export function extentPagesFor(blockCount: number): number {
 
 export function computeGeometry(poolSize: number, pageSize: number, blockSize: number, inodeCount: number): Geometry {
   if (blockSize % pageSize !== 0) {
-    throw new GuestmemfsError('EINVAL', `block size ${formatSize(blockSize)} must be a multiple of the pool's ${formatSize(pageSize)} pages`);
+    throw new GuestmemfsError(
+      'EINVAL',
+      `block size ${formatSize(blockSize)} must be a multiple of the pool's ${formatSize(pageSize)} pages`,
+    );
   }
   if (poolSize % blockSize !== 0) {
     throw new GuestmemfsError('EINVAL', `pool size ${formatSize(poolSize)} is not a multiple of the ${formatSize(blockSize)} block size`);
   }
   const blockCount = poolSize / blockSize;
-  if (blockCount > 0xffffffff) throw new GuestmemfsError('EINVAL', `pool has ${blockCount} blocks; at most 2^32 are supported: use a larger block size`);
+  if (blockCount > 0xffffffff)
+    throw new GuestmemfsError('EINVAL', `pool has ${blockCount} blocks; at most 2^32 are supported: use a larger block size`);
   if (!Number.isSafeInteger(inodeCount) || inodeCount < 2 || inodeCount > 0x7fffffff) {
     throw new GuestmemfsError('EINVAL', `inode count ${inodeCount} must be an integer between 2 and 2^31`);
   }
@@ -139,7 +144,8 @@ export function computeGeometry(poolSize: number, pageSize: number, blockSize: n
   if (metadataBlocks >= blockCount) {
     throw new GuestmemfsError(
       'ENOSPC',
-      `pool of ${formatSize(poolSize)} is too small: its metadata (${inodeCount} inodes) needs ${metadataBlocks} of its ${blockCount} ${formatSize(blockSize)} blocks; use a larger pool or fewer inodes`,
+      `pool of ${formatSize(poolSize)} is too small: its metadata (${inodeCount} inodes) ` +
+        `needs ${metadataBlocks} of its ${blockCount} ${formatSize(blockSize)} blocks; use a larger pool or fewer inodes`,
     );
   }
   return {
@@ -165,7 +171,7 @@ export function newUuid(): string {
   // Loaded here, not at the top: node:crypto costs 3-5 ms to load, inside an exec-mode update's blackout, and only
   // mkfs needs it.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (require('node:crypto') as typeof import('node:crypto')).randomUUID();
+  return (require('node:crypto') as { randomUUID: typeof randomUUID }).randomUUID();
 }
 
 // ------------------------------------------------------------------ superblock slots
@@ -237,7 +243,7 @@ function writeField(view: DataView, field: FieldSpec, value: FieldValue): void {
     case 'u32':
       return view.setUint32(at, value as number, true);
     case 'u64':
-      return view.setBigUint64(at, BigInt(value as number), true);
+      return view.setBigUint64(at, BigInt(value), true);
     case 'bigint':
       return view.setBigUint64(at, value as bigint, true);
     case 'uuid': {
@@ -263,7 +269,11 @@ function readField(view: DataView, field: FieldSpec): FieldValue {
       return view.getBigUint64(at, true);
     case 'uuid': {
       let hex = '';
-      for (let i = 0; i < 16; i++) hex += view.getUint8(at + i).toString(16).padStart(2, '0');
+      for (let i = 0; i < 16; i++)
+        hex += view
+          .getUint8(at + i)
+          .toString(16)
+          .padStart(2, '0');
       return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
     }
     case 'magic':
@@ -309,7 +319,11 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
   }
   const { stored, actual } = slotChecksums(metadata, slot);
   if (stored !== actual) {
-    return { ok: false, code: 'EUCLEAN', reason: `superblock checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)})` };
+    return {
+      ok: false,
+      code: 'EUCLEAN',
+      reason: `superblock checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)})`,
+    };
   }
   const sb: Record<string, FieldValue> = {};
   const geometry: Record<string, FieldValue> = {};
@@ -343,13 +357,18 @@ export function readSuperblock(header: Uint8Array, pool: { size: number; pageSiz
     if (first.code === 'ENOTFS' && second.code === 'ENOTFS') {
       throw new GuestmemfsError('EINVAL', `${pool.label} holds no guestmemfs filesystem: format it first with mkfs`, fields);
     }
-    throw new GuestmemfsError('EUCLEAN', `both superblock copies are damaged (A: ${first.reason}; B: ${second.reason}); the pool was left untouched`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `both superblock copies are damaged (A: ${first.reason}; B: ${second.reason}); the pool was left untouched`,
+      fields,
+    );
   }
   const sb = valid.reduce((newest, candidate) => (candidate.sequence > newest.sequence ? candidate : newest));
   if (sb.major !== FORMAT_MAJOR) {
     throw new GuestmemfsError(
       'EINVAL',
-      `format version ${sb.major}.${sb.minor} is not supported by this guestmemfs (it reads ${FORMAT_MAJOR}.x): use a matching guestmemfs release; the pool was left untouched`,
+      `format version ${sb.major}.${sb.minor} is not supported by this guestmemfs (it reads ${FORMAT_MAJOR}.x): ` +
+        `use a matching guestmemfs release; the pool was left untouched`,
       fields,
     );
   }
@@ -357,7 +376,8 @@ export function readSuperblock(header: Uint8Array, pool: { size: number; pageSiz
   if (unknownIncompat !== 0) {
     throw new GuestmemfsError(
       'EINVAL',
-      `pool uses incompatible features 0x${unknownIncompat.toString(16)} this guestmemfs does not know: use a newer release; the pool was left untouched`,
+      `pool uses incompatible features 0x${unknownIncompat.toString(16)} this guestmemfs does not know: use a newer release; ` +
+        `the pool was left untouched`,
       fields,
     );
   }
@@ -365,7 +385,8 @@ export function readSuperblock(header: Uint8Array, pool: { size: number; pageSiz
   if (unknownRoCompat !== 0) {
     throw new GuestmemfsError(
       'EROFS',
-      `pool uses read-only-compatible features 0x${unknownRoCompat.toString(16)} this guestmemfs does not know: it cannot be mounted for writing by this release`,
+      `pool uses read-only-compatible features 0x${unknownRoCompat.toString(16)} this guestmemfs does not know: ` +
+        `it cannot be mounted for writing by this release`,
       fields,
     );
   }
@@ -373,7 +394,11 @@ export function readSuperblock(header: Uint8Array, pool: { size: number; pageSiz
   return sb;
 }
 
-function checkGeometry(g: Geometry, pool: { size: number; pageSize: number; label: string }, fields: { syscall: string; path: string }): void {
+function checkGeometry(
+  g: Geometry,
+  pool: { size: number; pageSize: number; label: string },
+  fields: { syscall: string; path: string },
+): void {
   const fail = (what: string) => {
     throw new GuestmemfsError('EUCLEAN', `superblock geometry does not fit this pool: ${what}; the pool was left untouched`, fields);
   };
@@ -399,7 +424,7 @@ function wordRecord<K extends string>(layout: Readonly<Record<K, number>>): new 
   class Record {
     constructor(readonly words: Uint32Array) {}
   }
-  for (const [name, word] of Object.entries(layout) as Array<[string, number]>) {
+  for (const [name, word] of Object.entries<number>(layout)) {
     Object.defineProperty(Record.prototype, name, {
       get(this: Record) {
         return this.words[word]!;
@@ -431,5 +456,9 @@ export const INTENT_OP_RENAME = 1;
 /** The hints and intent records of a fixed header (whose first byte is the pool's), aliasing it. */
 export function headerRecords(header: Uint8Array): { hints: Hints; intent: Intent; intentBytes: Uint8Array } {
   const words = (offset: number) => new Uint32Array(header.buffer, header.byteOffset + offset, HEADER_RECORD_WORDS);
-  return { hints: new Hints(words(HINTS_OFFSET)), intent: new Intent(words(INTENT_OFFSET)), intentBytes: header.subarray(INTENT_OFFSET, INTENT_OFFSET + HEADER_RECORD_BYTES) };
+  return {
+    hints: new Hints(words(HINTS_OFFSET)),
+    intent: new Intent(words(INTENT_OFFSET)),
+    intentBytes: header.subarray(INTENT_OFFSET, INTENT_OFFSET + HEADER_RECORD_BYTES),
+  };
 }

@@ -4,14 +4,34 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
-import { buildHandoverBlob, type BlobLayout, type HandoverDescription, type LiveMetadata, POOL_FD_ENV, POOL_PATH_ENV, type RestoreExpectations, verifyHandoverBlob } from '../handover/blob';
+import {
+  buildHandoverBlob,
+  type BlobLayout,
+  type HandoverDescription,
+  type LiveMetadata,
+  POOL_FD_ENV,
+  POOL_PATH_ENV,
+  type RestoreExpectations,
+  verifyHandoverBlob,
+} from '../handover/blob';
 import { native } from '../native';
 import type { Pool } from '../pool/pool';
 import { resolveExecutable } from '../process';
 import { elapsedMs } from '../units';
 import type { MountContext } from './context';
 import { InodeType } from './inodes';
-import { EXTENT_PAGE_SIZE, FIXED_HEADER_BYTES, FORMAT_MAJOR, FORMAT_MINOR, type Geometry, INODE_SIZE, INTENT_OFFSET, PoolState, ROOT_INO, type Superblock } from './layout';
+import {
+  EXTENT_PAGE_SIZE,
+  FIXED_HEADER_BYTES,
+  FORMAT_MAJOR,
+  FORMAT_MINOR,
+  type Geometry,
+  INODE_SIZE,
+  INTENT_OFFSET,
+  PoolState,
+  ROOT_INO,
+  type Superblock,
+} from './layout';
 import { releaseInode } from './namespace';
 import type { KexecOptions, SerialiseResult } from './types';
 import type { MetadataViews } from './views';
@@ -67,12 +87,28 @@ export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: 
  * Checks the blob a serialised superblock names against the metadata it describes; throws (EUCLEAN and the check that
  * failed) when it cannot be adopted.
  */
-export function verifyRecordedBlob(views: MetadataViews, sb: Superblock, pool: Pool, area: Uint8Array, fields: { syscall: string; path: string }): HandoverDescription {
+export function verifyRecordedBlob(
+  views: MetadataViews,
+  sb: Superblock,
+  pool: Pool,
+  area: Uint8Array,
+  fields: { syscall: string; path: string },
+): HandoverDescription {
   if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
-    throw new GuestmemfsError('EUCLEAN', `handover refused (length): the superblock records a ${sb.handoverBytes}-byte blob in a ${area.length}-byte area; the pool was left untouched`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `handover refused (length): the superblock records a ${sb.handoverBytes}-byte blob in a ${area.length}-byte area; ` +
+        `the pool was left untouched`,
+      fields,
+    );
   }
   if (sb.handoverGeneration !== sb.generation) {
-    throw new GuestmemfsError('EUCLEAN', `handover refused (generation): the blob was made at generation ${sb.handoverGeneration}, the superblock is at ${sb.generation}; the pool was left untouched`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `handover refused (generation): the blob was made at generation ${sb.handoverGeneration}, the superblock is at ${sb.generation}; ` +
+        `the pool was left untouched`,
+      fields,
+    );
   }
   return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool));
 }
@@ -87,10 +123,16 @@ export function unmount(ctx: MountContext): void {
   if (ctx.readOnly || ctx.frozenAt !== undefined) return ctx.release();
   const mapped = ctx.liveMappingCount();
   if (mapped > 0) {
-    throw new GuestmemfsError('EBUSY', `${mapped} file mapping(s) are still live: unmap them before unmounting`, { syscall: 'umount', path: ctx.pool.label });
+    throw new GuestmemfsError('EBUSY', `${mapped} file mapping(s) are still live: unmap them before unmounting`, {
+      syscall: 'umount',
+      path: ctx.pool.label,
+    });
   }
   if (ctx.busy.size > 0) {
-    throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before unmounting', { syscall: 'umount', path: ctx.pool.label });
+    throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before unmounting', {
+      syscall: 'umount',
+      path: ctx.pool.label,
+    });
   }
   ctx.writeSuperblock({ state: PoolState.Clean, ownerPid: 0, ownerStartTime: 0n });
   ctx.release();
@@ -128,7 +170,13 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     const generation = ctx.superblock.generation + 1n;
     const pool = ctx.pool;
     blob = buildHandoverBlob({
-      pool: { backend: pool.backend, path: pool.path, fd: pool.path === undefined ? pool.fd : undefined, size: pool.size, pageSize: pool.pageSize },
+      pool: {
+        backend: pool.backend,
+        path: pool.path,
+        fd: pool.path === undefined ? pool.fd : undefined,
+        size: pool.size,
+        pageSize: pool.pageSize,
+      },
       layout: blobLayout(ctx.geometry),
       uuid: ctx.uuid,
       generation,
@@ -140,18 +188,25 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     if (blob.length > area.length) {
       throw new GuestmemfsError(
         'ENOSPC',
-        `handover blob of ${blob.length} bytes does not fit the ${area.length}-byte handover area (${live.length} files, ${pages.length} extent pages): delete files or mkfs with fewer, larger files`,
+        `handover blob of ${blob.length} bytes does not fit the ${area.length}-byte handover area (${live.length} files, ` +
+          `${pages.length} extent pages): delete files or mkfs with fewer, larger files`,
         fields,
       );
     }
     area.set(blob);
     // Commit point: the superblock names the blob, its checksum and generation, and says "serialised".
-    ctx.writeSuperblock({ state: PoolState.Serialised, generation, handoverBytes: blob.length, handoverCrc: crc32(blob), handoverGeneration: generation });
+    ctx.writeSuperblock({
+      state: PoolState.Serialised,
+      generation,
+      handoverBytes: blob.length,
+      handoverCrc: crc32(blob),
+      handoverGeneration: generation,
+    });
     ctx.frozenAt = generation;
     files = live.length;
     mappingBlocks = pages.length;
   }
-  const result: SerialiseResult = { generation: ctx.frozenAt!, blob, files, mappingBlocks, ms: elapsedMs(started) };
+  const result: SerialiseResult = { generation: ctx.frozenAt, blob, files, mappingBlocks, ms: elapsedMs(started) };
   if (options.out) {
     // Written as a file of the caller's choosing: only its owner can read the pool's layout from it.
     fs.writeFileSync(options.out, blob, { mode: 0o600 });

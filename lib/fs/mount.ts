@@ -38,25 +38,44 @@ function currentCredentials(options: MountOptions): Credentials {
 
 /** Mounts a formatted pool for this process, exclusively (or, with readOnly, as a view that takes no lock). */
 export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
-  if (os.endianness() !== 'LE') throw new GuestmemfsError('EINVAL', 'guestmemfs pools are little-endian; this host is big-endian', { syscall: 'mount' });
+  if (os.endianness() !== 'LE')
+    throw new GuestmemfsError('EINVAL', 'guestmemfs pools are little-endian; this host is big-endian', { syscall: 'mount' });
   requireHeaderRoom(pool, 'mount');
   const key = poolKey(pool);
   if (options.readOnly) return mountReadOnly(pool, options, key);
-  requireNotMountedHere(pool, key, 'mount', `pool is mounted by pid ${process.pid} (this process): unmount that mount first (only one mount at a time)`);
+  requireNotMountedHere(
+    pool,
+    key,
+    'mount',
+    `pool is mounted by pid ${process.pid} (this process): unmount that mount first (only one mount at a time)`,
+  );
   lockPool(pool, 'mount');
   let meta: Mapping | undefined;
   try {
     const sb = readPoolSuperblock(pool);
     if (options.requireHandover && (sb.state !== PoolState.Serialised || options.discardHandover)) {
-      throw new GuestmemfsError('ENOENT', `pool holds no handover (it is ${PoolState[sb.state]!.toLowerCase()}): its owner let go without serialising it; mount it without requireHandover to recover it`, {
-        syscall: 'mount',
-        path: pool.label,
-      });
+      throw new GuestmemfsError(
+        'ENOENT',
+        `pool holds no handover (it is ${PoolState[sb.state].toLowerCase()}): its owner let go without serialising it; ` +
+          `mount it without requireHandover to recover it`,
+        {
+          syscall: 'mount',
+          path: pool.label,
+        },
+      );
     }
     // Only the metadata region is mapped now; data blocks get a mapping the first time data is touched.
     meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false, dontDump: true, dontFork: true });
     // No pre-faulting and no view of the whole region: a mount (above all a restore) touches a few metadata pages.
-    const ctx = new MountContext(pool, openViews(new MappedMetadata(meta.id), sb.geometry), sb, currentCredentials(options), key, false, meta);
+    const ctx = new MountContext(
+      pool,
+      openViews(new MappedMetadata(meta.id), sb.geometry),
+      sb,
+      currentCredentials(options),
+      key,
+      false,
+      meta,
+    );
     const filesystem = takeOver(ctx, sb, options);
     markMountedHere(key, true);
     return filesystem;
@@ -111,23 +130,39 @@ function recoverIfNeeded(ctx: MountContext, sb: Superblock, options: MountOption
   else {
     const problems = findUnrepairable(views);
     if (problems.length > 0) {
-      throw new GuestmemfsError('EUCLEAN', `pool metadata is damaged: ${problems.slice(0, 5).join('; ')}; run the checker (check) for the full report`, fields);
+      throw new GuestmemfsError(
+        'EUCLEAN',
+        `pool metadata is damaged: ${problems.slice(0, 5).join('; ')}; run the checker (check) for the full report`,
+        fields,
+      );
     }
     const derived = auditMetadata(views).problems;
     if (derived.length > 0) cause = `its derived metadata is damaged (${derived.slice(0, 3).join('; ')})`;
   }
   if (cause === undefined) return undefined;
   if (options.repair === false) {
-    throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly: ${cause}; mount it with { repair: true } (the default) to recover it`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `pool was not unmounted cleanly: ${cause}; mount it with { repair: true } (the default) to recover it`,
+      fields,
+    );
   }
   // Still marked as the dead owner's while recovering: a kill now is recovered from by the next mount.
   const result = repairDerived(views);
   if (result.unrepairable.length > 0) {
-    throw new GuestmemfsError('EUCLEAN', `pool was not unmounted cleanly (${cause}) and cannot be recovered: ${result.unrepairable.join('; ')}; it was left as it was`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `pool was not unmounted cleanly (${cause}) and cannot be recovered: ${result.unrepairable.join('; ')}; it was left as it was`,
+      fields,
+    );
   }
   const remaining = auditMetadata(views).problems;
   if (remaining.length > 0) {
-    throw new GuestmemfsError('EUCLEAN', `pool could not be brought back to a consistent state (${remaining.slice(0, 5).join('; ')}): run the checker`, fields);
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `pool could not be brought back to a consistent state (${remaining.slice(0, 5).join('; ')}): run the checker`,
+      fields,
+    );
   }
   return { previousOwnerPid: sb.ownerPid, fixes: result.fixes };
 }
@@ -148,7 +183,15 @@ function mountReadOnly(pool: Pool, options: MountOptions, key: string): Filesyst
     } finally {
       meta.unmap();
     }
-    const ctx = new MountContext(pool, openViews(new BufferMetadata(snapshot), sb.geometry), sb, currentCredentials(options), key, true, undefined);
+    const ctx = new MountContext(
+      pool,
+      openViews(new BufferMetadata(snapshot), sb.geometry),
+      sb,
+      currentCredentials(options),
+      key,
+      true,
+      undefined,
+    );
     lastProblems = auditMetadata(ctx.views).problems;
     if (lastProblems.length === 0) {
       // A view adopts nothing, repairs nothing and writes nothing: unlinked files stay as they are.
@@ -157,9 +200,17 @@ function mountReadOnly(pool: Pool, options: MountOptions, key: string): Filesyst
     }
     // Nobody holds the mount lock: the damage is not a write in progress, and waiting will not mend it.
     if (!lockIsHeldByOther(pool)) {
-      throw new GuestmemfsError('EUCLEAN', `pool metadata is not consistent (${lastProblems.slice(0, 3).join('; ')}): run the checker with repair`, fields);
+      throw new GuestmemfsError(
+        'EUCLEAN',
+        `pool metadata is not consistent (${lastProblems.slice(0, 3).join('; ')}): run the checker with repair`,
+        fields,
+      );
     }
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SNAPSHOT_RETRY_MS);
   }
-  throw new GuestmemfsError('EAGAIN', `the pool kept changing under its owner while it was read (${lastProblems.slice(0, 2).join('; ')}): try again`, fields);
+  throw new GuestmemfsError(
+    'EAGAIN',
+    `the pool kept changing under its owner while it was read (${lastProblems.slice(0, 2).join('; ')}): try again`,
+    fields,
+  );
 }

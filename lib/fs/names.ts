@@ -44,7 +44,8 @@ export function resolveParent(ctx: MountContext, path: string, syscall: string):
   if (name === '..') throw new GuestmemfsError('EINVAL', `"..": cannot be the last part of a path to ${syscall}`, { syscall, path });
   const nameBytes = encodeNewName(name, syscall, path);
   const parent = resolve(ctx, `/${parts.join('/')}`, syscall);
-  if (ctx.inodes.type(parent) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
+  if (ctx.inodes.type(parent) !== InodeType.Directory)
+    throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
   return { parent, name, nameBytes };
 }
 
@@ -54,11 +55,15 @@ export function resolveExisting(ctx: MountContext, path: string, syscall: string
   if (endsWithDot(path)) throw new GuestmemfsError('EINVAL', `cannot ${syscall} '.', ${syscall} '${path}'`, { syscall, path });
   const name = parts.pop();
   if (name === undefined) {
-    throw new GuestmemfsError(syscall === 'rmdir' || syscall === 'rename' ? 'EBUSY' : 'EISDIR', `cannot ${syscall} the root directory`, { syscall, path });
+    throw new GuestmemfsError(syscall === 'rmdir' || syscall === 'rename' ? 'EBUSY' : 'EISDIR', `cannot ${syscall} the root directory`, {
+      syscall,
+      path,
+    });
   }
   if (name === '..') throw new GuestmemfsError('EINVAL', `cannot ${syscall} '..'`, { syscall, path });
   const parent = resolve(ctx, `/${parts.join('/')}`, syscall);
-  if (ctx.inodes.type(parent) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
+  if (ctx.inodes.type(parent) !== InodeType.Directory)
+    throw new GuestmemfsError('ENOTDIR', `not a directory, ${syscall} '${path}'`, { syscall, path });
   ctx.requireAccess(parent, X_OK, syscall, path);
   const ino = ctx.names.get(parent, name);
   if (ino === undefined) throw new GuestmemfsError('ENOENT', `no such file or directory, ${syscall} '${path}'`, { syscall, path });

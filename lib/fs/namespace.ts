@@ -20,7 +20,8 @@ export function create(ctx: MountContext, path: string, options: CreateOptions):
   ctx.requireWritable('open');
   const type = options.type ?? 'plain';
   const fileType = FILE_TYPE_NAMES.indexOf(type);
-  if (fileType < 0) throw new GuestmemfsError('EINVAL', `file type "${type}" is not one of ${FILE_TYPE_NAMES.join(', ')}`, { syscall: 'open', path });
+  if (fileType < 0)
+    throw new GuestmemfsError('EINVAL', `file type "${type}" is not one of ${FILE_TYPE_NAMES.join(', ')}`, { syscall: 'open', path });
   const mode = checkMode(options.mode ?? (type === 'plain' ? 0o644 : 0o600), 'open', path);
   return createInode(ctx, path, 'open', InodeType.File, fileType, mode);
 }
@@ -52,7 +53,8 @@ export function mkdir(ctx: MountContext, path: string, options: MkdirOptions): n
 export function readdirEntries(ctx: MountContext, path: string): DirEntry[] {
   ctx.requireMounted('scandir');
   const dir = resolve(ctx, path, 'scandir');
-  if (ctx.inodes.type(dir) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, scandir '${path}'`, { syscall: 'scandir', path });
+  if (ctx.inodes.type(dir) !== InodeType.Directory)
+    throw new GuestmemfsError('ENOTDIR', `not a directory, scandir '${path}'`, { syscall: 'scandir', path });
   ctx.requireAccess(dir, R_OK, 'scandir', path);
   const entries: DirEntry[] = [];
   const inodes = ctx.inodes;
@@ -80,7 +82,8 @@ export function rmdir(ctx: MountContext, path: string): void {
   const { parent, name, ino } = resolveExisting(ctx, path, 'rmdir');
   const inodes = ctx.inodes;
   if (ino === ROOT_INO) throw new GuestmemfsError('EBUSY', 'the root directory cannot be removed', { syscall: 'rmdir', path });
-  if (inodes.type(ino) !== InodeType.Directory) throw new GuestmemfsError('ENOTDIR', `not a directory, rmdir '${path}'`, { syscall: 'rmdir', path });
+  if (inodes.type(ino) !== InodeType.Directory)
+    throw new GuestmemfsError('ENOTDIR', `not a directory, rmdir '${path}'`, { syscall: 'rmdir', path });
   if (inodes.firstChild(ino) !== 0) {
     throw new GuestmemfsError('ENOTEMPTY', `directory not empty, rmdir '${path}': remove its entries first`, { syscall: 'rmdir', path });
   }
@@ -100,19 +103,23 @@ export function rename(ctx: MountContext, from: string, to: string): void {
   const target = resolveParent(ctx, to, 'rename');
   const inodes = ctx.inodes;
   const isDir = inodes.type(source.ino) === InodeType.Directory;
-  if (source.ino === ROOT_INO) throw new GuestmemfsError('EBUSY', 'the root directory cannot be renamed', { syscall: 'rename', path: from });
+  if (source.ino === ROOT_INO)
+    throw new GuestmemfsError('EBUSY', 'the root directory cannot be renamed', { syscall: 'rename', path: from });
   const victim = ctx.names.get(target.parent, target.name);
   if (victim === source.ino) return;
   if (isDir) {
     for (let dir = target.parent; ; dir = inodes.parent(dir)) {
-      if (dir === source.ino) throw new GuestmemfsError('EINVAL', `cannot move directory '${from}' into itself ('${to}')`, { syscall: 'rename', path: to });
+      if (dir === source.ino)
+        throw new GuestmemfsError('EINVAL', `cannot move directory '${from}' into itself ('${to}')`, { syscall: 'rename', path: to });
       if (dir === ROOT_INO) break;
     }
   }
   if (victim !== undefined) {
     const victimIsDir = inodes.type(victim) === InodeType.Directory;
-    if (isDir && !victimIsDir) throw new GuestmemfsError('ENOTDIR', `not a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
-    if (!isDir && victimIsDir) throw new GuestmemfsError('EISDIR', `is a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
+    if (isDir && !victimIsDir)
+      throw new GuestmemfsError('ENOTDIR', `not a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
+    if (!isDir && victimIsDir)
+      throw new GuestmemfsError('EISDIR', `is a directory, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
     if (victimIsDir && inodes.firstChild(victim) !== 0) {
       throw new GuestmemfsError('ENOTEMPTY', `directory not empty, rename '${from}' -> '${to}'`, { syscall: 'rename', path: to });
     }
@@ -166,7 +173,11 @@ function createInode(ctx: MountContext, path: string, syscall: string, type: Ino
     );
   }
   if (!inodes.isValidIno(ino) || inodes.type(ino) !== InodeType.Free) {
-    throw new GuestmemfsError('EUCLEAN', `the free inode list is damaged (it names inode ${ino}, which is in use): unmount and run the checker with repair`, { syscall, path });
+    throw new GuestmemfsError(
+      'EUCLEAN',
+      `the free inode list is damaged (it names inode ${ino}, which is in use): unmount and run the checker with repair`,
+      { syscall, path },
+    );
   }
   // Pop from the free list first: a kill after this leaks a free inode, which the checker puts back.
   hints.freeInodeHead = inodes.nextFree(ino);

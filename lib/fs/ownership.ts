@@ -32,11 +32,12 @@ export function scanOwnership(views: OwnershipViews): { problems: string[]; owne
     const type = inodes.type(ino);
     if (type === InodeType.Free) continue;
     if (type !== InodeType.Directory && type !== InodeType.File) {
-      problems.push(`inode ${ino} has unknown type ${type}`);
+      problems.push(`inode ${ino} has unknown type ${Number(type)}`);
       continue;
     }
     const orphan = ino !== ROOT_INO && (inodes.flags(ino) & FLAG_ORPHAN) !== 0;
-    if (type === InodeType.File && FILE_TYPE_NAMES[inodes.fileType(ino)] === undefined) problems.push(`inode ${ino} has unknown file type ${inodes.fileType(ino)}`);
+    if (type === InodeType.File && FILE_TYPE_NAMES[inodes.fileType(ino)] === undefined)
+      problems.push(`inode ${ino} has unknown file type ${inodes.fileType(ino)}`);
     if (!orphan && ino !== ROOT_INO) {
       const parent = inodes.parent(ino);
       if (!inodes.isValidIno(parent) || inodes.type(parent) !== InodeType.Directory) {
@@ -88,4 +89,3 @@ export function findUnreachable(inodes: InodeTable): string[] {
   }
   return problems;
 }
-

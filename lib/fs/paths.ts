@@ -10,7 +10,8 @@ export function splitPath(path: string, syscall: string): string[] {
   if (!path.startsWith('/')) {
     throw new GuestmemfsError('EINVAL', `path "${path}" must be absolute inside the filesystem (start with /)`, { syscall, path });
   }
-  if (path.length > PATH_MAX) throw new GuestmemfsError('ENAMETOOLONG', `path is longer than ${PATH_MAX} bytes`, { syscall, path: path.slice(0, 64) });
+  if (path.length > PATH_MAX)
+    throw new GuestmemfsError('ENAMETOOLONG', `path is longer than ${PATH_MAX} bytes`, { syscall, path: path.slice(0, 64) });
   if (path.includes('\0')) throw new GuestmemfsError('EINVAL', 'path contains a NUL byte', { syscall, path: path.replace(/\0/g, '\\0') });
   const parts = path.split('/');
   const out: string[] = [];

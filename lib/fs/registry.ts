@@ -40,7 +40,10 @@ export function lockOrExplain(pool: Pool, syscall: string, holderPid: () => numb
   } catch {
     // The message says the holder is unknown.
   }
-  throw new GuestmemfsError('EBUSY', `pool is mounted by ${holder}: unmount it there first (only one mount at a time)`, { syscall, path: pool.label });
+  throw new GuestmemfsError('EBUSY', `pool is mounted by ${holder}: unmount it there first (only one mount at a time)`, {
+    syscall,
+    path: pool.label,
+  });
 }
 
 /** True when another open file description holds the pool's mount lock (probed with a shared lock, let go at once). */

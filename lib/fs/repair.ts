@@ -75,7 +75,10 @@ export function repairDerived(views: RepairViews): RepairResult {
   }
   allocator.markFree(free);
   allocator.markAllocated(used);
-  allocator.markDirty(used.filter((run) => run.start >= geometry.metadataBlocks), false);
+  allocator.markDirty(
+    used.filter((run) => run.start >= geometry.metadataBlocks),
+    false,
+  );
   const counts = allocator.count();
   hints.freeBlocks = geometry.blockCount - counts.allocated;
   hints.dirtyBlocks = counts.dirty;

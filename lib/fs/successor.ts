@@ -29,7 +29,12 @@ export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
  * mapping guest RAM stays out of the blackout. The file's blocks come from a read-only view; map(path, { premapped })
  * in the mount that follows adopts the mapping if the blocks are still the same.
  */
-export function premapFile(pool: Pool, path: string, options: MountOptions = {}, mapOptions: Pick<MapOptions, 'sharePageTables'> = {}): Mapping {
+export function premapFile(
+  pool: Pool,
+  path: string,
+  options: MountOptions = {},
+  mapOptions: Pick<MapOptions, 'sharePageTables'> = {},
+): Mapping {
   const view = mount(pool, { ...options, readOnly: true });
   try {
     return premap(contextOf(view), pool, path, mapOptions);
@@ -53,7 +58,7 @@ export async function waitForHandover(pool: Pool, options: WaitOptions = {}): Pr
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
   for (;;) {
     if (tryLock(pool)) {
-      let ready = false;
+      let ready: boolean;
       try {
         ready = readPoolSuperblock(pool).state === PoolState.Serialised;
       } finally {
@@ -62,10 +67,14 @@ export async function waitForHandover(pool: Pool, options: WaitOptions = {}): Pr
       if (ready) return mount(pool, { ...options, requireHandover: true });
     }
     if (Date.now() > deadline) {
-      throw new GuestmemfsError('ETIMEDOUT', `no handover arrived within ${options.timeoutMs ?? 60_000} ms: the owner has not serialised and released the pool`, {
-        syscall: 'mount',
-        path: pool.label,
-      });
+      throw new GuestmemfsError(
+        'ETIMEDOUT',
+        `no handover arrived within ${options.timeoutMs ?? 60_000} ms: the owner has not serialised and released the pool`,
+        {
+          syscall: 'mount',
+          path: pool.label,
+        },
+      );
     }
     await new Promise((resolve) => (options.pollMs ? setTimeout(resolve, options.pollMs) : setImmediate(resolve)));
   }
@@ -83,10 +92,14 @@ export function spinForHandover(pool: Pool, options: WaitOptions = {}): Filesyst
   // The mount lock comes free when the owner lets go; only a serialised pool is then taken (requireHandover).
   while (!tryLock(pool)) {
     if (process.hrtime.bigint() > deadline) {
-      throw new GuestmemfsError('ETIMEDOUT', `no handover arrived within ${timeoutMs} ms of being announced: the owner has not released the pool`, {
-        syscall: 'mount',
-        path: pool.label,
-      });
+      throw new GuestmemfsError(
+        'ETIMEDOUT',
+        `no handover arrived within ${timeoutMs} ms of being announced: the owner has not released the pool`,
+        {
+          syscall: 'mount',
+          path: pool.label,
+        },
+      );
     }
   }
   unlock(pool);

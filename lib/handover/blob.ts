@@ -102,7 +102,16 @@ export interface HandoverDescription {
   formatVersion: [number, number];
   generation: string;
   uuid: string;
-  fsMem: { backend: string; path?: string; inheritedFd?: number; fdEnv?: string; size: number; pageSize: number; blockSize: number; blockCount: number };
+  fsMem: {
+    backend: string;
+    path?: string;
+    inheritedFd?: number;
+    fdEnv?: string;
+    size: number;
+    pageSize: number;
+    blockSize: number;
+    blockCount: number;
+  };
   regions: Array<{ name: string; offset: number; length: number }>;
   crc32: number;
   liveInodes: number[];
@@ -195,7 +204,11 @@ function prop(node: FdtNode, name: string, where: string): Uint8Array {
 function u32s(node: FdtNode, name: string, where: string, count?: number): number[] {
   const value = prop(node, name, where);
   if (value.length % 4 !== 0 || (count !== undefined && value.length !== count * 4)) {
-    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 32-bit cells`);
+    throw new BlobReject(
+      'EUCLEAN',
+      'property-size',
+      `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 32-bit cells`,
+    );
   }
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
   return Array.from({ length: value.length / 4 }, (_, index) => view.getUint32(index * 4));
@@ -204,7 +217,11 @@ function u32s(node: FdtNode, name: string, where: string, count?: number): numbe
 function u64s(node: FdtNode, name: string, where: string, count?: number): bigint[] {
   const value = prop(node, name, where);
   if (value.length % 8 !== 0 || (count !== undefined && value.length !== count * 8)) {
-    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 64-bit values`);
+    throw new BlobReject(
+      'EUCLEAN',
+      'property-size',
+      `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 64-bit values`,
+    );
   }
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
   return Array.from({ length: value.length / 8 }, (_, index) => view.getBigUint64(index * 8));
@@ -212,7 +229,8 @@ function u64s(node: FdtNode, name: string, where: string, count?: number): bigin
 
 function str(node: FdtNode, name: string, where: string): string {
   const value = prop(node, name, where);
-  if (value.length === 0 || value[value.length - 1] !== 0) throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is not a NUL-terminated string`);
+  if (value.length === 0 || value[value.length - 1] !== 0)
+    throw new BlobReject('EUCLEAN', 'property-size', `${where}/${name} is not a NUL-terminated string`);
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(value.subarray(0, value.length - 1));
   } catch {
@@ -243,7 +261,11 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
   const pageMem = u64s(mappings, 'mem', '/guestmemfs/mappings_blocks').map(toNumber);
   const pageOwners = u32s(owners, 'inodes', '/guestmemfs/mappings_to_inode');
   if (pageOwners.length * 2 !== pageMem.length) {
-    throw new BlobReject('EUCLEAN', 'mappings', `mappings_blocks lists ${pageMem.length / 2} pages but mappings_to_inode names ${pageOwners.length} owners`);
+    throw new BlobReject(
+      'EUCLEAN',
+      'mappings',
+      `mappings_blocks lists ${pageMem.length / 2} pages but mappings_to_inode names ${pageOwners.length} owners`,
+    );
   }
   const poolMem = u64s(fsMem, 'mem', '/guestmemfs/fs_mem', 2).map(toNumber);
   const description: HandoverDescription = {
@@ -298,28 +320,51 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
     const reject = (code: string, check: string, message: string): never => {
       throw new BlobReject(code, check, message);
     };
-    if (d.compatible !== HANDOVER_COMPATIBLE) reject('EINVAL', 'compatible', `compatible is "${d.compatible}", this guestmemfs reads "${HANDOVER_COMPATIBLE}"`);
-    if (d.handoverVersion !== HANDOVER_VERSION) reject('EINVAL', 'version', `handover version ${d.handoverVersion} is not supported (this guestmemfs reads ${HANDOVER_VERSION})`);
-    if (d.formatVersion[0] !== g.formatVersion[0]) reject('EINVAL', 'version', `metadata format ${d.formatVersion.join('.')} is not supported (this guestmemfs reads ${g.formatVersion[0]}.x)`);
+    if (d.compatible !== HANDOVER_COMPATIBLE)
+      reject('EINVAL', 'compatible', `compatible is "${d.compatible}", this guestmemfs reads "${HANDOVER_COMPATIBLE}"`);
+    if (d.handoverVersion !== HANDOVER_VERSION)
+      reject('EINVAL', 'version', `handover version ${d.handoverVersion} is not supported (this guestmemfs reads ${HANDOVER_VERSION})`);
+    if (d.formatVersion[0] !== g.formatVersion[0])
+      reject(
+        'EINVAL',
+        'version',
+        `metadata format ${d.formatVersion.join('.')} is not supported (this guestmemfs reads ${g.formatVersion[0]}.x)`,
+      );
     if (d.uuid !== expect.uuid) reject('EINVAL', 'uuid', `blob belongs to pool ${d.uuid}, this pool is ${expect.uuid}`);
-    if (d.generation !== expect.generation.toString()) reject('EUCLEAN', 'generation', `blob is from generation ${d.generation}, the superblock expects ${expect.generation}`);
-    if (d.fsMem.size !== expect.pool.size) reject('EINVAL', 'geometry', `blob describes a pool of ${d.fsMem.size} bytes, this pool has ${expect.pool.size}`);
-    if (d.fsMem.pageSize !== expect.pool.pageSize) reject('EINVAL', 'geometry', `blob describes ${d.fsMem.pageSize}-byte pages, this pool has ${expect.pool.pageSize}`);
+    if (d.generation !== expect.generation.toString())
+      reject('EUCLEAN', 'generation', `blob is from generation ${d.generation}, the superblock expects ${expect.generation}`);
+    if (d.fsMem.size !== expect.pool.size)
+      reject('EINVAL', 'geometry', `blob describes a pool of ${d.fsMem.size} bytes, this pool has ${expect.pool.size}`);
+    if (d.fsMem.pageSize !== expect.pool.pageSize)
+      reject('EINVAL', 'geometry', `blob describes ${d.fsMem.pageSize}-byte pages, this pool has ${expect.pool.pageSize}`);
     if (d.fsMem.blockSize !== g.blockSize || d.fsMem.blockCount !== g.blockCount) {
-      reject('EINVAL', 'geometry', `blob describes ${d.fsMem.blockCount} blocks of ${d.fsMem.blockSize} bytes, the superblock ${g.blockCount} of ${g.blockSize}`);
+      reject(
+        'EINVAL',
+        'geometry',
+        `blob describes ${d.fsMem.blockCount} blocks of ${d.fsMem.blockSize} bytes, the superblock ${g.blockCount} of ${g.blockSize}`,
+      );
     }
     g.regions.forEach(([offset, length], index) => {
       const region = d.regions[index]!;
       if (region.offset !== offset || region.length !== length) {
-        reject('EUCLEAN', 'regions', `blob places ${region.name} at [${region.offset}, +${region.length}), the superblock at [${offset}, +${length})`);
+        reject(
+          'EUCLEAN',
+          'regions',
+          `blob places ${region.name} at [${region.offset}, +${region.length}), the superblock at [${offset}, +${length})`,
+        );
       }
     });
     if (d.reservations.length !== 1 || d.reservations[0]!.offset !== 0 || d.reservations[0]!.length !== g.metadataBytes) {
-      reject('EUCLEAN', 'reservations', `reservation map ${JSON.stringify(d.reservations)} does not reserve the metadata region [0, +${g.metadataBytes})`);
+      reject(
+        'EUCLEAN',
+        'reservations',
+        `reservation map ${JSON.stringify(d.reservations)} does not reserve the metadata region [0, +${g.metadataBytes})`,
+      );
     }
     let previous = 0;
     for (const ino of d.liveInodes) {
-      if (ino <= previous || ino >= g.inodeCount) reject('EUCLEAN', 'inodes', `live inode list is not ascending inside the table at inode ${ino}`);
+      if (ino <= previous || ino >= g.inodeCount)
+        reject('EUCLEAN', 'inodes', `live inode list is not ascending inside the table at inode ${ino}`);
       if (!expect.isLive(ino)) reject('EUCLEAN', 'inodes', `blob lists inode ${ino} as live, the inode table has it free`);
       previous = ino;
     }
@@ -330,17 +375,26 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
       if (block.length !== g.extentPageSize || !Number.isInteger(page) || page < 1 || page >= g.extentPageCount) {
         reject('EUCLEAN', 'mappings', `mappings block [${block.offset}, +${block.length}) is not an extent page`);
       }
-      if (!expect.chainOf(block.inode).includes(page)) reject('EUCLEAN', 'mappings', `extent page ${page} is not in inode ${block.inode}'s chain`);
+      if (!expect.chainOf(block.inode).includes(page))
+        reject('EUCLEAN', 'mappings', `extent page ${page} is not in inode ${block.inode}'s chain`);
       pages.push(page);
     }
     const crc = liveMetadataCrc(expect.metadata, d.liveInodes, pages);
-    if (crc !== d.crc32) reject('EUCLEAN', 'checksum', `metadata changed after serialise: live-metadata CRC32 is ${crc.toString(16)}, the blob recorded ${d.crc32.toString(16)}`);
+    if (crc !== d.crc32)
+      reject(
+        'EUCLEAN',
+        'checksum',
+        `metadata changed after serialise: live-metadata CRC32 is ${crc.toString(16)}, the blob recorded ${d.crc32.toString(16)}`,
+      );
     const blobCrc = crc32(blob);
-    if (blobCrc !== expect.blobCrc) reject('EUCLEAN', 'blob-checksum', `blob CRC32 is ${blobCrc.toString(16)}, the superblock recorded ${expect.blobCrc.toString(16)}`);
+    if (blobCrc !== expect.blobCrc)
+      reject('EUCLEAN', 'blob-checksum', `blob CRC32 is ${blobCrc.toString(16)}, the superblock recorded ${expect.blobCrc.toString(16)}`);
     return d;
   } catch (error) {
-    if (error instanceof BlobReject) throw new GuestmemfsError(error.code, `handover refused (${error.check}): ${error.message}; the pool was left untouched`, fields);
-    if (error instanceof FdtError) throw new GuestmemfsError('EUCLEAN', `handover refused (fdt-${error.check}): ${error.message}; the pool was left untouched`, fields);
+    if (error instanceof BlobReject)
+      throw new GuestmemfsError(error.code, `handover refused (${error.check}): ${error.message}; the pool was left untouched`, fields);
+    if (error instanceof FdtError)
+      throw new GuestmemfsError('EUCLEAN', `handover refused (fdt-${error.check}): ${error.message}; the pool was left untouched`, fields);
     throw error;
   }
 }

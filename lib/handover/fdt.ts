@@ -11,7 +11,10 @@ const HEADER_SIZE = 40;
 const TOKEN = { BEGIN_NODE: 1, END_NODE: 2, PROP: 3, NOP: 4, END: 9 } as const;
 
 export class FdtError extends Error {
-  constructor(readonly check: string, message: string) {
+  constructor(
+    readonly check: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'FdtError';
   }
@@ -166,10 +169,12 @@ export function cellsU64(values: ReadonlyArray<bigint | number>): Uint8Array {
 
 /** Parses and checks a DTB: header fields, every offset and size inside the blob, token stream well formed. */
 export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): ParsedFdt {
-  if (blob.length < HEADER_SIZE) throw new FdtError('truncated', `blob is ${blob.length} bytes, shorter than the ${HEADER_SIZE}-byte FDT header`);
+  if (blob.length < HEADER_SIZE)
+    throw new FdtError('truncated', `blob is ${blob.length} bytes, shorter than the ${HEADER_SIZE}-byte FDT header`);
   const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
   const magic = view.getUint32(0);
-  if (magic !== FDT_MAGIC) throw new FdtError('magic', `not a flattened device tree: magic 0x${magic.toString(16)}, expected 0x${FDT_MAGIC.toString(16)}`);
+  if (magic !== FDT_MAGIC)
+    throw new FdtError('magic', `not a flattened device tree: magic 0x${magic.toString(16)}, expected 0x${FDT_MAGIC.toString(16)}`);
   const total = view.getUint32(4);
   if (total > blob.length) throw new FdtError('truncated', `blob truncated: the header says ${total} bytes, ${blob.length} are there`);
   if (total < HEADER_SIZE) throw new FdtError('header', `header total size ${total} is smaller than the header`);
@@ -184,8 +189,10 @@ export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): 
     throw new FdtError('version', `FDT version ${version} (compatible back to ${lastComp}) cannot be read as version ${FDT_VERSION}`);
   }
   const inside = (offset: number, size: number) => offset >= HEADER_SIZE && size >= 0 && offset + size <= total;
-  if (!inside(offStruct, sizeStruct) || offStruct % 4 !== 0) throw new FdtError('header', `structure block [${offStruct}, +${sizeStruct}) lies outside the blob`);
-  if (!inside(offStrings, sizeStrings)) throw new FdtError('header', `strings block [${offStrings}, +${sizeStrings}) lies outside the blob`);
+  if (!inside(offStruct, sizeStruct) || offStruct % 4 !== 0)
+    throw new FdtError('header', `structure block [${offStruct}, +${sizeStruct}) lies outside the blob`);
+  if (!inside(offStrings, sizeStrings))
+    throw new FdtError('header', `strings block [${offStrings}, +${sizeStrings}) lies outside the blob`);
   if (!inside(offRsv, 16) || offRsv % 8 !== 0) throw new FdtError('header', `reservation map at ${offRsv} lies outside the blob`);
 
   const reservations: FdtReservation[] = [];
@@ -218,7 +225,8 @@ export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): 
     return name;
   };
   const stringAt = (nameOffset: number) => {
-    if (nameOffset >= sizeStrings) throw new FdtError('strings', `property name offset ${nameOffset} is outside the ${sizeStrings}-byte strings block`);
+    if (nameOffset >= sizeStrings)
+      throw new FdtError('strings', `property name offset ${nameOffset} is outside the ${sizeStrings}-byte strings block`);
     let stop = offStrings + nameOffset;
     while (stop < offStrings + sizeStrings && blob[stop] !== 0) stop++;
     if (stop >= offStrings + sizeStrings) throw new FdtError('strings', `property name at strings offset ${nameOffset} is not terminated`);
@@ -241,7 +249,8 @@ export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): 
       if (stack.length === 0) throw new FdtError('structure', `property outside any node at offset ${cursor - 4}`);
       const length = readU32();
       const nameOffset = readU32();
-      if (cursor + length > end) throw new FdtError('structure', `property value of ${length} bytes at offset ${cursor} runs past the structure block`);
+      if (cursor + length > end)
+        throw new FdtError('structure', `property value of ${length} bytes at offset ${cursor} runs past the structure block`);
       const name = stringAt(nameOffset);
       stack.at(-1)!.props.set(name, blob.slice(cursor, cursor + length));
       cursor = align4(cursor + length);
@@ -255,7 +264,7 @@ export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): 
       throw new FdtError('structure', `unknown token 0x${token.toString(16)} at offset ${cursor - 4}`);
     }
   }
-  return { version, reservations, root: root! };
+  return { version, reservations, root: root };
 }
 
 function align4(value: number): number {
@@ -265,10 +274,7 @@ function align4(value: number): number {
 function decodeStrict(bytes: Uint8Array, check: string, what: string): string {
   let ascii = '';
   for (let i = 0; i < bytes.length; i++) {
-    if (bytes[i]! >= 0x80) {
-      ascii = '';
-      break;
-    }
+    if (bytes[i]! >= 0x80) break;
     ascii += String.fromCharCode(bytes[i]!);
     if (i === bytes.length - 1) return ascii;
   }

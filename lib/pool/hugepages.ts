@@ -114,7 +114,10 @@ export function hugetlbfsMounts(mountsText = fs.readFileSync('/proc/mounts', 'ut
 export function requireFreeHugePages(pageSize: number, pages: number, context: { path?: string; syscall?: string } = {}): void {
   const info = hugePageSizeInfo(pageSize);
   if (!info) {
-    const offered = hugePageSizes().map((size) => formatSize(size.pageSize)).join(', ') || 'none';
+    const offered =
+      hugePageSizes()
+        .map((size) => formatSize(size.pageSize))
+        .join(', ') || 'none';
     throw new GuestmemfsError(
       'EINVAL',
       `this kernel has no ${formatSize(pageSize)} huge pages (it offers: ${offered}); choose another page size or use the 4k fallback`,
@@ -148,7 +151,7 @@ export function machineSupport(): MachineSupport {
   } catch {
     shmemTransparentHugePages = undefined;
   }
-  let kvm = false;
+  let kvm: boolean;
   try {
     fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
     kvm = true;

@@ -112,7 +112,8 @@ export class Mapping {
    */
   attachUnmapHook(onUnmap: () => void): void {
     this.#requireMapped('mmap');
-    if (this.#unmapRecord.onUnmap) throw new GuestmemfsError('EBUSY', 'this mapping already belongs to a filesystem mount', { syscall: 'mmap', path: this.#label });
+    if (this.#unmapRecord.onUnmap)
+      throw new GuestmemfsError('EBUSY', 'this mapping already belongs to a filesystem mount', { syscall: 'mmap', path: this.#label });
     this.#unmapRecord.onUnmap = onUnmap;
   }
 
@@ -203,10 +204,14 @@ export class Mapping {
       frames.push(pfn);
     }
     if (presentWithoutFrame > 0) {
-      throw new GuestmemfsError('EPERM', 'the kernel hides physical frame numbers from this process: run as root (CAP_SYS_ADMIN) to read /proc/self/pagemap', {
-        syscall: 'pread',
-        path: '/proc/self/pagemap',
-      });
+      throw new GuestmemfsError(
+        'EPERM',
+        'the kernel hides physical frame numbers from this process: run as root (CAP_SYS_ADMIN) to read /proc/self/pagemap',
+        {
+          syscall: 'pread',
+          path: '/proc/self/pagemap',
+        },
+      );
     }
     return frames;
   }
@@ -237,7 +242,8 @@ export class Mapping {
     if (length > MAX_VIEW_BYTES) {
       throw new GuestmemfsError(
         'EINVAL',
-        `a ${formatSize(length)} view of mapping ${this.id} is larger than JavaScript allows (${formatSize(MAX_VIEW_BYTES)}): view it in windows with bytes(offset, length)`,
+        `a ${formatSize(length)} view of mapping ${this.id} is larger than JavaScript allows (${formatSize(MAX_VIEW_BYTES)}): ` +
+          `view it in windows with bytes(offset, length)`,
         { syscall: 'buffer', path: this.#label },
       );
     }

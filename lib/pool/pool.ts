@@ -111,7 +111,9 @@ export class Pool {
     const poolPath = needsPath ? path.resolve(options.path!) : undefined;
 
     if (options.sparse && isHugetlbBackend(backend)) {
-      throw new GuestmemfsError('EINVAL', 'sparse pools are for the 4 KiB backends only: a huge page pool must be reserved up front', { path: options.path });
+      throw new GuestmemfsError('EINVAL', 'sparse pools are for the 4 KiB backends only: a huge page pool must be reserved up front', {
+        path: options.path,
+      });
     }
     if (poolPath) checkDirectoryFilesystem(backend, poolPath, pageSize);
     if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath });
@@ -147,7 +149,9 @@ export class Pool {
       fd = native.fileOpen(resolved, false, false, 0);
     } catch (error) {
       const converted = GuestmemfsError.from(error, { path: resolved });
-      throw hasCode(converted, 'ENOENT') ? converted.withRemedy('no pool there; create one first (Pool.create or `guestmemfs mkfs`)') : converted;
+      throw hasCode(converted, 'ENOENT')
+        ? converted.withRemedy('no pool there; create one first (Pool.create or `guestmemfs mkfs`)')
+        : converted;
     }
     return Pool.#adopt(fd, resolved, 'open');
   }
@@ -162,17 +166,25 @@ export class Pool {
       const info = native.fdInfo(fd);
       const huge = info.fsType === HUGETLBFS_MAGIC;
       if (!huge && info.fsType !== TMPFS_MAGIC) {
-        throw new GuestmemfsError('EINVAL', `not a pool: the file is on neither hugetlbfs nor tmpfs (statfs type 0x${info.fsType.toString(16)})`, {
-          syscall,
-          path: poolPath,
-        });
+        throw new GuestmemfsError(
+          'EINVAL',
+          `not a pool: the file is on neither hugetlbfs nor tmpfs (statfs type 0x${info.fsType.toString(16)})`,
+          {
+            syscall,
+            path: poolPath,
+          },
+        );
       }
       const pageSize = huge ? info.fsBlockSize : SMALL_PAGE_SIZE;
       if (info.size === 0 || info.size % pageSize !== 0) {
-        throw new GuestmemfsError('EINVAL', `not a pool: size ${info.size} is not a positive multiple of the ${formatSize(pageSize)} page size`, {
-          syscall,
-          path: poolPath,
-        });
+        throw new GuestmemfsError(
+          'EINVAL',
+          `not a pool: size ${info.size} is not a positive multiple of the ${formatSize(pageSize)} page size`,
+          {
+            syscall,
+            path: poolPath,
+          },
+        );
       }
       const backend: PoolBackend = poolPath ? (huge ? 'hugetlbfs' : 'shm-4k') : huge ? 'memfd-hugetlb' : 'memfd-4k';
       return new Pool(fd, backend, poolPath, info.size, pageSize);
@@ -188,14 +200,23 @@ export class Pool {
    */
   map(extents: readonly Extent[], options: MapOptions = {}): Mapping {
     this.#requireOpen('mmap');
-    if (!Array.isArray(extents) || extents.length === 0) {
+    // JS callers may pass anything: whatever is not an array of safe integer pairs fails the checks below.
+    const given: unknown = extents;
+    if (!Array.isArray(given) || extents.length === 0) {
       throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
     }
     const flat = new Float64Array(extents.length * 2);
     let total = 0;
     extents.forEach((extent, index) => {
-      const { offset, length } = extent ?? {};
-      if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) {
+      const { offset, length }: Partial<Extent> = extent ?? {};
+      if (
+        offset === undefined ||
+        length === undefined ||
+        !Number.isSafeInteger(offset) ||
+        !Number.isSafeInteger(length) ||
+        offset < 0 ||
+        length <= 0
+      ) {
         throw new GuestmemfsError('EINVAL', `extent ${index} must have a non-negative integer offset and a positive integer length`, {
           syscall: 'mmap',
           path: this.path,
@@ -219,7 +240,8 @@ export class Pool {
       total += length;
     });
     // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
-    const shareable = options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
+    const shareable =
+      options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
     if (options.writable ?? true) this.#fresh = false;
     const flag = native.mapFlags;
     const flags =
@@ -239,7 +261,13 @@ export class Pool {
       mmapCalls: mapResult[slot.mmapCalls]!,
       hugepageAdvice: mapResult[slot.hugepageAdvice] === 1,
     };
-    return new Mapping(result, this.pageSize, extents.map(({ offset, length }) => ({ offset, length })), this.path, options.onUnmap);
+    return new Mapping(
+      result,
+      this.pageSize,
+      extents.map(({ offset, length }) => ({ offset, length })),
+      this.path,
+      options.onUnmap,
+    );
   }
 
   /** Maps the whole pool as one range. */
@@ -281,10 +309,13 @@ function checkDirectoryFilesystem(backend: PoolBackend, poolPath: string, pageSi
     throw GuestmemfsError.from(error, { path: dir }).withRemedy('create the directory (or mount hugetlbfs there) first');
   }
   if (backend === 'hugetlbfs') {
-    const candidates = hugetlbfsMounts().filter((mount) => mount.pageSize === pageSize).map((mount) => mount.mountpoint);
+    const candidates = hugetlbfsMounts()
+      .filter((mount) => mount.pageSize === pageSize)
+      .map((mount) => mount.mountpoint);
     const suggestion = candidates.length
       ? `put the pool under ${candidates.join(' or ')}`
-      : `mount one (mount -t hugetlbfs -o pagesize=${formatSize(pageSize).replace(' ', '').replace('iB', '')} none DIR, or reserveHugePages({ mount: true }))`;
+      : `mount one (mount -t hugetlbfs -o pagesize=${formatSize(pageSize).replace(' ', '').replace('iB', '')} none DIR, ` +
+        `or reserveHugePages({ mount: true }))`;
     if (stats.type !== HUGETLBFS_MAGIC) {
       throw new GuestmemfsError('EINVAL', `${dir} is not on a hugetlbfs mount: ${suggestion}`, { syscall: 'statfs', path: poolPath });
     }
@@ -296,7 +327,10 @@ function checkDirectoryFilesystem(backend: PoolBackend, poolPath: string, pageSi
       );
     }
   } else if (stats.type !== TMPFS_MAGIC) {
-    throw new GuestmemfsError('EINVAL', `${dir} is not on tmpfs: put a 4k-fallback pool under /dev/shm`, { syscall: 'statfs', path: poolPath });
+    throw new GuestmemfsError('EINVAL', `${dir} is not on tmpfs: put a 4k-fallback pool under /dev/shm`, {
+      syscall: 'statfs',
+      path: poolPath,
+    });
   }
 }
 
@@ -305,7 +339,8 @@ function explainAllocateFailure(error: unknown, backend: PoolBackend, pageSize: 
   if (!hasCode(converted, 'ENOSPC') && !hasCode(converted, 'ENOMEM')) return converted;
   return isHugetlbBackend(backend)
     ? converted.withRemedy(
-        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages (another process took them, or the hugetlbfs mount's size= limit is lower): raise nr_hugepages or the mount limit, or use the 4k fallback`,
+        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages (another process took them, ` +
+          `or the hugetlbfs mount's size= limit is lower): raise nr_hugepages or the mount limit, or use the 4k fallback`,
       )
     : converted.withRemedy(`could not reserve ${formatSize(size)} of shared memory: free memory, enlarge /dev/shm, or use a smaller pool`);
 }

@@ -79,7 +79,11 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
       );
     }
     total = writeTotal(pageSize, info.total + needed);
-    for (let waited = 0; (hugePageSizeInfo(pageSize)?.available ?? 0) < pages && waited < RESERVE_RETRY_MS; waited += RESERVE_RETRY_STEP_MS) {
+    for (
+      let waited = 0;
+      (hugePageSizeInfo(pageSize)?.available ?? 0) < pages && waited < RESERVE_RETRY_MS;
+      waited += RESERVE_RETRY_STEP_MS
+    ) {
       sleepSync(RESERVE_RETRY_STEP_MS);
       total = writeTotal(pageSize, info.total + needed);
     }
@@ -90,7 +94,8 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
       throw new GuestmemfsError(
         'ENOMEM',
         `the kernel could only add ${got} of ${needed} ${formatSize(pageSize)} huge pages (memory too fragmented or too small): ` +
-          `reserve them at boot (hugepagesz=${formatSize(pageSize).replace(' ', '').replace('iB', '')} hugepages=${info.total + needed}) or use a smaller pool`,
+          `reserve them at boot (hugepagesz=${formatSize(pageSize).replace(' ', '').replace('iB', '')} ` +
+          `hugepages=${info.total + needed}) or use a smaller pool`,
         { syscall: 'write', path: nrHugepagesFile(pageSize) },
       );
     }

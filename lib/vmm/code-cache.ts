@@ -16,7 +16,7 @@ export function handOverCodeCache(launcher: ExecLauncher): CodeCacheHandoff {
   const bytes = launcher.createCodeCache();
   const fd = native.memfdCreate(launcher.codeCacheMemfdName, 0);
   try {
-    for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
+    for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
   } catch (error) {
     fs.closeSync(fd);
     throw error;

@@ -4,6 +4,7 @@
 //
 // It needs nothing but Node built-ins, imported plainly (no interop helpers): whatever it runs, every update pays for,
 // cold.
+/* eslint-disable @typescript-eslint/no-require-imports -- `import x = require()` compiles to a bare require, no helpers */
 import fs = require('node:fs');
 import path = require('node:path');
 import vm = require('node:vm');
@@ -31,7 +32,7 @@ function takeInheritedCodeCache(): Buffer | undefined {
   }
   try {
     const bytes = Buffer.allocUnsafe(fs.fstatSync(fd).size);
-    for (let done = 0; done < bytes.length; ) {
+    for (let done = 0; done < bytes.length;) {
       const read = fs.readSync(fd, bytes, done, bytes.length - done, done);
       if (read === 0) return undefined;
       done += read;
@@ -66,6 +67,5 @@ if (fs.existsSync(bundle)) {
   // createRequire() would cost ~2 ms of cold module-path code).
   (script.runInThisContext() as (...args: unknown[]) => void)(module.exports, require, module, bundle, __dirname);
 } else {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   require('./exec-update');
 }

@@ -11,7 +11,19 @@ import { mount } from '../fs/mount';
 import { openHandedOverPool } from '../fs/successor';
 import { Pool } from '../pool/pool';
 import { elapsedMs } from '../units';
-import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import {
+  bootGuest,
+  CONFIG,
+  emit,
+  finishRun,
+  type Plan,
+  rehearseUpdate,
+  reportDone,
+  resumeBreakdown,
+  sameFramesAsBoot,
+  updateDelay,
+  collectGarbageBeforeBlackout,
+} from './update-common';
 import { type CodeCacheHandoff, dropCodeCache, handOverCodeCache } from './code-cache';
 import { Vmm } from './vmm';
 
@@ -59,7 +71,10 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
   try {
-    gfs.kexec([failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'], { env, keepFds: codeCache ? [codeCache.fd] : [] });
+    gfs.kexec(
+      [failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'],
+      { env, keepFds: codeCache ? [codeCache.fd] : [] },
+    );
   } catch (error) {
     dropCodeCache(codeCache);
     // This process keeps the filesystem: abort the handover it made and take the guest back from its state file.
@@ -79,7 +94,12 @@ async function main(): Promise<void> {
     return;
   }
   // resume: this program, exec'd by its previous self.
-  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as { serialiseMs: number; codeCacheMs: number; saved: string; execAt: string };
+  const timings = JSON.parse(process.env[TIMINGS_ENV] ?? '{}') as {
+    serialiseMs: number;
+    codeCacheMs: number;
+    saved: string;
+    execAt: string;
+  };
   const started = process.hrtime.bigint();
   // Without the launcher, Node start-up and module loading cannot be told apart: both count as start-up.
   const launchedAt = launcher?.launchedAtNs ?? started;

@@ -25,13 +25,30 @@ export type UpdateEvent = Record<string, unknown>;
 export function updateArgv(run: UpdateRun): string[] {
   // Exec mode starts through its launcher, which loads the bundled program with the previous process's code cache.
   const program = path.join(packageRoot(), 'dist', 'lib', 'vmm', run.mode === 'exec' ? 'exec-launcher.js' : 'transfer-update.js');
-  return [process.execPath, program, 'boot', run.poolPath, String(run.ramBytes), String(run.steps), String(run.seed), String(run.updates), String(run.maxDelayMs)];
+  return [
+    process.execPath,
+    program,
+    'boot',
+    run.poolPath,
+    String(run.ramBytes),
+    String(run.steps),
+    String(run.seed),
+    String(run.updates),
+    String(run.maxDelayMs),
+  ];
 }
 
 /** Runs a live-update program to its end and returns its exit status, its stderr and the events it printed. */
-export function runUpdates(run: UpdateRun, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): { status: number | null; stderr: string; events: UpdateEvent[] } {
+export function runUpdates(
+  run: UpdateRun,
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): { status: number | null; stderr: string; events: UpdateEvent[] } {
   const [node, ...args] = updateArgv(run);
   const result = spawnSync(node!, args, { encoding: 'utf8', timeout: options.timeoutMs ?? 600_000, env: options.env ?? process.env });
   const output = result.stdout.trim();
-  return { status: result.status, stderr: result.stderr, events: output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [] };
+  return {
+    status: result.status,
+    stderr: result.stderr,
+    events: output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [],
+  };
 }

@@ -56,7 +56,10 @@ export function kvmUnavailableReason(): string {
 /** The flat binary assembled from guest/guest.S by `npm run build:guest`. */
 export function demoGuestCode(): Uint8Array {
   const file = path.join(packageRoot(), 'build', 'guest.bin');
-  if (!fs.existsSync(file)) throw new GuestmemfsError('ENOENT', `the demo guest is not built at ${file}: run \`npm run build:guest\` (needs binutils)`, { path: file });
+  if (!fs.existsSync(file))
+    throw new GuestmemfsError('ENOENT', `the demo guest is not built at ${file}: run \`npm run build:guest\` (needs binutils)`, {
+      path: file,
+    });
   return fs.readFileSync(file);
 }
 
@@ -77,7 +80,8 @@ export interface PreparedVm {
  * kernel sizes per-page tracking for the whole slot then, about 0.6 ms per GiB here.
  */
 export function prepareVm(ram?: Mapping): PreparedVm {
-  if (ram && ram.length > GUEST.maxRam) throw new GuestmemfsError('EINVAL', `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`);
+  if (ram && ram.length > GUEST.maxRam)
+    throw new GuestmemfsError('EINVAL', `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`);
   const vm = native.kvmCreateVm(kvm());
   try {
     const vcpu = native.kvmCreateVcpu(kvm(), vm, 0);
@@ -107,7 +111,11 @@ export class KvmMachine {
    * pauses, outside the blackout. A prepared VM holding other RAM than `ram` is closed and a fresh one made.
    */
   static create(ram: Mapping, prepared?: PreparedVm): KvmMachine {
-    if (ram.length > GUEST.maxRam) throw new GuestmemfsError('EINVAL', `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`);
+    if (ram.length > GUEST.maxRam)
+      throw new GuestmemfsError(
+        'EINVAL',
+        `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`,
+      );
     if (prepared?.used) throw new GuestmemfsError('EINVAL', 'this prepared VM already has guest RAM: prepare one VM per machine');
     if (prepared && prepared.ram !== undefined && prepared.ram !== ram) {
       // KVM cannot move a memory slot to other memory in place; a fresh VM is as quick as deleting and re-adding it.
@@ -134,7 +142,11 @@ export class KvmMachine {
       const directory = GUEST.pageDirectories + g * 0x1000;
       view.setBigUint64(GUEST.pdpt + g * 8, BigInt(directory) | PRESENT | WRITABLE, true);
       for (let entry = 0; entry < 512; entry++) {
-        view.setBigUint64(directory + entry * 8, (BigInt(g) * BigInt(GiB) + BigInt(entry) * BigInt(2 * MiB)) | PRESENT | WRITABLE | HUGE, true);
+        view.setBigUint64(
+          directory + entry * 8,
+          (BigInt(g) * BigInt(GiB) + BigInt(entry) * BigInt(2 * MiB)) | PRESENT | WRITABLE | HUGE,
+          true,
+        );
       }
     }
     native.kvmEnterLongMode(this.vcpu, GUEST.pml4);

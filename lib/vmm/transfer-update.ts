@@ -23,7 +23,19 @@ import { mount } from '../fs/mount';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
 import { elapsedMs } from '../units';
-import { bootGuest, CONFIG, emit, finishRun, type Plan, rehearseUpdate, reportDone, resumeBreakdown, sameFramesAsBoot, updateDelay, collectGarbageBeforeBlackout } from './update-common';
+import {
+  bootGuest,
+  CONFIG,
+  emit,
+  finishRun,
+  type Plan,
+  rehearseUpdate,
+  reportDone,
+  resumeBreakdown,
+  sameFramesAsBoot,
+  updateDelay,
+  collectGarbageBeforeBlackout,
+} from './update-common';
 import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
@@ -69,7 +81,10 @@ function lineReader(stream: Readable): () => Promise<string | null> {
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
 async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv) {
-  const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], { stdio: ['pipe', 'inherit', 'inherit', 'pipe'], env });
+  const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], {
+    stdio: ['pipe', 'inherit', 'inherit', 'pipe'],
+    env,
+  });
   child.stdin!.on('error', () => {}); // a successor that already died cannot be told; the exit below handles it
   const nextReport = lineReader(child.stdio[REPORT_FD] as Readable);
   if ((await nextReport()) !== READY) throw new Error(`successor pid ${child.pid} exited before it was ready`);
@@ -211,7 +226,7 @@ async function takeBack(
 }
 
 async function main(): Promise<void> {
-  const [mode, poolPath, ...args] = process.argv.slice(2) as string[];
+  const [mode, poolPath, ...args] = process.argv.slice(2);
   const pool = Pool.open(poolPath!);
   if (mode === 'boot') {
     const { vmm, plan } = bootGuest(pool, args);
@@ -231,7 +246,8 @@ async function main(): Promise<void> {
   }
   fs.writeSync(REPORT_FD, `${READY}\n`);
   const handedOver = readLine();
-  if (handedOver !== HANDED_OVER) throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(handedOver)})`);
+  if (handedOver !== HANDED_OVER)
+    throw new Error(`the running VMM closed the handover pipe without an update (it sent ${JSON.stringify(handedOver)})`);
   if (refuse) {
     emit({ event: 'successor-refused', pid: process.pid });
     return;

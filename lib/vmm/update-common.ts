@@ -1,6 +1,8 @@
 // What the exec-mode and transfer-mode update programs share: the plan, event output, booting the guest, the update
 // delay, and the end of a run (the guest halted, or a benchmark stopped it).
 import * as fs from 'node:fs';
+import type { setFlagsFromString } from 'node:v8';
+import type { runInNewContext } from 'node:vm';
 import { mkfs } from '../fs/format';
 import { mount } from '../fs/mount';
 import { Pool } from '../pool/pool';
@@ -72,7 +74,11 @@ export async function finishRun(vmm: Vmm, running: Promise<string>): Promise<voi
  * The resuming side's part of an update's breakdown, from Vmm.resume()'s timings: from `from` (the filesystem mounted)
  * to `running` (the vCPU back in KVM_RUN), what is not reading the state, mapping or restoring the vCPU is "other".
  */
-export function resumeBreakdown(timings: { readStateMs: number; mapMs: number; vcpuMs: number }, from: bigint, running: bigint): Record<string, number> {
+export function resumeBreakdown(
+  timings: { readStateMs: number; mapMs: number; vcpuMs: number },
+  from: bigint,
+  running: bigint,
+): Record<string, number> {
   return {
     readStateMs: timings.readStateMs,
     mapMs: timings.mapMs,
@@ -149,8 +155,8 @@ export function collectGarbageBeforeBlackout(): void {
     // Loaded here, not at the top: node:v8 costs ~2 ms to load, and an exec-mode successor loads this module inside
     // the blackout.
     /* eslint-disable @typescript-eslint/no-require-imports */
-    (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--expose-gc');
-    fullGc = (require('node:vm') as typeof import('node:vm')).runInNewContext('gc') as () => void;
+    (require('node:v8') as { setFlagsFromString: typeof setFlagsFromString }).setFlagsFromString('--expose-gc');
+    fullGc = (require('node:vm') as { runInNewContext: typeof runInNewContext }).runInNewContext('gc') as () => void;
     /* eslint-enable @typescript-eslint/no-require-imports */
   }
   fullGc();

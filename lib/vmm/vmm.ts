@@ -171,10 +171,18 @@ export class Vmm {
     for (let turn = 1; Atomics.load(magic, 0) !== STATE_MAGIC; turn++) {
       if ((turn & 0xfff) !== 0) continue;
       if (options.abandoned?.()) {
-        throw new GuestmemfsError('ECANCELED', `${this.config.statePath}: the VMM that was to save the guest's state is gone; nothing to resume here`, { path: this.config.statePath });
+        throw new GuestmemfsError(
+          'ECANCELED',
+          `${this.config.statePath}: the VMM that was to save the guest's state is gone; nothing to resume here`,
+          { path: this.config.statePath },
+        );
       }
       if (process.hrtime.bigint() > deadline) {
-        throw new GuestmemfsError('ETIMEDOUT', `${this.config.statePath}: no saved state arrived within ${timeoutMs} ms; the running VMM did not pause its guest`, { path: this.config.statePath });
+        throw new GuestmemfsError(
+          'ETIMEDOUT',
+          `${this.config.statePath}: no saved state arrived within ${timeoutMs} ms; the running VMM did not pause its guest`,
+          { path: this.config.statePath },
+        );
       }
     }
   }

@@ -39,7 +39,17 @@ export interface CrashStats {
   tornWrites: number;
 }
 
-type Op = { op: string; path?: string; to?: string; type?: string; size?: number; position?: number; length?: number; fill?: number; value?: number };
+type Op = {
+  op: string;
+  path?: string;
+  to?: string;
+  type?: string;
+  size?: number;
+  position?: number;
+  length?: number;
+  fill?: number;
+  value?: number;
+};
 
 function applyToModel(model: Model, op: Op): void {
   switch (op.op) {
@@ -154,7 +164,17 @@ function describeDifference(actual: Map<string, string>, model: Map<string, stri
 }
 
 export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
-  const stats: CrashStats = { kills: 0, insideOperation: 0, insideByOperation: {}, acknowledged: 0, repaired: 0, consistent: 0, restoredFromHandover: 0, inFlightApplied: 0, tornWrites: 0 };
+  const stats: CrashStats = {
+    kills: 0,
+    insideOperation: 0,
+    insideByOperation: {},
+    acknowledged: 0,
+    repaired: 0,
+    consistent: 0,
+    restoredFromHandover: 0,
+    inFlightApplied: 0,
+    tornWrites: 0,
+  };
   const first = mount(options.pool);
   const dataBlocks = first.statfs().dataBlocks;
   const inodes = first.statfs().totalInodes;
@@ -174,10 +194,14 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
     return random / 4294967296;
   };
   for (let kill = 0; kill < options.kills; kill++) {
-    const child = spawn(process.execPath, [childScript, options.pool.path!, String(options.seed * 7919 + kill), String(options.blockSize)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
-    });
+    const child = spawn(
+      process.execPath,
+      [childScript, options.pool.path!, String(options.seed * 7919 + kill), String(options.blockSize)],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
+      },
+    );
     let buffer = '';
     let stderr = '';
     let inFlight: Op | undefined;
@@ -198,7 +222,8 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
         if (line.startsWith('B ')) inFlight = JSON.parse(line.slice(2)) as Op;
         else if (line.startsWith('A ') && inFlight && !failure) {
           const result = outcome(model, inFlight);
-          if (result !== line.slice(2)) failure = new Error(`model says ${result}, pool said ${line.slice(2)} for ${JSON.stringify(inFlight)}`);
+          if (result !== line.slice(2))
+            failure = new Error(`model says ${result}, pool said ${line.slice(2)} for ${JSON.stringify(inFlight)}`);
           stats.acknowledged++;
           recent.push(`${JSON.stringify(inFlight)} -> ${line.slice(2)}`);
           if (recent.length > 6) recent.shift();
@@ -227,7 +252,11 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
     try {
       gfs = mount(options.pool);
     } catch (error) {
-      throw new Error(`${context()}\nchecker said ${result.state} (${result.poolState}; fixes: ${result.fixes.join('; ')}), then mount failed: ${(error as Error).message}`);
+      throw new Error(
+        `${context()}\nchecker said ${result.state} (${result.poolState}; fixes: ${result.fixes.join('; ')}), then mount failed: ` +
+          `${(error as Error).message}`,
+        { cause: error },
+      );
     }
     if (gfs.restored) stats.restoredFromHandover++;
     const problems = gfs.audit().problems;
@@ -249,7 +278,10 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
         stats.tornWrites++;
       } else if (!inFlight || !same(actual, expected(after))) {
         gfs.unmount();
-        throw new Error(`kill ${kill} (in flight: ${JSON.stringify(inFlight)}): pool differs from every acknowledged state\n${describeDifference(actual, expected(model))}`);
+        throw new Error(
+          `kill ${kill} (in flight: ${JSON.stringify(inFlight)}): ` +
+            `pool differs from every acknowledged state\n${describeDifference(actual, expected(model))}`,
+        );
       } else {
         model = after;
         stats.inFlightApplied++;

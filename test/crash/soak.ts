@@ -21,7 +21,10 @@ runCrashes({
   kills,
   seed,
   onKill: (stats) => {
-    if (stats.kills % 500 === 0) process.stderr.write(`${stats.kills}/${kills} kills, ${stats.insideOperation} inside an operation, ${Math.round((Date.now() - started) / 1000)} s\n`);
+    if (stats.kills % 500 === 0)
+      process.stderr.write(
+        `${stats.kills}/${kills} kills, ${stats.insideOperation} inside an operation, ${Math.round((Date.now() - started) / 1000)} s\n`,
+      );
   },
 })
   .then((stats) => {

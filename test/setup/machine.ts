@@ -47,7 +47,10 @@ export default function setup(project: TestProject): () => void {
     skip1G: large.reason,
     isRoot: process.getuid?.() === 0,
   };
-  for (const [size, reason] of [['2 MiB', small.reason], ['1 GiB', large.reason]]) {
+  for (const [size, reason] of [
+    ['2 MiB', small.reason],
+    ['1 GiB', large.reason],
+  ]) {
     if (reason) process.stdout.write(`[guestmemfs tests] ${size} huge-page tests will skip: ${reason}\n`);
   }
   project.provide('machine', machine);
@@ -56,7 +59,8 @@ export default function setup(project: TestProject): () => void {
       if (!reservation) continue;
       // Pools left by a failed test would keep the mount busy: remove them before unmounting.
       if (reservation.mountpoint) {
-        for (const entry of fs.readdirSync(reservation.mountpoint)) fs.rmSync(`${reservation.mountpoint}/${entry}`, { force: true, recursive: true });
+        for (const entry of fs.readdirSync(reservation.mountpoint))
+          fs.rmSync(`${reservation.mountpoint}/${entry}`, { force: true, recursive: true });
       }
       reservation.release();
     }
