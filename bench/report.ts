@@ -394,30 +394,26 @@ export function writeReport(options: ReportOptions): string {
     }
     lines.push('');
   }
+  // A table of timed cases, one row per case: the shape of the alloc and zero sections.
+  const msSection = (title: string, summary: string, column: string, ms: Record<string, Stats>) => {
+    lines.push(title, '', summary, '');
+    lines.push(`| ${column} | ms |`, '|---|---|');
+    for (const [key, value] of Object.entries(ms)) lines.push(`| ${key} | ${spread(value, 1)} |`);
+    lines.push('');
+  };
   const alloc = all.alloc;
   if (alloc) {
-    lines.push(
-      '## First allocation (`bench:alloc`)',
-      '',
-      `A ${formatSize(alloc.size)} guest file of ${formatSize(alloc.pageSize)} pages, ${alloc.runs} runs.`,
-      '',
-    );
-    lines.push('| case | ms |', '|---|---|');
-    for (const [key, value] of Object.entries(alloc.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
-    lines.push('');
+    const summary = `A ${formatSize(alloc.size)} guest file of ${formatSize(alloc.pageSize)} pages, ${alloc.runs} runs.`;
+    msSection('## First allocation (`bench:alloc`)', summary, 'case', alloc.ms);
   }
   const zero = all.zero;
-  if (zero) {
-    lines.push(
+  if (zero)
+    msSection(
       '## Zeroing blocks (`bench:zero`)',
-      '',
       `${formatSize(zero.size)} of ${formatSize(zero.pageSize)} pages, ${zero.runs} runs.`,
-      '',
+      'method',
+      zero.ms,
     );
-    lines.push('| method | ms |', '|---|---|');
-    for (const [key, value] of Object.entries(zero.ms as Record<string, Stats>)) lines.push(`| ${key} | ${spread(value, 1)} |`);
-    lines.push('');
-  }
   const fsResults = all.fs;
   if (fsResults) {
     lines.push(

@@ -15,6 +15,18 @@ const env = { ...process.env, PATH: `${binDir}:${process.env.PATH}` };
 const run = (...args: string[]) => spawnSync('guestmemfs', args, { encoding: 'utf8', env });
 const m = machine();
 
+/** Runs fn on a fresh 16 MiB 4 KiB-fallback pool holding an empty file /f, and removes the pool afterwards. */
+function withPoolFile(fn: (pool: string) => void): void {
+  const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
+  try {
+    run('mkfs', pool, '--size', '16M', '-q');
+    run('touch', pool, '/f');
+    fn(pool);
+  } finally {
+    fs.rmSync(pool, { force: true });
+  }
+}
+
 describe('guestmemfs CLI', () => {
   it('detect --json reports page sizes, mounts and KVM as JSON', () => {
     const result = run('detect', '--json');
@@ -106,10 +118,7 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
   });
 
   it('exit codes: 1 with the cause and remedy on stderr, 2 for usage, and check answers 4 when inconsistent', () => {
-    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
-    try {
-      run('mkfs', pool, '--size', '16M', '-q');
-      run('touch', pool, '/f');
+    withPoolFile((pool) => {
       const nospc = run('truncate', '-s', '1G', pool, '/f');
       expect(nospc.status).toBe(1);
       expect(nospc.stderr).toMatch(/^guestmemfs: ENOSPC: pool has \d+ free 2 MiB blocks, truncate needs \d+/);
@@ -126,9 +135,7 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
       const repaired = run('check', '--repair', pool);
       expect([repaired.status, repaired.stdout.split('\n')[0]]).toEqual([3, `${pool}: repaired`]);
       expect(run('check', pool).status).toBe(0);
-    } finally {
-      fs.rmSync(pool, { force: true });
-    }
+    });
   });
 });
 
@@ -143,23 +150,15 @@ describe('what a new user hit', () => {
   });
 
   it('a truncate the pool cannot hold says how much it asked for and how much is free, in units', () => {
-    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
-    try {
-      run('mkfs', pool, '--size', '16M', '-q');
-      run('touch', pool, '/f');
+    withPoolFile((pool) => {
       const result = run('truncate', '-s', '100T', pool, '/f');
       expect(result.status).toBe(1);
       expect(result.stderr).toMatch(/truncate needs 52428800 of them \(100 TiB, \d+ MiB free\)/);
-    } finally {
-      fs.rmSync(pool, { force: true });
-    }
+    });
   });
 
   it('abort thaws a handover left by a process that exited: the blob goes stale and the pool can change again', () => {
-    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
-    try {
-      run('mkfs', pool, '--size', '16M', '-q');
-      run('touch', pool, '/f');
+    withPoolFile((pool) => {
       expect(run('serialise', pool, '-q').status).toBe(0);
       expect(JSON.parse(run('status', pool, '--json').stdout).state).toBe('Serialised');
       const aborted = run('abort', pool);
@@ -168,9 +167,7 @@ describe('what a new user hit', () => {
       expect(run('inspect', pool).status).toBe(1); // no handover any more
       expect(run('touch', pool, '/g').status).toBe(0);
       expect(run('abort', pool).stderr).toContain('was not serialised');
-    } finally {
-      fs.rmSync(pool, { force: true });
-    }
+    });
   });
 
   it('inspect tells a pool from a blob by its first bytes: a 64 GiB pool is not read whole', () => {
