@@ -9,7 +9,7 @@ import { PoolState } from '../lib/fs/layout';
 import { mount } from '../lib/fs/mount';
 import type { MountOptions } from '../lib/fs/types';
 import { TMPFS_MAGIC } from '../lib/pool/hugepages';
-import { type CreatePoolOptions, Pool } from '../lib/pool/pool';
+import { type CreatePoolOptions, Pool, SMALL_PAGE_SIZE } from '../lib/pool/pool';
 
 /** `fd:N` for an inherited pool fd (as kexec passes one), otherwise a path. */
 export function openPool(spec: string): Pool {
@@ -33,7 +33,7 @@ export function withPool<T>(spec: string, fn: (pool: Pool) => T): T {
 
 /** The backend a new pool at `poolPath` gets: hugetlbfs under a hugetlbfs mount, the 4 KiB fallback under tmpfs. */
 export function backendFor(poolPath: string, pageSize: number | undefined): CreatePoolOptions['backend'] {
-  if (pageSize === 4096) return 'shm-4k';
+  if (pageSize === SMALL_PAGE_SIZE) return 'shm-4k';
   const dir = path.dirname(path.resolve(poolPath));
   let stats: fs.StatsFs;
   try {

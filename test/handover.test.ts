@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
+import { FIXED_HEADER_BYTES, PoolState, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import {
   type Filesystem,
   decodeHandoverBlob,
@@ -173,6 +173,27 @@ describe('serialise, freeze and abort', () => {
       expect(gfs.audit().problems).toEqual([]);
     } finally {
       scratch.remove();
+    }
+  });
+
+  it('keepSerialised adopts a handover still frozen, and abort() thaws it (what `guestmemfs abort` does)', () => {
+    const { generation } = gfs.serialise();
+    gfs.unmount();
+    gfs = mount(pool, { keepSerialised: true });
+    expect(gfs.serialised).toBe(true);
+    expect(gfs.superblock).toMatchObject({ state: PoolState.Serialised, generation, ownerPid: process.pid });
+    expect(captureError(() => gfs.create('/new'))).toMatchObject({ code: 'EBUSY' });
+    expect(gfs.serialise().generation).toBe(generation); // the same blob, still valid
+    gfs.abort();
+    expect(gfs.superblock.state).toBe(PoolState.Mounted);
+    gfs.create('/new');
+    expect(gfs.audit().problems).toEqual([]);
+  });
+
+  it('kexec refuses keepFds that are not fds above stdio, before serialising anything', () => {
+    for (const keepFds of [[1], [-3], [1.5]]) {
+      expect(captureError(() => gfs.kexec([process.execPath], { keepFds }))).toMatchObject({ code: 'EINVAL', syscall: 'execve' });
+      expect(gfs.serialised).toBe(false);
     }
   });
 

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Command, Option } from 'commander';
 import { mkfs } from '../../lib/fs/format';
-import { Pool } from '../../lib/pool/pool';
+import { Pool, SMALL_PAGE_SIZE } from '../../lib/pool/pool';
 import { reserveHugePages } from '../../lib/pool/reserve';
 import { HUGETLBFS_MAGIC } from '../../lib/pool/hugepages';
 import { formatSize, MiB, parseSize } from '../../lib/units';
@@ -38,7 +38,7 @@ export function register(program: Command): void {
             throw usageError('a memfd: pool lives only while a process holds it: name the program to hand it to after --');
           }
           const pool = Pool.create({
-            backend: pageSize === 4096 ? 'memfd-4k' : 'memfd-hugetlb',
+            backend: pageSize === SMALL_PAGE_SIZE ? 'memfd-4k' : 'memfd-hugetlb',
             name: poolPath.slice(6) || 'guestmemfs',
             size: bytes,
             pageSize,
@@ -49,7 +49,7 @@ export function register(program: Command): void {
         }
         if (handTo.length > 0) throw usageError('only a memfd: pool takes a command to hand it to');
         const changes: string[] = [];
-        if (options.reserve && pageSize !== 4096) {
+        if (options.reserve && pageSize !== SMALL_PAGE_SIZE) {
           const huge = pageSize ?? 2 * MiB;
           const dir = path.dirname(path.resolve(poolPath));
           const onHugetlbfs = fs.existsSync(dir) && fs.statfsSync(dir).type === HUGETLBFS_MAGIC;

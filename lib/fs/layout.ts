@@ -102,9 +102,12 @@ export interface Superblock extends SuperblockState {
 
 const align = (value: number, to: number) => Math.ceil(value / to) * to;
 
+const DEFAULT_MIN_INODES = 1024;
+const DEFAULT_MAX_INODES = 65536;
+
 /** Default inode count: two per block, at least 1024 and at most 65536. */
 export function defaultInodeCount(blockCount: number): number {
-  return Math.min(65536, Math.max(1024, blockCount * 2));
+  return Math.min(DEFAULT_MAX_INODES, Math.max(DEFAULT_MIN_INODES, blockCount * 2));
 }
 
 /**

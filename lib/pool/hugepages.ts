@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
-import { formatSize, KiB } from '../units';
+import { formatSize, KiB, MiB } from '../units';
 
 export const HUGETLBFS_MAGIC = 0x958458f6;
 export const TMPFS_MAGIC = 0x01021994;
@@ -74,7 +74,7 @@ let cachedDefaultHugePageSize: number | undefined;
 export function defaultHugePageSize(): number {
   if (cachedDefaultHugePageSize === undefined) {
     const match = /^Hugepagesize:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-    cachedDefaultHugePageSize = match ? Number(match[1]) * KiB : 2 * 1024 * KiB;
+    cachedDefaultHugePageSize = match ? Number(match[1]) * KiB : 2 * MiB;
   }
   return cachedDefaultHugePageSize;
 }

@@ -3,7 +3,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import * as fs from 'node:fs';
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
-import { formatSize } from '../units';
+import { formatSize, KiB } from '../units';
 
 export interface Extent {
   /** Byte offset in the pool, aligned to the pool's page size. */
@@ -232,7 +232,7 @@ export class Mapping {
         continue;
       }
       const pageSize = /^KernelPageSize:\s+(\d+) kB$/.exec(line);
-      if (inside && pageSize) sizes.add(Number(pageSize[1]) * 1024);
+      if (inside && pageSize) sizes.add(Number(pageSize[1]) * KiB);
     }
     return [...sizes].sort((a, b) => a - b);
   }
