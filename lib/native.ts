@@ -63,6 +63,8 @@ export interface NativeBinding {
   zeroAsync(id: number, offset: number, length: number, onProgress?: NativeProgress): Promise<void>;
   populateAsync(id: number, offset: number, length: number, onProgress: NativeProgress | undefined, write: boolean): Promise<void>;
   liveMappings(): number;
+  /** The mapping takes fd (its pins) and closes it right after it is unmapped, however that happens. */
+  mappingAttachPin(id: number, fd: number): void;
   /** Random 8-byte reads over [offset, offset+length) of a mapping, timed natively (bench:access). */
   mapProbe(id: number, offset: number, length: number, ops: number, seed: number, dependent: boolean): { ns: number; sum: bigint };
   readonly mapFlags: Readonly<Record<'populate' | 'writable' | 'dontDump' | 'dontFork' | 'hugepage' | 'lock', number>>;
@@ -88,6 +90,14 @@ export interface NativeBinding {
   threadAffinity(): number[];
   /** Restricts the calling thread (not the process) to these CPUs. */
   setThreadAffinity(cpus: number[]): void;
+  // Locks family: open-file-description byte-range locks over the pool file (pins)
+  /** F_OFD_SETLK(W): false when another open file description holds a conflicting lock and wait is false. */
+  rangeLock(fd: number, offset: number, length: number, exclusive: boolean, wait: boolean): boolean;
+  rangeUnlock(fd: number, offset: number, length: number): void;
+  /** F_OFD_GETLK as a write lock: the first lock another description holds over the range, or null. Length 0: to EOF. */
+  rangeConflict(fd: number, offset: number, length: number): [offset: number, length: number, shared: boolean] | null;
+  /** A new open file description of the same file (/proc/self/fd/N), close-on-exec. */
+  fdReopen(fd: number): number;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
   // Exec family

@@ -10,5 +10,6 @@ void RegisterPagemapFamily(Napi::Env env, Napi::Object exports);  // /proc/self/
 void RegisterExecFamily(Napi::Env env, Napi::Object exports);     // execve with inherited fds
 void RegisterKvmFamily(Napi::Env env, Napi::Object exports);      // KVM VM/vCPU ioctls and the run loop
 void RegisterSchedFamily(Napi::Env env, Napi::Object exports);    // CPU affinity of the calling thread
+void RegisterLocksFamily(Napi::Env env, Napi::Object exports);    // OFD byte-range locks (pins) and reopening the pool
 
 }  // namespace gmfs

@@ -37,6 +37,8 @@ bool Mapping::Release() {
   bool expected = false;
   if (!released.compare_exchange_strong(expected, true)) return false;
   munmap(base, length);
+  if (pinFd >= 0) close(pinFd);
+  pinFd = -1;
   return true;
 }
 
@@ -461,6 +463,16 @@ Napi::Value MapProbe(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// mappingAttachPin(id, fd): the mapping takes ownership of fd (the pins over its memory) and closes it when unmapped.
+Napi::Value MappingAttachPin(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Mapping> mapping = LookupMapping(env, ArgId(info), "mmap");
+  int fd = ArgFd(info, 1);
+  if (mapping->pinFd >= 0) throw CodeError(env, "EBUSY", EBUSY, "mmap", "the mapping already holds its pins");
+  mapping->pinFd = fd;
+  return env.Undefined();
+}
+
 Napi::Value LiveMappings(const Napi::CallbackInfo& info) {
   MapRegistry& registry = Registry(info.Env());
   registry.PruneReleased();
@@ -503,6 +515,7 @@ void RegisterMapFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("zeroAsync", Napi::Function::New(env, ZeroAsync, "zeroAsync"));
   exports.Set("populateAsync", Napi::Function::New(env, PopulateAsync, "populateAsync"));
   exports.Set("liveMappings", Napi::Function::New(env, LiveMappings, "liveMappings"));
+  exports.Set("mappingAttachPin", Napi::Function::New(env, MappingAttachPin, "mappingAttachPin"));
   exports.Set("mapProbe", Napi::Function::New(env, MapProbe, "mapProbe"));
   exports.Set("advice", NumberTable(env, {{"MADV_NORMAL", MADV_NORMAL},
                                           {"MADV_WILLNEED", MADV_WILLNEED},

@@ -17,8 +17,11 @@ struct Mapping {
   std::atomic<int> busy{0};  // async zero/populate workers in flight; explicit unmap refuses while non-zero
   std::atomic<bool> released{false};
   bool releaseWhenIdle = false;  // set by a deferred unmap; the last worker to finish performs it
+  // The open file description holding this mapping's pins (OFD read locks over its extents), closed right after the
+  // munmap, whichever path unmaps: explicit, the collector's (possibly deferred to the last worker), or teardown.
+  int pinFd = -1;
 
-  // munmap exactly once, whoever gets here first.
+  // munmap exactly once, whoever gets here first, then let go of the pins.
   bool Release();
 };
 

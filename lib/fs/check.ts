@@ -12,6 +12,8 @@ import { MappedMetadata } from './metadata';
 import { findUnrepairable } from './ownership';
 import { isMountedHere, tryLock, unlock } from './registry';
 import { repairDerived } from './repair';
+import { blockRange } from './runs';
+import { isPinned } from '../pool/pins';
 import { openViews } from './views';
 
 export type CheckState = 'consistent' | 'repaired' | 'inconsistent';
@@ -104,7 +106,14 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
       return { state: 'repaired', fixes: [`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`], problems, repairable: true, poolState };
     }
     // Repair. Everything below is idempotent: a kill part-way leaves a pool the next check repairs again.
-    const result = repairDerived(views);
+    const result = repairDerived({
+      ...views,
+      isPinned: (runs) =>
+        isPinned(
+          pool,
+          runs.map((run) => blockRange(sb.geometry, run)),
+        ),
+    });
     fixes.push(...result.fixes);
     const after = auditMetadata(views).problems;
     if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState };

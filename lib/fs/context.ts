@@ -1,13 +1,15 @@
 // What one mount of a pool holds (its metadata views, the volatile name index, live mappings, the freeze of a
 // handover) and the checks every operation starts with. The namespace, data and handover modules work on it.
 import { GuestmemfsError } from '../errors';
-import type { Mapping } from '../pool/mapping';
+import type { Extent, Mapping } from '../pool/mapping';
+import { isPinned, pinHolders, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { nowNs } from '../units';
 import { InodeType } from './inodes';
 import { type Geometry, type Superblock, writeSuperblockSlot } from './layout';
 import { describeWant, permits, type Credentials } from './permissions';
 import { markMountedHere, unlock } from './registry';
+import { blockRange } from './runs';
 import type { MetadataViews } from './views';
 
 /** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
@@ -131,6 +133,21 @@ export class MountContext {
     let total = 0;
     for (const count of this.mapped.values()) total += count;
     return total;
+  }
+
+  /** A file's blocks as pool byte ranges, in file order. */
+  fileRanges(ino: number): Extent[] {
+    return this.views.extents.read(ino).map((run) => blockRange(this.geometry, run));
+  }
+
+  /** Whether any process (this one's own mappings included) pins part of the ranges. */
+  pinned(ranges: readonly Extent[]): boolean {
+    return ranges.length > 0 && isPinned(this.pool, ranges);
+  }
+
+  /** Who pins the ranges (all of the pool when none are given): for messages and listings. */
+  pinHolders(ranges?: readonly Extent[]): PinHolder[] {
+    return pinHolders(this.pool, ranges);
   }
 
   /** Access times are metadata too: a serialised filesystem must not change under its blob's checksum. */

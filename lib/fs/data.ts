@@ -6,14 +6,15 @@
 import { GuestmemfsError } from '../errors';
 import { native } from '../native';
 import { type Extent, Mapping, type ProgressOptions } from '../pool/mapping';
+import { describeHolders } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { formatSize, nowNs } from '../units';
 import type { MountContext } from './context';
 import { FileType, FLAG_ORPHAN, InodeType } from './inodes';
 import { resolve, resolveFileForWrite } from './names';
-import { releaseInode } from './namespace';
+import { releaseIfUnpinned } from './namespace';
 import { R_OK, W_OK } from './permissions';
-import { type BlockRun, cutAfter, totalBlocks } from './runs';
+import { type BlockRun, blockRange, cutAfter, totalBlocks } from './runs';
 import type { FileMapOptions } from './types';
 
 interface ResizePlan {
@@ -39,8 +40,7 @@ function sameExtents(a: readonly Extent[], b: readonly Extent[]): boolean {
 
 /** A file's blocks as pool byte ranges, in file order. */
 export function poolExtents(ctx: MountContext, ino: number): Extent[] {
-  const blockSize = ctx.geometry.blockSize;
-  return ctx.views.extents.read(ino).map((run) => ({ offset: run.start * blockSize, length: run.length * blockSize }));
+  return ctx.fileRanges(ino);
 }
 
 /**
@@ -68,7 +68,8 @@ export function mappableFile(
 export function premap(ctx: MountContext, pool: Pool, path: string, options: Pick<FileMapOptions, 'sharePageTables'>): Mapping {
   // The view is read-only by construction; the successor that asks will own the pool by the time it writes.
   const { extents, guest } = mappableFile(ctx, path, R_OK | W_OK, false);
-  const mapping = pool.map(extents, { ...options, writable: true, populate: true, dontDump: guest, dontFork: guest });
+  // Pinned from the start: the successor's premapping holds the memory before the old owner lets go of it.
+  const mapping = pool.map(extents, { ...options, writable: true, populate: true, dontDump: guest, dontFork: guest, pin: true });
   registerPremapping(mapping, ctx.key);
   return mapping;
 }
@@ -96,6 +97,7 @@ export function map(ctx: MountContext, path: string, options: FileMapOptions): M
   } else {
     mapping = ctx.pool.map(extents, {
       ...mapOptions,
+      pin: true,
       writable,
       dontDump: guest || options.dontDump,
       dontFork: guest || options.dontFork,
@@ -116,7 +118,7 @@ function unmapped(ctx: MountContext, ino: number): void {
   }
   ctx.mapped.delete(ino);
   const inodes = ctx.inodes;
-  if (ctx.mounted && inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) releaseInode(ctx, ino);
+  if (ctx.mounted && !ctx.readOnly && inodes.type(ino) !== InodeType.Free && inodes.flags(ino) & FLAG_ORPHAN) releaseIfUnpinned(ctx, ino);
 }
 
 export function truncate(ctx: MountContext, path: string, size: number): void {
@@ -297,16 +299,18 @@ function commitGrow(ctx: MountContext, ino: number, plan: ResizePlan, publishSiz
 
 function shrink(ctx: MountContext, ino: number, size: number, path: string): void {
   const { inodes, extents, allocator } = ctx.views;
-  const keep = Math.ceil(size / ctx.geometry.blockSize);
-  if (keep < inodes.blockCount(ino) && ctx.mapped.get(ino)) {
-    throw new GuestmemfsError(
-      'EBUSY',
-      `file is mapped, ftruncate '${path}': unmap it before shrinking (its blocks would be freed under the mapping)`,
-      {
-        syscall: 'ftruncate',
-        path,
-      },
-    );
+  const blockSize = ctx.geometry.blockSize;
+  const keep = Math.ceil(size / blockSize);
+  if (keep < inodes.blockCount(ino)) {
+    const cut = cutAfter(extents.read(ino), keep).map((run) => blockRange(ctx.geometry, run));
+    if (ctx.mapped.get(ino) || ctx.pinned(cut)) {
+      throw new GuestmemfsError(
+        'EBUSY',
+        `file is mapped, ftruncate '${path}': the blocks past the new size are ${describeHolders(ctx.pinHolders(cut))}; ` +
+          'unmap them there before shrinking (they would be freed under the mapping)',
+        { syscall: 'ftruncate', path },
+      );
+    }
   }
   inodes.setSize(ino, size); // commit point
   if (keep < inodes.blockCount(ino)) {

@@ -1,6 +1,7 @@
 // The Filesystem facade: one mounted pool's operations, each delegated to the module that owns it (namespace,
 // attributes, data path, handover life cycle), with the state of the mount kept in its MountContext.
 import type { Mapping, ProgressOptions } from '../pool/mapping';
+import type { PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { chmod, chown, statfs, statInode, utimes } from './attributes';
 import { type AuditReport, auditMetadata } from './audit';
@@ -86,11 +87,11 @@ export class Filesystem {
 
   /** Creates an empty file of the given type. */
   create(path: string, options: CreateOptions = {}): Stat {
-    return statInode(this.#ctx, namespace.create(this.#ctx, path, options));
+    return this.#thenReclaim(statInode(this.#ctx, namespace.create(this.#ctx, path, options)));
   }
 
   mkdir(path: string, options: MkdirOptions = {}): Stat {
-    return statInode(this.#ctx, namespace.mkdir(this.#ctx, path, options));
+    return this.#thenReclaim(statInode(this.#ctx, namespace.mkdir(this.#ctx, path, options)));
   }
 
   /** The inode number at path (following '..'), checking search permission on every directory on the way. */
@@ -126,7 +127,7 @@ export class Filesystem {
 
   /** Removes a file's name; its blocks are freed now, or when its last mapping in this process goes. */
   unlink(path: string): void {
-    namespace.unlink(this.#ctx, path);
+    this.#thenReclaim(namespace.unlink(this.#ctx, path));
   }
 
   rmdir(path: string): void {
@@ -138,7 +139,7 @@ export class Filesystem {
    * a directory; a directory cannot move into itself. The intent record makes it atomic across a kill.
    */
   rename(from: string, to: string): void {
-    namespace.rename(this.#ctx, from, to);
+    this.#thenReclaim(namespace.rename(this.#ctx, from, to));
   }
 
   chmod(path: string, mode: number): void {
@@ -162,12 +163,12 @@ export class Filesystem {
    * old bytes; shrinking frees whole blocks past the end. On ENOSPC nothing changes.
    */
   truncate(path: string, size: number): void {
-    data.truncate(this.#ctx, path, size);
+    this.#thenReclaim(data.truncate(this.#ctx, path, size));
   }
 
   /** truncate() with the zeroing done off the JS thread, reporting progress; the file is busy until it settles. */
   truncateAsync(path: string, size: number, options: ProgressOptions = {}): Promise<void> {
-    return data.truncateAsync(this.#ctx, path, size, options);
+    return data.truncateAsync(this.#ctx, path, size, options).then((result) => this.#thenReclaim(result));
   }
 
   /**
@@ -185,7 +186,7 @@ export class Filesystem {
 
   /** Writes bytes at `position` of a state or plain file, growing it as needed; returns the bytes written. */
   write(path: string, bytes: Uint8Array, position = 0): number {
-    return data.write(this.#ctx, path, bytes, position);
+    return this.#thenReclaim(data.write(this.#ctx, path, bytes, position));
   }
 
   /** Zeroes free blocks that still hold old bytes, off the JS thread, so later allocations need no zeroing. */
@@ -210,11 +211,44 @@ export class Filesystem {
   }
 
   /**
+   * Frees every unlinked file whose last pin has gone (a process that mapped it exited or unmapped it); returns how
+   * many. Every operation that changes the namespace or a file's size does this after it succeeds.
+   */
+  reclaim(): number {
+    this.#ctx.requireMounted('reclaim');
+    return namespace.reclaimOrphans(this.#ctx);
+  }
+
+  /**
+   * The pins over a file's blocks (or over the whole pool without a path): ranges of the pool and the pids holding
+   * them, this process's own mappings included.
+   */
+  pins(path?: string): PinHolder[] {
+    this.#ctx.requireMounted('pins');
+    return this.#ctx.pinHolders(path === undefined ? undefined : data.poolExtents(this.#ctx, resolve(this.#ctx, path, 'pins')));
+  }
+
+  /** Unlinked files still held by a pin, with their inode, blocks and pinners: memory that comes back when they let go. */
+  pinnedOrphans(): Array<{ ino: number; blocks: number; pins: PinHolder[] }> {
+    this.#ctx.requireMounted('pins');
+    return [...this.#ctx.orphans].map((ino) => ({
+      ino,
+      blocks: this.#ctx.inodes.blockCount(ino),
+      pins: this.#ctx.pinHolders(this.#ctx.fileRanges(ino)),
+    }));
+  }
+
+  /**
    * Marks the pool cleanly unmounted and releases it. Refuses (EBUSY) while this process still maps files from it or
    * has asynchronous work in flight, as umount refuses a busy filesystem.
    */
   unmount(): void {
     lifecycle.unmount(this.#ctx);
+  }
+
+  #thenReclaim<T>(result: T): T {
+    namespace.reclaimOrphans(this.#ctx);
+    return result;
   }
 
   // ---------------------------------------------------------------- handover

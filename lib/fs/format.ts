@@ -1,5 +1,6 @@
 // Formatting a pool (mkfs) and reading its superblock: the two things that need only the fixed header.
 import { GuestmemfsError } from '../errors';
+import { describeHolders, isPinned, pinHolders } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { MiB, nowNs } from '../units';
 import { InodeType } from './inodes';
@@ -81,6 +82,18 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
   const geometry = computeGeometry(pool.size, pool.pageSize, blockSize, options.inodes ?? defaultInodeCount(Math.floor(blockCount)));
   requireNotMountedHere(pool, poolKey(pool), 'mkfs', 'pool is mounted by this process: unmount it before mkfs');
   lockPool(pool, 'mkfs');
+  const whole = [{ offset: 0, length: pool.size }];
+  if (isPinned(pool, whole)) {
+    unlock(pool);
+    throw new GuestmemfsError(
+      'EBUSY',
+      `pool memory is ${describeHolders(pinHolders(pool, whole))}: stop those processes before mkfs (it would be reused under them)`,
+      {
+        syscall: 'mkfs',
+        path: pool.label,
+      },
+    );
+  }
   const zeroed = pool.freshlyAllocated;
   const mapping = pool.map([{ offset: 0, length: geometry.metadataBytes }], { populate: true });
   try {

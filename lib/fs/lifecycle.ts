@@ -32,7 +32,7 @@ import {
   ROOT_INO,
   type Superblock,
 } from './layout';
-import { releaseInode } from './namespace';
+import { reclaimOrphans } from './namespace';
 import type { KexecOptions, SerialiseResult } from './types';
 import type { MetadataViews } from './views';
 
@@ -225,7 +225,7 @@ export function abort(ctx: MountContext): void {
   ctx.writeSuperblock({ state: PoolState.Mounted, handoverBytes: 0, handoverCrc: 0 });
   ctx.frozenAt = undefined;
   // Orphans kept while frozen (a mount that kept a handover serialised) whose mapping process is gone go now.
-  for (const ino of [...ctx.orphans]) if (!ctx.mapped.get(ino)) releaseInode(ctx, ino);
+  reclaimOrphans(ctx);
 }
 
 /**

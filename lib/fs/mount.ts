@@ -15,11 +15,12 @@ import { PoolState, type Superblock } from './layout';
 import { verifyRecordedBlob } from './lifecycle';
 import { BufferMetadata, MappedMetadata } from './metadata';
 import { buildIndex } from './names';
-import { releaseInode } from './namespace';
+import { releaseIfUnpinned } from './namespace';
 import { findUnrepairable } from './ownership';
 import type { Credentials } from './permissions';
 import { lockIsHeldByOther, markMountedHere, poolKey, requireNotMountedHere, unlock } from './registry';
 import { repairDerived } from './repair';
+import { blockRange } from './runs';
 import type { MountOptions, Recovery, Restore } from './types';
 import { openViews } from './views';
 
@@ -104,7 +105,7 @@ function takeOver(ctx: MountContext, sb: Superblock, options: MountOptions): Fil
     } else {
       // Mounted first: freeing orphans below changes metadata the blob describes.
       ctx.writeSuperblock({ ...owned, state: PoolState.Mounted, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
-      for (const ino of orphans) releaseInode(ctx, ino);
+      for (const ino of orphans) releaseIfUnpinned(ctx, ino);
     }
     restored.ms = elapsedMs(started);
     return new Filesystem(ctx, { restored });
@@ -112,7 +113,8 @@ function takeOver(ctx: MountContext, sb: Superblock, options: MountOptions): Fil
   const recovery = recoverIfNeeded(ctx, sb, options);
   // The superblock says "mounted" before anything else changes, so a kill from here on is detected as unclean.
   ctx.writeSuperblock({ ...owned, state: PoolState.Mounted, generation: sb.generation + 1n, handoverBytes: 0, handoverCrc: 0 });
-  for (const ino of buildIndex(ctx)) releaseInode(ctx, ino);
+  // Unlinked files: those still pinned by a process that maps them stay until reclaimOrphans() finds them free.
+  for (const ino of buildIndex(ctx)) releaseIfUnpinned(ctx, ino);
   return new Filesystem(ctx, { recovery });
 }
 
@@ -148,7 +150,7 @@ function recoverIfNeeded(ctx: MountContext, sb: Superblock, options: MountOption
     );
   }
   // Still marked as the dead owner's while recovering: a kill now is recovered from by the next mount.
-  const result = repairDerived(views);
+  const result = repairDerived({ ...views, isPinned: (runs) => ctx.pinned(runs.map((run) => blockRange(ctx.geometry, run))) });
   if (result.unrepairable.length > 0) {
     throw new GuestmemfsError(
       'EUCLEAN',

@@ -74,7 +74,7 @@ export function unlink(ctx: MountContext, path: string): void {
   ctx.requireNotBusy(ino, 'unlink', path);
   ctx.requireAccess(parent, W_OK | X_OK, 'unlink', path);
   detach(ctx, parent, name, ino);
-  if (!ctx.mapped.get(ino)) releaseInode(ctx, ino);
+  releaseIfUnpinned(ctx, ino);
 }
 
 export function rmdir(ctx: MountContext, path: string): void {
@@ -155,7 +155,7 @@ export function rename(ctx: MountContext, from: string, to: string): void {
   inodes.setTime(source.ino, 'ctime', now);
   // 3. Done: clear the record. The replaced file's blocks go now unless it is mapped.
   endRename(intent);
-  if (victim !== undefined && !ctx.mapped.get(victim)) releaseInode(ctx, victim);
+  if (victim !== undefined) releaseIfUnpinned(ctx, victim);
 }
 
 /** Allocates and initialises an inode, then links it: the type store is the commit point. */
@@ -216,6 +216,27 @@ function detach(ctx: MountContext, parent: number, name: string, ino: number): v
   inodes.setTime(parent, 'mtime', now);
   inodes.setTime(parent, 'ctime', now);
   inodes.setTime(ino, 'ctime', now);
+}
+
+/**
+ * Frees an unlinked file unless some process still maps it: a mapping in this process, or a pin anyone holds over its
+ * blocks. Otherwise it stays an orphan, named nowhere, until reclaimOrphans() finds it unpinned.
+ */
+export function releaseIfUnpinned(ctx: MountContext, ino: number): boolean {
+  if (ctx.mapped.get(ino) || ctx.pinned(ctx.fileRanges(ino))) {
+    ctx.orphans.add(ino);
+    return false;
+  }
+  releaseInode(ctx, ino);
+  return true;
+}
+
+/** Frees every orphan whose last pin has gone; returns how many. Cheap: one F_OFD_GETLK per extent of each orphan. */
+export function reclaimOrphans(ctx: MountContext): number {
+  if (ctx.readOnly || ctx.frozenAt !== undefined || !ctx.mounted) return 0;
+  let freed = 0;
+  for (const ino of [...ctx.orphans]) if (releaseIfUnpinned(ctx, ino)) freed++;
+  return freed;
 }
 
 /** Frees an orphan's blocks and its inode: blocks turn dirty before the file lets go of them, the type store commits. */

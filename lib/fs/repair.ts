@@ -9,7 +9,10 @@ import { findUnrepairable, scanOwnership } from './ownership';
 import { appendRun, type BlockRun, cutAfter, totalBlocks } from './runs';
 import type { MetadataViews } from './views';
 
-export type RepairViews = Pick<MetadataViews, 'geometry' | 'inodes' | 'extents' | 'allocator' | 'hints' | 'intent' | 'intentBytes'>;
+export type RepairViews = Pick<MetadataViews, 'geometry' | 'inodes' | 'extents' | 'allocator' | 'hints' | 'intent' | 'intentBytes'> & {
+  /** Whether a process still pins (maps) any of these blocks: recovery frees none of them then. */
+  isPinned?: (runs: readonly BlockRun[]) => boolean;
+};
 
 export interface RepairResult {
   /** What was changed, one line each. */
@@ -33,6 +36,11 @@ export function repairDerived(views: RepairViews): RepairResult {
     if (type === InodeType.Free) continue;
     const runs = extents.read(ino);
     if (ino !== ROOT_INO && inodes.flags(ino) & FLAG_ORPHAN) {
+      if (views.isPinned?.(runs)) {
+        // Unlinked while mapped, and the process that maps it is alive: it is freed when its last pin goes.
+        fixes.push(`kept unlinked inode ${ino} (${totalBlocks(runs)} blocks): a live process still pins it`);
+        continue;
+      }
       allocator.markDirty(runs, true);
       extents.truncate(ino, 0);
       inodes.setBlockCount(ino, 0);
@@ -43,7 +51,13 @@ export function repairDerived(views: RepairViews): RepairResult {
     }
     const needed = type === InodeType.File ? Math.ceil(inodes.size(ino) / geometry.blockSize) : 0;
     const held = totalBlocks(runs);
-    if (held > needed) {
+    let kept = Math.min(held, needed);
+    if (held > needed && views.isPinned?.(cutAfter(runs, needed))) {
+      kept = held;
+      // Blocks past the size that a live process maps: the size grows back over them rather than freeing them.
+      inodes.setSize(ino, held * geometry.blockSize);
+      fixes.push(`inode ${ino}: size raised to the ${held} blocks it holds, which a live process pins`);
+    } else if (held > needed) {
       const cut = cutAfter(runs, needed);
       allocator.markDirty(cut, true);
       extents.truncate(ino, needed);
@@ -52,12 +66,12 @@ export function repairDerived(views: RepairViews): RepairResult {
       inodes.setSize(ino, held * geometry.blockSize);
       fixes.push(`inode ${ino}: size cut to the ${held} blocks it holds`);
     }
-    if (inodes.blockCount(ino) !== Math.min(held, needed)) inodes.setBlockCount(ino, Math.min(held, needed));
+    if (inodes.blockCount(ino) !== kept) inodes.setBlockCount(ino, kept);
     // A kill between linking a new extent page and raising the extent count (append), or between lowering the count
     // and freeing the pages (truncate), leaves pages no extent uses: they go back.
     const surplus = extents.chain(ino).length - ExtentStore.pagesFor(inodes.extentCount(ino));
     if (surplus > 0) {
-      extents.truncate(ino, Math.min(held, needed));
+      extents.truncate(ino, kept);
       fixes.push(`inode ${ino}: released ${surplus} extent page(s) past its extents`);
     }
   }
@@ -104,7 +118,8 @@ export function repairDerived(views: RepairViews): RepairResult {
       freeInodes++;
       continue;
     }
-    if (ino === ROOT_INO) continue;
+    // Orphans are in no directory: they keep their old parent pointer, but no entry list names them.
+    if (ino === ROOT_INO || inodes.flags(ino) & FLAG_ORPHAN) continue;
     const parent = inodes.parent(ino);
     children.set(parent, [ino, ...(children.get(parent) ?? [])]);
   }

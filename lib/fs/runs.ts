@@ -1,4 +1,5 @@
-// Runs of blocks: how extents, allocations and bitmap scans describe block sets, and the few ways they are combined.
+// Runs of blocks: how extents, allocations and bitmap scans describe block sets, the few ways they are combined, and
+// the pool byte range a run stands for.
 
 export interface BlockRun {
   start: number;
@@ -29,4 +30,9 @@ export function cutAfter(runs: readonly BlockRun[], keep: number): BlockRun[] {
     seen += run.length;
   }
   return cut;
+}
+
+/** The bytes of the pool a run of blocks occupies. */
+export function blockRange(geometry: { blockSize: number }, run: BlockRun): { offset: number; length: number } {
+  return { offset: run.start * geometry.blockSize, length: run.length * geometry.blockSize };
 }

@@ -34,6 +34,11 @@ export interface MapOptions {
    * mappings under 1 GiB. Default false.
    */
   sharePageTables?: boolean;
+  /**
+   * Pin the extents while they are mapped (an open-file-description read lock the kernel keeps, see pins.ts), so that
+   * the filesystem never frees, zeroes or reuses them under this mapping. The filesystem's map() always pins.
+   */
+  pin?: boolean;
   /** mlock the range. The kernel ignores this for hugetlb mappings (huge pages are never swapped); it matters on the 4 KiB fallback. */
   lock?: boolean;
 }
@@ -87,14 +92,17 @@ export class Mapping {
   readonly pageSize: number;
   readonly extents: readonly Extent[];
   readonly hugepageAdvice: boolean;
+  /** Whether the mapping holds a pin over its extents (see pins.ts): released right after it is unmapped. */
+  readonly pinned: boolean;
   #wholeBuffer: ArrayBuffer | undefined;
   #mapped = true;
   readonly #label: string | undefined;
   readonly #unmapRecord: UnmapRecord;
 
   /** @internal Created by Pool.map. */
-  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string, onUnmap?: () => void) {
+  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string, onUnmap?: () => void, pinned = false) {
     this.id = result.id;
+    this.pinned = pinned;
     this.address = result.address;
     this.length = result.length;
     this.mmapCalls = result.mmapCalls;

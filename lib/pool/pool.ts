@@ -6,6 +6,7 @@ import { native } from '../native';
 import { formatSize, GiB } from '../units';
 import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
 import { type Extent, type MapOptions, Mapping } from './mapping';
+import { Pin } from './pins';
 
 export type PoolBackend = 'hugetlbfs' | 'memfd-hugetlb' | 'shm-4k' | 'memfd-4k';
 
@@ -252,8 +253,17 @@ export class Pool {
       ((options.hugepage ?? this.isFallback) ? flag.hugepage : 0) |
       (options.lock ? flag.lock : 0);
     mapResult ??= new Float64Array(native.mapResult.slots);
-    native.mapExtents(this.fd, flat, flags, this.pageSize, shareable ? PMD_SHARE_SPAN : 0, mapResult);
+    // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
+    const pin = options.pin ? Pin.take(this, extents) : undefined;
+    try {
+      native.mapExtents(this.fd, flat, flags, this.pageSize, shareable ? PMD_SHARE_SPAN : 0, mapResult);
+    } catch (error) {
+      pin?.release();
+      throw error;
+    }
     const slot = native.mapResult;
+    // The mapping owns the pin from here on: it goes right after the munmap, whoever unmaps.
+    if (pin) native.mappingAttachPin(mapResult[slot.id]!, pin.handOff());
     const result = {
       id: mapResult[slot.id]!,
       address: BigInt(mapResult[slot.address]!),
@@ -267,6 +277,7 @@ export class Pool {
       extents.map(({ offset, length }) => ({ offset, length })),
       this.path,
       options.onUnmap,
+      pin !== undefined,
     );
   }
 

@@ -1,0 +1,164 @@
+// Pins: memory some process maps is never freed, zeroed or given to another file, whoever maps it and whatever
+// happens to the owner; the kernel ends a pin with its holder.
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { check, type Filesystem, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
+import { captureError, repoRoot, uniquePath } from './helpers';
+
+const B = 64 * KiB;
+let pool: Pool;
+let gfs: Filesystem;
+const pinners: ChildProcessWithoutNullStreams[] = [];
+
+interface Pinned {
+  pid: number;
+  extents: Array<{ offset: number; length: number }>;
+}
+
+/** Starts a process that maps `file` of the pool (pinned) and resolves once it says it holds it. */
+async function pinner(file: string, mode?: 'exec'): Promise<{ child: ChildProcessWithoutNullStreams; pinned: Pinned }> {
+  const script = path.join(repoRoot, 'dist', 'test', 'fixtures', 'pinner.js');
+  const child = spawn(process.execPath, [script, pool.path!, file, ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'pipe'] });
+  pinners.push(child);
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const lines: string[] = [];
+  let pending = '';
+  const wanted = mode === 'exec' ? 2 : 1;
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      const parts = pending.split('\n');
+      pending = parts.pop()!;
+      lines.push(...parts);
+      if (lines.length >= wanted) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`pinner exited ${code}: ${stderr}`)));
+  });
+  return { child, pinned: JSON.parse(lines[0]!) as Pinned };
+}
+
+async function kill(child: ChildProcessWithoutNullStreams): Promise<void> {
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+beforeEach(() => {
+  pool = Pool.create({ backend: 'shm-4k', path: uniquePath('/dev/shm', 'guestmemfs-pins'), size: 4 * MiB });
+  mkfs(pool, { blockSize: B });
+  gfs = mount(pool);
+  gfs.create('/ram', { type: 'guest' });
+  gfs.truncate('/ram', 3 * B);
+});
+
+afterEach(async () => {
+  for (const child of pinners.splice(0)) if (child.exitCode === null && child.signalCode === null) await kill(child);
+  if (gfs.mounted) gfs.unmount();
+  pool.destroy();
+});
+
+describe('pins held by another process', () => {
+  it('unlink keeps the blocks while pinned; nothing else gets them; they come back when the pinner dies', async () => {
+    const { child, pinned } = await pinner('/ram');
+    expect(gfs.pins('/ram')).toEqual([expect.objectContaining({ pids: [pinned.pid] })]);
+    const free = gfs.statfs().freeBlocks;
+    gfs.unlink('/ram');
+    expect(gfs.exists('/ram')).toBe(false);
+    expect(gfs.statfs().freeBlocks).toBe(free); // the name went, the blocks stay
+    expect(gfs.pinnedOrphans()).toEqual([{ ino: expect.any(Number), blocks: 3, pins: [expect.objectContaining({ pids: [pinned.pid] })] }]);
+    // Fill the pool: no new file may be given the pinned blocks.
+    gfs.create('/other', { type: 'guest' });
+    gfs.truncate('/other', free * B);
+    const taken = gfs.extents('/other');
+    for (const pinnedExtent of pinned.extents) {
+      for (const extent of taken)
+        expect(extent.offset + extent.length <= pinnedExtent.offset || pinnedExtent.offset + pinnedExtent.length <= extent.offset).toBe(
+          true,
+        );
+    }
+    expect(captureError(() => gfs.truncate('/other', (free + 1) * B))).toMatchObject({ code: 'ENOSPC' });
+    gfs.unlink('/other');
+    await kill(child); // SIGKILL: the kernel drops the pin with the process
+    expect(gfs.reclaim()).toBe(1);
+    expect(gfs.statfs().freeBlocks).toBe(free + 3);
+    expect(gfs.pinnedOrphans()).toEqual([]);
+    expect(gfs.audit().problems).toEqual([]);
+  });
+
+  it('a shrink that would free pinned blocks fails with EBUSY naming the pid; growing is fine', async () => {
+    const { pinned } = await pinner('/ram');
+    const error = captureError(() => gfs.truncate('/ram', B));
+    expect(error).toMatchObject({ code: 'EBUSY', syscall: 'ftruncate', path: '/ram' });
+    expect(error.message).toContain(`pinned by pid ${pinned.pid}`);
+    expect(gfs.stat('/ram').size).toBe(3 * B); // nothing changed
+    gfs.truncate('/ram', 4 * B);
+  });
+
+  it('survives the pinner exec-ing another program that inherits the pin fd, and ends with that program', async () => {
+    const { child, pinned } = await pinner('/ram', 'exec');
+    gfs.unlink('/ram');
+    expect(gfs.reclaim()).toBe(0);
+    expect(gfs.pinnedOrphans()[0]!.pins[0]!.pids).toEqual([pinned.pid]); // the same pid after execve
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.stdin.write('exit\n');
+    await exited;
+    expect(gfs.reclaim()).toBe(1);
+  });
+
+  it('survives a restart of the metadata owner: the unlinked file stays held across unmount and mount', async () => {
+    const { child } = await pinner('/ram');
+    gfs.unlink('/ram');
+    gfs.unmount();
+    gfs = mount(pool);
+    expect(gfs.pinnedOrphans()).toHaveLength(1);
+    expect(gfs.audit().problems).toEqual([]);
+    await kill(child);
+    expect(gfs.reclaim()).toBe(1);
+  });
+
+  it('mkfs refuses a pool whose memory is pinned, naming the pinner', async () => {
+    const { pinned } = await pinner('/ram');
+    gfs.unmount();
+    const error = captureError(() => mkfs(pool, { blockSize: B, force: true }));
+    expect(error).toMatchObject({ code: 'EBUSY', syscall: 'mkfs' });
+    expect(error.message).toContain(`pid ${pinned.pid}`);
+    gfs = mount(pool);
+    expect(gfs.exists('/ram')).toBe(true); // the pool was left as it was
+  });
+
+  it('recovery and check --repair keep an unlinked file a live process pins, and free it once it is gone', async () => {
+    const { child } = await pinner('/ram');
+    gfs.unlink('/ram');
+    // The next owner dies with the orphan in its pool: check and recovery then meet a pinned orphan in an unclean pool.
+    gfs.unmount();
+    const lib = JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'));
+    const ownerScript =
+      `const g=require(${lib});g.mount(g.Pool.open(${JSON.stringify(pool.path)}));` +
+      `process.stdout.write('up\\n');setInterval(()=>{},1000);`;
+    const owner = spawn(process.execPath, ['-e', ownerScript]);
+    await new Promise<void>((resolve) => owner.stdout.once('data', () => resolve()));
+    const ownerExited = new Promise((resolve) => owner.once('exit', resolve));
+    owner.kill('SIGKILL');
+    await ownerExited;
+    const repaired = check(pool, { repair: true });
+    expect(repaired.state).toBe('repaired');
+    expect(repaired.fixes.join('\n')).toMatch(/kept unlinked inode \d+ \(3 blocks\): a live process still pins it/);
+    gfs = mount(pool);
+    expect(gfs.pinnedOrphans()).toHaveLength(1);
+    await kill(child);
+    expect(gfs.reclaim()).toBe(1);
+    expect(gfs.audit().problems).toEqual([]);
+  });
+});
+
+describe('pins of this process', () => {
+  it('map() pins, and the pin goes with the unmap', () => {
+    const mapping = gfs.map('/ram');
+    expect(mapping.pinned).toBe(true);
+    expect(gfs.pins('/ram')).toEqual([expect.objectContaining({ pids: [process.pid] })]);
+    mapping.unmap();
+    expect(gfs.pins('/ram')).toEqual([]);
+  });
+});
