@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { CommanderError } from 'commander';
 import type { Stat } from '../lib/fs/types';
+import type { PinHolder } from '../lib/pool/pins';
 import { formatSize } from '../lib/units';
 
 /** 0 success, 1 the operation failed (message on stderr), 2 usage error; check: 0 consistent, 3 repaired, 4 inconsistent. */
@@ -59,6 +60,16 @@ export function modeString(stat: Stat): string {
 
 export function describeStat(stat: Stat): Record<string, unknown> {
   return { ...stat, modeOctal: stat.mode.toString(8).padStart(4, '0') };
+}
+
+/** "  Pins: pid 123 on [offset, +length)" lines, or one saying there are none. */
+export function pinLines(pins: readonly PinHolder[]): string[] {
+  if (pins.length === 0) return ['  Pins: none'];
+  return pins.map((pin) => {
+    const who = pin.pids.length > 0 ? pin.pids.map((pid) => `pid ${pid}`).join(', ') : 'a process this user cannot see';
+    const length = Number.isFinite(pin.length) ? formatSize(pin.length) : 'to the end';
+    return `  Pins: ${who} on [${pin.offset}, +${length})`;
+  });
 }
 
 /** A progress bar on stderr, when it is a terminal and the user did not ask for quiet or JSON. */

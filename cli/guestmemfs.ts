@@ -19,6 +19,8 @@ import { register as ls } from './commands/ls';
 import { register as mkdir } from './commands/mkdir';
 import { register as mkfs } from './commands/mkfs';
 import { register as mv } from './commands/mv';
+import { register as pin } from './commands/pin';
+import { register as qemuArgs } from './commands/qemu-args';
 import { register as rm } from './commands/rm';
 import { register as serialise } from './commands/serialise';
 import { register as stat } from './commands/stat';
@@ -35,7 +37,7 @@ program
   .option('--debug', 'show stack traces for errors')
   .exitOverride();
 
-// In the order `guestmemfs --help` lists them: set-up, looking, changing, handover, checking, the VMM.
+// In the order `guestmemfs --help` lists them: set-up, looking, changing, external VMMs, handover, checking, the VMM.
 for (const register of [
   detect,
   mkfs,
@@ -50,6 +52,8 @@ for (const register of [
   mv,
   chmod,
   chown,
+  pin,
+  qemuArgs,
   serialise,
   abort,
   check,

@@ -206,6 +206,8 @@ describe('operator conveniences', () => {
       'mv',
       'chmod',
       'chown',
+      'pin',
+      'qemu-args',
       'serialise',
       'abort',
       'check',
@@ -268,5 +270,93 @@ describe('operator conveniences', () => {
       holder.kill('SIGKILL');
       fs.rmSync(pool, { force: true });
     }
+  });
+});
+
+describe('external VMMs: pin, qemu-args and contiguous files', () => {
+  it('pin runs a command holding the file: rm leaves its blocks alone, new files never get them, they return when it exits', async () => {
+    const pool = uniquePath('/dev/shm', 'guestmemfs-cli');
+    try {
+      run('mkfs', pool, '--size', '16M', '-q');
+      run('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
+      run('truncate', '-s', '4M', pool, '/vm0-ram');
+      // The command reports what the wrapper exported, then waits for its stdin to close.
+      const report =
+        "const ours = Object.entries(process.env).filter(([k]) => k.startsWith('GUESTMEMFS_'));" +
+        "process.stdout.write(JSON.stringify(Object.fromEntries(ours)) + '\\n');" +
+        "process.stdin.resume(); process.stdin.on('end', () => process.exit(0));";
+      const child = spawn('guestmemfs', ['pin', pool, '/vm0-ram', '--', process.execPath, '-e', report], {
+        env,
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      const exported = await new Promise<Record<string, string>>((resolve) =>
+        child.stdout.once('data', (chunk: Buffer) => resolve(JSON.parse(chunk.toString()))),
+      );
+      const [offset, size] = [Number(exported.GUESTMEMFS_FILE0_OFFSET), Number(exported.GUESTMEMFS_FILE0_SIZE)];
+      expect(exported).toMatchObject({
+        GUESTMEMFS_POOL: pool,
+        GUESTMEMFS_FILES: '1',
+        GUESTMEMFS_FILE0_PATH: '/vm0-ram',
+        GUESTMEMFS_FILE0_SIZE: String(4 * 1024 * 1024),
+      });
+      expect(exported.GUESTMEMFS_FILE0_EXTENTS).toBe(`${offset}:${size}`);
+      const stat = JSON.parse(run('stat', pool, '/vm0-ram', '--json').stdout);
+      expect(stat).toMatchObject({ contiguous: true, pins: [{ offset, length: size, pids: [child.pid] }] });
+      expect(run('rm', pool, '/vm0-ram').status).toBe(0);
+      const status = JSON.parse(run('status', pool, '--json').stdout);
+      expect(status.pinnedOrphans).toEqual([{ ino: stat.ino, blocks: 2 }]);
+      expect(status.pins).toEqual([{ offset, length: size, pids: [child.pid] }]);
+      expect(run('status', pool).stdout).toContain(`pins:       pid ${child.pid} on [${offset}, +4 MiB)`);
+      // Every free block goes to a new file: none of the pinned ones.
+      run('touch', pool, '/filler');
+      const free = JSON.parse(run('df', pool, '--json').stdout);
+      expect(run('truncate', '-s', String(free.freeBlocks * free.blockSize), pool, '/filler').status).toBe(0);
+      for (const extent of JSON.parse(run('stat', pool, '/filler', '--json').stdout).extents as Array<{ offset: number; length: number }>) {
+        expect(extent.offset + extent.length <= offset || offset + size <= extent.offset).toBe(true);
+      }
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.stdin.end();
+      await exited;
+      expect(run('rm', pool, '/filler').status).toBe(0); // the next change reclaims the file the command held
+      expect(JSON.parse(run('df', pool, '--json').stdout).freeBlocks).toBe(free.freeBlocks + 2);
+    } finally {
+      fs.rmSync(pool, { force: true });
+    }
+  });
+
+  it('qemu-args prints the backend of a contiguous file, and refuses a file in several extents with the remedy', () => {
+    withPoolFile((pool) => {
+      run('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
+      expect(run('truncate', '-s', '4M', pool, '/vm0-ram').status).toBe(0);
+      const offset = JSON.parse(run('stat', pool, '/vm0-ram', '--json').stdout).extents[0].offset;
+      const result = run('qemu-args', pool, '/vm0-ram');
+      expect(result.stdout.trim()).toBe(
+        `-object memory-backend-file,id=gmfs0-vm0-ram,mem-path=${pool},offset=${offset},size=4194304,share=on ` +
+          '-machine memory-backend=gmfs0-vm0-ram',
+      );
+      // A plain file grown around another one gets a second extent; QEMU could not map it.
+      run('truncate', '-s', '2M', pool, '/f');
+      run('touch', pool, '/g');
+      run('truncate', '-s', '2M', pool, '/g');
+      run('truncate', '-s', '4M', pool, '/f');
+      expect(JSON.parse(run('stat', pool, '/f', '--json').stdout).extents).toHaveLength(2);
+      const refused = run('qemu-args', pool, '/f');
+      expect([refused.status, refused.stderr]).toEqual([1, expect.stringContaining('touch --contiguous')]);
+    });
+  });
+
+  it('a contiguous file grows in place or fails with ENOSPC naming the largest free run', () => {
+    withPoolFile((pool) => {
+      run('touch', '--contiguous', pool, '/c');
+      run('truncate', '-s', '2M', pool, '/c');
+      run('truncate', '-s', '2M', pool, '/f'); // right after /c: /c cannot grow in place any more
+      const refused = run('truncate', '-s', '4M', pool, '/c');
+      expect(refused.status).toBe(1);
+      expect(refused.stderr).toMatch(
+        /ENOSPC: contiguous file needs 1 more 2 MiB blocks \(2 MiB\) in one run right after its end.*the largest free run is \d+ blocks/,
+      );
+      const after = JSON.parse(run('stat', pool, '/c', '--json').stdout);
+      expect([after.size, after.contiguous, after.extents.length]).toEqual([2 * 1024 * 1024, true, 1]);
+    });
   });
 });

@@ -1,7 +1,7 @@
 // guestmemfs stat: show an inode.
 import type { Command } from 'commander';
 import { formatSize } from '../../lib/units';
-import { command, type Common, describeStat, modeString, print } from '../common';
+import { command, type Common, describeStat, modeString, pinLines, print } from '../common';
 import { withView } from '../pools';
 
 export function register(program: Command): void {
@@ -11,14 +11,16 @@ export function register(program: Command): void {
     .action((spec: string, target: string, options: Common) => {
       withView(spec, (gfs) => {
         const stat = gfs.stat(target);
-        print(options, { path: target, ...describeStat(stat), extents: gfs.extents(target) }, () =>
+        const pins = stat.type === 'file' ? gfs.pins(target) : [];
+        print(options, { path: target, ...describeStat(stat), extents: gfs.extents(target), pins }, () =>
           [
             `  File: ${target}`,
             `  Type: ${stat.type}${stat.fileType ? ` (${stat.fileType})` : ''}   Size: ${stat.size}   Blocks: ${stat.blocks} of ` +
               `${formatSize(stat.blockSize)}   Extents: ${stat.extents}`,
             ` Inode: ${stat.ino}   Links: ${stat.nlink}   Access: (${stat.mode.toString(8).padStart(4, '0')}/${modeString(stat)}) ` +
               `  Uid: ${stat.uid}   Gid: ${stat.gid}`,
-            `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}`,
+            `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}${stat.contiguous ? '   (contiguous)' : ''}`,
+            ...pinLines(pins),
           ].join('\n'),
         );
       });

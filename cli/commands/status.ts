@@ -5,7 +5,8 @@ import { PoolState } from '../../lib/fs/layout';
 import { lockIsHeldByOther } from '../../lib/fs/registry';
 import type { StatFs } from '../../lib/fs/types';
 import { formatSize } from '../../lib/units';
-import { command, type Common, print } from '../common';
+import { pinHolders } from '../../lib/pool/pins';
+import { command, type Common, pinLines, print } from '../common';
 import { withPool, withView } from '../pools';
 
 export function register(program: Command): void {
@@ -29,20 +30,36 @@ export function register(program: Command): void {
                 `recovers it`
             : 'clean';
       // An unclean pool cannot be viewed consistently until it is recovered; its sizes are left out then.
-      let usage: { backend: string; pageSize: number; size: number; statfs: StatFs | null };
+      let usage: {
+        backend: string;
+        pageSize: number;
+        size: number;
+        statfs: StatFs | null;
+        pinnedOrphans: Array<{ ino: number; blocks: number }>;
+      };
       try {
         usage = withView(spec, (gfs, opened) => ({
           backend: opened.backend,
           pageSize: opened.pageSize,
           size: opened.size,
           statfs: gfs.statfs(),
+          pinnedOrphans: gfs.pinnedOrphans().map(({ ino, blocks }) => ({ ino, blocks })),
         }));
       } catch (error) {
         if (sb.state !== PoolState.Mounted || held) throw error;
-        usage = withPool(spec, (opened) => ({ backend: opened.backend, pageSize: opened.pageSize, size: opened.size, statfs: null }));
+        usage = withPool(spec, (opened) => ({
+          backend: opened.backend,
+          pageSize: opened.pageSize,
+          size: opened.size,
+          statfs: null,
+          pinnedOrphans: [],
+        }));
       }
+      // Every process that maps pool memory holds a pin the kernel keeps: read from /proc, whoever owns the metadata.
+      const pins = withPool(spec, (pool) => pinHolders(pool));
       const result = {
         pool: spec,
+        pins,
         ...usage,
         uuid: sb.uuid,
         generation: sb.generation,
@@ -50,6 +67,7 @@ export function register(program: Command): void {
         ownerPid: sb.ownerPid || null,
         description: state,
       };
+      const orphans = usage.pinnedOrphans.map((orphan) => `inode ${orphan.ino} (${orphan.blocks} blocks)`).join(', ');
       print(options, result, () =>
         [
           `pool:       ${spec}`,
@@ -63,6 +81,8 @@ export function register(program: Command): void {
             : 'inodes:     unknown until recovered',
           `state:      ${state}`,
           `uuid:       ${sb.uuid}`,
+          ...(usage.pinnedOrphans.length > 0 ? [`unlinked:   ${orphans}, held by pins`] : []),
+          ...pinLines(pins).map((line) => line.replace('  Pins: ', 'pins:       ')),
         ].join('\n'),
       );
     });

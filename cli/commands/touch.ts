@@ -13,9 +13,11 @@ export function register(program: Command): void {
     .argument('<pool>')
     .argument('<paths...>')
     .addOption(new Option('--type <type>', 'file type').choices(['guest', 'state', 'plain']).default('plain'))
-    .action((spec: string, paths: string[], options: Common & { type: 'guest' | 'state' | 'plain' }) => {
+    .option('--contiguous', 'keep the file in one extent (for a VMM that maps it by offset, such as QEMU)')
+    .action((spec: string, paths: string[], options: Common & { type: 'guest' | 'state' | 'plain'; contiguous?: boolean }) => {
       withMount(spec, (gfs) => {
-        for (const target of paths) if (!gfs.exists(target)) gfs.create(target, { type: options.type });
+        for (const target of paths)
+          if (!gfs.exists(target)) gfs.create(target, { type: options.type, contiguous: options.contiguous === true });
       });
     });
 }

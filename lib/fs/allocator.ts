@@ -78,6 +78,39 @@ export class BlockAllocator {
     return this.#gather(count);
   }
 
+  /**
+   * Blocks for a contiguous file of `count` more blocks: in place after its end (`after`), or, for an empty file
+   * (after -1), the smallest free run that holds them all (best fit keeps large runs for large files). Null when none.
+   */
+  chooseContiguous(count: number, after: number): BlockRun[] | null {
+    if (count === 0) return [];
+    if (count > this.freeBlocks) return null;
+    if (after >= 0) return this.#isFreeRange(after, count) ? [{ start: after, length: count }] : null;
+    let best: BlockRun | undefined;
+    for (const run of this.freeRuns()) if (run.length >= count && (!best || run.length < best.length)) best = run;
+    return best ? [{ start: best.start, length: count }] : null;
+  }
+
+  /** Every run of free blocks, in order. */
+  freeRuns(): BlockRun[] {
+    const runs: BlockRun[] = [];
+    for (let word = 0; word < this.#allocated.length; word++) {
+      const bits = this.#allocated[word]!;
+      if (bits === FULL) continue;
+      if (bits === 0) {
+        appendRun(runs, word * 32, 32);
+        continue;
+      }
+      for (let bit = 0; bit < 32; bit++) if ((bits & (1 << bit)) === 0) appendRun(runs, word * 32 + bit);
+    }
+    return runs;
+  }
+
+  /** The longest run of free blocks (what the largest contiguous file could still get). */
+  largestFreeRun(): number {
+    return this.freeRuns().reduce((longest, run) => Math.max(longest, run.length), 0);
+  }
+
   /** Marks runs allocated (and updates the free count). */
   markAllocated(runs: readonly BlockRun[]): void {
     let total = 0;

@@ -2,7 +2,7 @@
 import { GuestmemfsError } from '../errors';
 import { nowNs } from '../units';
 import { checkMode, type MountContext } from './context';
-import { FILE_TYPE_NAMES, InodeType } from './inodes';
+import { FILE_TYPE_NAMES, FLAG_CONTIGUOUS, InodeType } from './inodes';
 import { resolve } from './names';
 import { totalBlocks } from './runs';
 import type { Stat, StatFs } from './types';
@@ -19,6 +19,7 @@ export function statInode(ctx: MountContext, ino: number): Stat {
     blocks: inodes.blockCount(ino),
     blockSize: ctx.geometry.blockSize,
     extents: inodes.extentCount(ino),
+    contiguous: (inodes.flags(ino) & FLAG_CONTIGUOUS) !== 0,
     mode: inodes.mode(ino),
     uid: inodes.uid(ino),
     gid: inodes.gid(ino),

@@ -1,7 +1,7 @@
 // Audit: recomputes everything derived (bitmap, free lists, sibling lists, link counts, counters) from the primary
 // state (inode types, parents, names, extents, sizes) and lists every disagreement. The checker builds on it.
 import { ExtentStore } from './extents';
-import { FLAG_ORPHAN, InodeType } from './inodes';
+import { FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
 import { ROOT_INO } from './layout';
 import { scanOwnership } from './ownership';
 import { totalBlocks } from './runs';
@@ -39,6 +39,7 @@ export function auditMetadata(views: AuditViews): AuditReport {
     const runs = extents.read(ino);
     if (runs.length !== inodes.extentCount(ino))
       problems.push(`inode ${ino}: ${inodes.extentCount(ino)} extents recorded, ${runs.length} readable`);
+    if (inodes.flags(ino) & FLAG_CONTIGUOUS && runs.length > 1) problems.push(`inode ${ino}: contiguous, but in ${runs.length} extents`);
     const blocks = totalBlocks(runs);
     usedBlocks += blocks;
     if (blocks !== inodes.blockCount(ino)) problems.push(`inode ${ino}: blockCount ${inodes.blockCount(ino)} but extents hold ${blocks}`);

@@ -10,7 +10,7 @@ import { describeHolders } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { formatSize, nowNs } from '../units';
 import type { MountContext } from './context';
-import { FileType, FLAG_ORPHAN, InodeType } from './inodes';
+import { FileType, FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
 import { resolve, resolveFileForWrite } from './names';
 import { releaseIfUnpinned } from './namespace';
 import { R_OK, W_OK } from './permissions';
@@ -251,7 +251,19 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   const needed = want - have;
   const existing = extents.read(ino);
   const last = existing.at(-1);
-  const runs = allocator.choose(needed, last ? last.start + last.length : -1);
+  const after = last ? last.start + last.length : -1;
+  const contiguous = (inodes.flags(ino) & FLAG_CONTIGUOUS) !== 0;
+  const runs = contiguous ? allocator.chooseContiguous(needed, after) : allocator.choose(needed, after);
+  if (!runs && contiguous) {
+    const largest = allocator.largestFreeRun();
+    throw new GuestmemfsError(
+      'ENOSPC',
+      `contiguous file needs ${needed} more ${formatSize(blockSize)} blocks (${formatSize(needed * blockSize)}) in one run` +
+        `${after >= 0 ? ' right after its end' : ''}, ftruncate '${path}': the largest free run is ${largest} blocks ` +
+        `(${formatSize(largest * blockSize)}); free space there, or use a larger pool`,
+      { syscall: 'ftruncate', path },
+    );
+  }
   if (!runs) {
     throw new GuestmemfsError(
       'ENOSPC',

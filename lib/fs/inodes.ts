@@ -28,6 +28,8 @@ export type FileTypeName = (typeof FILE_TYPE_NAMES)[number];
 
 /** Unlinked but still holding blocks (mapped somewhere): freed at last unmap or at the next mount. */
 export const FLAG_ORPHAN = 1;
+/** Held in one extent, always (for VMMs that map one range of the pool, such as QEMU's memory-backend-file). */
+export const FLAG_CONTIGUOUS = 2;
 
 export const NAME_MAX = 255;
 const NAME_OFFSET = 256;

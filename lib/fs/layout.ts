@@ -22,7 +22,12 @@ export const FORMAT_MINOR = 0;
 /** Feature masks: a mount refuses any incompatible bit it does not know; read-only-compatible bits force read-only. */
 export const KNOWN_COMPAT = 0;
 export const KNOWN_INCOMPAT = 0;
-export const KNOWN_RO_COMPAT = 0;
+/**
+ * Set once a contiguous file exists: a release that does not know the flag could grow such a file into a second
+ * extent, so it may only mount the pool read-only.
+ */
+export const RO_COMPAT_CONTIGUOUS = 1;
+export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS;
 
 /** Each of the four records of the fixed header (two superblock slots, intent, hints) is one 4 KiB page. */
 export const HEADER_RECORD_BYTES = 4096;

@@ -7,9 +7,9 @@
 import { GuestmemfsError } from '../errors';
 import { nowNs } from '../units';
 import { checkMode, type MountContext } from './context';
-import { FILE_TYPE_NAMES, FileType, FLAG_ORPHAN, InodeType } from './inodes';
+import { FILE_TYPE_NAMES, FileType, FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
 import { beginRename, endRename } from './intent';
-import { ROOT_INO } from './layout';
+import { RO_COMPAT_CONTIGUOUS, ROOT_INO } from './layout';
 import { resolve, resolveExisting, resolveParent } from './names';
 import { splitPath } from './paths';
 import { R_OK, W_OK, X_OK } from './permissions';
@@ -23,7 +23,10 @@ export function create(ctx: MountContext, path: string, options: CreateOptions):
   if (fileType < 0)
     throw new GuestmemfsError('EINVAL', `file type "${type}" is not one of ${FILE_TYPE_NAMES.join(', ')}`, { syscall: 'open', path });
   const mode = checkMode(options.mode ?? (type === 'plain' ? 0o644 : 0o600), 'open', path);
-  return createInode(ctx, path, 'open', InodeType.File, fileType, mode);
+  if (options.contiguous !== undefined && typeof options.contiguous !== 'boolean') {
+    throw new GuestmemfsError('EINVAL', `contiguous must be true or false, got ${typeof options.contiguous}`, { syscall: 'open', path });
+  }
+  return createInode(ctx, path, 'open', InodeType.File, fileType, mode, options.contiguous ? FLAG_CONTIGUOUS : 0);
 }
 
 /** Creates a directory (with its parents and accepting one that exists, when recursive); returns its inode. */
@@ -159,7 +162,15 @@ export function rename(ctx: MountContext, from: string, to: string): void {
 }
 
 /** Allocates and initialises an inode, then links it: the type store is the commit point. */
-function createInode(ctx: MountContext, path: string, syscall: string, type: InodeType, fileType: FileType, mode: number): number {
+function createInode(
+  ctx: MountContext,
+  path: string,
+  syscall: string,
+  type: InodeType,
+  fileType: FileType,
+  mode: number,
+  flags = 0,
+): number {
   const { parent, name, nameBytes } = resolveParent(ctx, path, syscall);
   if (ctx.names.has(parent, name)) throw new GuestmemfsError('EEXIST', `file already exists, ${syscall} '${path}'`, { syscall, path });
   ctx.requireAccess(parent, W_OK | X_OK, syscall, path);
@@ -179,6 +190,10 @@ function createInode(ctx: MountContext, path: string, syscall: string, type: Ino
       { syscall, path },
     );
   }
+  // The feature bit before the first flag that needs it: a release that cannot keep files contiguous must not write.
+  if (flags & FLAG_CONTIGUOUS && !(ctx.superblock.roCompat & RO_COMPAT_CONTIGUOUS)) {
+    ctx.writeSuperblock({ roCompat: ctx.superblock.roCompat | RO_COMPAT_CONTIGUOUS });
+  }
   // Pop from the free list first: a kill after this leaks a free inode, which the checker puts back.
   hints.freeInodeHead = inodes.nextFree(ino);
   hints.freeInodes -= 1;
@@ -191,6 +206,7 @@ function createInode(ctx: MountContext, path: string, syscall: string, type: Ino
   inodes.setUid(ino, ctx.credentials.uid);
   inodes.setGid(ino, ctx.credentials.gid);
   inodes.setNlink(ino, type === InodeType.Directory ? 2 : 1);
+  if (flags) inodes.setFlags(ino, flags);
   for (const field of ['atime', 'mtime', 'ctime', 'btime'] as const) inodes.setTime(ino, field, now);
   inodes.setName(ino, nameBytes);
   inodes.setParent(ino, parent);

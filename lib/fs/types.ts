@@ -88,6 +88,11 @@ export interface CreateOptions {
   type?: FileTypeName;
   /** Permission bits (default 0600 for guest and state files, 0644 for plain). */
   mode?: number;
+  /**
+   * Keep the file in one extent (one range of the pool), for a VMM that maps it by offset, as QEMU's
+   * memory-backend-file does: truncate then grows it in place or fails with ENOSPC naming the largest free run.
+   */
+  contiguous?: boolean;
 }
 
 export interface MkdirOptions {
@@ -108,6 +113,8 @@ export interface Stat {
   blockSize: number;
   /** Extents (contiguous runs of blocks) holding the file. */
   extents: number;
+  /** Created contiguous: always one extent. */
+  contiguous: boolean;
   mode: number;
   uid: number;
   gid: number;

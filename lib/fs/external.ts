@@ -1,0 +1,93 @@
+// For processes that use a pool's files without owning its metadata (a second VMM, a device backend, QEMU): pin the
+// files in a descriptor they can pass on, and describe them for a VMM that maps a range of the pool by offset.
+import { GuestmemfsError } from '../errors';
+import type { Extent } from '../pool/mapping';
+import { Pin } from '../pool/pins';
+import type { Pool } from '../pool/pool';
+import { mappableFile } from './data';
+import { contextOf } from './filesystem';
+import { mount } from './mount';
+import { R_OK, W_OK } from './permissions';
+import type { MountOptions } from './types';
+
+export interface PinnedFile {
+  path: string;
+  ino: number;
+  generation: number;
+  size: number;
+  /** Pool byte ranges, in file order. */
+  extents: Extent[];
+}
+
+/** Tries before giving up on a pool whose owner keeps changing the files being pinned. */
+const PIN_ATTEMPTS = 5;
+
+function describeFiles(pool: Pool, paths: readonly string[], options: MountOptions): PinnedFile[] {
+  const view = mount(pool, { ...options, readOnly: true });
+  try {
+    const ctx = contextOf(view);
+    return paths.map((path) => {
+      const { ino, extents } = mappableFile(ctx, path, R_OK | W_OK, false);
+      const stat = view.stat(path);
+      return { path, ino, generation: stat.generation, size: stat.size, extents };
+    });
+  } finally {
+    view.unmount();
+  }
+}
+
+function sameFiles(a: readonly PinnedFile[], b: readonly PinnedFile[]): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Pins files of a pool on one open file description (Pin.fd), for a process that maps them itself. The files are
+ * looked up again after the pin is taken: had the owner freed and reused their blocks in between, the pin would hold
+ * another file's memory, so it is dropped and taken again.
+ */
+export function pinFiles(pool: Pool, paths: readonly string[], options: MountOptions = {}): { pin: Pin; files: PinnedFile[] } {
+  if (!Array.isArray(paths) || paths.length === 0)
+    throw new GuestmemfsError('EINVAL', 'pinFiles needs at least one path', { syscall: 'fcntl' });
+  for (let attempt = 0; attempt < PIN_ATTEMPTS; attempt++) {
+    const files = describeFiles(pool, paths, options);
+    const pin = Pin.take(
+      pool,
+      files.flatMap((file) => file.extents),
+    );
+    if (sameFiles(files, describeFiles(pool, paths, options))) return { pin, files };
+    pin.release();
+  }
+  throw new GuestmemfsError('EAGAIN', 'the files kept changing under their owner while they were pinned: try again', {
+    syscall: 'fcntl',
+    path: pool.label,
+  });
+}
+
+/** A QEMU memory-backend id for a file: letters, digits, '-' and '_', starting with a letter. */
+function backendId(file: PinnedFile, index: number): string {
+  const base = file.path.replace(/[^A-Za-z0-9_-]+/g, '-').replace(/^-+|-+$/g, '');
+  return `gmfs${index}${base ? `-${base}` : ''}`;
+}
+
+/**
+ * QEMU's arguments for guest RAM in a guestmemfs file: a memory-backend-file over the file's one range of the pool
+ * (shared, so the memory is the pool's), and the machine's RAM backed by it.
+ */
+export function qemuArgs(poolPath: string, file: PinnedFile, index = 0): string[] {
+  if (file.extents.length !== 1) {
+    throw new GuestmemfsError(
+      'EINVAL',
+      `'${file.path}' is held in ${file.extents.length} extents; QEMU maps one range of the pool: create it with touch --contiguous ` +
+        '(create({ contiguous: true })) and truncate it to its size',
+      { path: file.path },
+    );
+  }
+  const [extent] = file.extents as [Extent];
+  const id = backendId(file, index);
+  return [
+    '-object',
+    `memory-backend-file,id=${id},mem-path=${poolPath},offset=${extent.offset},size=${file.size},share=on`,
+    '-machine',
+    `memory-backend=${id}`,
+  ];
+}
