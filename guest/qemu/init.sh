@@ -1,0 +1,18 @@
+#!/bin/busybox sh
+# The QEMU guest's init: fills part of its RAM with random bytes in a tmpfs, then prints their checksum once a second.
+# A checksum that never changes, with the tick count going on, proves that guest memory stayed as it was through
+# whatever the host did meanwhile (a live update, another file's creation in the pool).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+mkdir -p /work
+mount -t tmpfs -o size=96M tmpfs /work
+dd if=/dev/urandom of=/work/blob bs=1M count=32 2>/dev/null
+echo "guest-ready $(md5sum /work/blob | cut -d' ' -f1)"
+tick=0
+while true; do
+  tick=$((tick + 1))
+  echo "guest-tick $tick $(md5sum /work/blob | cut -d' ' -f1)"
+  sleep 1
+done

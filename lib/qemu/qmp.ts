@@ -1,0 +1,102 @@
+// A QMP client (QEMU's JSON machine protocol on a UNIX socket): the capabilities handshake, commands answered in
+// order, and the events QEMU sends in between, waited for by name.
+import * as net from 'node:net';
+import { GuestmemfsError } from '../errors';
+
+export interface QmpEvent {
+  event: string;
+  data?: Record<string, unknown>;
+}
+
+interface Pending {
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+  command: string;
+}
+
+export class Qmp {
+  readonly #socket: net.Socket;
+  readonly #pending: Pending[] = [];
+  readonly #events: QmpEvent[] = [];
+  readonly #eventWaiters: Array<{ name: string; resolve: (event: QmpEvent) => void }> = [];
+  #buffer = '';
+  #closed: Error | undefined;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.#receive(chunk));
+    socket.on('close', () => this.#fail(new GuestmemfsError('ECONNRESET', 'QMP connection closed by QEMU', { syscall: 'read' })));
+    socket.on('error', (error) => this.#fail(error));
+  }
+
+  /** Connects to QEMU's -qmp unix:PATH,server=on socket and negotiates capabilities. */
+  static async connect(path: string): Promise<Qmp> {
+    const socket = net.createConnection(path);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    const qmp = new Qmp(socket);
+    // The greeting counts as the answer to a first, implicit request.
+    await new Promise((resolve, reject) => qmp.#pending.push({ resolve, reject, command: 'greeting' }));
+    await qmp.execute('qmp_capabilities');
+    return qmp;
+  }
+
+  /** Runs a command; resolves with its `return`, rejects with QEMU's error class and description. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.push({ resolve: resolve as (value: unknown) => void, reject, command });
+      this.#socket.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+    });
+  }
+
+  /** The next event of this name (one already received and not yet waited for counts). */
+  event(name: string): Promise<QmpEvent> {
+    const index = this.#events.findIndex((event) => event.event === name);
+    if (index >= 0) return Promise.resolve(this.#events.splice(index, 1)[0]!);
+    if (this.#closed) return Promise.reject(this.#closed);
+    return new Promise((resolve) => this.#eventWaiters.push({ name, resolve }));
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+
+  #receive(chunk: string): void {
+    this.#buffer += chunk;
+    let newline: number;
+    while ((newline = this.#buffer.indexOf('\n')) >= 0) {
+      const line = this.#buffer.slice(0, newline).trim();
+      this.#buffer = this.#buffer.slice(newline + 1);
+      if (line) this.#message(JSON.parse(line) as Record<string, unknown>);
+    }
+  }
+
+  #message(message: Record<string, unknown>): void {
+    if (typeof message.event === 'string') {
+      const event = message as unknown as QmpEvent;
+      const waiter = this.#eventWaiters.findIndex((candidate) => candidate.name === event.event);
+      if (waiter >= 0) this.#eventWaiters.splice(waiter, 1)[0]!.resolve(event);
+      else this.#events.push(event);
+      return;
+    }
+    const pending = this.#pending.shift();
+    if (!pending) return;
+    if ('QMP' in message) return pending.resolve(message.QMP);
+    if ('error' in message) {
+      const error = message.error as { class: string; desc: string };
+      return pending.reject(
+        new GuestmemfsError('EIO', `QEMU refused ${pending.command}: ${error.class}: ${error.desc}`, { syscall: 'qmp' }),
+      );
+    }
+    pending.resolve(message.return);
+  }
+
+  #fail(error: Error): void {
+    this.#closed ??= error;
+    for (const pending of this.#pending.splice(0)) pending.reject(error);
+  }
+}
