@@ -181,6 +181,18 @@ function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headline[] {
       met: largest.execMs.median <= startup + 5,
     });
   }
+  const pins = all.pins;
+  if (pins) {
+    rows.push({
+      benchmark: 'pins',
+      measure: `map ${formatSize(pins.ramBytes)} of ${formatSize(pins.pageSize)} pages with its pin`,
+      value: `${fixed(pins.map.pinnedMs.median, 3)} ms`,
+      baseline: `the same map without a pin ${fixed(pins.map.unpinnedMs.median, 3)} ms`,
+      ratio: `${fixed(pins.map.ratio.median, 3)}x (median of per-round ratios)`,
+      target: '<= 1.05x',
+      met: pins.map.ratio.median <= 1.05,
+    });
+  }
   return rows;
 }
 
@@ -354,7 +366,7 @@ export function writeReport(options: ReportOptions): string {
     'npm install                  # builds the addon, the demo guest and the TypeScript',
     'npm run bench                # every benchmark below, then the charts and this file (needs root, huge pages, /dev/kvm)',
     'npm run bench -- --quick     # each benchmark once at a small size (what the test suite runs)',
-    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm)',
+    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm, pins)',
     '```',
     '',
     '## Machine',
@@ -414,6 +426,27 @@ export function writeReport(options: ReportOptions): string {
       'method',
       zero.ms,
     );
+  const pinResults = all.pins;
+  if (pinResults) {
+    lines.push(
+      '## Pins (`bench:pins`)',
+      '',
+      `Mapping ${formatSize(pinResults.ramBytes)} of ${formatSize(pinResults.pageSize)} pages with its pin ` +
+        `(an OFD read lock per extent on a description of its own) against the same map without one, ` +
+        `${pinResults.runs} interleaved rounds: ` +
+        `${spread(pinResults.map.pinnedMs, 3)} ms against ${spread(pinResults.map.unpinnedMs, 3)} ms, ` +
+        `${fixed(pinResults.map.ratio.median, 3)}x.`,
+      '',
+      `The probe before blocks are freed (one F_OFD_GETLK per extent), with other files of the pool pinned, ` +
+        `${pinResults.probeOps.toLocaleString('en')} operations each:`,
+      '',
+      '| pins on the pool | shrink (us) | unlink (us) |',
+      '|---|---|---|',
+    );
+    for (const probe of pinResults.probes)
+      lines.push(`| ${probe.pins.toLocaleString('en')} | ${spread(probe.shrinkUs, 1)} | ${spread(probe.unlinkUs, 1)} |`);
+    lines.push('');
+  }
   const fsResults = all.fs;
   if (fsResults) {
     lines.push(

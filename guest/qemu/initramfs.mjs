@@ -1,6 +1,8 @@
 // Writes the QEMU guest's initramfs: a newc cpio archive holding busybox (static) as /bin/busybox and init.sh as /init.
 // node guest/qemu/initramfs.mjs BUSYBOX INIT OUT
+import { Buffer } from 'node:buffer';
 import * as fs from 'node:fs';
+import process from 'node:process';
 
 const [busybox, init, out] = process.argv.slice(2);
 let ino = 1;
