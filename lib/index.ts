@@ -40,3 +40,5 @@ export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, ty
 export { openHandedOverPool, premapFile, spinForHandover, waitForHandover, type WaitOptions } from './fs/successor';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
 export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';
+export { pinFiles, qemuArgs, type PinnedFile } from './fs/external';
+export { Pin, type PinHolder } from './pool/pins';

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BENCHMARKS } from '../bench/common';
 import { kvmUnavailableReason } from '../lib/vmm/machine';
+import { qemuUnavailableReason } from '../lib/qemu/guest';
 import { machine, repoRoot } from './helpers';
 
 const m = machine();
@@ -22,6 +23,7 @@ const needs: Record<(typeof BENCHMARKS)[number], string> = {
   handover: '',
   vmm: m.skip2M || kvmUnavailableReason(),
   pins: m.skip2M,
+  qemu: m.skip2M || qemuUnavailableReason(),
 };
 
 const digest = (dir: string) =>

@@ -45,6 +45,19 @@ async function kill(child: ChildProcessWithoutNullStreams): Promise<void> {
   await exited;
 }
 
+/** A next owner mounts the (unmounted) pool and is SIGKILLed with it mounted: what recovery then finds. */
+async function ownerDiesHoldingThePool(): Promise<void> {
+  const lib = JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'));
+  const script =
+    `const g=require(${lib});g.mount(g.Pool.open(${JSON.stringify(pool.path)}));` +
+    `process.stdout.write('up\\n');setInterval(()=>{},1000);`;
+  const owner = spawn(process.execPath, ['-e', script]);
+  await new Promise<void>((resolve) => owner.stdout.once('data', () => resolve()));
+  const exited = new Promise((resolve) => owner.once('exit', resolve));
+  owner.kill('SIGKILL');
+  await exited;
+}
+
 beforeEach(() => {
   pool = Pool.create({ backend: 'shm-4k', path: uniquePath('/dev/shm', 'guestmemfs-pins'), size: 4 * MiB });
   mkfs(pool, { blockSize: B });
@@ -133,15 +146,7 @@ describe('pins held by another process', () => {
     gfs.unlink('/ram');
     // The next owner dies with the orphan in its pool: check and recovery then meet a pinned orphan in an unclean pool.
     gfs.unmount();
-    const lib = JSON.stringify(path.join(repoRoot, 'dist/lib/index.js'));
-    const ownerScript =
-      `const g=require(${lib});g.mount(g.Pool.open(${JSON.stringify(pool.path)}));` +
-      `process.stdout.write('up\\n');setInterval(()=>{},1000);`;
-    const owner = spawn(process.execPath, ['-e', ownerScript]);
-    await new Promise<void>((resolve) => owner.stdout.once('data', () => resolve()));
-    const ownerExited = new Promise((resolve) => owner.once('exit', resolve));
-    owner.kill('SIGKILL');
-    await ownerExited;
+    await ownerDiesHoldingThePool();
     const repaired = check(pool, { repair: true });
     expect(repaired.state).toBe('repaired');
     expect(repaired.fixes.join('\n')).toMatch(/kept unlinked inode \d+ \(3 blocks\): a live process still pins it/);
@@ -150,6 +155,21 @@ describe('pins held by another process', () => {
     await kill(child);
     expect(gfs.reclaim()).toBe(1);
     expect(gfs.audit().problems).toEqual([]);
+  });
+});
+
+describe('recovery by mount', () => {
+  it('a mount recovering a dead owner keeps an unlinked file a live process pins', async () => {
+    const { child } = await pinner('/ram');
+    gfs.unlink('/ram');
+    gfs.unmount();
+    await ownerDiesHoldingThePool();
+    gfs = mount(pool);
+    expect(gfs.recovery?.fixes.join('\n')).toMatch(/kept unlinked inode \d+ \(3 blocks\): a live process still pins it/);
+    expect(gfs.pinnedOrphans()).toHaveLength(1);
+    expect(gfs.audit().problems).toEqual([]);
+    await kill(child);
+    expect(gfs.reclaim()).toBe(1);
   });
 });
 

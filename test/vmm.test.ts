@@ -96,6 +96,7 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
       const breakdown = update.breakdown as Record<string, number>;
       expect(update.blackoutMs).toBeGreaterThan(0);
       expect(update.sameFrames).toBe(true); // checked by the new process right after each update
+      expect(update.ramPinnedBy).toEqual([update.pid]); // the kernel's view: the new VMM's mapping pins guest RAM
       expect(Object.keys(breakdown).sort()).toEqual([
         'execAndStartupMs',
         'loadMs',
@@ -137,6 +138,8 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
     for (const update of updates) {
       const breakdown = update.breakdown as Record<string, number>;
       expect(update).toMatchObject({ sameFrames: true, premapped: true }); // guest RAM mapped and registered before the pause
+      // Pinned by the successor's premapping, taken before the old VMM let go (and the old VMM has exited since).
+      expect(update.ramPinnedBy).toContain(update.pid);
       // The filesystem changed hands while the guest still ran: only the vCPU state crosses inside the blackout.
       const beforePause = update.beforePause as Record<string, number>;
       expect(Object.keys(beforePause).sort()).toEqual(['mapMs', 'restoreMs', 'serialiseMs']);

@@ -40,6 +40,8 @@ export interface QemuOptions {
   incoming?: readonly string[];
   /** Auxiliary RAM (ROMs, firmware) in shareable memory too: cpr-transfer needs it to keep every RAM block. */
   auxRamShare?: boolean;
+  /** MiB of guest RAM the guest fills before it says it is ready (as much for a copying migration to copy). */
+  fillMiB?: number;
 }
 
 /** The command line (without the program) of a TCG QEMU booting the guest with its console on stdout. */
@@ -60,7 +62,7 @@ export function qemuArgv(options: QemuOptions): string[] {
     '-initrd',
     path.join(dir, 'initramfs.cpio'),
     '-append',
-    'console=ttyS0 panic=-1 quiet mitigations=off',
+    `console=ttyS0 panic=-1 quiet mitigations=off${options.fillMiB ? ` guestmemfs.fill=${options.fillMiB}` : ''}`,
     '-serial',
     'stdio',
     '-qmp',

@@ -61,6 +61,11 @@ export class Qmp {
     return new Promise((resolve) => this.#eventWaiters.push({ name, resolve }));
   }
 
+  /** Forgets events of this name received so far (those of an earlier migration, say, before waiting on a new one). */
+  discard(name: string): void {
+    for (let index = this.#events.length - 1; index >= 0; index--) if (this.#events[index]!.event === name) this.#events.splice(index, 1);
+  }
+
   close(): void {
     this.#socket.destroy();
   }

@@ -21,6 +21,7 @@ import {
   reportDone,
   resumeBreakdown,
   sameFramesAsBoot,
+  ramPinners,
   updateDelay,
   collectGarbageBeforeBlackout,
 } from './update-common';
@@ -115,6 +116,7 @@ async function main(): Promise<void> {
       pid: process.pid,
       blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
+      ramPinnedBy: ramPinners(vmm),
       // Done while the guest still ran: outside the blackout.
       beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
       codeCache: launcher?.codeCache ?? 'none',

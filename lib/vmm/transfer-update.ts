@@ -33,6 +33,7 @@ import {
   reportDone,
   resumeBreakdown,
   sameFramesAsBoot,
+  ramPinners,
   updateDelay,
   collectGarbageBeforeBlackout,
 } from './update-common';
@@ -278,6 +279,7 @@ async function main(): Promise<void> {
       blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       premapped,
       sameFrames: sameFramesAsBoot(vmm),
+      ramPinnedBy: ramPinners(vmm),
       // Done while the guest still ran in the previous VMM: outside the blackout.
       beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
       breakdown: {

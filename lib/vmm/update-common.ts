@@ -5,6 +5,7 @@ import type { setFlagsFromString } from 'node:v8';
 import type { runInNewContext } from 'node:vm';
 import { mkfs } from '../fs/format';
 import { mount } from '../fs/mount';
+import { pinHolders } from '../pool/pins';
 import { Pool } from '../pool/pool';
 import { elapsedMs, MiB } from '../units';
 import { Vmm, type VmmFiles } from './vmm';
@@ -85,6 +86,11 @@ export function resumeBreakdown(
     vcpuRestoreMs: timings.vcpuMs,
     otherMs: elapsedMs(from, running) - timings.readStateMs - timings.mapMs - timings.vcpuMs,
   };
+}
+
+/** The processes the kernel shows holding pins on guest RAM (read from /proc after an update, outside its blackout). */
+export function ramPinners(vmm: Vmm): number[] {
+  return [...new Set(pinHolders(vmm.fs.pool, vmm.ram.extents).flatMap((holder) => holder.pids))].sort((a, b) => a - b);
 }
 
 /** Whether guest RAM is on the physical frames it had at boot (null where the kernel hides frames). */
