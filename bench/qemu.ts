@@ -8,7 +8,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestConsole, QEMU, qemuArgv, qemuUnavailableReason } from '../lib/qemu/guest';
-import { Qmp } from '../lib/qemu/qmp';
+import { fileCreated, type MigrationReport, Qmp } from '../lib/qemu/qmp';
 import { scratchDirectory } from '../lib/scratch';
 import { formatSize, GiB, MiB } from '../lib/units';
 import { quickMode, repoRoot, reserveForBench, runsArg, stats, type Stats, writeResults } from './common';
@@ -44,39 +44,6 @@ function gmfs(...args: string[]): string {
   return result.stdout;
 }
 
-async function created(file: string): Promise<void> {
-  const watcher = fs.watch(path.dirname(file));
-  try {
-    const appeared = new Promise<void>((resolve) => watcher.on('change', () => fs.existsSync(file) && resolve()));
-    if (!fs.existsSync(file)) await appeared;
-  } finally {
-    watcher.close();
-  }
-}
-
-async function connect(qmpPath: string): Promise<Qmp> {
-  await created(qmpPath);
-  for (;;) {
-    try {
-      const qmp = await Qmp.connect(qmpPath);
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-      return qmp;
-    } catch (error) {
-      if ((error as { code?: string }).code !== 'ECONNREFUSED') throw error;
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
-}
-
-/** Waits for the migration just started to end; events of an earlier one (this QEMU's own incoming) were discarded. */
-async function completed(qmp: Qmp): Promise<{ downtime: number; 'total-time': number; ram: { transferred: number } }> {
-  for (;;) {
-    const { data } = await qmp.event('MIGRATION');
-    if (data?.status === 'failed') throw new Error('migration failed');
-    if (data?.status === 'completed') return qmp.execute('query-migrate');
-  }
-}
-
 async function running(qmp: Qmp): Promise<void> {
   for (;;) {
     const status = await qmp.execute<{ status: string }>('query-status');
@@ -105,13 +72,13 @@ async function measure(variant: Variant, ramBytes: number, memoryArgs: string[])
   const transfer = variant === 'gmfs-cpr-transfer';
   let current = start(memoryArgs, ramBytes, fillMiB, { auxRamShare: transfer });
   const ready = await current.console.ready();
-  let qmp = await connect(current.qmpPath);
+  let qmp = await Qmp.whenServed(current.qmpPath);
   const results: Update[] = [];
   for (let update = 0; update < updates; update++) {
     const lastTick = (await current.console.tickAfter(current.console.lastTick)).tick;
     let next: ReturnType<typeof start>;
     let nextQmp: Qmp;
-    let report: Awaited<ReturnType<typeof completed>>;
+    let report: MigrationReport;
     let bytes: number;
     let started: bigint;
     if (variant === 'gmfs-cpr-reboot' || variant === 'anonymous-cpr-reboot') {
@@ -122,10 +89,10 @@ async function measure(variant: Variant, ramBytes: number, memoryArgs: string[])
       qmp.discard('MIGRATION');
       started = process.hrtime.bigint();
       await qmp.execute('migrate', { uri: `file:${state}` });
-      report = await completed(qmp);
+      report = await qmp.migrationEnd();
       await quit(current.qemu, qmp);
       next = start(memoryArgs, ramBytes, fillMiB, { incoming: ['defer'] });
-      nextQmp = await connect(next.qmpPath);
+      nextQmp = await Qmp.whenServed(next.qmpPath);
       await nextQmp.execute('migrate-set-parameters', { mode: 'cpr-reboot' });
       await nextQmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: ignoreShared }] });
       await nextQmp.execute('migrate-incoming', { uri: `file:${state}` });
@@ -141,18 +108,18 @@ async function measure(variant: Variant, ramBytes: number, memoryArgs: string[])
       const channels = transfer ? [channel('main'), channel('cpr')] : [channel('main')];
       // The successor is started ahead of time, as both modes intend: its start-up is not part of the update.
       next = start(memoryArgs, ramBytes, fillMiB, { auxRamShare: transfer, incoming: channels.map((value) => JSON.stringify(value)) });
-      if (transfer) await created(channel('cpr').addr.path);
+      if (transfer) await fileCreated(channel('cpr').addr.path);
       else {
-        nextQmp = await connect(next.qmpPath);
-        await created(channel('main').addr.path);
+        nextQmp = await Qmp.whenServed(next.qmpPath);
+        await fileCreated(channel('main').addr.path);
       }
       await qmp.execute('migrate-set-parameters', { mode: transfer ? 'cpr-transfer' : 'normal' });
       qmp.discard('MIGRATION');
       started = process.hrtime.bigint();
       await qmp.execute('migrate', { channels });
-      report = await completed(qmp);
+      report = await qmp.migrationEnd();
       // In cpr-transfer the successor serves QMP only once it has the old one's state.
-      nextQmp ??= await connect(next.qmpPath);
+      nextQmp ??= await Qmp.whenServed(next.qmpPath);
       await running(nextQmp!);
       bytes = report.ram.transferred;
       await quit(current.qemu, qmp);

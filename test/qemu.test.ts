@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { GuestConsole, QEMU, qemuArgv, qemuUnavailableReason } from '../lib/qemu/guest';
-import { Qmp } from '../lib/qemu/qmp';
+import { fileCreated, Qmp } from '../lib/qemu/qmp';
 import { machine, repoRoot, skipReason } from './helpers';
 
 const m = machine();
@@ -41,45 +41,6 @@ function startQemu(name: string, options: { incoming?: string[]; auxRamShare?: b
   let stderr = '';
   qemu.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   return { qemu, console: new GuestConsole(qemu), qmpPath, stderr: () => stderr };
-}
-
-/** Resolves once `file` exists: watched through its directory, so the wait ends on the kernel's event. */
-async function created(file: string): Promise<void> {
-  const watcher = fs.watch(path.dirname(file));
-  try {
-    const appeared = new Promise<void>((resolve) => watcher.on('change', () => fs.existsSync(file) && resolve()));
-    if (!fs.existsSync(file)) await appeared;
-  } finally {
-    watcher.close();
-  }
-}
-
-/** Connects to a QEMU's QMP socket once QEMU has made it (-qmp ...,server=on,wait=off listens before the guest runs). */
-async function qmpOf(qmpPath: string): Promise<Qmp> {
-  await created(qmpPath);
-  // QEMU binds the socket a moment before it listens on it: until then a connection is refused.
-  let qmp: Qmp | undefined;
-  while (!qmp) {
-    try {
-      qmp = await Qmp.connect(qmpPath);
-    } catch (error) {
-      if ((error as { code?: string }).code !== 'ECONNREFUSED') throw error;
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
-  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-  return qmp;
-}
-
-/** Waits for the migration to end (MIGRATION events) and returns QEMU's account of it. */
-async function migrated(
-  qmp: Qmp,
-): Promise<{ status: string; downtime: number; 'total-time': number; ram: { total: number; transferred: number } }> {
-  for (;;) {
-    const { data } = await qmp.event('MIGRATION');
-    if (data?.status === 'completed' || data?.status === 'failed') break;
-  }
-  return qmp.execute('query-migrate');
 }
 
 async function exited(child: ChildProcess): Promise<void> {
@@ -156,12 +117,12 @@ describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file
     const old = startQemu('reboot-old', { pinned: false });
     const ready = await old.console.ready();
     const before = await old.console.tickAfter(0);
-    const qmp = await qmpOf(old.qmpPath);
+    const qmp = await Qmp.whenServed(old.qmpPath);
     const state = path.join(dir, 'vm.state');
     await qmp.execute('migrate-set-parameters', { mode: 'cpr-reboot' });
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await qmp.execute('migrate', { uri: `file:${state}` });
-    const report = await migrated(qmp);
+    const report = await qmp.migrationEnd();
     expect(report.status).toBe('completed');
     await qmp.execute('quit').catch(() => undefined); // QEMU may close the socket before it answers
     await exited(old.qemu);
@@ -169,7 +130,7 @@ describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file
     const stateBytes = fs.statSync(state).size;
     expect(stateBytes).toBeLessThan(RAM / 100);
     const next = startQemu('reboot-new', { incoming: ['defer'], pinned: false });
-    const nextQmp = await qmpOf(next.qmpPath);
+    const nextQmp = await Qmp.whenServed(next.qmpPath);
     await nextQmp.execute('migrate-set-parameters', { mode: 'cpr-reboot' });
     await nextQmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await nextQmp.execute('migrate-incoming', { uri: `file:${state}` });
@@ -186,7 +147,7 @@ describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file
     const old = startQemu('transfer-old', { auxRamShare: true });
     const ready = await old.console.ready();
     const before = await old.console.tickAfter(0);
-    const qmp = await qmpOf(old.qmpPath);
+    const qmp = await Qmp.whenServed(old.qmpPath);
     const channel = (type: 'main' | 'cpr') => ({
       'channel-type': type,
       addr: { transport: 'socket', type: 'unix', path: path.join(dir, `${type}.sock`) },
@@ -195,10 +156,10 @@ describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file
       auxRamShare: true,
       incoming: [JSON.stringify(channel('main')), JSON.stringify(channel('cpr'))],
     });
-    await created(channel('cpr').addr.path);
+    await fileCreated(channel('cpr').addr.path);
     await qmp.execute('migrate-set-parameters', { mode: 'cpr-transfer' });
     await qmp.execute('migrate', { channels: [channel('main'), channel('cpr')] });
-    const report = await migrated(qmp);
+    const report = await qmp.migrationEnd();
     expect(report.status).toBe('completed');
     expect(report.ram.total).toBe(0); // no guest RAM went through the migration stream
     expect(report.ram.transferred).toBeLessThan(RAM / 100);

@@ -1,6 +1,8 @@
 // A QMP client (QEMU's JSON machine protocol on a UNIX socket): the capabilities handshake, commands answered in
 // order, and the events QEMU sends in between, waited for by name.
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 
 export interface QmpEvent {
@@ -12,6 +14,26 @@ interface Pending {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   command: string;
+}
+
+/** What query-migrate reports of a finished migration (the parts used here). */
+export interface MigrationReport {
+  status: string;
+  /** ms the guest was stopped, by QEMU's account. */
+  downtime: number;
+  'total-time': number;
+  ram: { total: number; transferred: number };
+}
+
+/** Resolves once `file` exists: watched through its directory, so the wait ends on the kernel's event. */
+export async function fileCreated(file: string): Promise<void> {
+  const watcher = fs.watch(path.dirname(file));
+  try {
+    const appeared = new Promise<void>((resolve) => watcher.on('change', () => fs.existsSync(file) && resolve()));
+    if (!fs.existsSync(file)) await appeared;
+  } finally {
+    watcher.close();
+  }
 }
 
 export class Qmp {
@@ -42,6 +64,36 @@ export class Qmp {
     await new Promise((resolve, reject) => qmp.#pending.push({ resolve, reject, command: 'greeting' }));
     await qmp.execute('qmp_capabilities');
     return qmp;
+  }
+
+  /**
+   * Connects once QEMU serves the socket (`-qmp unix:PATH,server=on,wait=off`), with migration events on. The socket
+   * file's creation is watched for; QEMU binds it a moment before it listens, so a refused connection is tried again.
+   */
+  static async whenServed(socketPath: string): Promise<Qmp> {
+    await fileCreated(socketPath);
+    for (;;) {
+      try {
+        const qmp = await Qmp.connect(socketPath);
+        await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+        return qmp;
+      } catch (error) {
+        if ((error as { code?: string }).code !== 'ECONNREFUSED') throw error;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
+  }
+
+  /**
+   * Waits for the migration just started to end (MIGRATION events: discard() older ones first) and returns QEMU's
+   * account of it; rejects if it failed.
+   */
+  async migrationEnd(): Promise<MigrationReport> {
+    for (;;) {
+      const { data } = await this.event('MIGRATION');
+      if (data?.status === 'failed') throw new GuestmemfsError('EIO', 'QEMU reports the migration failed', { syscall: 'qmp' });
+      if (data?.status === 'completed') return this.execute<MigrationReport>('query-migrate');
+    }
   }
 
   /** Runs a command; resolves with its `return`, rejects with QEMU's error class and description. */
