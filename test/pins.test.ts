@@ -17,7 +17,10 @@ interface Pinned {
 }
 
 /** Starts a process that maps `file` of the pool (pinned) and resolves once it says it holds it. */
-async function pinner(file: string, mode?: 'exec'): Promise<{ child: ChildProcessWithoutNullStreams; pinned: Pinned }> {
+async function pinner(
+  file: string,
+  mode?: 'exec' | 'exec-child',
+): Promise<{ child: ChildProcessWithoutNullStreams; pinned: Pinned; lines: string[] }> {
   const script = path.join(repoRoot, 'dist', 'test', 'fixtures', 'pinner.js');
   const child = spawn(process.execPath, [script, pool.path!, file, ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'pipe'] });
   pinners.push(child);
@@ -25,7 +28,7 @@ async function pinner(file: string, mode?: 'exec'): Promise<{ child: ChildProces
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const lines: string[] = [];
   let pending = '';
-  const wanted = mode === 'exec' ? 2 : 1;
+  const wanted = mode ? 2 : 1;
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
       pending += chunk.toString();
@@ -36,7 +39,7 @@ async function pinner(file: string, mode?: 'exec'): Promise<{ child: ChildProces
     });
     child.once('exit', (code) => reject(new Error(`pinner exited ${code}: ${stderr}`)));
   });
-  return { child, pinned: JSON.parse(lines[0]!) as Pinned };
+  return { child, pinned: JSON.parse(lines[0]!) as Pinned, lines };
 }
 
 async function kill(child: ChildProcessWithoutNullStreams): Promise<void> {
@@ -117,6 +120,19 @@ describe('pins held by another process', () => {
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.stdin.write('exit\n');
     await exited;
+    expect(gfs.reclaim()).toBe(1);
+  });
+
+  it('is held by every process the descriptor was passed to: a child keeps it after its parent exits', async () => {
+    const { child, lines } = await pinner('/ram', 'exec-child');
+    const holder = Number(lines[1]!.split(' ')[1]);
+    const outputClosed = new Promise((resolve) => child.stdout.once('end', resolve));
+    await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(undefined)));
+    gfs.unlink('/ram');
+    expect(gfs.reclaim()).toBe(0);
+    expect(gfs.pinnedOrphans()[0]!.pins[0]!.pids).toEqual([holder]); // the parent is gone, its child still pins
+    process.kill(holder, 'SIGKILL'); // with it goes the last fd on the pin's description
+    await outputClosed;
     expect(gfs.reclaim()).toBe(1);
   });
 
