@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MiB, Pool } from '../lib/index';
-import { runUpdates, type UpdateMode } from '../lib/vmm/launch';
+import { runUpdatesAsync, type UpdateMode } from '../lib/vmm/launch';
 import { demoGuestChecksum, kvmUnavailableReason } from '../lib/vmm/machine';
 import { machine, skipReason, uniquePath } from './helpers';
 
@@ -17,7 +17,7 @@ const ramBytes = 32 * MiB;
  * Boots the demo guest in a fresh pool and live-updates it in `mode`; checks that the run ended cleanly with the
  * guest halted on its uninterrupted checksum and on the same physical frames, and returns the events.
  */
-function runGuest(
+async function runGuest(
   mode: UpdateMode,
   guest: { steps: number; seed: number; updates: number; maxDelayMs: number },
   env: NodeJS.ProcessEnv = process.env,
@@ -27,7 +27,7 @@ function runGuest(
   try {
     // A few rehearsal rounds suffice here (speed is bench:vmm's business), and keep every update well inside the
     // guest's run also in slow builds (ASan).
-    const run = runUpdates(
+    const run = await runUpdatesAsync(
       { mode, poolPath, ramBytes, ...guest },
       { env: { GUESTMEMFS_REHEARSAL_ROUNDS: '3', ...env }, timeoutMs: 120_000 },
     );
@@ -77,14 +77,14 @@ function plantCodeCacheNames(): { expectUntouched(): void; remove(): void } {
 }
 
 describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of a KVM guest', () => {
-  it('three updates at random points: same pid, same checksum as an uninterrupted run, same physical frames', () => {
+  it('three updates at random points: same pid, same checksum as an uninterrupted run, same physical frames', async () => {
     // The names earlier releases wrote the code cache under, planted for the pids the VMM may get, as an unprivileged
     // user could: a symlink to a file of the planter's choosing, or a file of the planter's bytes. None may be touched.
     const planted = plantCodeCacheNames();
     // kvm-pvm runs this guest at ~6 µs a step: 500k steps give the three updates (<= 400 ms apart) time to happen.
     let events: Array<Record<string, unknown>>;
     try {
-      events = runGuest('exec', { steps: 500_000, seed: 11, updates: 3, maxDelayMs: 400 });
+      events = await runGuest('exec', { steps: 500_000, seed: 11, updates: 3, maxDelayMs: 400 });
       planted.expectUntouched();
     } finally {
       planted.remove();
@@ -116,8 +116,8 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
     }
   }, 180_000);
 
-  it('an update whose execve fails is aborted, and the guest resumes in the same process with nothing lost', () => {
-    const events = runGuest(
+  it('an update whose execve fails is aborted, and the guest resumes in the same process with nothing lost', async () => {
+    const events = await runGuest(
       'exec',
       { steps: 400_000, seed: 5, updates: 2, maxDelayMs: 300 },
       { ...process.env, GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC: '1' },
@@ -129,8 +129,8 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
   const runTransfer = (updates: number, env: NodeJS.ProcessEnv = process.env) =>
     runGuest('transfer', { steps: 500_000, seed: 7, updates, maxDelayMs: 300 }, env);
 
-  it('transfer mode: three successors started ahead of time take over in turn, same checksum, same frames', () => {
-    const events = runTransfer(3);
+  it('transfer mode: three successors started ahead of time take over in turn, same checksum, same frames', async () => {
+    const events = await runTransfer(3);
     const updates = events.filter((event) => event.event === 'update');
     expect(updates).toHaveLength(3);
     expect(updates.every((update) => update.mode === 'transfer')).toBe(true);
@@ -153,14 +153,14 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
     }
   }, 180_000);
 
-  it('transfer mode: a successor that refuses the handover leaves the guest running in the original VMM, never paused for it', () => {
-    const events = runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_REFUSE_FIRST: '1' });
+  it('transfer mode: a successor that refuses the handover leaves the guest running in the original VMM, never paused for it', async () => {
+    const events = await runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_REFUSE_FIRST: '1' });
     expect(events.map((event) => event.event)).toEqual(['boot', 'successor-refused', 'update-failed', 'update', 'done']);
     expect(events[2]).toMatchObject({ pid: events[0]!.pid, pausedBeforeFailure: false });
   }, 180_000);
 
-  it('transfer mode: a successor that dies inside the blackout, holding the pool, leaves the guest running in the original VMM', () => {
-    const events = runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_DIE_FIRST: '1' });
+  it('transfer mode: a successor that dies inside the blackout, holding the pool, leaves the guest running in the original', async () => {
+    const events = await runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_DIE_FIRST: '1' });
     expect(events.map((event) => event.event)).toEqual(['boot', 'update-failed', 'update', 'done']);
     // The original recovered the pool from the dead successor's mount and resumed the guest from the state it saved.
     expect(events[1]).toMatchObject({ pid: events[0]!.pid, pausedBeforeFailure: true });

@@ -1,6 +1,6 @@
 // How other programs (the CLI, the demo, the benchmark, the tests) start a live-update program and read its events:
 // one place for the program's path, its argument order and its JSON-lines output.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { packageRoot } from '../native';
 
@@ -38,17 +38,38 @@ export function updateArgv(run: UpdateRun): string[] {
   ];
 }
 
+export interface UpdateResult {
+  status: number | null;
+  stderr: string;
+  events: UpdateEvent[];
+}
+
+function resultOf(status: number | null, stdout: string, stderr: string): UpdateResult {
+  const output = stdout.trim();
+  return { status, stderr, events: output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [] };
+}
+
 /** Runs a live-update program to its end and returns its exit status, its stderr and the events it printed. */
-export function runUpdates(
-  run: UpdateRun,
-  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
-): { status: number | null; stderr: string; events: UpdateEvent[] } {
+export function runUpdates(run: UpdateRun, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): UpdateResult {
   const [node, ...args] = updateArgv(run);
   const result = spawnSync(node!, args, { encoding: 'utf8', timeout: options.timeoutMs ?? 600_000, env: options.env ?? process.env });
-  const output = result.stdout.trim();
-  return {
-    status: result.status,
-    stderr: result.stderr,
-    events: output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [],
-  };
+  return resultOf(result.status, result.stdout, result.stderr);
+}
+
+/** runUpdates() without blocking this thread meanwhile (a test worker must keep answering its runner). */
+export async function runUpdatesAsync(
+  run: UpdateRun,
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<UpdateResult> {
+  const [node, ...args] = updateArgv(run);
+  const child = spawn(node!, args, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  // A bound, as spawnSync's timeout is: a program that never ends is killed rather than waited for for ever.
+  const limit = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 600_000);
+  const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  clearTimeout(limit);
+  return resultOf(status, stdout, stderr);
 }
