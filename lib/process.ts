@@ -1,4 +1,6 @@
-// Facts about processes that Node does not expose: this process's start time, and what execve runs for a name.
+// Processes: facts Node does not expose (this process's start time, what execve runs for a name), and running a
+// program to its end without blocking the event loop.
+import { spawn, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from './errors';
@@ -29,4 +31,31 @@ export function resolveExecutable(program: string): string {
     }
   }
   throw new GuestmemfsError('ENOENT', `no executable "${program}" on PATH`, { syscall: 'execve', path: program });
+}
+
+export interface ProgramResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a program to its end, collecting its output, without blocking this thread meanwhile (a test worker must keep
+ * answering its runner; a service its clients). `timeoutMs` bounds it: past that the program is killed.
+ */
+export async function runToEnd(
+  command: string,
+  args: readonly string[],
+  options: SpawnOptions & { timeoutMs?: number } = {},
+): Promise<ProgramResult> {
+  const { timeoutMs = 600_000, ...spawnOptions } = options;
+  const child = spawn(command, args, { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const limit = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  clearTimeout(limit);
+  return { status, stdout, stderr };
 }

@@ -1,6 +1,5 @@
 // The benchmark suite's smoke run (`npm run bench -- --quick`): every benchmark runs once at a small size, writes its
 // results, and the report and charts are made from them, so the scripts cannot rot. Benchmarks never run here in full.
-import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -8,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { BENCHMARKS } from '../bench/common';
 import { kvmUnavailableReason } from '../lib/vmm/machine';
 import { qemuUnavailableReason } from '../lib/qemu/guest';
-import { machine, repoRoot } from './helpers';
+import { machine, repoRoot, runAsync } from './helpers';
 
 const m = machine();
 const quickDir = path.join(repoRoot, 'build', 'bench-quick');
@@ -38,14 +37,14 @@ const digest = (dir: string) =>
   );
 
 describe('npm run bench -- --quick', () => {
-  it('runs every benchmark once, writes its results and a report with charts, and leaves the committed results alone', () => {
+  it('runs every benchmark once, writes its results and a report with charts, and leaves the committed results alone', async () => {
     const before = digest(committed);
     fs.rmSync(quickDir, { recursive: true, force: true });
     const env: NodeJS.ProcessEnv = { ...process.env, NODE_EXTRA_CA_CERTS: '' };
     // The test suite's own hugetlbfs: the benchmarks take free pages from it instead of changing nr_hugepages while
     // other test files hold pages.
     if (m.hugetlbfs2M) env.GUESTMEMFS_BENCH_HUGETLBFS = m.hugetlbfs2M;
-    const run = spawnSync('npm', ['run', 'bench', '--', '--quick'], { cwd: repoRoot, encoding: 'utf8', env, timeout: 300_000 });
+    const run = await runAsync('npm', ['run', 'bench', '--', '--quick'], { cwd: repoRoot, env, timeoutMs: 300_000 });
     expect(run.status, run.stderr).toBe(0);
     const summary = run.stdout.slice(run.stdout.indexOf('== summary'));
     for (const name of BENCHMARKS) {

@@ -5,6 +5,7 @@ import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { inject } from 'vitest';
 import { onMappingCollected } from '../lib/pool/mapping';
+import { runToEnd } from '../lib/process';
 import type { MachineContext } from './setup/machine';
 
 export const repoRoot = path.resolve(__dirname, '..');
@@ -90,3 +91,9 @@ export function mappingCollected(id: () => number): Promise<void> {
 export async function signalled(check: () => boolean): Promise<void> {
   while (!check()) await new Promise((resolve) => setImmediate(resolve));
 }
+
+/**
+ * Runs a command to its end without blocking this worker meanwhile: vitest's worker must keep answering its runner,
+ * which gives up on it after a minute of silence (a long spawnSync did that under ASan).
+ */
+export const runAsync = runToEnd;

@@ -1,11 +1,11 @@
 // The package as a user gets it: `npm pack`, installed into a scratch project, used from CommonJS and from ES modules,
 // typed in both, with the internals behind the exports map.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { repoRoot } from './helpers';
+import { repoRoot, runAsync } from './helpers';
 
 /** What both module systems run: a memfd pool, formatted, a guest file sized and listed. */
 const USE = `
@@ -21,23 +21,23 @@ const USE = `
 
 let project: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   project = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmemfs-package-'));
   // dist/ is built by `npm test`'s pretest; packing must not rebuild it.
-  const tarball = execFileSync('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', project], {
-    cwd: repoRoot,
-    encoding: 'utf8',
-  })
-    .trim()
-    .split('\n')
-    .at(-1)!;
+  const pack = await runAsync('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', project], { cwd: repoRoot });
+  if (pack.status !== 0) throw new Error(`npm pack failed: ${pack.stderr}`);
+  const tarball = pack.stdout.trim().split('\n').at(-1)!;
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'scratch', version: '1.0.0', private: true }));
   // The install script builds the addon from source, as it does for any user.
-  execFileSync('npm', ['install', '--omit=optional', '--no-audit', '--no-fund', '--loglevel=error', path.join(project, tarball)], {
-    cwd: project,
-    encoding: 'utf8',
-    env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
-  });
+  const install = await runAsync(
+    'npm',
+    ['install', '--omit=optional', '--no-audit', '--no-fund', '--loglevel=error', path.join(project, tarball)],
+    {
+      cwd: project,
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
+    },
+  );
+  if (install.status !== 0) throw new Error(`npm install of the tarball failed: ${install.stderr}`);
 }, 600_000);
 
 afterAll(() => fs.rmSync(project, { recursive: true, force: true }));

@@ -1,8 +1,9 @@
 // How other programs (the CLI, the demo, the benchmark, the tests) start a live-update program and read its events:
 // one place for the program's path, its argument order and its JSON-lines output.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { packageRoot } from '../native';
+import { runToEnd } from '../process';
 
 export type UpdateMode = 'exec' | 'transfer';
 
@@ -62,14 +63,6 @@ export async function runUpdatesAsync(
   options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
 ): Promise<UpdateResult> {
   const [node, ...args] = updateArgv(run);
-  const child = spawn(node!, args, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  // A bound, as spawnSync's timeout is: a program that never ends is killed rather than waited for for ever.
-  const limit = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 600_000);
-  const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
-  clearTimeout(limit);
-  return resultOf(status, stdout, stderr);
+  const result = await runToEnd(node!, args, { env: options.env ?? process.env, timeoutMs: options.timeoutMs });
+  return resultOf(result.status, result.stdout, result.stderr);
 }
