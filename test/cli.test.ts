@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const cli = path.join(repoRoot, 'dist', 'cli', 'guestmemfs.js');
@@ -13,6 +13,7 @@ const binDir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmemfs-bin-'));
 fs.symlinkSync(cli, path.join(binDir, 'guestmemfs'));
 const env = { ...process.env, PATH: `${binDir}:${process.env.PATH}` };
 const run = (...args: string[]) => spawnSync('guestmemfs', args, { encoding: 'utf8', env });
+afterAll(() => fs.rmSync(binDir, { recursive: true, force: true }));
 const m = machine();
 
 /** Runs fn on a fresh 16 MiB 4 KiB-fallback pool holding an empty file /f, and removes the pool afterwards. */
