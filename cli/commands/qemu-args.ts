@@ -1,6 +1,6 @@
 // guestmemfs qemu-args: print QEMU's memory-backend-file and machine arguments for guest RAM in a contiguous file.
 import type { Command } from 'commander';
-import { pinFiles, qemuArgs } from '../../lib/fs/external';
+import { describeFiles, qemuArgs } from '../../lib/fs/external';
 import { command, type Common, print } from '../common';
 import { withPool } from '../pools';
 
@@ -14,12 +14,8 @@ export function register(program: Command): void {
     .argument('<pool>')
     .argument('<path>')
     .action((spec: string, target: string, options: Common) => {
-      const args = withPool(spec, (pool) => {
-        // Looked up as a pinner does, then let go: the process that runs QEMU pins it (guestmemfs pin).
-        const { pin, files } = pinFiles(pool, [target]);
-        pin.release();
-        return qemuArgs(pool.path ?? spec, files[0]!);
-      });
+      // Only looked up: the process that runs QEMU pins the file (guestmemfs pin).
+      const args = withPool(spec, (pool) => qemuArgs(pool.path ?? spec, describeFiles(pool, [target])[0]!));
       print(options, { args }, () => args.join(' '));
     });
 }

@@ -18,8 +18,13 @@ export function register(program: Command): void {
   )
     .argument('<pool>')
     .action((spec: string, options: Common) => {
-      // The mount lock tells a live owner from a dead one.
-      const { sb, held } = withPool(spec, (pool) => ({ sb: readPoolSuperblock(pool), held: lockIsHeldByOther(pool) }));
+      // The mount lock tells a live owner from a dead one; every process that maps pool memory holds a pin the kernel
+      // keeps, read from /proc whoever owns the metadata.
+      const { sb, held, pins } = withPool(spec, (pool) => ({
+        sb: readPoolSuperblock(pool),
+        held: lockIsHeldByOther(pool),
+        pins: pinHolders(pool),
+      }));
       const state =
         sb.state === PoolState.Serialised
           ? `serialised for handover at generation ${sb.generation}`
@@ -55,8 +60,6 @@ export function register(program: Command): void {
           pinnedOrphans: [],
         }));
       }
-      // Every process that maps pool memory holds a pin the kernel keeps: read from /proc, whoever owns the metadata.
-      const pins = withPool(spec, (pool) => pinHolders(pool));
       const result = {
         pool: spec,
         pins,

@@ -65,7 +65,7 @@ export class MountContext {
   frozenAt: bigint | undefined;
   mounted = true;
   readonly names = new NameIndex();
-  /** Unlinked inodes still mapped here: live, but in no directory. */
+  /** Unlinked inodes some process still maps (here, or pinned elsewhere): live, but in no directory. */
   readonly orphans = new Set<number>();
   /** Live mappings per inode in this process. */
   readonly mapped = new Map<number, number>();

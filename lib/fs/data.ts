@@ -29,18 +29,8 @@ interface ResizePlan {
 /** Mappings premapFile() made and no mount has adopted yet, with the pool they map: map() adopts only these. */
 const unadoptedPremappings = new WeakMap<Mapping, string>();
 
-/** Records a mapping made ahead of a mount (by a successor) so that a mount of the same pool may adopt it. */
-export function registerPremapping(mapping: Mapping, poolKey: string): void {
-  unadoptedPremappings.set(mapping, poolKey);
-}
-
 function sameExtents(a: readonly Extent[], b: readonly Extent[]): boolean {
   return a.length === b.length && a.every((extent, index) => extent.offset === b[index]!.offset && extent.length === b[index]!.length);
-}
-
-/** A file's blocks as pool byte ranges, in file order. */
-export function poolExtents(ctx: MountContext, ino: number): Extent[] {
-  return ctx.fileRanges(ino);
 }
 
 /**
@@ -58,7 +48,7 @@ export function mappableFile(
   ctx.requireFile(ino, 'mmap', path);
   if (writableMount) ctx.requireNotReadOnly('mmap');
   ctx.requireAccess(ino, access, 'mmap', path);
-  const extents = poolExtents(ctx, ino);
+  const extents = ctx.fileRanges(ino);
   if (extents.length === 0)
     throw new GuestmemfsError('EINVAL', `file is empty, mmap '${path}': truncate it to a size first`, { syscall: 'mmap', path });
   return { ino, extents, guest: ctx.inodes.fileType(ino) === FileType.Guest };
@@ -70,7 +60,7 @@ export function premap(ctx: MountContext, pool: Pool, path: string, options: Pic
   const { extents, guest } = mappableFile(ctx, path, R_OK | W_OK, false);
   // Pinned from the start: the successor's premapping holds the memory before the old owner lets go of it.
   const mapping = pool.map(extents, { ...options, writable: true, populate: true, dontDump: guest, dontFork: guest, pin: true });
-  registerPremapping(mapping, ctx.key);
+  unadoptedPremappings.set(mapping, ctx.key);
   return mapping;
 }
 
@@ -313,20 +303,21 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
   const { inodes, extents, allocator } = ctx.views;
   const blockSize = ctx.geometry.blockSize;
   const keep = Math.ceil(size / blockSize);
-  if (keep < inodes.blockCount(ino)) {
-    const cut = cutAfter(extents.read(ino), keep).map((run) => blockRange(ctx.geometry, run));
-    if (ctx.mapped.get(ino) || ctx.pinned(cut)) {
+  // The blocks past the new size: looked up once, checked for pins, then freed (setSize leaves the extents alone).
+  const cut = keep < inodes.blockCount(ino) ? cutAfter(extents.read(ino), keep) : [];
+  if (cut.length > 0) {
+    const ranges = cut.map((run) => blockRange(ctx.geometry, run));
+    if (ctx.mapped.get(ino) || ctx.pinned(ranges)) {
       throw new GuestmemfsError(
         'EBUSY',
-        `file is mapped, ftruncate '${path}': the blocks past the new size are ${describeHolders(ctx.pinHolders(cut))}; ` +
+        `file is mapped, ftruncate '${path}': the blocks past the new size are ${describeHolders(ctx.pinHolders(ranges))}; ` +
           'unmap them there before shrinking (they would be freed under the mapping)',
         { syscall: 'ftruncate', path },
       );
     }
   }
   inodes.setSize(ino, size); // commit point
-  if (keep < inodes.blockCount(ino)) {
-    const cut = cutAfter(extents.read(ino), keep);
+  if (cut.length > 0) {
     allocator.markDirty(cut, true);
     extents.truncate(ino, keep);
     allocator.markFree(cut);

@@ -22,14 +22,14 @@ export interface PinnedFile {
 /** Tries before giving up on a pool whose owner keeps changing the files being pinned. */
 const PIN_ATTEMPTS = 5;
 
-function describeFiles(pool: Pool, paths: readonly string[], options: MountOptions): PinnedFile[] {
+/** Where files of a pool are, from a read-only view, checked as a mapping of them is (a file with blocks, readable and writable). */
+export function describeFiles(pool: Pool, paths: readonly string[], options: MountOptions = {}): PinnedFile[] {
   const view = mount(pool, { ...options, readOnly: true });
   try {
     const ctx = contextOf(view);
     return paths.map((path) => {
       const { ino, extents } = mappableFile(ctx, path, R_OK | W_OK, false);
-      const stat = view.stat(path);
-      return { path, ino, generation: stat.generation, size: stat.size, extents };
+      return { path, ino, generation: ctx.inodes.generation(ino), size: ctx.inodes.size(ino), extents };
     });
   } finally {
     view.unmount();

@@ -1,7 +1,7 @@
 // The Filesystem facade: one mounted pool's operations, each delegated to the module that owns it (namespace,
 // attributes, data path, handover life cycle), with the state of the mount kept in its MountContext.
 import type { Mapping, ProgressOptions } from '../pool/mapping';
-import type { PinHolder } from '../pool/pins';
+import { overlaps, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { chmod, chown, statfs, statInode, utimes } from './attributes';
 import { type AuditReport, auditMetadata } from './audit';
@@ -207,7 +207,7 @@ export class Filesystem {
   /** Pool byte ranges holding a file's blocks, in file order. */
   extents(path: string): Array<{ offset: number; length: number }> {
     this.#ctx.requireMounted('extents');
-    return data.poolExtents(this.#ctx, resolve(this.#ctx, path, 'extents'));
+    return this.#ctx.fileRanges(resolve(this.#ctx, path, 'extents'));
   }
 
   /**
@@ -225,17 +225,19 @@ export class Filesystem {
    */
   pins(path?: string): PinHolder[] {
     this.#ctx.requireMounted('pins');
-    return this.#ctx.pinHolders(path === undefined ? undefined : data.poolExtents(this.#ctx, resolve(this.#ctx, path, 'pins')));
+    return this.#ctx.pinHolders(path === undefined ? undefined : this.#ctx.fileRanges(resolve(this.#ctx, path, 'pins')));
   }
 
   /** Unlinked files still held by a pin, with their inode, blocks and pinners: memory that comes back when they let go. */
   pinnedOrphans(): Array<{ ino: number; blocks: number; pins: PinHolder[] }> {
     this.#ctx.requireMounted('pins');
-    return [...this.#ctx.orphans].map((ino) => ({
-      ino,
-      blocks: this.#ctx.inodes.blockCount(ino),
-      pins: this.#ctx.pinHolders(this.#ctx.fileRanges(ino)),
-    }));
+    if (this.#ctx.orphans.size === 0) return [];
+    // One look through /proc for all of them: each pinHolders() call reads every process's fdinfo.
+    const holders = this.#ctx.pinHolders();
+    return [...this.#ctx.orphans].map((ino) => {
+      const ranges = this.#ctx.fileRanges(ino);
+      return { ino, blocks: this.#ctx.inodes.blockCount(ino), pins: holders.filter((holder) => overlaps(holder, ranges)) };
+    });
   }
 
   /**

@@ -76,28 +76,9 @@ export function isPinned(pool: Pool, ranges: readonly Extent[]): boolean {
   return ranges.some((range) => native.rangeConflict(pool.fd, range.offset, range.length) !== null);
 }
 
-/**
- * The parts of ranges no pin covers, in order (what may be freed now). The kernel reports one conflicting lock per
- * question, not necessarily the lowest, so each side of a reported lock is asked about again.
- */
-export function unpinnedParts(pool: Pool, ranges: readonly Extent[]): Extent[] {
-  const free: Extent[] = [];
-  const pending = [...ranges].reverse();
-  while (pending.length > 0) {
-    const range = pending.pop()!;
-    const end = range.offset + range.length;
-    const conflict = native.rangeConflict(pool.fd, range.offset, range.length);
-    if (!conflict) {
-      free.push(range);
-      continue;
-    }
-    const [start, length] = conflict;
-    const lockEnd = length === 0 ? end : start + length;
-    // The right side first onto the stack, so the left side is looked at first and the result stays in order.
-    if (lockEnd < end) pending.push({ offset: lockEnd, length: end - lockEnd });
-    if (start > range.offset) pending.push({ offset: range.offset, length: start - range.offset });
-  }
-  return free;
+/** Whether a pinned range overlaps any of ranges. */
+export function overlaps(pin: { offset: number; length: number }, ranges: readonly Extent[]): boolean {
+  return ranges.some((range) => range.offset < pin.offset + pin.length && pin.offset < range.offset + range.length);
 }
 
 /** Linux's dev_t as /proc prints it (major:minor in hex, then the inode) for the pool file. */
@@ -144,7 +125,7 @@ export function pinHolders(pool: Pool, within?: readonly Extent[]): PinHolder[] 
         if (!match || match[1] !== key) continue;
         const offset = Number(match[2]);
         const length = match[3] === 'EOF' ? Infinity : Number(match[3]) - offset + 1;
-        if (within && !within.some((range) => range.offset < offset + length && offset < range.offset + range.length)) continue;
+        if (within && !overlaps({ offset, length }, within)) continue;
         const id = `${offset}:${length}`;
         const holder = found.get(id) ?? { offset, length, pids: [] };
         if (!holder.pids.includes(Number(pid))) holder.pids.push(Number(pid));
