@@ -114,9 +114,8 @@ async function measure(variant: Variant, ramBytes: number, memoryArgs: string[])
         await fileCreated(channel('main').addr.path);
       }
       await qmp.execute('migrate-set-parameters', { mode: transfer ? 'cpr-transfer' : 'normal' });
-      qmp.discard('MIGRATION');
       started = process.hrtime.bigint();
-      await qmp.execute('migrate', { channels });
+      await qmp.migrate(channels);
       report = await qmp.migrationEnd();
       // In cpr-transfer the successor serves QMP only once it has the old one's state.
       nextQmp ??= await Qmp.whenServed(next.qmpPath);

@@ -158,7 +158,7 @@ describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file
     });
     await fileCreated(channel('cpr').addr.path);
     await qmp.execute('migrate-set-parameters', { mode: 'cpr-transfer' });
-    await qmp.execute('migrate', { channels: [channel('main'), channel('cpr')] });
+    await qmp.migrate([channel('main'), channel('cpr')]);
     const report = await qmp.migrationEnd();
     expect(report.status).toBe('completed');
     expect(report.ram.total).toBe(0); // no guest RAM went through the migration stream

@@ -36,6 +36,9 @@ export async function fileCreated(file: string): Promise<void> {
   }
 }
 
+/** Bounds the retries of a refused migration connection, should the successor never listen. */
+const MIGRATE_ATTEMPTS = 10_000;
+
 export class Qmp {
   readonly #socket: net.Socket;
   readonly #pending: Pending[] = [];
@@ -79,6 +82,24 @@ export class Qmp {
         return qmp;
       } catch (error) {
         if ((error as { code?: string }).code !== 'ECONNREFUSED') throw error;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
+  }
+
+  /**
+   * Starts a migration over `channels`, forgetting earlier MIGRATION events. A cpr-transfer successor binds its cpr
+   * socket a moment before it listens, and QEMU 10.0 takes no pre-bound listening fd for that channel; so, as with the
+   * QMP socket, a refused connection (a failed migration the source recovers from) is tried again.
+   */
+  async migrate(channels: readonly unknown[]): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      this.discard('MIGRATION');
+      try {
+        await this.execute('migrate', { channels });
+        return;
+      } catch (error) {
+        if (!/Connection refused/.test((error as Error).message) || attempt >= MIGRATE_ATTEMPTS) throw error;
         await new Promise((resolve) => setImmediate(resolve));
       }
     }
