@@ -2,6 +2,7 @@
 // inodes are shown.
 import type { Command } from 'commander';
 import { CommanderError } from 'commander';
+import type { QuotaReport } from '../lib/fs/quota';
 import type { Stat } from '../lib/fs/types';
 import type { PinHolder } from '../lib/pool/pins';
 import { formatSize } from '../lib/units';
@@ -79,4 +80,14 @@ export function progressBar(options: Common, what: string): ((done: number, tota
     process.stderr.write(
       `\r${what} [${'#'.repeat(Math.round((30 * done) / total)).padEnd(30)}] ${formatSize(done)} / ${formatSize(total)}`,
     );
+}
+
+/** "uid 1000: 6 GiB of 8 GiB (75%)" lines, or one saying there are no limits. */
+export function quotaLines(quotas: readonly QuotaReport[]): string[] {
+  if (quotas.length === 0) return ['Quotas: none'];
+  return quotas.map((quota) => {
+    const who = quota.kind === 'uid' ? `uid ${quota.id}` : `dir ${quota.path}`;
+    const percent = quota.limitBytes ? Math.round((100 * quota.usedBytes) / quota.limitBytes) : 100;
+    return `Quota ${who}: ${formatSize(quota.usedBytes)} of ${formatSize(quota.limitBytes)} (${percent}%)`;
+  });
 }

@@ -18,9 +18,11 @@ import { register as kexec } from './commands/kexec';
 import { register as ls } from './commands/ls';
 import { register as mkdir } from './commands/mkdir';
 import { register as mkfs } from './commands/mkfs';
+import { register as mountCommand } from './commands/mount';
 import { register as mv } from './commands/mv';
 import { register as pin } from './commands/pin';
 import { register as qemuArgs } from './commands/qemu-args';
+import { register as quota } from './commands/quota';
 import { register as rm } from './commands/rm';
 import { register as serialise } from './commands/serialise';
 import { register as stat } from './commands/stat';
@@ -41,6 +43,7 @@ program
 for (const register of [
   detect,
   mkfs,
+  mountCommand,
   status,
   ls,
   stat,
@@ -52,6 +55,7 @@ for (const register of [
   mv,
   chmod,
   chown,
+  quota,
   pin,
   qemuArgs,
   serialise,
@@ -74,9 +78,7 @@ function failureLine(error: unknown): string | undefined {
   return error.message.startsWith(`${code}:`) ? error.message : `${code}: ${error.message}`;
 }
 
-try {
-  program.parse();
-} catch (error) {
+function fail(error: unknown): never {
   if (error instanceof CommanderError) {
     if (error.exitCode === 0) process.exit(0);
     if (error.code === 'guestmemfs.usage') process.stderr.write(`guestmemfs: ${error.message}\n`);
@@ -87,3 +89,6 @@ try {
   process.stderr.write(`guestmemfs: ${line}\n`);
   process.exit(EXIT.failed);
 }
+
+// Asynchronous actions (a served pool is reached over its socket) settle before the process exits.
+program.parseAsync().catch(fail);

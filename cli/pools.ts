@@ -2,14 +2,17 @@
 // afterwards unless the fd was inherited (the process that passed it keeps it).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { GuestmemfsError } from '../lib/errors';
+import { GuestmemfsError, hasCode } from '../lib/errors';
 import type { Filesystem } from '../lib/fs/filesystem';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { PoolState } from '../lib/fs/layout';
 import { mount } from '../lib/fs/mount';
 import type { MountOptions } from '../lib/fs/types';
 import { TMPFS_MAGIC } from '../lib/pool/hugepages';
+import { native } from '../lib/native';
 import { type CreatePoolOptions, Pool, SMALL_PAGE_SIZE } from '../lib/pool/pool';
+import { connect, type ServiceClient } from '../lib/service/client';
+import { servedSocket } from '../lib/service/discovery';
 
 /** `fd:N` for an inherited pool fd (as kexec passes one), otherwise a path. */
 export function openPool(spec: string): Pool {
@@ -21,14 +24,79 @@ export function openPool(spec: string): Pool {
   return Pool.open(spec);
 }
 
+/** Runs fn, then cleanup: at once, or when the promise fn returned settles. */
+function thenCleanUp<T>(fn: () => T, cleanup: () => void): T {
+  let result: T;
+  try {
+    result = fn();
+  } catch (error) {
+    cleanup();
+    throw error;
+  }
+  if (result instanceof Promise) return result.finally(cleanup) as T;
+  cleanup();
+  return result;
+}
+
 /** Runs fn on the pool `spec` names, then closes it unless its fd was inherited. */
 export function withPool<T>(spec: string, fn: (pool: Pool) => T): T {
   const pool = openPool(spec);
+  return thenCleanUp(
+    () => fn(pool),
+    () => {
+      if (!spec.startsWith('fd:')) pool.close();
+    },
+  );
+}
+
+/** What a command changes or reads a pool through: the pool's mount service when one serves it, else a mount here. */
+export type Metadata = Filesystem | ServiceClient;
+
+/** The pool's identity, from its path (a tenant that may not open the pool can still find its service). */
+function poolIdentity(spec: string): { dev: number; ino: number } {
+  if (spec.startsWith('fd:')) return withPool(spec, (pool) => native.fdInfo(pool.fd));
   try {
-    return fn(pool);
-  } finally {
-    if (!spec.startsWith('fd:')) pool.close();
+    return fs.statSync(spec);
+  } catch (error) {
+    throw GuestmemfsError.from(error, { path: spec }).withRemedy('no pool there');
   }
+}
+
+/**
+ * A client of the service serving the pool, if one answers on its socket. A socket left behind by a service that
+ * was killed answers nothing: then the command works on the pool itself, as if it were not served.
+ */
+async function servedClient(spec: string): Promise<ServiceClient | undefined> {
+  const socket = servedSocket(poolIdentity(spec));
+  if (!socket) return undefined;
+  try {
+    return await connect(socket);
+  } catch (error) {
+    if (hasCode(error, 'ENOTCONN')) return undefined;
+    throw error;
+  }
+}
+
+/** Runs fn through the pool's service when it is served, else on a mount of its own (see withMount). */
+export async function withFilesystem<T>(spec: string, fn: (gfs: Metadata) => T | Promise<T>): Promise<T> {
+  const client = await servedClient(spec);
+  if (client)
+    return thenCleanUp(
+      () => fn(client),
+      () => client.close(),
+    );
+  return withMount(spec, (gfs) => fn(gfs));
+}
+
+/** Runs fn through the pool's service when it is served, else on a read-only view (see withView). */
+export async function withReader<T>(spec: string, fn: (gfs: Metadata) => T | Promise<T>): Promise<T> {
+  const client = await servedClient(spec);
+  if (client)
+    return thenCleanUp(
+      () => fn(client),
+      () => client.close(),
+    );
+  return withView(spec, (gfs) => fn(gfs));
 }
 
 /** The backend a new pool at `poolPath` gets: hugetlbfs under a hugetlbfs mount, the 4 KiB fallback under tmpfs. */
@@ -50,11 +118,10 @@ export function backendFor(poolPath: string, pageSize: number | undefined): Crea
 export function withView<T>(spec: string, fn: (gfs: Filesystem, pool: Pool) => T): T {
   return withPool(spec, (pool) => {
     const gfs = mount(pool, { readOnly: true });
-    try {
-      return fn(gfs, pool);
-    } finally {
-      gfs.unmount();
-    }
+    return thenCleanUp(
+      () => fn(gfs, pool),
+      () => gfs.unmount(),
+    );
   });
 }
 
@@ -77,10 +144,11 @@ export function withMount<T>(
       );
     }
     const gfs = mount(pool, options.mount);
-    try {
-      return fn(gfs, pool);
-    } finally {
-      if (gfs.mounted) gfs.unmount();
-    }
+    return thenCleanUp(
+      () => fn(gfs, pool),
+      () => {
+        if (gfs.mounted) gfs.unmount();
+      },
+    );
   });
 }

@@ -98,6 +98,19 @@ export interface NativeBinding {
   rangeConflict(fd: number, offset: number, length: number): [offset: number, length: number, shared: boolean] | null;
   /** A new open file description of the same file (/proc/self/fd/N), close-on-exec. */
   fdReopen(fd: number): number;
+  // Socket family: UNIX sockets beyond Node's net module
+  /** A listening stream socket bound with no wider mode than 0600 at any instant, then given `mode`; close-on-exec. */
+  unixListen(path: string, backlog: number, mode: number): number;
+  /** A blocking connected stream socket whose reads and writes fail with EAGAIN after timeoutMs; close-on-exec. */
+  unixConnect(path: string, timeoutMs: number): number;
+  /** SO_PEERCRED and SO_PEERGROUPS: [pid, uid, gid, ...supplementary groups] of the peer, recorded at connect. */
+  peerCredentials(fd: number): number[];
+  /** One sendmsg with fds attached as SCM_RIGHTS; the bytes written. */
+  sendWithFds(fd: number, bytes: Uint8Array, fds: readonly number[]): number;
+  /** One recvmsg of at most maxBytes; received fds are close-on-exec. */
+  receiveWithFds(fd: number, maxBytes: number): { bytes: Buffer; fds: number[] };
+  /** One datagram to a UNIX datagram socket ('@name': abstract), as sd_notify sends. */
+  datagramSend(path: string, message: string): void;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
   // Exec family

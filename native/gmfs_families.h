@@ -11,5 +11,6 @@ void RegisterExecFamily(Napi::Env env, Napi::Object exports);     // execve with
 void RegisterKvmFamily(Napi::Env env, Napi::Object exports);      // KVM VM/vCPU ioctls and the run loop
 void RegisterSchedFamily(Napi::Env env, Napi::Object exports);    // CPU affinity of the calling thread
 void RegisterLocksFamily(Napi::Env env, Napi::Object exports);    // OFD byte-range locks (pins) and reopening the pool
+void RegisterSocketFamily(Napi::Env env, Napi::Object exports);   // UNIX sockets: listen, peer credentials, SCM_RIGHTS, datagrams
 
 }  // namespace gmfs

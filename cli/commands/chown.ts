@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { GuestmemfsError } from '../../lib/errors';
 import { command } from '../common';
-import { withMount } from '../pools';
+import { withFilesystem } from '../pools';
 
 export function register(program: Command): void {
   command(program, 'chown', 'change owner and group (UID[:GID])', 'guestmemfs chown /dev/hugepages/pool 1000:1000 /vms/vm0')
@@ -15,6 +15,8 @@ export function register(program: Command): void {
         throw new GuestmemfsError('EINVAL', `owner "${owner}" must be UID, UID:GID or :GID (numbers)`);
       const uid = match[1] ? Number(match[1]) : undefined;
       const gid = match[2] ? Number(match[2]) : undefined;
-      withMount(spec, (gfs) => paths.forEach((target) => gfs.chown(target, uid, gid)));
+      return withFilesystem(spec, async (gfs) => {
+        for (const target of paths) await gfs.chown(target, uid, gid);
+      });
     });
 }

@@ -1,18 +1,19 @@
 // guestmemfs df: free and used blocks and inodes.
 import type { Command } from 'commander';
-import { command, type Common, print, size } from '../common';
-import { withView } from '../pools';
+import { command, type Common, print, quotaLines, size } from '../common';
+import { withReader } from '../pools';
 
 export function register(program: Command): void {
   command(program, 'df', 'free and used blocks and inodes', 'guestmemfs df -h /dev/hugepages/pool')
     .argument('<pool>')
     .option('-h, --human-readable', 'sizes like 2G')
-    .action((spec: string, options: Common & { humanReadable?: boolean }) => {
-      withView(spec, (gfs) => {
-        const s = gfs.statfs();
+    .action((spec: string, options: Common & { humanReadable?: boolean }) =>
+      withReader(spec, async (gfs) => {
+        const s = await gfs.statfs();
+        const quotas = await gfs.quotas();
         const total = s.dataBlocks * s.blockSize;
         const used = (s.dataBlocks - s.freeBlocks) * s.blockSize;
-        print(options, s, () =>
+        print(options, { ...s, quotas }, () =>
           [
             ['Pool', 'Size', 'Used', 'Avail', 'Use%', 'Inodes', 'IFree'],
             [
@@ -29,8 +30,9 @@ export function register(program: Command): void {
               ([name, ...columns]) =>
                 `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`,
             )
+            .concat(quotas.length > 0 ? quotaLines(quotas) : [])
             .join('\n'),
         );
-      });
-    });
+      }),
+    );
 }

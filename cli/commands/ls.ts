@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as path from 'node:path';
 import type { Stat } from '../../lib/fs/types';
 import { command, type Common, describeStat, modeString, print, size } from '../common';
-import { withView } from '../pools';
+import { withReader } from '../pools';
 
 export function register(program: Command): void {
   command(program, 'ls', 'list a directory (like ls; -l for long format)', 'guestmemfs ls -lh /dev/hugepages/pool /vms')
@@ -11,17 +11,14 @@ export function register(program: Command): void {
     .argument('[path]', 'directory inside the pool', '/')
     .option('-l', 'long format')
     .option('-h, --human-readable', 'sizes like 2M')
-    .action((spec: string, dir: string, options: Common & { l?: boolean; humanReadable?: boolean }) => {
-      withView(spec, (gfs) => {
-        const entries = gfs
-          .readdirEntries(dir)
-          .map(
-            (entry) =>
-              ({ name: entry.name, ...describeStat(gfs.stat(path.posix.join(dir, entry.name))) }) as Record<string, unknown> & {
-                name: string;
-              } & Stat,
-          )
-          .sort((a, b) => a.name.localeCompare(b.name));
+    .action((spec: string, dir: string, options: Common & { l?: boolean; humanReadable?: boolean }) =>
+      withReader(spec, async (gfs) => {
+        const entries: Array<Record<string, unknown> & { name: string } & Stat> = [];
+        for (const entry of await gfs.readdirEntries(dir)) {
+          const stat = await gfs.stat(path.posix.join(dir, entry.name));
+          entries.push({ name: entry.name, ...describeStat(stat) } as Record<string, unknown> & { name: string } & Stat);
+        }
+        entries.sort((a, b) => a.name.localeCompare(b.name));
         print(options, entries, () =>
           entries
             .map((entry) =>
@@ -34,6 +31,6 @@ export function register(program: Command): void {
             )
             .join('\n'),
         );
-      });
-    });
+      }),
+    );
 }

@@ -2,17 +2,17 @@
 import type { Command } from 'commander';
 import { formatSize } from '../../lib/units';
 import { command, type Common, describeStat, modeString, pinLines, print } from '../common';
-import { withView } from '../pools';
+import { withReader } from '../pools';
 
 export function register(program: Command): void {
   command(program, 'stat', 'show an inode', 'guestmemfs stat /dev/hugepages/pool /vms/vm0/ram')
     .argument('<pool>')
     .argument('<path>')
-    .action((spec: string, target: string, options: Common) => {
-      withView(spec, (gfs) => {
-        const stat = gfs.stat(target);
-        const pins = stat.type === 'file' ? gfs.pins(target) : [];
-        print(options, { path: target, ...describeStat(stat), extents: gfs.extents(target), pins }, () =>
+    .action((spec: string, target: string, options: Common) =>
+      withReader(spec, async (gfs) => {
+        const stat = await gfs.stat(target);
+        const pins = stat.type === 'file' ? await gfs.pins(target) : [];
+        print(options, { path: target, ...describeStat(stat), extents: await gfs.extents(target), pins }, () =>
           [
             `  File: ${target}`,
             `  Type: ${stat.type}${stat.fileType ? ` (${stat.fileType})` : ''}   Size: ${stat.size}   Blocks: ${stat.blocks} of ` +
@@ -23,6 +23,6 @@ export function register(program: Command): void {
             ...pinLines(pins),
           ].join('\n'),
         );
-      });
-    });
+      }),
+    );
 }

@@ -3,10 +3,12 @@ import type { Command } from 'commander';
 import { readPoolSuperblock } from '../../lib/fs/format';
 import { PoolState } from '../../lib/fs/layout';
 import { lockIsHeldByOther } from '../../lib/fs/registry';
+import type { QuotaReport } from '../../lib/fs/quota';
 import type { StatFs } from '../../lib/fs/types';
+import { poolIdentityOf, servedSocket } from '../../lib/service/discovery';
 import { formatSize } from '../../lib/units';
 import { pinHolders } from '../../lib/pool/pins';
-import { command, type Common, pinLines, print } from '../common';
+import { command, type Common, pinLines, print, quotaLines } from '../common';
 import { withPool, withView } from '../pools';
 
 export function register(program: Command): void {
@@ -20,10 +22,11 @@ export function register(program: Command): void {
     .action((spec: string, options: Common) => {
       // The mount lock tells a live owner from a dead one; every process that maps pool memory holds a pin the kernel
       // keeps, read from /proc whoever owns the metadata.
-      const { sb, held, pins } = withPool(spec, (pool) => ({
+      const { sb, held, pins, socket } = withPool(spec, (pool) => ({
         sb: readPoolSuperblock(pool),
         held: lockIsHeldByOther(pool),
         pins: pinHolders(pool),
+        socket: servedSocket(poolIdentityOf(pool)),
       }));
       const state =
         sb.state === PoolState.Serialised
@@ -41,6 +44,7 @@ export function register(program: Command): void {
         size: number;
         statfs: StatFs | null;
         pinnedOrphans: Array<{ ino: number; blocks: number }>;
+        quotas: QuotaReport[];
       };
       try {
         usage = withView(spec, (gfs, opened) => ({
@@ -49,6 +53,7 @@ export function register(program: Command): void {
           size: opened.size,
           statfs: gfs.statfs(),
           pinnedOrphans: gfs.pinnedOrphans().map(({ ino, blocks }) => ({ ino, blocks })),
+          quotas: gfs.quotas(),
         }));
       } catch (error) {
         if (sb.state !== PoolState.Mounted || held) throw error;
@@ -58,6 +63,7 @@ export function register(program: Command): void {
           size: opened.size,
           statfs: null,
           pinnedOrphans: [],
+          quotas: [],
         }));
       }
       const result = {
@@ -68,6 +74,7 @@ export function register(program: Command): void {
         generation: sb.generation,
         state: PoolState[sb.state],
         ownerPid: sb.ownerPid || null,
+        socket: held ? (socket ?? null) : null,
         description: state,
       };
       const orphans = usage.pinnedOrphans.map((orphan) => `inode ${orphan.ino} (${orphan.blocks} blocks)`).join(', ');
@@ -83,9 +90,11 @@ export function register(program: Command): void {
             ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free`
             : 'inodes:     unknown until recovered',
           `state:      ${state}`,
+          ...(held && socket ? [`served on:  ${socket}`] : []),
           `uuid:       ${sb.uuid}`,
           ...(usage.pinnedOrphans.length > 0 ? [`unlinked:   ${orphans}, held by pins`] : []),
           ...pinLines(pins).map((line) => line.replace('  Pins: ', 'pins:       ')),
+          ...(usage.quotas.length > 0 ? quotaLines(usage.quotas).map((line) => line.replace(/^Quota /, 'quota:      ')) : []),
         ].join('\n'),
       );
     });

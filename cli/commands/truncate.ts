@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { parseSize } from '../../lib/units';
 import { command, type Common } from '../common';
-import { withMount } from '../pools';
+import { withFilesystem } from '../pools';
 
 export function register(program: Command): void {
   command(
@@ -16,8 +16,8 @@ export function register(program: Command): void {
     .requiredOption('-s, --size <size>', 'new size (K/M/G/T suffixes)')
     .action((spec: string, paths: string[], options: Common & { size: string }) => {
       const bytes = parseSize(options.size);
-      withMount(spec, (gfs) => {
-        for (const target of paths) gfs.truncate(target, bytes);
+      return withFilesystem(spec, async (gfs) => {
+        for (const target of paths) await gfs.truncate(target, bytes);
       });
     });
 }

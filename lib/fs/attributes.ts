@@ -4,6 +4,7 @@ import { nowNs } from '../units';
 import { checkMode, type MountContext } from './context';
 import { FILE_TYPE_NAMES, FLAG_CONTIGUOUS, InodeType } from './inodes';
 import { resolve } from './names';
+import * as quota from './quota';
 import { totalBlocks } from './runs';
 import type { Stat, StatFs } from './types';
 
@@ -54,7 +55,11 @@ export function chmod(ctx: MountContext, path: string, mode: number): void {
   ctx.inodes.setTime(ino, 'ctime', nowNs());
 }
 
-/** Changes owner and/or group (-1 or undefined keeps one); only root may, as on Linux without CAP_CHOWN. */
+/**
+ * Changes owner and/or group (-1 or undefined keeps one), with Linux's rules: root may give a file to anyone; its
+ * owner may only change its group, to one the owner belongs to, and that clears the set-id bits of a file. The new
+ * owner's quota must hold the file's blocks.
+ */
 export function chown(ctx: MountContext, path: string, uid: number | undefined, gid: number | undefined): void {
   ctx.requireWritable('chown');
   const ino = resolve(ctx, path, 'chown');
@@ -66,14 +71,35 @@ export function chown(ctx: MountContext, path: string, uid: number | undefined, 
       throw new GuestmemfsError('EINVAL', `${what} ${id} is not a valid id`, { syscall: 'chown', path });
     }
   }
-  if (ctx.credentials.uid !== 0) {
-    throw new GuestmemfsError('EPERM', `operation not permitted, chown '${path}': only root (uid 0) may change ownership`, {
-      syscall: 'chown',
-      path,
-    });
+  const inodes = ctx.inodes;
+  const cred = ctx.credentials;
+  const newUid = uid === undefined || uid === -1 ? inodes.uid(ino) : uid;
+  const newGid = gid === undefined || gid === -1 ? inodes.gid(ino) : gid;
+  if (cred.uid !== 0) {
+    const refuse = (why: string): never => {
+      throw new GuestmemfsError('EPERM', `operation not permitted, chown '${path}': ${why}`, { syscall: 'chown', path });
+    };
+    if (newUid !== inodes.uid(ino)) refuse('only root (uid 0) may give a file to another owner');
+    if (cred.uid !== inodes.uid(ino)) refuse(`only the owner (uid ${inodes.uid(ino)}) or root may change its group`);
+    if (newGid !== inodes.gid(ino) && newGid !== cred.gid && !cred.groups?.includes(newGid)) {
+      refuse(`uid ${cred.uid} is not a member of group ${newGid}`);
+    }
   }
-  if (uid !== undefined && uid !== -1) ctx.inodes.setUid(ino, uid);
-  if (gid !== undefined && gid !== -1) ctx.inodes.setGid(ino, gid);
+  quota.requireRoom(
+    ctx,
+    ino,
+    newUid === inodes.uid(ino) || inodes.type(ino) !== InodeType.File ? 0 : inodes.blockCount(ino),
+    'chown',
+    path,
+    {
+      uid: newUid,
+      dirs: [],
+    },
+  );
+  quota.chowned(ctx, ino, inodes.uid(ino), newUid);
+  inodes.setUid(ino, newUid);
+  inodes.setGid(ino, newGid);
+  if (cred.uid !== 0 && inodes.type(ino) === InodeType.File) inodes.setMode(ino, inodes.mode(ino) & ~0o6000);
   ctx.inodes.setTime(ino, 'ctime', nowNs());
 }
 

@@ -53,8 +53,7 @@ export class MountContext {
   readonly views: MetadataViews;
   readonly geometry: Geometry;
   readonly uuid: string;
-  /** The credentials permission checks use (from mount options, else this process's). */
-  readonly credentials: Credentials;
+  #credentials: Credentials;
   readonly readOnly: boolean;
   /** The pool's identity (device:inode), as the registry of this process's mounts knows it. */
   readonly key: string;
@@ -88,11 +87,30 @@ export class MountContext {
     this.views = views;
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
-    this.credentials = credentials;
+    this.#credentials = credentials;
     this.key = key;
     this.readOnly = readOnly;
     this.meta = meta;
     this.superblock = sb;
+  }
+
+  /** The credentials permission checks use: the mount's (from its options, else this process's), or a caller's. */
+  get credentials(): Credentials {
+    return this.#credentials;
+  }
+
+  /**
+   * Runs `operation` with a caller's credentials (a service client's, from SO_PEERCRED). Only its synchronous part
+   * sees them, which is where every operation checks permissions, an asynchronous truncate included.
+   */
+  actingAs<T>(credentials: Credentials, operation: () => T): T {
+    const previous = this.#credentials;
+    this.#credentials = credentials;
+    try {
+      return operation();
+    } finally {
+      this.#credentials = previous;
+    }
   }
 
   get inodes() {
@@ -205,6 +223,23 @@ export class MountContext {
       `permission denied, ${syscall} '${path}': uid ${this.credentials.uid} lacks ${describeWant(want)} permission on inode ${ino} ` +
         `(mode ${owner.mode.toString(8).padStart(4, '0')}, owner ${owner.uid}:${owner.gid}); ` +
         `chmod/chown it or mount with other credentials`,
+      { syscall, path },
+    );
+  }
+
+  /**
+   * The sticky bit (as on /tmp): in a directory with mode 01000 only the entry's owner, the directory's owner or root
+   * may remove or rename the entry.
+   */
+  requireMayRemove(dir: number, ino: number, syscall: string, path: string): void {
+    const inodes = this.views.inodes;
+    if (!(inodes.mode(dir) & 0o1000)) return;
+    const uid = this.credentials.uid;
+    if (uid === 0 || uid === inodes.uid(ino) || uid === inodes.uid(dir)) return;
+    throw new GuestmemfsError(
+      'EPERM',
+      `operation not permitted, ${syscall} '${path}': the directory is sticky (mode ${inodes.mode(dir).toString(8).padStart(4, '0')}), ` +
+        `so only the entry's owner (uid ${inodes.uid(ino)}), the directory's owner (uid ${inodes.uid(dir)}) or root may`,
       { syscall, path },
     );
   }

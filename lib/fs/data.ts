@@ -13,6 +13,7 @@ import type { MountContext } from './context';
 import { FileType, FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
 import { resolve, resolveFileForWrite } from './names';
 import { releaseIfUnpinned } from './namespace';
+import * as quota from './quota';
 import { R_OK, W_OK } from './permissions';
 import { type BlockRun, blockRange, cutAfter, totalBlocks } from './runs';
 import type { FileMapOptions } from './types';
@@ -142,6 +143,7 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
   } catch (error) {
     // The chosen blocks go back; those not yet zeroed are still marked dirty.
     ctx.views.allocator.markFree(plan.runs);
+    quota.charge(ctx, ino, -totalBlocks(plan.runs));
     throw error;
   } finally {
     ctx.busy.delete(ino);
@@ -239,6 +241,7 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   if (size <= oldSize) return { grow: false, runs: [], dirty: [], size };
   if (want <= have) return { grow: true, runs: [], dirty: [], size };
   const needed = want - have;
+  quota.requireRoom(ctx, ino, needed, 'ftruncate', path);
   const existing = extents.read(ino);
   const last = existing.at(-1);
   const after = last ? last.start + last.length : -1;
@@ -272,6 +275,8 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   }
   // Blocks are claimed before they are zeroed or linked: a kill now leaks them to the checker, never to another file.
   allocator.markAllocated(runs);
+  // Counted from the claim on, so that a grow still zeroing off the JS thread holds its share of the limit.
+  quota.charge(ctx, ino, needed);
   return { grow: true, runs, dirty: allocator.dirtyWithin(runs), size };
 }
 
@@ -321,6 +326,7 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
     allocator.markDirty(cut, true);
     extents.truncate(ino, keep);
     allocator.markFree(cut);
+    quota.charge(ctx, ino, keep - inodes.blockCount(ino));
     inodes.setBlockCount(ino, keep);
   }
   const now = nowNs();

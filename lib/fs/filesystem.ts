@@ -11,12 +11,15 @@ import type { Geometry, Superblock } from './layout';
 import * as lifecycle from './lifecycle';
 import { resolve } from './names';
 import * as namespace from './namespace';
-import type { Credentials } from './permissions';
+import { type Credentials, R_OK, W_OK } from './permissions';
+import * as quota from './quota';
+import type { QuotaReport, QuotaTarget } from './quota';
 import type {
   CreateOptions,
   DirEntry,
   FileMapOptions,
   KexecOptions,
+  MappableFile,
   MkdirOptions,
   Recovery,
   Restore,
@@ -81,6 +84,15 @@ export class Filesystem {
   /** Superblock fields as last written (state, owner, generation...). */
   get superblock(): Readonly<Superblock> {
     return this.#ctx.superblock;
+  }
+
+  /**
+   * Runs `operation` on this filesystem with another caller's credentials: what the mount service does with each
+   * client's SO_PEERCRED. Only the synchronous part of the operation sees them, which is where permissions are
+   * checked; an asynchronous truncate has made all its checks by the time it returns its promise.
+   */
+  actingAs<T>(credentials: Credentials, operation: () => T): T {
+    return this.#ctx.actingAs(credentials, operation);
   }
 
   // ---------------------------------------------------------------- namespace
@@ -156,6 +168,22 @@ export class Filesystem {
     utimes(this.#ctx, path, atimeNs, mtimeNs);
   }
 
+  // ---------------------------------------------------------------- quotas
+
+  /**
+   * Sets a block limit for a uid or a directory tree, or removes it with null (root only). The limit is kept in the
+   * pool, rounded down to whole blocks; allocations past it fail with EDQUOT.
+   */
+  setQuota(target: QuotaTarget, limitBytes: number | null): void {
+    quota.setQuota(this.#ctx, target, limitBytes);
+  }
+
+  /** Every block limit with its current usage. */
+  quotas(): QuotaReport[] {
+    this.#ctx.requireMounted('quotactl');
+    return quota.quotaReport(this.#ctx);
+  }
+
   // ---------------------------------------------------------------- data
 
   /**
@@ -202,6 +230,16 @@ export class Filesystem {
   audit(): AuditReport {
     this.#ctx.requireMounted('audit');
     return auditMetadata(this.#ctx.views);
+  }
+
+  /**
+   * What another process needs to map a file itself (a client of the mount service), checked as map() checks: a file
+   * with blocks that the caller may read, and write unless `writable` is false.
+   */
+  mappable(path: string, options: { writable?: boolean } = {}): MappableFile {
+    this.#ctx.requireMounted('mmap');
+    const { ino, extents, guest } = data.mappableFile(this.#ctx, path, options.writable === false ? R_OK : R_OK | W_OK, false);
+    return { ino, generation: this.#ctx.inodes.generation(ino), size: this.#ctx.inodes.size(ino), guest, extents };
   }
 
   /** Pool byte ranges holding a file's blocks, in file order. */

@@ -142,6 +142,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       handoverBytes: 0,
       handoverCrc: 0,
       handoverGeneration: 0n,
+      quotas: [],
     };
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });

@@ -15,6 +15,7 @@ import type { randomUUID } from 'node:crypto';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
+import { type QuotaLimit, readQuotaTable, writeQuotaTable } from './quota-table';
 
 export const FORMAT_MAGIC = 'GMFSPOOL';
 export const FORMAT_MAJOR = 1;
@@ -27,7 +28,9 @@ export const KNOWN_INCOMPAT = 0;
  * extent, so it may only mount the pool read-only.
  */
 export const RO_COMPAT_CONTIGUOUS = 1;
-export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS;
+/** Set once a block limit exists (as ext4's RO_COMPAT_QUOTA): a release that ignores limits may only read the pool. */
+export const RO_COMPAT_QUOTA = 2;
+export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS | RO_COMPAT_QUOTA;
 
 /** Each of the four records of the fixed header (two superblock slots, intent, hints) is one 4 KiB page. */
 export const HEADER_RECORD_BYTES = 4096;
@@ -90,6 +93,8 @@ export interface SuperblockState {
   handoverCrc: number;
   /** Generation the blob was serialised at. */
   handoverGeneration: bigint;
+  /** Block limits per uid and per directory (the quota table, valid when roCompat has RO_COMPAT_QUOTA). */
+  quotas: readonly QuotaLimit[];
 }
 
 export interface Superblock extends SuperblockState {
@@ -315,6 +320,7 @@ export function writeSuperblockSlot(metadata: Uint8Array, slot: number, sb: Omit
   for (const field of SUPERBLOCK_FIELDS) {
     writeField(view, field, field.fixed ?? (field.in === 'geometry' ? geometry : source)[field.name]!);
   }
+  writeQuotaTable(view, sb.quotas);
   view.setUint32(SLOT_CRC_OFFSET, slotChecksums(metadata, slot).actual, true);
 }
 
@@ -343,7 +349,15 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
     if (field.type !== 'magic' && field.fixed === undefined) (field.in === 'geometry' ? geometry : sb)[field.name] = value;
   }
   geometry.metadataBytes = (geometry.metadataBlocks as number) * (geometry.blockSize as number);
-  return { ok: true, sb: { ...(sb as unknown as Omit<Superblock, 'geometry' | 'slot'>), geometry: geometry as unknown as Geometry, slot } };
+  // Pools from before the table have zeros there, without a checksum: only a pool that says it has limits is read.
+  let quotas: QuotaLimit[] = [];
+  if ((sb.roCompat as number) & RO_COMPAT_QUOTA) {
+    const table = readQuotaTable(view);
+    if (!table.ok) return { ok: false, code: 'EUCLEAN', reason: table.reason };
+    quotas = table.limits;
+  }
+  const fields = sb as unknown as Omit<Superblock, 'geometry' | 'slot' | 'quotas'>;
+  return { ok: true, sb: { ...fields, quotas, geometry: geometry as unknown as Geometry, slot } };
 }
 
 /** True when either slot carries the guestmemfs magic (a formatted pool, whatever its state). */

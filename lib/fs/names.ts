@@ -98,3 +98,12 @@ export function buildIndex(ctx: MountContext, live?: readonly number[]): number[
   }
   return orphans;
 }
+
+/** The path of a named inode, rebuilt from its parent links. */
+export function pathOf(ctx: MountContext, ino: number): string {
+  const inodes = ctx.inodes;
+  const parts: string[] = [];
+  for (let at = ino, hops = 0; at !== ROOT_INO && at !== 0 && hops < inodes.count; at = inodes.parent(at), hops++)
+    parts.unshift(inodes.name(at));
+  return `/${parts.join('/')}`;
+}

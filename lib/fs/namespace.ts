@@ -12,6 +12,7 @@ import { beginRename, endRename } from './intent';
 import { RO_COMPAT_CONTIGUOUS, ROOT_INO } from './layout';
 import { resolve, resolveExisting, resolveParent } from './names';
 import { splitPath } from './paths';
+import * as quota from './quota';
 import { R_OK, W_OK, X_OK } from './permissions';
 import type { CreateOptions, DirEntry, MkdirOptions } from './types';
 
@@ -76,6 +77,8 @@ export function unlink(ctx: MountContext, path: string): void {
   }
   ctx.requireNotBusy(ino, 'unlink', path);
   ctx.requireAccess(parent, W_OK | X_OK, 'unlink', path);
+  ctx.requireMayRemove(parent, ino, 'unlink', path);
+  quota.detached(ctx, ino);
   detach(ctx, parent, name, ino);
   releaseIfUnpinned(ctx, ino);
 }
@@ -91,6 +94,7 @@ export function rmdir(ctx: MountContext, path: string): void {
     throw new GuestmemfsError('ENOTEMPTY', `directory not empty, rmdir '${path}': remove its entries first`, { syscall: 'rmdir', path });
   }
   ctx.requireAccess(parent, W_OK | X_OK, 'rmdir', path);
+  ctx.requireMayRemove(parent, ino, 'rmdir', path);
   detach(ctx, parent, name, ino);
   inodes.setNlink(parent, inodes.nlink(parent) - 1);
   releaseInode(ctx, ino);
@@ -131,6 +135,9 @@ export function rename(ctx: MountContext, from: string, to: string): void {
   ctx.requireNotBusy(source.ino, 'rename', from);
   ctx.requireAccess(source.parent, W_OK | X_OK, 'rename', from);
   ctx.requireAccess(target.parent, W_OK | X_OK, 'rename', to);
+  ctx.requireMayRemove(source.parent, source.ino, 'rename', from);
+  if (victim !== undefined) ctx.requireMayRemove(target.parent, victim, 'rename', to);
+  const quotaMove = quota.planMove(ctx, source.ino, source.parent, target.parent, 'rename', to);
 
   // 1. The intent record (commit point): from here a kill is rolled forward.
   const { intent, intentBytes } = ctx.views;
@@ -138,6 +145,7 @@ export function rename(ctx: MountContext, from: string, to: string): void {
   // 2. The steps, each idempotent so that recovery can replay them from the record.
   const now = nowNs();
   if (victim !== undefined) {
+    quota.detached(ctx, victim);
     detach(ctx, target.parent, target.name, victim);
     if (inodes.type(victim) === InodeType.Directory) inodes.setNlink(target.parent, inodes.nlink(target.parent) - 1);
   }
@@ -156,6 +164,7 @@ export function rename(ctx: MountContext, from: string, to: string): void {
     inodes.setTime(dir, 'ctime', now);
   }
   inodes.setTime(source.ino, 'ctime', now);
+  quota.moved(ctx, quotaMove);
   // 3. Done: clear the record. The replaced file's blocks go now unless it is mapped.
   endRename(intent);
   if (victim !== undefined) releaseIfUnpinned(ctx, victim);
@@ -262,6 +271,7 @@ export function releaseInode(ctx: MountContext, ino: number): void {
   allocator.markDirty(runs, true);
   extents.truncate(ino, 0);
   allocator.markFree(runs);
+  quota.released(ctx, ino);
   inodes.setBlockCount(ino, 0);
   inodes.setSize(ino, 0);
   inodes.setNextFree(ino, hints.freeInodeHead);

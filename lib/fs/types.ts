@@ -144,6 +144,17 @@ export interface DirEntry {
   type: 'file' | 'directory';
 }
 
+/** Where a file's memory is, for a process that maps it itself (Filesystem.mappable). */
+export interface MappableFile {
+  ino: number;
+  generation: number;
+  size: number;
+  /** A guest file: map it MADV_DONTDUMP|MADV_DONTFORK. */
+  guest: boolean;
+  /** Pool byte ranges, in file order. */
+  extents: Array<{ offset: number; length: number }>;
+}
+
 export interface FileMapOptions extends Omit<MapOptions, 'onUnmap'> {
   /**
    * A mapping premapFile() made of this file before this mount existed (a successor preparing ahead of a handover).

@@ -39,6 +39,11 @@ export interface MapOptions {
    * the filesystem never frees, zeroes or reuses them under this mapping. The filesystem's map() always pins.
    */
   pin?: boolean;
+  /**
+   * With pin: hold it on this fd of the pool, a description nothing else uses, which the mapping takes over (see
+   * Pin.take). For a client of the mount service, which hands these out.
+   */
+  pinDescription?: number;
   /** mlock the range. The kernel ignores this for hugetlb mappings (huge pages are never swapped); it matters on the 4 KiB fallback. */
   lock?: boolean;
 }

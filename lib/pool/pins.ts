@@ -31,9 +31,13 @@ export class Pin {
     this.ranges = ranges;
   }
 
-  /** Pins ranges of the pool on a description of their own. */
-  static take(pool: Pool, ranges: readonly Extent[]): Pin {
-    const fd = native.fdReopen(pool.fd);
+  /**
+   * Pins ranges of the pool on a description of their own: `description`, an fd of the pool on a description nothing
+   * else uses, which the pin takes over (what the mount service hands a client whose credentials cannot reopen the
+   * pool), or else one opened here.
+   */
+  static take(pool: Pool, ranges: readonly Extent[], description?: number): Pin {
+    const fd = description ?? native.fdReopen(pool.fd);
     try {
       for (const range of ranges) {
         // Only a writer could refuse a reader, and guestmemfs never write-locks the pool.

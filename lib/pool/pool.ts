@@ -254,7 +254,7 @@ export class Pool {
       (options.lock ? flag.lock : 0);
     mapResult ??= new Float64Array(native.mapResult.slots);
     // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
-    const pin = options.pin ? Pin.take(this, extents) : undefined;
+    const pin = options.pin ? Pin.take(this, extents, options.pinDescription) : undefined;
     try {
       native.mapExtents(this.fd, flat, flags, this.pageSize, shareable ? PMD_SHARE_SPAN : 0, mapResult);
     } catch (error) {

@@ -1,0 +1,245 @@
+// The mount service: one process owns a pool's metadata and serves it to many clients over HTTP/JSON on a UNIX socket
+// (as Firecracker and Cloud Hypervisor serve their APIs), each request run with the client's kernel credentials.
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type * as net from 'node:net';
+import { GuestmemfsError } from '../errors';
+import type { Filesystem } from '../fs/filesystem';
+import type { Credentials } from '../fs/permissions';
+import { native } from '../native';
+import { API_PREFIX, decodeParams, encodeResult, MAX_BODY_BYTES, type Operation, OPERATIONS_BY_ROUTE } from './api';
+import { ServiceMetrics } from './metrics';
+import { openApiDocument } from './openapi';
+
+export interface ServeOptions {
+  /** The socket's path. */
+  socket: string;
+  /** The socket file's mode: who may connect (connect(2) needs write permission). Default 0660: owner and group. */
+  mode?: number;
+  /** The socket file's group (with mode 0660, the group whose members may connect). */
+  gid?: number;
+  /** Connections open at once, beyond which new ones are closed at accept. */
+  maxConnections?: number;
+  /** A listening socket to serve instead of binding one (inherited across the service's own live update). */
+  listenFd?: number;
+}
+
+/** How an error code reads as an HTTP status; the JSON body carries the code itself. */
+const STATUS: Readonly<Record<string, number>> = {
+  EINVAL: 400,
+  EISDIR: 400,
+  ENOTDIR: 400,
+  ENAMETOOLONG: 400,
+  EACCES: 403,
+  EPERM: 403,
+  ENOENT: 404,
+  EEXIST: 409,
+  ENOTEMPTY: 409,
+  EBUSY: 409,
+  EROFS: 409,
+  EAGAIN: 409,
+  EMSGSIZE: 413,
+  ENOSPC: 507,
+  EDQUOT: 507,
+};
+
+const DEFAULT_MAX_CONNECTIONS = 128;
+
+/** The fd under a connection (the kernel's, for SO_PEERCRED and SCM_RIGHTS). */
+function socketFd(socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new GuestmemfsError('EBADF', 'connection has no descriptor', { syscall: 'getsockopt' });
+  return fd;
+}
+
+export class MountService {
+  readonly socketPath: string;
+  readonly metrics: ServiceMetrics;
+  readonly #fs: Filesystem;
+  readonly #server: http.Server;
+  readonly #credentials = new WeakMap<net.Socket, Credentials>();
+  readonly #listenFd: number;
+  /** The socket file's identity, so that close() removes only the file it bound. */
+  readonly #socketIno: number | undefined;
+
+  private constructor(filesystem: Filesystem, options: ServeOptions) {
+    this.#fs = filesystem;
+    this.socketPath = options.socket;
+    this.metrics = new ServiceMetrics(() => (this.#fs.mounted ? this.#fs : undefined));
+    const mode = options.mode ?? 0o660;
+    this.#listenFd = options.listenFd ?? native.unixListen(options.socket, 511, mode);
+    if (options.listenFd === undefined && options.gid !== undefined) fs.chownSync(options.socket, -1, options.gid);
+    this.#socketIno = fs.statSync(options.socket, { throwIfNoEntry: false })?.ino;
+    this.#server = http.createServer(
+      { maxHeaderSize: 16 * 1024, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 60_000 },
+      (request, response) => void this.#handle(request, response),
+    );
+    this.#server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.#server.on('connection', (socket: net.Socket) => this.#accept(socket));
+    this.#server.on('drop', () => this.metrics.refused.inc({ reason: 'max-connections' }));
+    this.#server.on('clientError', (_error, socket: net.Socket) => {
+      this.metrics.refused.inc({ reason: 'bad-http' });
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      else socket.destroy();
+    });
+  }
+
+  /** Serves `filesystem` on a UNIX socket; resolves once it listens. */
+  static async start(filesystem: Filesystem, options: ServeOptions): Promise<MountService> {
+    const service = new MountService(filesystem, options);
+    await new Promise<void>((resolve, reject) => {
+      service.#server.once('error', reject);
+      service.#server.listen({ fd: service.#listenFd }, () => {
+        service.#server.off('error', reject);
+        resolve();
+      });
+    });
+    return service;
+  }
+
+  /** The listening socket's fd (kept across the service's own execve). */
+  get listenFd(): number {
+    return this.#listenFd;
+  }
+
+  /**
+   * Stops serving: no new connections, open ones closed. The socket file is removed unless `keepSocket` (a live
+   * update, whose successor serves the same listening socket).
+   */
+  async close(options: { keepSocket?: boolean } = {}): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeAllConnections();
+    await closed;
+    if (
+      !options.keepSocket &&
+      this.#socketIno !== undefined &&
+      fs.statSync(this.socketPath, { throwIfNoEntry: false })?.ino === this.#socketIno
+    ) {
+      fs.rmSync(this.socketPath, { force: true });
+    }
+  }
+
+  #accept(socket: net.Socket): void {
+    try {
+      const [, uid, gid, ...groups] = native.peerCredentials(socketFd(socket));
+      this.#credentials.set(socket, { uid: uid!, gid: gid!, groups });
+    } catch {
+      // A connection whose credentials cannot be read is served nothing.
+      this.metrics.refused.inc({ reason: 'no-credentials' });
+      socket.destroy();
+      return;
+    }
+    this.metrics.connections.inc();
+    socket.once('close', () => this.metrics.connections.dec());
+  }
+
+  async #handle(request: http.IncomingMessage, response: http.ServerResponse): Promise<void> {
+    const started = process.hrtime.bigint();
+    const url = new URL(request.url ?? '/', 'http://localhost');
+    const route = `${request.method} ${url.pathname}`;
+    let label = 'unknown';
+    try {
+      if (route === 'GET /metrics') return this.#send(response, 200, await this.metrics.render(), 'text/plain; version=0.0.4');
+      if (route === `GET ${API_PREFIX}/openapi.json`) return this.#send(response, 200, JSON.stringify(openApiDocument()));
+      if (route === `GET ${API_PREFIX}/pool-fd`) return this.#sendPoolFd(request);
+      const operation = OPERATIONS_BY_ROUTE.get(route);
+      if (!operation) throw this.#unknownRoute(request.method ?? '', url.pathname);
+      label = operation.name;
+      const credentials = this.#credentials.get(request.socket);
+      if (!credentials) throw new GuestmemfsError('EACCES', 'connection has no kernel credentials', { syscall: operation.name });
+      const params = await this.#params(operation, request, url);
+      const result = await this.#fs.actingAs(credentials, () => operation.run(this.#fs, params));
+      this.#send(response, 200, encodeResult(result));
+      this.metrics.operations.inc({ operation: label, result: 'ok' });
+    } catch (error) {
+      const failure = asServiceError(error);
+      this.metrics.operations.inc({ operation: label, result: failure.code });
+      if (failure.code === 'EMSGSIZE') response.setHeader('Connection', 'close');
+      this.#send(response, STATUS[failure.code] ?? 500, JSON.stringify(errorBody(failure)));
+    } finally {
+      this.metrics.latency.observe({ operation: label }, Number(process.hrtime.bigint() - started) / 1e9);
+    }
+  }
+
+  #unknownRoute(method: string, pathname: string): GuestmemfsError {
+    const name = pathname.startsWith(`${API_PREFIX}/`) ? pathname.slice(API_PREFIX.length + 1) : '';
+    const known = [...OPERATIONS_BY_ROUTE.values()].find((operation) => operation.name === name);
+    if (known) return new GuestmemfsError('EINVAL', `${name} takes ${known.method}, not ${method}`, { syscall: name });
+    return new GuestmemfsError('ENOENT', `no such operation ${method} ${pathname}: GET ${API_PREFIX}/openapi.json lists them`, {
+      syscall: 'http',
+    });
+  }
+
+  /** The parameters: a JSON object body (POST, at most MAX_BODY_BYTES) or the query string (GET). */
+  async #params(operation: Operation, request: http.IncomingMessage, url: URL): Promise<Record<string, unknown>> {
+    if (operation.method === 'GET') {
+      const query: Record<string, string> = {};
+      for (const [key, value] of url.searchParams) query[key] = value;
+      return decodeParams(operation, query, true);
+    }
+    const declared = Number(request.headers['content-length'] ?? 0);
+    if (declared > MAX_BODY_BYTES) throw tooLarge(operation);
+    const chunks: Buffer[] = [];
+    let length = 0;
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      length += chunk.length;
+      if (length > MAX_BODY_BYTES) throw tooLarge(operation);
+      chunks.push(chunk);
+    }
+    let body: unknown;
+    try {
+      body = length === 0 ? {} : JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      throw new GuestmemfsError('EINVAL', `${operation.name}: the body is not JSON`, { syscall: operation.name });
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      throw new GuestmemfsError('EINVAL', `${operation.name}: the body must be a JSON object of parameters`, { syscall: operation.name });
+    }
+    return decodeParams(operation, body as Record<string, unknown>, false);
+  }
+
+  /**
+   * Hands the client a descriptor of the pool on a description of its own (to map from, and to hold its pins on),
+   * attached as SCM_RIGHTS to the whole response, written in one sendmsg; the connection then closes.
+   */
+  #sendPoolFd(request: http.IncomingMessage): void {
+    const socket = request.socket;
+    const description = native.fdReopen(this.#fs.pool.fd);
+    try {
+      const body = encodeResult({ size: this.#fs.pool.size, pageSize: this.#fs.pool.pageSize, uuid: this.#fs.uuid });
+      const head =
+        'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n' + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+      native.sendWithFds(socketFd(socket), Buffer.from(head + body), [description]);
+      this.metrics.operations.inc({ operation: 'pool-fd', result: 'ok' });
+    } finally {
+      native.fdClose(description);
+      socket.destroy();
+    }
+  }
+
+  #send(response: http.ServerResponse, status: number, body: string, type = 'application/json'): void {
+    response.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
+    response.end(body);
+  }
+}
+
+/** What a failure reads as: its own code, or, for a fault of the service itself, EIO with the fault on stderr. */
+function asServiceError(error: unknown): GuestmemfsError {
+  try {
+    return GuestmemfsError.from(error);
+  } catch {
+    process.stderr.write(`guestmemfs mount: internal error: ${(error as Error)?.stack ?? String(error)}\n`);
+    return new GuestmemfsError('EIO', 'internal error in the mount service (its log has the details)', { syscall: 'http' });
+  }
+}
+
+function tooLarge(operation: Operation): GuestmemfsError {
+  return new GuestmemfsError('EMSGSIZE', `${operation.name}: the body exceeds ${MAX_BODY_BYTES} bytes; send less at a time`, {
+    syscall: operation.name,
+  });
+}
+
+/** Node's error shape, as JSON. */
+export function errorBody(error: GuestmemfsError): Record<string, unknown> {
+  return { code: error.code, errno: error.errno, syscall: error.syscall, path: error.path, message: error.message };
+}
