@@ -109,6 +109,8 @@ export interface NativeBinding {
   sendWithFds(fd: number, bytes: Uint8Array, fds: readonly number[]): number;
   /** One recvmsg of at most maxBytes; received fds are close-on-exec. */
   receiveWithFds(fd: number, maxBytes: number): { bytes: Buffer; fds: number[] };
+  /** dup(2) with close-on-exec: another descriptor of the same socket (a listener kept across a live update). */
+  fdDuplicate(fd: number): number;
   /** One datagram to a UNIX datagram socket ('@name': abstract), as sd_notify sends. */
   datagramSend(path: string, message: string): void;
   // Pagemap family

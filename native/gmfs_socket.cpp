@@ -1,5 +1,7 @@
 // Socket family: UNIX sockets where Node's net module cannot reach: a listener bound with the narrowest mode, the
-// peer's kernel credentials (SO_PEERCRED, SO_PEERGROUPS), descriptors passed as SCM_RIGHTS, and datagrams (sd_notify).
+// peer's kernel credentials (SO_PEERCRED, SO_PEERGROUPS), descriptors passed as SCM_RIGHTS, datagrams (sd_notify),
+// and a duplicate of a listening socket to keep across a live update.
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -214,6 +216,14 @@ Napi::Value DatagramSend(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// fdDuplicate(fd): another descriptor of the same open file description, close-on-exec: a listening socket stays
+// open through it while the server that used the original lets go of it (a live update of the service).
+Napi::Value FdDuplicate(const Napi::CallbackInfo& info) {
+  int duplicate = fcntl(ArgFd(info, 0), F_DUPFD_CLOEXEC, 3);
+  if (duplicate < 0) throw ErrnoError(info.Env(), errno, "fcntl");
+  return Napi::Number::New(info.Env(), duplicate);
+}
+
 }  // namespace
 
 void RegisterSocketFamily(Napi::Env env, Napi::Object exports) {
@@ -222,6 +232,7 @@ void RegisterSocketFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
   exports.Set("sendWithFds", Napi::Function::New(env, SendWithFds, "sendWithFds"));
   exports.Set("receiveWithFds", Napi::Function::New(env, ReceiveWithFds, "receiveWithFds"));
+  exports.Set("fdDuplicate", Napi::Function::New(env, FdDuplicate, "fdDuplicate"));
   exports.Set("datagramSend", Napi::Function::New(env, DatagramSend, "datagramSend"));
 }
 

@@ -102,7 +102,7 @@ describe('quotas', () => {
     const newest = readPoolSuperblock(t.pool).slot;
     const header = t.pool.mapAll();
     const bytes = header.bytes(newest === 0 ? SLOT_A_OFFSET : SLOT_B_OFFSET, 4096);
-    bytes[528 + 12] ^= 0xff; // the first entry's limit
+    bytes[528 + 12] = bytes[528 + 12]! ^ 0xff; // the first entry's limit
     header.unmap();
     expect(readPoolSuperblock(t.pool).slot).toBe(1 - newest);
     const fallback = mount(t.pool);
@@ -134,14 +134,14 @@ describe('quotas', () => {
   it('usage always equals a recount from the inodes, whatever operations run (fast-check)', () => {
     const names = ['/a', '/b', '/d/a', '/d/b', '/d/e/a', '/e/a'];
     const step = fc.oneof(
-      fc.record({ op: fc.constant('truncate'), path: fc.constantFrom(...names), blocks: fc.integer({ min: 0, max: 6 }) }),
+      fc.record({ op: fc.constant('truncate' as const), path: fc.constantFrom(...names), blocks: fc.integer({ min: 0, max: 6 }) }),
       fc.record({
-        op: fc.constant('rename'),
+        op: fc.constant('rename' as const),
         from: fc.constantFrom(...names, '/d/e', '/e'),
         to: fc.constantFrom(...names, '/d/e', '/e', '/d/x'),
       }),
-      fc.record({ op: fc.constant('unlink'), path: fc.constantFrom(...names) }),
-      fc.record({ op: fc.constant('chown'), path: fc.constantFrom(...names), uid: fc.constantFrom(0, 1, 2) }),
+      fc.record({ op: fc.constant('unlink' as const), path: fc.constantFrom(...names) }),
+      fc.record({ op: fc.constant('chown' as const), path: fc.constantFrom(...names), uid: fc.constantFrom(0, 1, 2) }),
     );
     fc.assert(
       fc.property(fc.array(step, { maxLength: 40 }), (steps) => {

@@ -131,7 +131,9 @@ async function observed(client: ServiceClient, root: string): Promise<Tree> {
 const sameTree = (a: Tree, b: Tree) => JSON.stringify([...a].sort()) === JSON.stringify([...b].sort());
 
 function overlapsAny(ranges: Array<{ offset: number; length: number }>, others: Array<{ offset: number; length: number }>): boolean {
-  return ranges.some((range) => others.some((other) => range.offset < other.offset + other.length && other.offset < range.offset + range.length));
+  return ranges.some((range) =>
+    others.some((other) => range.offset < other.offset + other.length && other.offset < range.offset + range.length),
+  );
 }
 
 describe('the mount service under faults', () => {
@@ -155,7 +157,10 @@ describe('the mount service under faults', () => {
     children.push(holder);
     const [pinned, orphan] = await holder.results(2);
     await root.unlink('/orphan');
-    const held = [...(pinned!.extents as Array<{ offset: number; length: number }>), ...(orphan!.extents as Array<{ offset: number; length: number }>)];
+    const held = [
+      ...(pinned!.extents as Array<{ offset: number; length: number }>),
+      ...(orphan!.extents as Array<{ offset: number; length: number }>),
+    ];
     const workers = await Promise.all(
       Array.from({ length: WORKERS }, async (_, index) => {
         const client = await connect(running!.socket);

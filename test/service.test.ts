@@ -10,7 +10,7 @@ import { check, KiB, MiB, mkfs, Pool } from '../lib/index';
 import { OPERATIONS } from '../lib/service/api';
 import { connect, type ServiceClient } from '../lib/service/client';
 import { openApiDocument } from '../lib/service/openapi';
-import { captureRejection, repoRoot, runAsync, skipReason, uniquePath } from './helpers';
+import { captureRejection, repoRoot, runAsync, signalled, skipReason, uniquePath } from './helpers';
 import { CLI, Lines, runClient, runtimeDirectory, type RunningService, startService } from './service-helpers';
 
 const B = 64 * KiB;
@@ -290,6 +290,46 @@ describe('guestmemfs mount', () => {
     expect(text).toContain(`guestmemfs_quota_used_bytes{kind="uid",id="0"} ${2 * B}`);
     expect(text).toMatch(/guestmemfs_pins \d+/);
     expect(text).toMatch(/guestmemfs_connections [1-9]/);
+  });
+
+  it('updates itself live: serialise, execve keeping its socket, restore; clients see no error, mappings and pins stay', async () => {
+    const running = await served();
+    const gfs = await client(running.socket);
+    await gfs.create('/ram', { type: 'guest' });
+    await gfs.truncate('/ram', 2 * B);
+    const holder = runClient(running.socket, [['map', '/ram', 0x77]]);
+    const [mapped] = await holder.results(1);
+    // A client keeps asking throughout: every request must be answered, by the old service or the new one.
+    let answered = 0;
+    let stop = false;
+    const asking = (async () => {
+      while (!stop) {
+        await gfs.stat('/ram');
+        answered++;
+      }
+    })();
+    await signalled(() => answered > 10);
+    running.child.kill('SIGHUP');
+    const updated = await running.stdout.next((line) => line.includes('live-updated'));
+    const before = answered;
+    await signalled(() => answered > before + 10);
+    stop = true;
+    await asking;
+    expect(updated).toContain(`(pid ${running.child.pid})`); // the same process, a new program
+    const pause = Number(/paused ([\d.]+) ms/.exec(updated)![1]);
+    expect(pause).toBeGreaterThan(0);
+    expect(await gfs.pins('/ram')).toEqual([expect.objectContaining({ pids: [mapped!.pid] })]);
+    expect((await gfs.info()).serialised).toBe(false);
+    // A second update, asked for over the API (root only), and the metrics count both.
+    const asked = await curl(running.socket, '-X', 'POST', 'http://localhost/v1/update');
+    expect(JSON.parse(asked.stdout)).toMatchObject({ updating: true, pid: running.child.pid });
+    await running.stdout.next((line) => line.includes('live-updated') && line !== updated);
+    const metrics = (await curl(running.socket, 'http://localhost/metrics')).stdout;
+    expect(metrics).toContain('guestmemfs_handovers_total 2');
+    expect(metrics).toMatch(/guestmemfs_handover_pause_seconds 0\.\d+/);
+    holder.child.stdin.write('done\n');
+    expect(await holder.exited).toBe(0);
+    process.stdout.write(`[service] live update: metadata paused ${pause} ms; ${answered} requests answered, none failed\n`);
   });
 
   const python = spawnSync('python3', ['-c', 'import socket'], { encoding: 'utf8' });

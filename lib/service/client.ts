@@ -77,8 +77,21 @@ export class ServiceClient {
     return client;
   }
 
-  /** One request: resolves with the JSON result, rejects with the service's error in Node's shape. */
-  request<T>(method: 'GET' | 'POST', name: string, params: Record<string, unknown> = {}): Promise<T> {
+  /**
+   * One request: resolves with the JSON result, rejects with the service's error in Node's shape. A request sent on a
+   * kept-alive connection that the service closed before answering (as it closes idle ones for its live update) was
+   * never read, so it is sent once more on a fresh connection.
+   */
+  async request<T>(method: 'GET' | 'POST', name: string, params: Record<string, unknown> = {}): Promise<T> {
+    try {
+      return await this.#send<T>(method, name, params);
+    } catch (error) {
+      if (!(error as { retryable?: boolean }).retryable) throw error;
+      return this.#send<T>(method, name, params);
+    }
+  }
+
+  #send<T>(method: 'GET' | 'POST', name: string, params: Record<string, unknown>): Promise<T> {
     const defined = Object.fromEntries(Object.entries(params).filter(([, value]) => value !== undefined));
     const body =
       method === 'POST'
@@ -121,7 +134,12 @@ export class ServiceClient {
         },
       );
       request.on('timeout', () => request.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      request.on('error', (error: NodeJS.ErrnoException) => reject(unreachable(this.socketPath, error)));
+      request.on('error', (error: NodeJS.ErrnoException) => {
+        const failure = unreachable(this.socketPath, error);
+        // Node's advice for kept-alive sockets: a reset with no response on a reused one may be retried.
+        if (request.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) Object.assign(failure, { retryable: true });
+        reject(failure);
+      });
       request.end(body);
     });
   }

@@ -22,7 +22,18 @@ export interface ServeOptions {
   maxConnections?: number;
   /** A listening socket to serve instead of binding one (inherited across the service's own live update). */
   listenFd?: number;
+  /** Set by a live update: when the previous service stopped taking requests (process.hrtime, CLOCK_MONOTONIC). */
+  updateStartedNs?: bigint;
+  /** Live updates this pool's service has been through before this one started. */
+  handovers?: number;
+  /** Called for POST /v1/update from root: the caller runs liveUpdate(). */
+  onUpdateRequest?: () => void;
 }
+
+/** What a service started by a live update hands its successor in the environment. */
+export const LISTEN_FD_ENV = 'GUESTMEMFS_LISTEN_FD';
+export const UPDATE_STARTED_ENV = 'GUESTMEMFS_UPDATE_STARTED_NS';
+export const HANDOVERS_ENV = 'GUESTMEMFS_HANDOVERS';
 
 /** How an error code reads as an HTTP status; the JSON body carries the code itself. */
 const STATUS: Readonly<Record<string, number>> = {
@@ -58,7 +69,11 @@ export class MountService {
   readonly #fs: Filesystem;
   readonly #server: http.Server;
   readonly #credentials = new WeakMap<net.Socket, Credentials>();
-  readonly #listenFd: number;
+  #listenFd: number;
+  readonly #handovers: number;
+  readonly #onUpdateRequest: (() => void) | undefined;
+  /** The pause of the live update that started this service, in ms. */
+  readonly updatePauseMs: number | undefined;
   /** The socket file's identity, so that close() removes only the file it bound. */
   readonly #socketIno: number | undefined;
 
@@ -70,6 +85,13 @@ export class MountService {
     this.#listenFd = options.listenFd ?? native.unixListen(options.socket, 511, mode);
     if (options.listenFd === undefined && options.gid !== undefined) fs.chownSync(options.socket, -1, options.gid);
     this.#socketIno = fs.statSync(options.socket, { throwIfNoEntry: false })?.ino;
+    this.#handovers = options.handovers ?? 0;
+    this.#onUpdateRequest = options.onUpdateRequest;
+    this.metrics.handovers.inc({}, this.#handovers);
+    if (options.updateStartedNs !== undefined) {
+      this.updatePauseMs = Number(process.hrtime.bigint() - options.updateStartedNs) / 1e6;
+      this.metrics.handoverPause.set({}, this.updatePauseMs / 1000);
+    }
     this.#server = http.createServer(
       { maxHeaderSize: 16 * 1024, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 60_000 },
       (request, response) => void this.#handle(request, response),
@@ -87,14 +109,47 @@ export class MountService {
   /** Serves `filesystem` on a UNIX socket; resolves once it listens. */
   static async start(filesystem: Filesystem, options: ServeOptions): Promise<MountService> {
     const service = new MountService(filesystem, options);
-    await new Promise<void>((resolve, reject) => {
-      service.#server.once('error', reject);
-      service.#server.listen({ fd: service.#listenFd }, () => {
-        service.#server.off('error', reject);
+    await service.#listen();
+    return service;
+  }
+
+  #listen(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ fd: this.#listenFd }, () => {
+        this.#server.off('error', reject);
         resolve();
       });
     });
-    return service;
+  }
+
+  /**
+   * The service's own live update, the userspace kexec of the filesystem: stop taking requests (new connections wait
+   * in the listening socket's backlog; idle ones close, busy ones once answered), serialise, and execve `argv` with
+   * the listening socket kept. The new program adopts the handover and serves the same socket. Returns only by
+   * throwing, when the exec failed: the handover is then aborted and this service serves again.
+   */
+  async liveUpdate(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<never> {
+    const started = process.hrtime.bigint();
+    const listener = native.fdDuplicate(this.#listenFd);
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeIdleConnections();
+    await closed;
+    try {
+      this.#fs.kexec(argv, {
+        keepFds: [listener],
+        env: {
+          ...env,
+          [LISTEN_FD_ENV]: String(listener),
+          [UPDATE_STARTED_ENV]: String(started),
+          [HANDOVERS_ENV]: String(this.#handovers + 1),
+        },
+      });
+    } catch (error) {
+      this.#listenFd = listener;
+      await this.#listen();
+      throw error;
+    }
   }
 
   /** The listening socket's fd (kept across the service's own execve). */
@@ -139,9 +194,10 @@ export class MountService {
     const route = `${request.method} ${url.pathname}`;
     let label = 'unknown';
     try {
-      if (route === 'GET /metrics') return this.#send(response, 200, await this.metrics.render(), 'text/plain; version=0.0.4');
+      if (route === 'GET /metrics') return this.#send(response, 200, this.metrics.render(), 'text/plain; version=0.0.4');
       if (route === `GET ${API_PREFIX}/openapi.json`) return this.#send(response, 200, JSON.stringify(openApiDocument()));
       if (route === `GET ${API_PREFIX}/pool-fd`) return this.#sendPoolFd(request);
+      if (route === `POST ${API_PREFIX}/update`) return this.#requestUpdate(request, response);
       const operation = OPERATIONS_BY_ROUTE.get(route);
       if (!operation) throw this.#unknownRoute(request.method ?? '', url.pathname);
       label = operation.name;
@@ -159,6 +215,19 @@ export class MountService {
     } finally {
       this.metrics.latency.observe({ operation: label }, Number(process.hrtime.bigint() - started) / 1e9);
     }
+  }
+
+  /** POST /v1/update: root's to ask; answered 202 before the update begins, so the asker is not cut off. */
+  #requestUpdate(request: http.IncomingMessage, response: http.ServerResponse): void {
+    if (this.#credentials.get(request.socket)?.uid !== 0) {
+      throw new GuestmemfsError('EPERM', 'operation not permitted, update: only root (uid 0) may update the service', {
+        syscall: 'update',
+      });
+    }
+    if (!this.#onUpdateRequest) throw new GuestmemfsError('EOPNOTSUPP', 'this service cannot update itself', { syscall: 'update' });
+    response.setHeader('Connection', 'close');
+    response.once('finish', () => this.#onUpdateRequest!());
+    this.#send(response, 202, encodeResult({ updating: true, pid: process.pid }));
   }
 
   #unknownRoute(method: string, pathname: string): GuestmemfsError {
