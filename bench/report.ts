@@ -211,6 +211,40 @@ function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headline[] {
       met: pins.map.ratio.median <= 1.05,
     });
   }
+  const service = all.service;
+  if (service) {
+    for (const kind of ['stat', 'create-unlink'] as const) {
+      const entry = service.operations[kind];
+      for (const clients of ['1', '8'] as const) {
+        const through = entry.service[clients];
+        const floor = service.floor[clients];
+        rows.push({
+          benchmark: 'service',
+          measure:
+            `${kind} through the mount service, ${clients} client${clients === '1' ? '' : 's'} ` +
+            `(p50 ${fixed(through.latencyUs.median, 0)} us, p99 ${fixed(through.latencyUs.p99, 0)} us)`,
+          value: `${through.opsPerSec} ops/s`,
+          baseline:
+            `Node HTTP floor ${floor.opsPerSec} ops/s; in-process ${entry.inProcess.opsPerSec} ops/s; ` +
+            `C round trip ${service.kernelRoundTrip.opsPerSec}/s`,
+          ratio:
+            `${fixed(through.opsPerSec / floor.opsPerSec)}x floor, ` +
+            `${fixed(through.opsPerSec / entry.inProcess.opsPerSec, 3)}x in-process`,
+          target: '>= 0.75x floor (50k ops/s is above the C floor)',
+          met: through.opsPerSec >= 0.75 * floor.opsPerSec,
+        });
+      }
+    }
+    rows.push({
+      benchmark: 'service',
+      measure: 'the service’s own live update: metadata pause',
+      value: `${fixed(service.liveUpdatePauseMs.median, 1)} ms`,
+      baseline: '—',
+      ratio: '—',
+      target: 'report',
+      met: null,
+    });
+  }
   return rows;
 }
 
@@ -406,7 +440,7 @@ export function writeReport(options: ReportOptions): string {
     'npm install                  # builds the addon, the demo guest and the TypeScript',
     'npm run bench                # every benchmark below, then the charts and this file (needs root, huge pages, /dev/kvm)',
     'npm run bench -- --quick     # each benchmark once at a small size (what the test suite runs)',
-    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm, pins, qemu)',
+    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm, pins, qemu, service)',
     '```',
     '',
     '## Machine',

@@ -56,6 +56,8 @@ export function modeString(stat: Stat): string {
   let out = stat.type === 'directory' ? 'd' : '-';
   for (let shift = 6; shift >= 0; shift -= 3)
     for (let bit = 0; bit < 3; bit++) out += stat.mode & (1 << (shift + 2 - bit)) ? bits[bit] : '-';
+  // The sticky bit shows in the others' search slot, as ls shows it: t over x, T without.
+  if (stat.mode & 0o1000) out = out.slice(0, 9) + (stat.mode & 0o001 ? 't' : 'T');
   return out;
 }
 

@@ -42,3 +42,7 @@ export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
 export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';
 export { pinFiles, qemuArgs, type PinnedFile } from './fs/external';
 export { Pin, type PinHolder } from './pool/pins';
+export { connect, ServiceClient, type ConnectOptions, type ServiceInfo } from './service/client';
+export { MountService, type ServeOptions } from './service/server';
+export { defaultSocketPath, poolIdentityOf, runtimeDir } from './service/discovery';
+export type { QuotaReport, QuotaTarget } from './fs/quota';

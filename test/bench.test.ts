@@ -23,6 +23,7 @@ const needs: Record<(typeof BENCHMARKS)[number], string> = {
   vmm: m.skip2M || kvmUnavailableReason(),
   pins: m.skip2M,
   qemu: m.skip2M || qemuUnavailableReason(),
+  service: '',
 };
 
 const digest = (dir: string) =>

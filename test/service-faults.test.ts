@@ -51,7 +51,7 @@ function generator(seed: number): (below: number) => number {
     let value = state;
     value = Math.imul(value ^ (value >>> 15), value | 1);
     value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return (((value ^ (value >>> 14)) >>> 0) % below) as number;
+    return ((value ^ (value >>> 14)) >>> 0) % below;
   };
 }
 
@@ -137,7 +137,7 @@ function overlapsAny(ranges: Array<{ offset: number; length: number }>, others: 
 }
 
 describe('the mount service under faults', () => {
-  it(`${KILLS} SIGKILLs of the service while ${WORKERS} clients work: acknowledged operations survive, pinned blocks stay put`, async () => {
+  it(`${KILLS} SIGKILLs of the service while ${WORKERS} clients work: acknowledged operations survive, pinned blocks stay`, async () => {
     const random = generator(Number(process.env.GUESTMEMFS_CRASH_SEED ?? 7));
     running = await startService(poolPath, runtime);
     const root = await connect(running.socket);

@@ -1,6 +1,5 @@
 // A client of the mount service: Filesystem's metadata methods over HTTP/JSON on the service's UNIX socket, and the
 // direct data path: the pool descriptor received as SCM_RIGHTS, mapped here and pinned on a description of its own.
-import * as http from 'node:http';
 import { GuestmemfsError } from '../errors';
 import type { QuotaReport, QuotaTarget } from '../fs/quota';
 import type { CreateOptions, DirEntry, MappableFile, MkdirOptions, Stat, StatFs } from '../fs/types';
@@ -9,6 +8,7 @@ import type { MapOptions, Mapping } from '../pool/mapping';
 import type { PinHolder } from '../pool/pins';
 import { Pool } from '../pool/pool';
 import { API_PREFIX } from './api';
+import { Transport } from './transport';
 
 export interface ServiceInfo {
   apiVersion: number;
@@ -19,7 +19,7 @@ export interface ServiceInfo {
 }
 
 export interface ConnectOptions {
-  /** Connections used at once for concurrent requests (default 1: requests queue on one connection). */
+  /** Connections used at once for concurrent requests (default 1: requests are pipelined on one connection). */
   connections?: number;
   /** How long one request may take before it fails with ETIMEDOUT (default 30 s). */
   timeoutMs?: number;
@@ -53,14 +53,14 @@ function unreachable(socketPath: string, error: NodeJS.ErrnoException): Guestmem
 
 export class ServiceClient {
   readonly socketPath: string;
-  readonly #agent: http.Agent;
+  readonly #transport: Transport;
   readonly #timeoutMs: number;
   #pool: Pool | undefined;
 
   private constructor(socketPath: string, options: ConnectOptions) {
     this.socketPath = socketPath;
     this.#timeoutMs = options.timeoutMs ?? 30_000;
-    this.#agent = new http.Agent({ keepAlive: true, maxSockets: options.connections ?? 1 });
+    this.#transport = new Transport(socketPath, options.connections ?? 1, this.#timeoutMs);
   }
 
   /** Connects to a mount service and checks that it speaks this API version. */
@@ -91,57 +91,33 @@ export class ServiceClient {
     }
   }
 
-  #send<T>(method: 'GET' | 'POST', name: string, params: Record<string, unknown>): Promise<T> {
+  async #send<T>(method: 'GET' | 'POST', name: string, params: Record<string, unknown>): Promise<T> {
     const defined = Object.fromEntries(Object.entries(params).filter(([, value]) => value !== undefined));
-    const body =
-      method === 'POST'
-        ? JSON.stringify(defined, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value))
-        : undefined;
-    const query =
-      method === 'GET' && Object.keys(defined).length > 0 ? `?${new URLSearchParams(defined as Record<string, string>).toString()}` : '';
-    return new Promise<T>((resolve, reject) => {
-      const request = http.request(
-        {
-          socketPath: this.socketPath,
-          agent: this.#agent,
-          method,
-          path: `${API_PREFIX}/${name}${query}`,
-          timeout: this.#timeoutMs,
-          headers: body === undefined ? {} : { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
-        },
-        (response) => {
-          const chunks: Buffer[] = [];
-          response.on('data', (chunk: Buffer) => chunks.push(chunk));
-          response.on('error', (error: NodeJS.ErrnoException) => reject(unreachable(this.socketPath, error)));
-          response.on('end', () => {
-            let parsed: Record<string, unknown>;
-            try {
-              parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-            } catch {
-              return reject(
-                new GuestmemfsError('EPROTO', `the service sent a body that is not JSON (HTTP ${response.statusCode})`, { syscall: name }),
-              );
-            }
-            if (response.statusCode === 200) return resolve(parsed as T);
-            const fields = {
-              syscall: typeof parsed.syscall === 'string' ? parsed.syscall : name,
-              path: typeof parsed.path === 'string' ? parsed.path : undefined,
-            };
-            const code = typeof parsed.code === 'string' ? parsed.code : 'EIO';
-            const message = typeof parsed.message === 'string' ? parsed.message : `HTTP ${response.statusCode}`;
-            reject(new GuestmemfsError(code, message, fields));
-          });
-        },
-      );
-      request.on('timeout', () => request.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      request.on('error', (error: NodeJS.ErrnoException) => {
-        const failure = unreachable(this.socketPath, error);
-        // Node's advice for kept-alive sockets: a reset with no response on a reused one may be retried.
-        if (request.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) Object.assign(failure, { retryable: true });
-        reject(failure);
-      });
-      request.end(body);
-    });
+    const asJson = (_key: string, value: unknown) => (typeof value === 'bigint' ? value.toString() : value);
+    const body = method === 'POST' ? JSON.stringify(defined, asJson) : undefined;
+    const search = new URLSearchParams(defined as Record<string, string>).toString();
+    const query = method === 'GET' && search ? `?${search}` : '';
+    let answer;
+    try {
+      answer = await this.#transport.request(method, `${API_PREFIX}/${name}${query}`, body);
+    } catch (error) {
+      const failure = unreachable(this.socketPath, error as NodeJS.ErrnoException);
+      if ((error as { retryable?: boolean }).retryable) Object.assign(failure, { retryable: true });
+      throw failure;
+    }
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = JSON.parse(answer.body.toString('utf8')) as Record<string, unknown>;
+    } catch {
+      throw new GuestmemfsError('EPROTO', `the service sent a body that is not JSON (HTTP ${answer.status})`, { syscall: name });
+    }
+    if (answer.status === 200) return parsed as T;
+    const fields = {
+      syscall: typeof parsed.syscall === 'string' ? parsed.syscall : name,
+      path: typeof parsed.path === 'string' ? parsed.path : undefined,
+    };
+    const code = typeof parsed.code === 'string' ? parsed.code : 'EIO';
+    throw new GuestmemfsError(code, typeof parsed.message === 'string' ? parsed.message : `HTTP ${answer.status}`, fields);
   }
 
   info(): Promise<ServiceInfo> {
@@ -327,7 +303,7 @@ export class ServiceClient {
 
   /** Closes the connections (mappings stay: they hold their own pins) and the pool descriptor. */
   close(): void {
-    this.#agent.destroy();
+    this.#transport.close();
     this.#pool?.close();
     this.#pool = undefined;
   }

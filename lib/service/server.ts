@@ -203,8 +203,10 @@ export class MountService {
       label = operation.name;
       const credentials = this.#credentials.get(request.socket);
       if (!credentials) throw new GuestmemfsError('EACCES', 'connection has no kernel credentials', { syscall: operation.name });
-      const params = await this.#params(operation, request, url);
-      const result = await this.#fs.actingAs(credentials, () => operation.run(this.#fs, params));
+      // A GET and a synchronous operation are answered within the request event, without a turn of the event loop.
+      const params = operation.method === 'GET' ? this.#query(operation, url) : await this.#body(operation, request);
+      let result = this.#fs.actingAs(credentials, () => operation.run(this.#fs, params));
+      if (result instanceof Promise) result = await result;
       this.#send(response, 200, encodeResult(result));
       this.metrics.operations.inc({ operation: label, result: 'ok' });
     } catch (error) {
@@ -239,13 +241,14 @@ export class MountService {
     });
   }
 
-  /** The parameters: a JSON object body (POST, at most MAX_BODY_BYTES) or the query string (GET). */
-  async #params(operation: Operation, request: http.IncomingMessage, url: URL): Promise<Record<string, unknown>> {
-    if (operation.method === 'GET') {
-      const query: Record<string, string> = {};
-      for (const [key, value] of url.searchParams) query[key] = value;
-      return decodeParams(operation, query, true);
-    }
+  /** A POST's parameters: a JSON object body of at most MAX_BODY_BYTES (a GET's are its query string). */
+  #query(operation: Operation, url: URL): Record<string, unknown> {
+    const query: Record<string, string> = {};
+    for (const [key, value] of url.searchParams) query[key] = value;
+    return decodeParams(operation, query, true);
+  }
+
+  async #body(operation: Operation, request: http.IncomingMessage): Promise<Record<string, unknown>> {
     const declared = Number(request.headers['content-length'] ?? 0);
     if (declared > MAX_BODY_BYTES) throw tooLarge(operation);
     const chunks: Buffer[] = [];
