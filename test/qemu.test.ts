@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { GuestConsole, QEMU, qemuArgv, qemuUnavailableReason } from '../lib/qemu/guest';
 import { fileCreated, Qmp } from '../lib/qemu/qmp';
 import { machine, repoRoot, skipReason } from './helpers';
+import { runtimeDirectory, startService } from './service-helpers';
 
 const m = machine();
 const cli = path.join(repoRoot, 'dist', 'cli', 'guestmemfs.js');
@@ -18,8 +19,12 @@ let dir: string;
 let pool: string;
 const children: ChildProcess[] = [];
 
+/** Where the CLI looks for a mount service (set while a test serves the pool, so that its commands go through it). */
+let runtime: string | undefined;
+
 function gmfs(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+  const env = runtime ? { ...process.env, GUESTMEMFS_RUNTIME_DIR: runtime } : process.env;
+  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env });
 }
 
 function json<T>(...args: string[]): T {
@@ -80,6 +85,39 @@ afterAll(async () => {
 });
 
 describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file', () => {
+  it('runs under pin on a pool that guestmemfs mount serves; rm and a new file through the service leave it intact', async () => {
+    runtime = runtimeDirectory();
+    const service = await startService(pool, runtime);
+    try {
+      const vm = startQemu('served');
+      const ready = await vm.console.ready();
+      const before = await vm.console.tickAfter(0);
+      const ram = json<{ extents: Array<{ offset: number; length: number }>; pins: Array<{ pids: number[] }> }>('stat', pool, '/vm0-ram');
+      expect(ram.pins).toEqual([expect.objectContaining({ pids: [vm.qemu.pid] })]);
+      expect(json<{ socket: string }>('status', pool).socket).toBe(service.socket); // the CLI goes through the service
+      expect(gmfs('rm', pool, '/vm0-ram').status).toBe(0);
+      gmfs('touch', pool, '/other');
+      const df = json<{ freeBlocks: number; blockSize: number }>('df', pool);
+      expect(gmfs('truncate', '-s', String(df.freeBlocks * df.blockSize), pool, '/other').status).toBe(0);
+      const [guest] = ram.extents as [{ offset: number; length: number }];
+      for (const extent of json<{ extents: Array<{ offset: number; length: number }> }>('stat', pool, '/other').extents) {
+        expect(extent.offset + extent.length <= guest.offset || guest.offset + guest.length <= extent.offset).toBe(true);
+      }
+      expect((await vm.console.tickAfter(before.tick + 2)).checksum).toBe(ready.checksum);
+      vm.qemu.kill('SIGKILL');
+      await exited(vm.qemu);
+      expect(gmfs('rm', pool, '/other').status).toBe(0); // the service reclaims what QEMU held
+      expect(json<{ freeBlocks: number }>('df', pool).freeBlocks).toBe(df.freeBlocks + RAM / df.blockSize);
+      gmfs('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
+      expect(gmfs('truncate', '-s', String(RAM), pool, '/vm0-ram').status).toBe(0);
+    } finally {
+      service.child.kill('SIGTERM');
+      await service.exited;
+      fs.rmSync(runtime, { recursive: true, force: true });
+      runtime = undefined;
+    }
+  }, 180_000);
+
   it('runs under pin; rm and a new file that wants every free block leave the guest intact; SIGKILL releases the pin', async () => {
     const vm = startQemu('pinned');
     const ready = await vm.console.ready();

@@ -3,7 +3,7 @@
 import { GuestmemfsError } from '../errors';
 import type { Filesystem } from '../fs/filesystem';
 import { premapFile } from '../fs/successor';
-import type { Mapping } from '../pool/mapping';
+import type { Extent, Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { elapsedMs, KiB } from '../units';
 import { type DemoGuestOptions, KvmMachine, type PreparedVm, prepareVm } from './machine';
@@ -35,7 +35,7 @@ const STATE_HEADER_BYTES = 12;
  * The state file is sized once, at boot, and saves overwrite it in place (its header records how much is used): its
  * blocks never move, so a successor can map it before the state is written.
  */
-const STATE_CAPACITY = 256 * KiB;
+export const STATE_CAPACITY = 256 * KiB;
 /** Room kept in the state file beyond the serial log for the vCPU blob and the rest of the JSON. */
 const STATE_ROOM_SLACK = 64 * KiB;
 
@@ -71,7 +71,7 @@ function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; v
 }
 
 export class Vmm {
-  readonly fs: Filesystem;
+  readonly #fs: Filesystem | undefined;
   readonly config: VmmConfig;
   readonly ram: Mapping;
   readonly machine: KvmMachine;
@@ -83,13 +83,38 @@ export class Vmm {
   /** The state file's size: what a save may fill before the file has to grow. */
   #stateCapacity: number;
 
-  private constructor(fs: Filesystem, config: VmmConfig, ram: Mapping, machine: KvmMachine, state: Mapping, stateCapacity: number) {
-    this.fs = fs;
+  private constructor(
+    fs: Filesystem | undefined,
+    config: VmmConfig,
+    ram: Mapping,
+    machine: KvmMachine,
+    state: Mapping,
+    stateCapacity: number,
+  ) {
+    this.#fs = fs;
     this.config = config;
     this.ram = ram;
     this.machine = machine;
     this.#state = state;
     this.#stateCapacity = stateCapacity;
+  }
+
+  /** The filesystem this VMM owns the pool through (not for a VMM on a served pool: the service owns it). */
+  get fs(): Filesystem {
+    if (!this.#fs) {
+      throw new GuestmemfsError('EINVAL', 'this VMM works on a pool served by guestmemfs mount: its metadata is the service’s', {
+        path: this.config.statePath,
+      });
+    }
+    return this.#fs;
+  }
+
+  /**
+   * A VMM over guest RAM and a state file that the caller mapped itself (a client of the mount service, whose
+   * mappings are pinned): the VM is created over `ram`. Its state file does not grow: it keeps the size it has.
+   */
+  static fromMappings(files: VmmFiles, ram: Mapping, state: Mapping): Vmm {
+    return new Vmm(undefined, { ...files, ramSize: ram.length }, ram, KvmMachine.create(ram), state, state.length);
   }
 
   /** Creates the guest's files, loads the demo guest and leaves it ready to start. */
@@ -221,10 +246,20 @@ export class Vmm {
   }
 
   #growState(capacity: number): void {
+    if (!this.#fs) {
+      throw new GuestmemfsError('ENOSPC', `${this.config.statePath}: the state needs ${capacity} bytes; create the state file larger`, {
+        path: this.config.statePath,
+      });
+    }
     this.#state.unmap();
     this.#stateCapacity = capacity;
-    this.fs.truncate(this.config.statePath, capacity);
-    this.#state = this.fs.map(this.config.statePath);
+    this.#fs.truncate(this.config.statePath, capacity);
+    this.#state = this.#fs.map(this.config.statePath);
+  }
+
+  /** Where the state file's blocks are in the pool (for a pin that must hold them while no mapping does). */
+  get stateExtents(): readonly Extent[] {
+    return this.#state.extents;
   }
 
   /** Reads the state a VMM saved, from the file (for tools; a resuming VMM reads its mapping). */
