@@ -1,5 +1,6 @@
 // Two of this project's VMMs on one pool that `guestmemfs mount` serves: each is live-updated in both modes while the
-// other runs, the CLI works on the pool throughout, and both guests end on their uninterrupted checksums and frames.
+// other runs, the service live-updates itself under them, the CLI works on the pool throughout, and both guests end
+// on their uninterrupted checksums and frames.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -62,6 +63,10 @@ describe.skipIf(skipReason(kvmUnavailableReason()))('two VMMs on one served pool
     const stat = JSON.parse((await cli('stat', '--json', poolPath, '/vm0/ram')).stdout) as { pins: Array<{ pids: number[] }> };
     expect(stat.pins.length).toBeGreaterThan(0);
     expect((await cli('rm', poolPath, '/note')).status).toBe(0);
+    // The service updates itself meanwhile: the guests run on, their VMMs' mappings and pins do not depend on it.
+    service.child.kill('SIGHUP');
+    await service.stdout.next((line) => line.includes('live-updated'));
+    expect((await cli('ls', poolPath, '/vm1')).stdout.split('\n').filter(Boolean)).toEqual(['ram', 'state']);
     const events = await Promise.all(runs.map((run) => run.ended));
     for (const [index, guest] of guests.entries()) {
       expect(runs[index]!.stderr()).toBe('');

@@ -236,10 +236,11 @@ describe('guestmemfs mount', () => {
     expect(await rawExchange(running.socket, Buffer.from([0, 1, 2, 0xff, 0x0d, 0x0a, 0x0d, 0x0a]))).toMatch(/^HTTP\/1\.1 400/);
     const cutOff = await rawExchange(running.socket, 'POST /v1/create HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"pa', true);
     expect(cutOff).not.toMatch(/HTTP\/1\.1 200/);
-    const huge = JSON.stringify({ path: '/big', data: 'A'.repeat(2 * MiB) });
+    // Refused on its declared length, before the body is read: the answer comes while the client has sent only the
+    // head (a client still writing when the service closes would race the reset against the answer).
     const oversized = await rawExchange(
       running.socket,
-      `POST /v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${huge.length}\r\n\r\n${huge}`,
+      `POST /v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${2 * MiB}\r\n\r\n`,
     );
     expect(oversized).toMatch(/^HTTP\/1\.1 413/);
     expect(oversized).toContain('"code":"EMSGSIZE"');

@@ -11,7 +11,21 @@ function escapeLabel(value: string): string {
   return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
 
+/** Label sets seen before: an operation's labels are the same every time it is served. */
+const labelTexts = new Map<string, string>();
+
 function labelText(labels: Labels): string {
+  let key = '';
+  for (const name in labels) key += `${name}\u0000${labels[name]}\u0000`;
+  let text = labelTexts.get(key);
+  if (text === undefined) {
+    text = renderLabels(labels);
+    if (labelTexts.size < 10_000) labelTexts.set(key, text);
+  }
+  return text;
+}
+
+function renderLabels(labels: Labels): string {
   const entries = Object.entries(labels);
   return entries.length === 0 ? '' : `{${entries.map(([name, value]) => `${name}="${escapeLabel(value)}"`).join(',')}}`;
 }
