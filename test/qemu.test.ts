@@ -84,66 +84,53 @@ afterAll(async () => {
   if (pool) fs.rmSync(pool, { force: true });
 });
 
+/**
+ * Runs QEMU under pin, removes its RAM file and gives another file every free block while the guest runs: none of
+ * the guest's, which goes on with its memory; once QEMU is SIGKILLed, its blocks come back. Makes the file again.
+ */
+async function removeUnderRunningGuest(name: string): Promise<void> {
+  const vm = startQemu(name);
+  const ready = await vm.console.ready();
+  const before = await vm.console.tickAfter(0);
+  expect(before.checksum).toBe(ready.checksum);
+  const ram = json<{ extents: Array<{ offset: number; length: number }>; pins: Array<{ pids: number[] }> }>('stat', pool, '/vm0-ram');
+  expect(ram.pins).toEqual([expect.objectContaining({ pids: [vm.qemu.pid] })]); // the wrapper exec'd into QEMU
+  expect(gmfs('rm', pool, '/vm0-ram').status).toBe(0);
+  gmfs('touch', pool, '/other');
+  const df = json<{ freeBlocks: number; blockSize: number }>('df', pool);
+  expect(gmfs('truncate', '-s', String(df.freeBlocks * df.blockSize), pool, '/other').status).toBe(0);
+  const [guest] = ram.extents as [{ offset: number; length: number }];
+  for (const extent of json<{ extents: Array<{ offset: number; length: number }> }>('stat', pool, '/other').extents) {
+    expect(extent.offset + extent.length <= guest.offset || guest.offset + guest.length <= extent.offset).toBe(true);
+  }
+  // The guest goes on with the memory it had: the same checksum, ticks later.
+  expect((await vm.console.tickAfter(before.tick + 2)).checksum).toBe(ready.checksum);
+  vm.qemu.kill('SIGKILL');
+  await exited(vm.qemu);
+  expect(gmfs('rm', pool, '/other').status).toBe(0); // the next change reclaims what QEMU held
+  expect(json<{ pins: unknown[]; pinnedOrphans: unknown[] }>('status', pool)).toMatchObject({ pins: [], pinnedOrphans: [] });
+  expect(json<{ freeBlocks: number }>('df', pool).freeBlocks).toBe(df.freeBlocks + RAM / df.blockSize);
+  gmfs('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
+  expect(gmfs('truncate', '-s', String(RAM), pool, '/vm0-ram').status).toBe(0);
+}
+
 describe.skipIf(skipReason(unavailable))('QEMU with its RAM in a guestmemfs file', () => {
-  it('runs under pin on a pool that guestmemfs mount serves; rm and a new file through the service leave it intact', async () => {
+  it('runs under pin; rm and a new file that wants every free block leave the guest intact; SIGKILL releases the pin', async () => {
+    await removeUnderRunningGuest('pinned');
+  }, 180_000);
+
+  it('runs under pin on a pool that guestmemfs mount serves, the CLI changing it through the service', async () => {
     runtime = runtimeDirectory();
     const service = await startService(pool, runtime);
     try {
-      const vm = startQemu('served');
-      const ready = await vm.console.ready();
-      const before = await vm.console.tickAfter(0);
-      const ram = json<{ extents: Array<{ offset: number; length: number }>; pins: Array<{ pids: number[] }> }>('stat', pool, '/vm0-ram');
-      expect(ram.pins).toEqual([expect.objectContaining({ pids: [vm.qemu.pid] })]);
-      expect(json<{ socket: string }>('status', pool).socket).toBe(service.socket); // the CLI goes through the service
-      expect(gmfs('rm', pool, '/vm0-ram').status).toBe(0);
-      gmfs('touch', pool, '/other');
-      const df = json<{ freeBlocks: number; blockSize: number }>('df', pool);
-      expect(gmfs('truncate', '-s', String(df.freeBlocks * df.blockSize), pool, '/other').status).toBe(0);
-      const [guest] = ram.extents as [{ offset: number; length: number }];
-      for (const extent of json<{ extents: Array<{ offset: number; length: number }> }>('stat', pool, '/other').extents) {
-        expect(extent.offset + extent.length <= guest.offset || guest.offset + guest.length <= extent.offset).toBe(true);
-      }
-      expect((await vm.console.tickAfter(before.tick + 2)).checksum).toBe(ready.checksum);
-      vm.qemu.kill('SIGKILL');
-      await exited(vm.qemu);
-      expect(gmfs('rm', pool, '/other').status).toBe(0); // the service reclaims what QEMU held
-      expect(json<{ freeBlocks: number }>('df', pool).freeBlocks).toBe(df.freeBlocks + RAM / df.blockSize);
-      gmfs('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
-      expect(gmfs('truncate', '-s', String(RAM), pool, '/vm0-ram').status).toBe(0);
+      expect(json<{ socket: string }>('status', pool).socket).toBe(service.socket);
+      await removeUnderRunningGuest('served');
     } finally {
       service.child.kill('SIGTERM');
       await service.exited;
       fs.rmSync(runtime, { recursive: true, force: true });
       runtime = undefined;
     }
-  }, 180_000);
-
-  it('runs under pin; rm and a new file that wants every free block leave the guest intact; SIGKILL releases the pin', async () => {
-    const vm = startQemu('pinned');
-    const ready = await vm.console.ready();
-    const before = await vm.console.tickAfter(0);
-    expect(before.checksum).toBe(ready.checksum);
-    const ram = json<{ extents: Array<{ offset: number; length: number }>; pins: Array<{ pids: number[] }> }>('stat', pool, '/vm0-ram');
-    expect(ram.pins).toEqual([expect.objectContaining({ pids: [vm.qemu.pid] })]); // the wrapper exec'd into QEMU
-    expect(gmfs('rm', pool, '/vm0-ram').status).toBe(0);
-    // Another file takes every free block: none of the running guest's.
-    gmfs('touch', pool, '/other');
-    const df = json<{ freeBlocks: number; blockSize: number }>('df', pool);
-    expect(gmfs('truncate', '-s', String(df.freeBlocks * df.blockSize), pool, '/other').status).toBe(0);
-    const [guest] = ram.extents as [{ offset: number; length: number }];
-    for (const extent of json<{ extents: Array<{ offset: number; length: number }> }>('stat', pool, '/other').extents) {
-      expect(extent.offset + extent.length <= guest.offset || guest.offset + guest.length <= extent.offset).toBe(true);
-    }
-    // The guest goes on with the memory it had: the same checksum, ticks later.
-    const after = await vm.console.tickAfter(before.tick + 2);
-    expect(after.checksum).toBe(ready.checksum);
-    vm.qemu.kill('SIGKILL');
-    await exited(vm.qemu);
-    expect(gmfs('rm', pool, '/other').status).toBe(0); // the next change reclaims what QEMU held
-    expect(json<{ pins: unknown[]; pinnedOrphans: unknown[] }>('status', pool)).toMatchObject({ pins: [], pinnedOrphans: [] });
-    expect(json<{ freeBlocks: number }>('df', pool).freeBlocks).toBe(df.freeBlocks + RAM / df.blockSize);
-    gmfs('touch', '--contiguous', '--type', 'guest', pool, '/vm0-ram');
-    expect(gmfs('truncate', '-s', String(RAM), pool, '/vm0-ram').status).toBe(0);
   }, 180_000);
 
   it('cpr-reboot: QEMU saves its state (not its RAM) and quits, a new QEMU resumes the guest on the same memory', async () => {
