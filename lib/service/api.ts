@@ -475,5 +475,16 @@ function decodeValue(operation: Operation, name: string, type: ParamType, value:
 
 /** A result as JSON: bigints (times) become decimal strings, undefined an empty object. */
 export function encodeResult(result: unknown): string {
-  return JSON.stringify(result ?? {}, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
+  // Results carry bigints only as top-level fields (a Stat's times): converting those beats a replacer called on
+  // every key of every result.
+  if (result === undefined || result === null) return '{}';
+  if (typeof result !== 'object' || Array.isArray(result)) return JSON.stringify(result);
+  let copy: Record<string, unknown> | undefined;
+  for (const key in result) {
+    const value = (result as Record<string, unknown>)[key];
+    if (typeof value !== 'bigint') continue;
+    copy ??= { ...(result as Record<string, unknown>) };
+    copy[key] = value.toString();
+  }
+  return JSON.stringify(copy ?? result);
 }
