@@ -11,11 +11,11 @@ export const MAX_BODY_BYTES = 1 << 20;
 /** Bytes one read may return (the response carries them base64). */
 export const MAX_READ_BYTES = 512 * 1024;
 
-type JsonSchema = Record<string, unknown>;
+export type JsonSchema = Record<string, unknown>;
 
 export type ParamType = 'path' | 'string' | 'integer' | 'mode' | 'boolean' | 'id' | 'bytes-or-null' | 'ns' | 'base64' | 'file-type';
 
-interface ParamSpec {
+export interface ParamSpec {
   type: ParamType;
   required?: boolean;
   description: string;
@@ -35,7 +35,7 @@ export interface Operation {
 
 const integer = { type: 'integer', minimum: 0 };
 /** 64-bit nanosecond times travel as decimal strings: JSON numbers lose precision past 2^53. */
-const nsString = { type: 'string', pattern: '^[0-9]{1,20}$' };
+export const nsString = { type: 'string', pattern: '^[0-9]{1,20}$' };
 const statSchema: JsonSchema = {
   type: 'object',
   required: ['ino', 'generation', 'type', 'size', 'blocks', 'blockSize', 'extents', 'contiguous', 'mode', 'uid', 'gid', 'nlink'],
@@ -206,6 +206,40 @@ export const OPERATIONS: readonly Operation[] = [
     },
   },
   {
+    name: 'lookup',
+    method: 'GET',
+    summary: 'The inode number at a path (search permission checked on the way)',
+    params: { path },
+    response: { type: 'object', required: ['ino'], properties: { ino: integer } },
+    mutates: false,
+    run: (fs, p) => ({ ino: fs.lookup(p.path as string) }),
+  },
+  {
+    name: 'pinned-orphans',
+    method: 'GET',
+    summary: 'Unlinked files still held by a pin: memory that comes back when their pinners let go',
+    params: {},
+    response: {
+      type: 'array',
+      items: { type: 'object', required: ['ino', 'blocks', 'pins'], properties: { ino: integer, blocks: integer, pins: pinsSchema } },
+    },
+    mutates: false,
+    run: (fs) => fs.pinnedOrphans(),
+  },
+  {
+    name: 'audit',
+    method: 'GET',
+    summary: 'Recomputes the derived metadata and lists every disagreement (none when consistent)',
+    params: {},
+    response: {
+      type: 'object',
+      required: ['problems', 'liveInodes', 'usedBlocks'],
+      properties: { problems: { type: 'array', items: { type: 'string' } }, liveInodes: integer, usedBlocks: integer },
+    },
+    mutates: false,
+    run: (fs) => fs.audit(),
+  },
+  {
     name: 'quotas',
     method: 'GET',
     summary: 'Every block limit with its usage',
@@ -368,123 +402,3 @@ export const OPERATIONS: readonly Operation[] = [
 export const OPERATIONS_BY_ROUTE = new Map(
   OPERATIONS.map((operation) => [`${operation.method} ${API_PREFIX}/${operation.name}`, operation]),
 );
-
-/** The JSON Schema of one parameter type. */
-export function paramSchema(type: ParamType): JsonSchema {
-  switch (type) {
-    case 'path':
-    case 'string':
-      return { type: 'string', maxLength: 4096 };
-    case 'integer':
-      return { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER };
-    case 'mode':
-      return { type: 'integer', minimum: 0, maximum: 0o7777 };
-    case 'boolean':
-      return { type: 'boolean' };
-    case 'id':
-      return { type: 'integer', minimum: -1, maximum: 0xfffffffe };
-    case 'bytes-or-null':
-      return { type: ['integer', 'null'], minimum: 0, maximum: Number.MAX_SAFE_INTEGER };
-    case 'ns':
-      return nsString;
-    case 'base64':
-      return { type: 'string', contentEncoding: 'base64', maxLength: MAX_BODY_BYTES };
-    case 'file-type':
-      return { enum: ['plain', 'guest', 'state'] };
-  }
-}
-
-/** The error body every failure carries: Node's shape. */
-export const ERROR_SCHEMA: JsonSchema = {
-  type: 'object',
-  required: ['code', 'errno', 'message'],
-  properties: {
-    code: { type: 'string' },
-    errno: { type: 'integer', maximum: -1 },
-    syscall: { type: 'string' },
-    path: { type: 'string' },
-    message: { type: 'string' },
-  },
-};
-
-function invalid(operation: Operation, message: string): never {
-  throw new GuestmemfsError('EINVAL', `${operation.name}: ${message}`, { syscall: operation.name });
-}
-
-/**
- * Checks and converts an operation's parameters: from a JSON body (POST) or a query string (GET, where every value is
- * a string). Unknown names are refused, not ignored: credentials, in particular, are never a parameter.
- */
-export function decodeParams(operation: Operation, raw: Record<string, unknown>, fromQuery: boolean): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const name of Object.keys(raw)) {
-    if (!Object.hasOwn(operation.params, name)) {
-      invalid(operation, `unknown parameter '${name}' (it takes ${Object.keys(operation.params).join(', ') || 'none'})`);
-    }
-  }
-  for (const [name, spec] of Object.entries(operation.params)) {
-    let value = raw[name];
-    if (value === undefined) {
-      if (spec.required) invalid(operation, `parameter '${name}' is required`);
-      continue;
-    }
-    if (fromQuery && typeof value === 'string' && spec.type !== 'path' && spec.type !== 'string' && spec.type !== 'file-type') {
-      value = value === 'null' ? null : value === 'true' ? true : value === 'false' ? false : /^-?\d+$/.test(value) ? Number(value) : value;
-    }
-    out[name] = decodeValue(operation, name, spec.type, value);
-  }
-  return out;
-}
-
-function decodeValue(operation: Operation, name: string, type: ParamType, value: unknown): unknown {
-  const schema = paramSchema(type);
-  const bad = (what: string): never => invalid(operation, `parameter '${name}' must be ${what}`);
-  switch (type) {
-    case 'path':
-    case 'string':
-      if (typeof value !== 'string' || value.length > (schema.maxLength as number)) bad('a string of at most 4096 characters');
-      return value;
-    case 'file-type':
-      if (value !== 'plain' && value !== 'guest' && value !== 'state') bad("one of 'plain', 'guest', 'state'");
-      return value;
-    case 'boolean':
-      if (typeof value !== 'boolean') bad('true or false');
-      return value;
-    case 'bytes-or-null':
-    case 'integer':
-    case 'mode':
-    case 'id':
-      if (value === null && type === 'bytes-or-null') return null;
-      if (
-        !Number.isSafeInteger(value) ||
-        (value as number) < (schema.minimum as number) ||
-        (value as number) > (schema.maximum as number)
-      ) {
-        bad(`an integer from ${schema.minimum as number} to ${schema.maximum as number}`);
-      }
-      return value;
-    case 'ns':
-      if (typeof value !== 'string' || !/^[0-9]{1,20}$/.test(value) || BigInt(value) >= 1n << 64n)
-        bad('a decimal string of nanoseconds below 2^64');
-      return BigInt(value as string);
-    case 'base64':
-      if (typeof value !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) bad('base64 text');
-      return new Uint8Array(Buffer.from(value as string, 'base64'));
-  }
-}
-
-/** A result as JSON: bigints (times) become decimal strings, undefined an empty object. */
-export function encodeResult(result: unknown): string {
-  // Results carry bigints only as top-level fields (a Stat's times): converting those beats a replacer called on
-  // every key of every result.
-  if (result === undefined || result === null) return '{}';
-  if (typeof result !== 'object' || Array.isArray(result)) return JSON.stringify(result);
-  let copy: Record<string, unknown> | undefined;
-  for (const key in result) {
-    const value = (result as Record<string, unknown>)[key];
-    if (typeof value !== 'bigint') continue;
-    copy ??= { ...(result as Record<string, unknown>) };
-    copy[key] = value.toString();
-  }
-  return JSON.stringify(copy ?? result);
-}

@@ -1,6 +1,7 @@
 // A client of the mount service: Filesystem's metadata methods over HTTP/JSON on the service's UNIX socket, and the
 // direct data path: the pool descriptor received as SCM_RIGHTS, mapped here and pinned on a description of its own.
 import { GuestmemfsError } from '../errors';
+import type { AuditReport } from '../fs/audit';
 import type { QuotaReport, QuotaTarget } from '../fs/quota';
 import type { CreateOptions, DirEntry, MappableFile, MkdirOptions, Stat, StatFs } from '../fs/types';
 import { native } from '../native';
@@ -212,6 +213,18 @@ export class ServiceClient {
 
   pins(path?: string): Promise<PinHolder[]> {
     return this.request('GET', 'pins', { path });
+  }
+
+  async lookup(path: string): Promise<number> {
+    return (await this.request<{ ino: number }>('GET', 'lookup', { path })).ino;
+  }
+
+  pinnedOrphans(): Promise<Array<{ ino: number; blocks: number; pins: PinHolder[] }>> {
+    return this.request('GET', 'pinned-orphans');
+  }
+
+  audit(): Promise<AuditReport> {
+    return this.request('GET', 'audit');
   }
 
   async reclaim(): Promise<number> {

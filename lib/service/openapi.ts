@@ -1,6 +1,7 @@
 // The OpenAPI 3.1 description of the mount service's API, built from the operation table so that it cannot drift
 // from what the server dispatches; the tests hold the server's responses to it.
-import { API_PREFIX, API_VERSION, ERROR_SCHEMA, OPERATIONS, paramSchema } from './api';
+import { API_PREFIX, API_VERSION, OPERATIONS } from './api';
+import { ERROR_SCHEMA, paramSchema } from './codec';
 
 export function openApiDocument(): Record<string, unknown> {
   const paths: Record<string, unknown> = {};

@@ -7,7 +7,8 @@ import { GuestmemfsError } from '../errors';
 import type { Filesystem } from '../fs/filesystem';
 import type { Credentials } from '../fs/permissions';
 import { native } from '../native';
-import { API_PREFIX, decodeParams, encodeResult, MAX_BODY_BYTES, type Operation, OPERATIONS_BY_ROUTE } from './api';
+import { API_PREFIX, MAX_BODY_BYTES, type Operation, OPERATIONS_BY_ROUTE } from './api';
+import { decodeParams, encodeResult } from './codec';
 import { ServiceMetrics } from './metrics';
 import { openApiDocument } from './openapi';
 
