@@ -12,7 +12,10 @@ import { Pool } from '../lib/pool/pool';
 import { KiB, MiB } from '../lib/units';
 import { buildBaseline, quickMode, repoRoot, runJson, runsArg, stats, type Stats, writeResults } from './common';
 
-const opsPerClient = quickMode ? 300 : 20_000;
+/** Rounds of each comparison: the service and its floor alternate round by round, so a drift of the machine (the
+ * floor itself moves by 20% between runs here) weighs on both alike, and the ratio is the median of the rounds'. */
+const rounds = quickMode ? 1 : 9;
+const opsPerClient = quickMode ? 300 : 4000;
 const updates = runsArg(15);
 const KINDS = ['stat', 'create-unlink'] as const;
 type Kind = (typeof KINDS)[number];
@@ -75,8 +78,8 @@ function lineFrom(child: ChildProcessWithoutNullStreams, test: (line: string) =>
   });
 }
 
-/** `clients` client processes, started together once all are connected and warm. */
-async function throughClients(socket: string, kind: Kind | 'floor', clients: number): Promise<Throughput> {
+/** `clients` client processes, started together once all are connected and warm: ops/s and every latency. */
+async function throughClients(socket: string, kind: Kind | 'floor', clients: number): Promise<{ opsPerSec: number; latencies: number[] }> {
   const children = Array.from({ length: clients }, (_, index) =>
     spawn(process.execPath, [path.join(repoRoot, 'dist', 'bench', 'service-client.js'), socket, kind, String(opsPerClient), String(index)]),
   );
@@ -84,11 +87,33 @@ async function throughClients(socket: string, kind: Kind | 'floor', clients: num
   const reports = children.map((child) => lineFrom(child, (line) => line.startsWith('{')));
   for (const child of children) child.stdin.write('go\n');
   const results = (await Promise.all(reports)).map((line) => JSON.parse(line) as { wallMs: number; latenciesUs: number[] });
-  return throughput(
-    results.flatMap((result) => result.latenciesUs),
-    clients * opsPerClient,
-    Math.max(...results.map((result) => result.wallMs)),
-  );
+  const wallMs = Math.max(...results.map((result) => result.wallMs));
+  return { opsPerSec: Math.round((clients * opsPerClient * 1000) / wallMs), latencies: results.flatMap((result) => result.latenciesUs) };
+}
+
+/** The service against the floor, round by round: each one's median ops/s and merged latencies, and the paired ratio. */
+async function paired(socket: string, floorSocket: string, kind: Kind, clients: number) {
+  const runs = { service: [] as number[], floor: [] as number[], serviceLatencies: [] as number[], floorLatencies: [] as number[] };
+  const ratios: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const order = round % 2 === 0 ? (['floor', 'service'] as const) : (['service', 'floor'] as const);
+    const measured: Record<string, number> = {};
+    for (const side of order) {
+      const result = await throughClients(side === 'floor' ? floorSocket : socket, side === 'floor' ? 'floor' : kind, clients);
+      runs[side].push(result.opsPerSec);
+      runs[side === 'floor' ? 'floorLatencies' : 'serviceLatencies'].push(...result.latencies);
+      measured[side] = result.opsPerSec;
+    }
+    ratios.push(measured.service! / measured.floor!);
+  }
+  const summary = (opsPerSec: number[], latencies: number[]): Throughput => {
+    const sorted = [...latencies].sort((a, b) => a - b);
+    return {
+      opsPerSec: Math.round(stats(opsPerSec).median),
+      latencyUs: { ...stats(latencies), p99: sorted[Math.floor(sorted.length * 0.99)]! },
+    };
+  };
+  return { service: summary(runs.service, runs.serviceLatencies), floor: summary(runs.floor, runs.floorLatencies), ratio: stats(ratios) };
 }
 
 async function main(): Promise<void> {
@@ -110,18 +135,26 @@ async function main(): Promise<void> {
     children.push(floorServer);
     await lineFrom(floorServer, (line) => line === 'serving');
 
-    const operations: Record<string, unknown> = {};
+    type Entry = {
+      inProcess: Throughput;
+      service: Record<string, Throughput>;
+      floor: Record<string, Throughput>;
+      ratio: Record<string, Stats>;
+    };
+    const operations: Record<string, Entry> = {};
     for (const kind of KINDS) {
-      const local = inProcess(kind);
-      const served: Record<string, Throughput> = {};
-      for (const clients of CLIENT_COUNTS) served[clients] = await throughClients(socket, kind, clients);
-      operations[kind] = { inProcess: local, service: served };
+      const entry: Entry = { inProcess: inProcess(kind), service: {}, floor: {}, ratio: {} };
+      for (const clients of CLIENT_COUNTS) {
+        const result = await paired(socket, floorSocket, kind, clients);
+        entry.service[clients] = result.service;
+        entry.floor[clients] = result.floor;
+        entry.ratio[clients] = result.ratio;
+      }
+      operations[kind] = entry;
     }
     const kernel = runJson<{ roundTripUs: number; opsPerSec: number }>(buildBaseline('unix_roundtrip'), [
       String(quickMode ? 10_000 : 200_000),
     ]);
-    const floor: Record<string, Throughput> = {};
-    for (const clients of CLIENT_COUNTS) floor[clients] = await throughClients(floorSocket, 'floor', clients);
 
     // The live update's pause, as the new service measures it (from the old one's drain to its own first listen).
     const pauses: number[] = [];
@@ -134,8 +167,8 @@ async function main(): Promise<void> {
       'service',
       {
         opsPerClient,
+        rounds,
         operations,
-        floor,
         kernelRoundTrip: kernel,
         liveUpdatePauseMs: stats(pauses),
         targets:
@@ -145,7 +178,7 @@ async function main(): Promise<void> {
       quickMode,
     );
     for (const kind of KINDS) {
-      const entry = operations[kind] as { inProcess: Throughput; service: Record<string, Throughput> };
+      const entry = operations[kind]!;
       process.stdout.write(
         `${kind}: in-process ${entry.inProcess.opsPerSec} ops/s (p50 ${entry.inProcess.latencyUs.median.toFixed(2)} us)\n`,
       );
@@ -154,7 +187,8 @@ async function main(): Promise<void> {
         process.stdout.write(
           `  service, ${clients} client${clients > 1 ? 's' : ''}: ${through.opsPerSec} ops/s, ` +
             `p50 ${through.latencyUs.median.toFixed(1)} us, ` +
-            `p99 ${through.latencyUs.p99.toFixed(1)} us (floor ${floor[clients]!.opsPerSec} ops/s)\n`,
+            `p99 ${through.latencyUs.p99.toFixed(1)} us (floor ${entry.floor[clients]!.opsPerSec} ops/s; ` +
+            `${entry.ratio[clients]!.median.toFixed(2)}x, median of ${rounds} paired rounds)\n`,
         );
       }
     }
