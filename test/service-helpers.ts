@@ -9,6 +9,16 @@ import { repoRoot } from './helpers';
 export const CLI = path.join(repoRoot, 'dist', 'cli', 'guestmemfs.js');
 const CLIENT = path.join(repoRoot, 'dist', 'test', 'fixtures', 'service-client.js');
 
+/**
+ * The environment for a program that is not under test (curl, python): without the sanitizer runtimes that
+ * `npm run test:asan` preloads into every process, under which curl hangs at start.
+ */
+export function foreignEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.LD_PRELOAD;
+  return env;
+}
+
 /** A runtime directory for sockets that every uid may search (mkdtemp makes 0700 ones). */
 export function runtimeDirectory(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmemfs-run-'));

@@ -11,7 +11,7 @@ import { OPERATIONS } from '../lib/service/api';
 import { connect, type ServiceClient } from '../lib/service/client';
 import { openApiDocument } from '../lib/service/openapi';
 import { captureRejection, repoRoot, runAsync, signalled, skipReason, uniquePath } from './helpers';
-import { CLI, Lines, runClient, runtimeDirectory, type RunningService, startService } from './service-helpers';
+import { CLI, foreignEnv, Lines, runClient, runtimeDirectory, type RunningService, startService } from './service-helpers';
 
 const B = 64 * KiB;
 const NOBODY = 65534;
@@ -55,7 +55,7 @@ function cli(...args: string[]) {
 }
 
 function curl(socket: string, ...args: string[]) {
-  return runAsync('curl', ['-s', '--unix-socket', socket, ...args]);
+  return runAsync('curl', ['-s', '--unix-socket', socket, ...args], { env: foreignEnv() });
 }
 
 /**
@@ -336,18 +336,22 @@ describe('guestmemfs mount', () => {
     process.stdout.write(`[service] live update: metadata paused ${pause} ms; ${answered} requests answered, none failed\n`);
   });
 
-  const python = spawnSync('python3', ['-c', 'import socket'], { encoding: 'utf8' });
+  const python = spawnSync('python3', ['-c', 'import socket'], { encoding: 'utf8', env: foreignEnv() });
   it.skipIf(skipReason(python.status === 0 ? '' : 'python3 is needed to stand in for systemd and receive sd_notify'))(
     'tells systemd READY=1 once it serves and STOPPING=1 on SIGTERM (Type=notify)',
     async () => {
       const notify = path.join(runtime, 'notify.sock');
-      const receiver = spawn('python3', [
-        '-u',
-        '-c',
-        'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\n' +
-          'while True:\n  m=s.recv(4096).decode()\n  print(m.replace("\\n"," "),flush=True)\n  if "STOPPING" in m: break',
-        notify,
-      ]);
+      const receiver = spawn(
+        'python3',
+        [
+          '-u',
+          '-c',
+          'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\n' +
+            'while True:\n  m=s.recv(4096).decode()\n  print(m.replace("\\n"," "),flush=True)\n  if "STOPPING" in m: break',
+          notify,
+        ],
+        { env: foreignEnv() },
+      );
       const messages = new Lines(receiver.stdout);
       await messages.next((line) => line === 'bound');
       const running = await served([], { NOTIFY_SOCKET: notify });
