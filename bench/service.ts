@@ -1,7 +1,7 @@
 // npm run bench:service — metadata operations through the mount service (HTTP/JSON on its UNIX socket), with 1 and 8
 // client processes, side by side with the same operations in-process and with the transport's floor (a bare Node
-// HTTP server on a UNIX socket answering a constant, through the same client); and the metadata pause of the
-// service's own live update (serialise, execve, restore).
+// HTTP server on a UNIX socket answering the same requests with a constant, through the same client); and the
+// metadata pause of the service's own live update (serialise, execve, restore).
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -79,7 +79,11 @@ function lineFrom(child: ChildProcessWithoutNullStreams, test: (line: string) =>
 }
 
 /** `clients` client processes, started together once all are connected and warm: ops/s and every latency. */
-async function throughClients(socket: string, kind: Kind | 'floor', clients: number): Promise<{ opsPerSec: number; latencies: number[] }> {
+async function throughClients(
+  socket: string,
+  kind: Kind | 'floor' | 'floor-post',
+  clients: number,
+): Promise<{ opsPerSec: number; latencies: number[] }> {
   const children = Array.from({ length: clients }, (_, index) =>
     spawn(process.execPath, [path.join(repoRoot, 'dist', 'bench', 'service-client.js'), socket, kind, String(opsPerClient), String(index)]),
   );
@@ -99,7 +103,9 @@ async function paired(socket: string, floorSocket: string, kind: Kind, clients: 
     const order = round % 2 === 0 ? (['floor', 'service'] as const) : (['service', 'floor'] as const);
     const measured: Record<string, number> = {};
     for (const side of order) {
-      const result = await throughClients(side === 'floor' ? floorSocket : socket, side === 'floor' ? 'floor' : kind, clients);
+      // The floor sends what the operation sends: a GET for stat, POSTs with a body for create and unlink.
+      const floorKind = kind === 'stat' ? 'floor' : 'floor-post';
+      const result = await throughClients(side === 'floor' ? floorSocket : socket, side === 'floor' ? floorKind : kind, clients);
       runs[side].push(result.opsPerSec);
       runs[side === 'floor' ? 'floorLatencies' : 'serviceLatencies'].push(...result.latencies);
       measured[side] = result.opsPerSec;

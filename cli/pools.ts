@@ -78,23 +78,27 @@ async function servedClient(spec: string): Promise<ServiceClient | undefined> {
 }
 
 /** Runs fn through the pool's service when one serves it, else on what `local` opens here. */
-async function servedOr<T>(spec: string, fn: (gfs: Metadata) => T | Promise<T>, local: () => T | Promise<T>): Promise<T> {
+export async function servedOr<T, C extends Metadata = ServiceClient>(
+  spec: string,
+  fn: (gfs: C) => T | Promise<T>,
+  local: () => T | Promise<T>,
+): Promise<T> {
   const client = await servedClient(spec);
   if (!client) return local();
   return thenCleanUp(
-    () => fn(client),
+    () => fn(client as C),
     () => client.close(),
   );
 }
 
 /** Runs fn through the pool's service when it is served, else on a mount of its own (see withMount). */
 export function withFilesystem<T>(spec: string, fn: (gfs: Metadata) => T | Promise<T>): Promise<T> {
-  return servedOr(spec, fn, () => withMount(spec, (gfs) => fn(gfs)));
+  return servedOr<T, Metadata>(spec, fn, () => withMount(spec, (gfs) => fn(gfs)));
 }
 
 /** Runs fn through the pool's service when it is served, else on a read-only view (see withView). */
 export function withReader<T>(spec: string, fn: (gfs: Metadata) => T | Promise<T>): Promise<T> {
-  return servedOr(spec, fn, () => withView(spec, (gfs) => fn(gfs)));
+  return servedOr<T, Metadata>(spec, fn, () => withView(spec, (gfs) => fn(gfs)));
 }
 
 /** The backend a new pool at `poolPath` gets: hugetlbfs under a hugetlbfs mount, the 4 KiB fallback under tmpfs. */

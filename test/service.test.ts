@@ -93,6 +93,13 @@ describe('guestmemfs mount', () => {
     expect(await gfs.readdir('/vms')).toEqual(['state']);
     const status = await cli('status', poolPath);
     expect(status.stdout).toContain(`served on:  ${running.socket}`);
+    // The handover freeze through the service: serialise, changes refused with EBUSY for every client, abort.
+    expect((await cli('serialise', poolPath)).stdout).toMatch(/serialised at generation \d+/);
+    expect((await cli('touch', poolPath, '/frozen')).stderr).toContain('EBUSY');
+    await expect(gfs.create('/frozen')).rejects.toMatchObject({ code: 'EBUSY' });
+    expect((await cli('abort', poolPath)).stderr).toMatch(/handover of generation \d+ aborted/);
+    await gfs.create('/thawed');
+    await gfs.unlink('/thawed');
     // Errors keep Node's shape.
     const missing = await captureRejection(gfs.stat('/nope'));
     expect(missing).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'stat', path: '/nope' });
@@ -151,6 +158,8 @@ describe('guestmemfs mount', () => {
       ['unlink', () => gfs.request('POST', 'unlink', { path: '/d/g' })],
       ['rmdir', () => gfs.request('POST', 'rmdir', { path: '/d' })],
       ['reclaim', () => gfs.request('POST', 'reclaim')],
+      ['serialise', () => gfs.request('POST', 'serialise')],
+      ['abort', () => gfs.request('POST', 'abort')],
     ];
     expect(new Set(calls.map(([name]) => name))).toEqual(new Set(OPERATIONS.map((operation) => operation.name)));
     for (const [name, call] of calls) {
@@ -186,6 +195,7 @@ describe('guestmemfs mount', () => {
       ['chmod', '/private', 0o666],
       ['request', 'POST', 'create', { path: '/shared/forged', uid: 0 }], // credentials are never a parameter
       ['setQuota', { uid: NOBODY }, B], // limits are root's to set
+      ['serialise'], // so is the handover
     ];
     const results = await runClient(running.socket, steps, { uid: NOBODY, gid: NOBODY }).results(steps.length);
     expect(results.map((result) => (result.ok ? 'ok' : result.code))).toEqual([
@@ -198,6 +208,7 @@ describe('guestmemfs mount', () => {
       'EPERM',
       'EPERM',
       'EINVAL',
+      'EPERM',
       'EPERM',
     ]);
     expect(results[3]!.result).toMatchObject({ uid: NOBODY, gid: NOBODY });

@@ -1,7 +1,7 @@
 // guestmemfs serialise: serialise the filesystem for handover (KHO activate): it is frozen until abort or restore.
 import type { Command } from 'commander';
-import { command, type Common, print } from '../common';
-import { withMount } from '../pools';
+import { command, type Common, print, usageError } from '../common';
+import { servedOr, withMount } from '../pools';
 
 export function register(program: Command): void {
   command(
@@ -12,28 +12,42 @@ export function register(program: Command): void {
   )
     .argument('<pool>')
     .option('--out <file>', 'also write the blob to a file')
-    .action((spec: string, options: Common & { out?: string }) => {
-      withMount(
+    .action((spec: string, options: Common & { out?: string }) =>
+      // A served pool is serialised by its service (root only): its clients then see the freeze as EBUSY.
+      servedOr(
         spec,
-        (gfs) => {
-          const result = gfs.serialise({ out: options.out });
-          print(
-            options,
-            {
-              generation: result.generation,
-              bytes: result.blob.length,
-              files: result.files,
-              mappingBlocks: result.mappingBlocks,
-              out: result.out ?? null,
-            },
-            () =>
-              options.quiet
-                ? ''
-                : `${spec}: serialised at generation ${result.generation} (${result.blob.length}-byte blob, ${result.files} ` +
-                  `inodes${result.out ? `, written to ${result.out}` : ''})`,
-          );
+        async (client) => {
+          if (options.out) throw usageError('--out is for a pool this command mounts; a served pool keeps its blob in the pool');
+          report(spec, options, await client.serialise());
         },
-        { allowSerialised: true },
-      );
-    });
+        () =>
+          withMount(
+            spec,
+            (gfs) => {
+              const result = gfs.serialise({ out: options.out });
+              report(spec, options, {
+                generation: result.generation,
+                bytes: result.blob.length,
+                files: result.files,
+                mappingBlocks: result.mappingBlocks,
+                out: result.out,
+              });
+            },
+            { allowSerialised: true },
+          ),
+      ),
+    );
+}
+
+function report(
+  spec: string,
+  options: Common,
+  result: { generation: bigint; bytes: number; files: number; mappingBlocks: number; out?: string },
+): void {
+  print(options, { ...result, out: result.out ?? null }, () =>
+    options.quiet
+      ? ''
+      : `${spec}: serialised at generation ${result.generation} (${result.bytes}-byte blob, ${result.files} ` +
+        `inodes${result.out ? `, written to ${result.out}` : ''})`,
+  );
 }

@@ -74,6 +74,12 @@ const pinsSchema: JsonSchema = {
 const nothing: JsonSchema = { type: 'object', additionalProperties: false, properties: {} };
 const path: ParamSpec = { type: 'path', required: true, description: 'absolute path inside the filesystem' };
 
+/** The handover is the pool owner's, and through the service that is root's. */
+function requireRoot(fs: Filesystem, syscall: string): void {
+  if (fs.credentials.uid === 0) return;
+  throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall}: only root (uid 0) may hand the pool over`, { syscall });
+}
+
 function quotaTarget(params: Record<string, unknown>): QuotaTarget {
   const hasUid = params.uid !== undefined;
   if (hasUid === (params.dir !== undefined)) {
@@ -387,6 +393,38 @@ export const OPERATIONS: readonly Operation[] = [
     response: nothing,
     mutates: true,
     run: (fs, p) => fs.setQuota(quotaTarget(p), p.limitBytes as number | null),
+  },
+  {
+    name: 'serialise',
+    method: 'POST',
+    summary: 'Serialises the metadata into the handover blob and freezes it: changes fail with EBUSY until abort (root)',
+    params: {},
+    response: {
+      type: 'object',
+      required: ['generation', 'bytes', 'files', 'mappingBlocks'],
+      properties: { generation: nsString, bytes: integer, files: integer, mappingBlocks: integer },
+    },
+    mutates: true,
+    run: (fs) => {
+      requireRoot(fs, 'serialise');
+      const result = fs.serialise();
+      return { generation: result.generation, bytes: result.blob.length, files: result.files, mappingBlocks: result.mappingBlocks };
+    },
+  },
+  {
+    name: 'abort',
+    method: 'POST',
+    summary: 'Lifts the freeze of serialise: the blob goes stale and changes are allowed again (root)',
+    params: {},
+    response: { type: 'object', required: ['aborted'], properties: { aborted: nsString } },
+    mutates: true,
+    run: (fs) => {
+      requireRoot(fs, 'abort');
+      const generation = fs.superblock.generation;
+      if (!fs.serialised) throw new GuestmemfsError('EINVAL', 'the pool is not serialised: nothing to abort', { syscall: 'abort' });
+      fs.abort();
+      return { aborted: generation };
+    },
   },
   {
     name: 'reclaim',

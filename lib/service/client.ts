@@ -227,6 +227,17 @@ export class ServiceClient {
     return this.request('GET', 'audit');
   }
 
+  /** Serialises the served filesystem for handover and freezes it until abort() (root only). */
+  async serialise(): Promise<{ generation: bigint; bytes: number; files: number; mappingBlocks: number }> {
+    const result = await this.request<{ generation: string; bytes: number; files: number; mappingBlocks: number }>('POST', 'serialise');
+    return { ...result, generation: BigInt(result.generation) };
+  }
+
+  /** Lifts the freeze of serialise(); resolves with the generation whose handover was aborted (root only). */
+  async abort(): Promise<bigint> {
+    return BigInt((await this.request<{ aborted: string }>('POST', 'abort')).aborted);
+  }
+
   async reclaim(): Promise<number> {
     return (await this.request<{ freed: number }>('POST', 'reclaim')).freed;
   }

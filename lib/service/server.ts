@@ -258,7 +258,18 @@ export class MountService {
     if (declared > MAX_BODY_BYTES) throw tooLarge(operation);
     const chunks: Buffer[] = [];
     let length = 0;
-    // One wait for the whole body (an async iterator would cost a turn per chunk), cut short past the bound.
+    // The parser pushes a small body right after it emits the request, in the same read: one microtask later it is
+    // all buffered, and taken without switching the stream to flowing mode.
+    await Promise.resolve();
+    if (request.complete) {
+      for (let chunk = request.read() as Buffer | null; chunk !== null; chunk = request.read() as Buffer | null) {
+        length += chunk.length;
+        if (length > MAX_BODY_BYTES) throw tooLarge(operation);
+        chunks.push(chunk);
+      }
+      return this.#parsedBody(operation, chunks, length);
+    }
+    // Otherwise one wait for the whole body (an async iterator would cost a turn per chunk), cut short past the bound.
     await new Promise<void>((resolve, reject) => {
       request.on('data', (chunk: Buffer) => {
         length += chunk.length;
@@ -270,6 +281,10 @@ export class MountService {
       request.once('end', resolve);
       request.once('error', reject);
     });
+    return this.#parsedBody(operation, chunks, length);
+  }
+
+  #parsedBody(operation: Operation, chunks: Buffer[], length: number): Record<string, unknown> {
     let body: unknown;
     try {
       body = length === 0 ? {} : JSON.parse(Buffer.concat(chunks).toString('utf8'));
