@@ -298,7 +298,7 @@ export function quotaReport(ctx: MountContext): QuotaReport[] {
     });
 }
 
-/** Usage recounted from the inodes, for the checker and the tests to hold the running counts to. */
+/** Usage recounted from the inodes, for the tests to hold the running counts to. */
 export function recountedUsage(ctx: MountContext): Usage | undefined {
   const running = usages.get(ctx);
   usages.delete(ctx);

@@ -39,8 +39,14 @@ function toStat(raw: Record<string, unknown>): Stat {
   return stat as unknown as Stat;
 }
 
-/** A transport failure, with the remedy: the service is the one to look at. */
-function unreachable(socketPath: string, error: NodeJS.ErrnoException): GuestmemfsError {
+/**
+ * A transport failure in Node's shape. A service that answered wrongly (EPROTO) or too late (ETIMEDOUT) was reached,
+ * and its own words say what went wrong; any other failure means it was not, and the remedy is to look at it.
+ */
+function transportError(socketPath: string, error: NodeJS.ErrnoException): GuestmemfsError {
+  if (error.code === 'EPROTO' || error.code === 'ETIMEDOUT') {
+    return new GuestmemfsError(error.code, `the mount service at ${socketPath}: ${error.message}`, { syscall: 'read', path: socketPath });
+  }
   const code = error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? 'ENOTCONN' : (error.code ?? 'EIO');
   return new GuestmemfsError(
     code,
@@ -102,7 +108,7 @@ export class ServiceClient {
     try {
       answer = await this.#transport.request(method, `${API_PREFIX}/${name}${query}`, body);
     } catch (error) {
-      const failure = unreachable(this.socketPath, error as NodeJS.ErrnoException);
+      const failure = transportError(this.socketPath, error as NodeJS.ErrnoException);
       if ((error as { retryable?: boolean }).retryable) Object.assign(failure, { retryable: true });
       throw failure;
     }

@@ -52,7 +52,6 @@ export function prepareRuntimeDir(dir: string): void {
 
 /** The socket of the service that serves this pool, when one is there (a socket file, or a link to one). */
 export function servedSocket(pool: PoolIdentity, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (env.GUESTMEMFS_SOCKET) return env.GUESTMEMFS_SOCKET;
   let socket: string;
   try {
     socket = defaultSocketPath(pool, env);

@@ -83,8 +83,14 @@ export class MountService {
     this.socketPath = options.socket;
     this.metrics = new ServiceMetrics(() => (this.#fs.mounted ? this.#fs : undefined));
     const mode = options.mode ?? 0o660;
-    this.#listenFd = options.listenFd ?? native.unixListen(options.socket, 511, mode);
-    if (options.listenFd === undefined && options.gid !== undefined) fs.chownSync(options.socket, -1, options.gid);
+    if (options.listenFd !== undefined) this.#listenFd = options.listenFd;
+    else if (options.gid === undefined) this.#listenFd = native.unixListen(options.socket, 511, mode);
+    else {
+      // Widened only once it has its group: a socket 0660 under the binder's own group would let that group in.
+      this.#listenFd = native.unixListen(options.socket, 511, 0o600);
+      fs.chownSync(options.socket, -1, options.gid);
+      fs.chmodSync(options.socket, mode);
+    }
     this.#socketIno = fs.statSync(options.socket, { throwIfNoEntry: false })?.ino;
     this.#handovers = options.handovers ?? 0;
     this.#onUpdateRequest = options.onUpdateRequest;

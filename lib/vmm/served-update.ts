@@ -16,13 +16,13 @@
 // <modes> lists one update per entry, in order: "exec,transfer" updates twice. Events are JSON lines on stdout.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as readline from 'node:readline';
 import type { Readable } from 'node:stream';
 import { native } from '../native';
 import { Pin } from '../pool/pins';
 import { connect, type ServiceClient } from '../service/client';
 import { elapsedMs } from '../units';
-import { emit, framesOf } from './update-common';
+import { lineReader } from './line-reader';
+import { emit, framesOf, updateDelay } from './update-common';
 import { STATE_CAPACITY, Vmm, type VmmFiles } from './vmm';
 
 /** The inherited descriptor that pins the guest's files across the execve of an exec-mode update. */
@@ -51,11 +51,6 @@ async function attach(client: ServiceClient, name: string): Promise<Vmm> {
   const ram = await client.map(files.ramPath, { sharePageTables: true });
   const state = await client.map(files.statePath);
   return Vmm.fromMappings(files, ram, state);
-}
-
-function delayFor(plan: ServedPlan): Promise<void> {
-  const delay = ((plan.seed * 2654435761 + plan.modes.length * 40503) >>> 0) % Math.max(1, plan.maxDelayMs);
-  return new Promise((resolve) => setTimeout(resolve, delay));
 }
 
 async function boot(socket: string, args: string[]): Promise<void> {
@@ -103,8 +98,10 @@ async function drive(socket: string, client: ServiceClient, vmm: Vmm, plan: Serv
     return;
   }
   const next: ServedPlan = { ...plan, modes: plan.modes.slice(1) };
-  if (mode === 'transfer') return transfer(socket, client, vmm, next);
-  await delayFor(plan);
+  // The same deterministic delay as the other update programs, the updates left counting down the modes.
+  const delay = () => updateDelay({ seed: plan.seed, updatesLeft: plan.modes.length, maxDelayMs: plan.maxDelayMs });
+  if (mode === 'transfer') return transfer(socket, client, vmm, next, delay);
+  await delay();
   const { stoppedAtNs } = await vmm.pause();
   vmm.saveState(stoppedAtNs, { plan: next });
   // The pin that holds the guest's files while no mapping does: on a descriptor of its own, kept across the execve.
@@ -146,16 +143,8 @@ async function continueAfterRestore(
   });
 }
 
-function lineReader(stream: Readable): () => Promise<string | null> {
-  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity })[Symbol.asyncIterator]();
-  return async () => {
-    const next = await lines.next().catch(() => ({ done: true as const, value: undefined }));
-    return next.done ? null : next.value;
-  };
-}
-
 /** Transfer mode, the running side: start the successor, let it prepare, pause, save, and leave once it resumed. */
-async function transfer(socket: string, client: ServiceClient, vmm: Vmm, next: ServedPlan): Promise<void> {
+async function transfer(socket: string, client: ServiceClient, vmm: Vmm, next: ServedPlan, delay: () => Promise<void>): Promise<void> {
   // No saved state may be in the file when the successor starts waiting for one: only the coming save counts.
   vmm.clearSavedState();
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'successor', socket, next.name], {
@@ -163,7 +152,7 @@ async function transfer(socket: string, client: ServiceClient, vmm: Vmm, next: S
   });
   const report = lineReader(child.stdio[3] as Readable);
   if ((await report()) !== READY) throw new Error(`the successor (pid ${child.pid}) exited before it was ready`);
-  await delayFor({ ...next, modes: [...next.modes, 'transfer'] });
+  await delay(); // after the successor is ready: its start-up stays out of the blackout
   const { stoppedAtNs } = await vmm.pause();
   vmm.saveState(stoppedAtNs, { plan: next });
   if ((await report()) !== RESUMING) throw new Error(`the successor (pid ${child.pid}) did not resume the guest`);

@@ -15,7 +15,6 @@
 //   node transfer-update.js successor <pool>            (started by the running VMM)
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import * as readline from 'node:readline';
 import type { Readable } from 'node:stream';
 import * as fs from 'node:fs';
 import type { Filesystem } from '../fs/filesystem';
@@ -37,6 +36,7 @@ import {
   updateDelay,
   collectGarbageBeforeBlackout,
 } from './update-common';
+import { lineReader } from './line-reader';
 import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
@@ -65,19 +65,6 @@ interface SenderTimings {
   /** From the vCPU stopping to its state being in the state file. */
   saveMs: number;
   savedAtNs: string;
-}
-
-/** Reads a stream line by line: each call resolves with the next line, or null once the stream has ended or failed. */
-function lineReader(stream: Readable): () => Promise<string | null> {
-  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity })[Symbol.asyncIterator]();
-  return async () => {
-    try {
-      const next = await lines.next();
-      return next.done ? null : next.value;
-    } catch {
-      return null;
-    }
-  };
 }
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */

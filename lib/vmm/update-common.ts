@@ -51,7 +51,7 @@ export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } 
 }
 
 /** A deterministic pseudo-random delay before the next update, so a run can be repeated. */
-export function updateDelay(plan: Plan): Promise<void> {
+export function updateDelay(plan: Pick<Plan, 'seed' | 'updatesLeft' | 'maxDelayMs'>): Promise<void> {
   const delay = ((plan.seed * 2654435761 + plan.updatesLeft * 40503) >>> 0) % Math.max(1, plan.maxDelayMs);
   return new Promise((resolve) => setTimeout(resolve, delay));
 }
