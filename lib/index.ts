@@ -46,3 +46,12 @@ export { connect, ServiceClient, type ConnectOptions, type ServiceInfo } from '.
 export { MountService, type ServeOptions } from './service/server';
 export { defaultSocketPath, poolIdentityOf, runtimeDir } from './service/discovery';
 export type { QuotaReport, QuotaTarget } from './fs/quota';
+export { MemfileNotifier, type PageFrame } from './fs/memfile';
+export {
+  MEMFILE_F_ALLOWED_MASK,
+  MEMFILE_F_UNMOVABLE,
+  MEMFILE_F_UNRECLAIMABLE,
+  MEMFILE_F_USER_INACCESSIBLE,
+  NOTIFIER_FLAG_NAMES,
+  type NotifierConsumer,
+} from './fs/notifier';

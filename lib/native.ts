@@ -122,6 +122,7 @@ export interface NativeBinding {
   kvmOpen(): number;
   kvmCreateVm(kvmFd: number): number;
   kvmSetMemory(vmFd: number, slot: number, guestPhys: number, mappingId: number, offset: number, length: number): void;
+  kvmDeleteMemory(vmFd: number, slot: number): void;
   kvmCreateVcpu(kvmFd: number, vmFd: number, index: number): number;
   /** kvm_regs order: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags. */
   kvmGetRegs(vcpu: number): BigUint64Array;

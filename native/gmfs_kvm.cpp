@@ -136,6 +136,17 @@ Napi::Value KvmSetMemory(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// kvmDeleteMemory(vm, slot): removes a memory slot, whose mapping may already be gone (KVM needs only its number).
+Napi::Value KvmDeleteMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int vm = ArgFd(info, 0);
+  kvm_userspace_memory_region region{};
+  region.slot = static_cast<uint32_t>(ArgInt64(info, 1, "slot", 0, 0xffff));
+  region.memory_size = 0;
+  if (Ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_USER_MEMORY_REGION)");
+  return env.Undefined();
+}
+
 // kvmCreateVcpu(kvm, vm, index): a vCPU with the host's supported CPUID (long mode needs LM in the guest's CPUID).
 Napi::Value KvmCreateVcpu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -443,6 +454,7 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmOpen", Napi::Function::New(env, KvmOpen, "kvmOpen"));
   exports.Set("kvmCreateVm", Napi::Function::New(env, KvmCreateVm, "kvmCreateVm"));
   exports.Set("kvmSetMemory", Napi::Function::New(env, KvmSetMemory, "kvmSetMemory"));
+  exports.Set("kvmDeleteMemory", Napi::Function::New(env, KvmDeleteMemory, "kvmDeleteMemory"));
   exports.Set("kvmCreateVcpu", Napi::Function::New(env, KvmCreateVcpu, "kvmCreateVcpu"));
   exports.Set("kvmGetRegs", Napi::Function::New(env, KvmGetRegs, "kvmGetRegs"));
   exports.Set("kvmSetRegs", Napi::Function::New(env, KvmSetRegs, "kvmSetRegs"));

@@ -2,8 +2,9 @@
 // vCPU state saved and restored into a new VM, finishing with the checksum of an uninterrupted run.
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Filesystem, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
+import { type Filesystem, MEMFILE_F_UNMOVABLE, MEMFILE_F_UNRECLAIMABLE, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
 import { native } from '../lib/native';
+import { Vmm } from '../lib/vmm/vmm';
 import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmUnavailableReason, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, signalled, skipReason, uniquePath } from './helpers';
 
@@ -15,7 +16,7 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
   let pool: Pool;
   let gfs: Filesystem;
   beforeAll(() => {
-    pool = Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'kvm'), size: 3 * RAM + 64 * MiB });
+    pool = Pool.create({ backend: 'hugetlbfs', path: uniquePath(m.hugetlbfs2M!, 'kvm'), size: 4 * RAM + 64 * MiB });
     mkfs(pool);
     gfs = mount(pool);
     for (const name of ['/a', '/b', '/c']) {
@@ -117,6 +118,32 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     vm.close();
     ram.unmap();
     wrong.ram!.unmap();
+  });
+
+  it('the memory slot consumes the RAM file: no change under a running guest; once unmapped, the slot is cut first', async () => {
+    const config = { ramPath: '/slot-ram', statePath: '/slot-state', ramSize: RAM };
+    const options = { steps: 300_000, seed: 0x51n, gateAtStep: 1000 };
+    const vmm = Vmm.boot(gfs, config, options);
+    expect(vmm.slotConsumer?.flags).toBe(MEMFILE_F_UNMOVABLE | MEMFILE_F_UNRECLAIMABLE);
+    const running = vmm.start();
+    await signalled(() => vmm.machine.gateReached());
+    // The VMM's mapping pins the RAM: neither a shrink nor a punch may take it from the guest, and KVM is told nothing.
+    expect(captureError(() => gfs.truncate(config.ramPath, RAM / 2)).code).toBe('EBUSY');
+    expect(captureError(() => gfs.punch(config.ramPath, 0, 2 * MiB)).code).toBe('EBUSY');
+    expect(vmm.machine.slotBytes).toBe(RAM);
+    vmm.machine.releaseGate();
+    expect(await running).toBe('halted');
+    expect(vmm.serial()).toBe(`${demoGuestChecksum(RAM, options)}\n`);
+    // get_pfn, the consumer's look at its frames, agrees with the mapping's page map.
+    expect(vmm.slotConsumer!.getPfn(4 * MiB).pfn).toBe(vmm.ram.physicalFrames(4 * MiB, 2 * MiB)[0]);
+    // With the mapping gone but the VM still there, a shrink reaches KVM before the blocks are freed.
+    vmm.ram.unmap();
+    gfs.truncate(config.ramPath, RAM / 4);
+    expect(vmm.machine.slotBytes).toBe(0);
+    gfs.unlink(config.ramPath);
+    gfs.unlink(config.statePath);
+    vmm.close();
+    expect(vmm.slotConsumer!.registered).toBe(false);
   });
 });
 

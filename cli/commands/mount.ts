@@ -6,6 +6,7 @@ import { GuestmemfsError } from '../../lib/errors';
 import { mount } from '../../lib/fs/mount';
 import { native, packageRoot } from '../../lib/native';
 import { defaultSocketPath, poolIdentityOf, prepareRuntimeDir, runtimeDir } from '../../lib/service/discovery';
+import { type InheritedNotifier, NOTIFIERS_ENV } from '../../lib/service/notifiers';
 import { HANDOVERS_ENV, LISTEN_FD_ENV, MountService, UPDATE_STARTED_ENV } from '../../lib/service/server';
 import { command, type Common, print } from '../common';
 import { openPool } from '../pools';
@@ -39,14 +40,18 @@ function updateEntry(): string {
 }
 
 /** The live update's hand-over from the environment, removed from it so that it reaches no child. */
-function takeUpdateEnvironment(): { listenFd: number; startedNs: bigint; handovers: number } | undefined {
+function takeUpdateEnvironment():
+  | { listenFd: number; startedNs: bigint; handovers: number; notifiers: InheritedNotifier[] }
+  | undefined {
   const listenFd = process.env[LISTEN_FD_ENV];
   if (listenFd === undefined) return undefined;
   const taken = {
     listenFd: Number(listenFd),
     startedNs: BigInt(process.env[UPDATE_STARTED_ENV] ?? process.hrtime.bigint()),
     handovers: Number(process.env[HANDOVERS_ENV] ?? 1),
+    notifiers: JSON.parse(process.env[NOTIFIERS_ENV] ?? '[]') as InheritedNotifier[],
   };
+  delete process.env[NOTIFIERS_ENV];
   delete process.env[LISTEN_FD_ENV];
   delete process.env[UPDATE_STARTED_ENV];
   delete process.env[HANDOVERS_ENV];
@@ -87,6 +92,7 @@ export function register(program: Command): void {
         listenFd: inherited?.listenFd,
         updateStartedNs: inherited?.startedNs,
         handovers: inherited?.handovers,
+        notifiers: inherited?.notifiers,
         onUpdateRequest: () => requested('update'),
       });
       // The default place names the pool; a socket elsewhere is linked from there, so that clients find it.

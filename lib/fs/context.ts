@@ -7,6 +7,7 @@ import type { Pool } from '../pool/pool';
 import { nowNs } from '../units';
 import { InodeType } from './inodes';
 import { type Geometry, type Superblock, writeSuperblockSlot } from './layout';
+import { NotifierRegistry } from './notifier';
 import { describeWant, permits, type Credentials } from './permissions';
 import { markMountedHere, unlock } from './registry';
 import { blockRange } from './runs';
@@ -70,6 +71,8 @@ export class MountContext {
   readonly mapped = new Map<number, number>();
   /** Inodes with asynchronous work in flight. */
   readonly busy = new Set<number>();
+  /** The consumers of files' memory (the memfile notifier), volatile like the name index. */
+  readonly notifiers = new NotifierRegistry();
   #handoverWindow: Uint8Array | undefined;
   /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
   #data: Mapping | undefined;

@@ -13,6 +13,7 @@ import type { MountContext } from './context';
 import { FileType, FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
 import { resolve, resolveFileForWrite } from './names';
 import { releaseIfUnpinned } from './namespace';
+import { invalidateAndSettle, requireSettled, requireUserAccessible } from './notifier';
 import * as quota from './quota';
 import { R_OK, W_OK } from './permissions';
 import { type BlockRun, blockRange, cutAfter, totalBlocks } from './runs';
@@ -65,10 +66,12 @@ export function premap(ctx: MountContext, pool: Pool, path: string, options: Pic
   return mapping;
 }
 
-export function map(ctx: MountContext, path: string, options: FileMapOptions): Mapping {
+/** Maps a file; `asConsumer`: for its notifier's consumer, who may map it even while it is user-inaccessible. */
+export function map(ctx: MountContext, path: string, options: FileMapOptions, asConsumer = false): Mapping {
   ctx.requireMounted('mmap');
   const writable = options.writable ?? !ctx.readOnly;
   const { ino, extents, guest } = mappableFile(ctx, path, writable ? R_OK | W_OK : R_OK, writable);
+  if (!asConsumer) requireUserAccessible(ctx, ino, 'mmap', path);
   const { premapped, ...mapOptions } = options;
   if (
     premapped !== undefined &&
@@ -126,7 +129,12 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
   const ino = resolveFileForWrite(ctx, path, 'ftruncate');
   const plan = planResize(ctx, ino, size, path);
   if (!plan.grow) {
-    shrink(ctx, ino, size, path);
+    const oldSize = ctx.inodes.size(ino);
+    if (ctx.notifiers.consumers(ino).length > 0 && size < oldSize) {
+      shrinkCut(ctx, ino, size, path);
+      await invalidateAndSettle(ctx, ino, size, oldSize, 'ftruncate', path);
+    }
+    shrink(ctx, ino, size, path, true);
     options.onProgress?.(0, 0);
     return;
   }
@@ -172,6 +180,7 @@ export function read(ctx: MountContext, path: string, position: number, length: 
   ctx.requireMounted('read');
   const ino = resolve(ctx, path, 'read');
   requireReadWritable(ctx, ino, 'read', path);
+  requireUserAccessible(ctx, ino, 'read', path);
   ctx.requireAccess(ino, R_OK, 'read', path);
   const size = ctx.inodes.size(ino);
   requirePosition(position, 'read', path);
@@ -186,6 +195,7 @@ export function write(ctx: MountContext, path: string, data: Uint8Array, positio
   ctx.requireWritable('write');
   const ino = resolveFileForWrite(ctx, path, 'write');
   requireReadWritable(ctx, ino, 'write', path);
+  requireUserAccessible(ctx, ino, 'write', path);
   if (!(data instanceof Uint8Array)) throw new GuestmemfsError('EINVAL', 'data must be a Uint8Array or Buffer', { syscall: 'write', path });
   requirePosition(position, 'write', path);
   const inodes = ctx.inodes;
@@ -304,11 +314,10 @@ function commitGrow(ctx: MountContext, ino: number, plan: ResizePlan, publishSiz
   inodes.setTime(ino, 'ctime', now);
 }
 
-function shrink(ctx: MountContext, ino: number, size: number, path: string): void {
-  const { inodes, extents, allocator } = ctx.views;
-  const blockSize = ctx.geometry.blockSize;
-  const keep = Math.ceil(size / blockSize);
-  // The blocks past the new size: looked up once, checked for pins, then freed (setSize leaves the extents alone).
+/** The blocks past a new, smaller size, refused with EBUSY while any process maps them. */
+function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): BlockRun[] {
+  const { inodes, extents } = ctx.views;
+  const keep = Math.ceil(size / ctx.geometry.blockSize);
   const cut = keep < inodes.blockCount(ino) ? cutAfter(extents.read(ino), keep) : [];
   if (cut.length > 0) {
     const ranges = cut.map((run) => blockRange(ctx.geometry, run));
@@ -320,6 +329,21 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
         { syscall: 'ftruncate', path },
       );
     }
+  }
+  return cut;
+}
+
+/**
+ * Cuts the file to `size`: the blocks past it are checked for pins, the file's consumers told (unless `told`: the
+ * caller told them and waited), and then freed (setSize leaves the extents alone).
+ */
+function shrink(ctx: MountContext, ino: number, size: number, path: string, told = false): void {
+  const { inodes, extents, allocator } = ctx.views;
+  const keep = Math.ceil(size / ctx.geometry.blockSize);
+  const cut = shrinkCut(ctx, ino, size, path);
+  if (!told) {
+    ctx.notifiers.invalidate(ino, size, inodes.size(ino));
+    requireSettled(ctx, ino, 'ftruncate', path);
   }
   inodes.setSize(ino, size); // commit point
   if (cut.length > 0) {
@@ -335,7 +359,7 @@ function shrink(ctx: MountContext, ino: number, size: number, path: string): voi
 }
 
 /** Visits the pool byte ranges behind [from, to) of a file. */
-function forEachRange(
+export function forEachRange(
   ctx: MountContext,
   ino: number,
   from: number,

@@ -9,6 +9,8 @@ import type { MountContext } from './context';
 import * as data from './data';
 import type { Geometry, Superblock } from './layout';
 import * as lifecycle from './lifecycle';
+import * as memfile from './memfile';
+import type { NotifierConsumer } from './notifier';
 import { resolve } from './names';
 import * as namespace from './namespace';
 import { type Credentials, R_OK, W_OK } from './permissions';
@@ -203,6 +205,29 @@ export class Filesystem {
    * Maps a file's blocks into one contiguous range (pre-faulted by default, as guestmemfs does). Guest files are
    * always mapped MADV_DONTDUMP and MADV_DONTFORK. The file cannot shrink below a live mapping.
    */
+  /**
+   * Registers a consumer of the file's memory (memfile_register_notifier): it is told invalidate(start, end) before a
+   * shrink, a punch or the release of the unlinked file takes any of it, and may look up frames with getPfn().
+   * `flags` are MEMFILE_F_* bits; see README "Consumers of a file's memory" for what each means here.
+   */
+  registerNotifier(path: string, consumer: NotifierConsumer, flags = 0): memfile.MemfileNotifier {
+    const registration = memfile.registerNotifier(this.#ctx, path, consumer, flags);
+    return new memfile.MemfileNotifier(this.#ctx, registration, path);
+  }
+
+  /**
+   * Discards [offset, offset + length) of a file (fallocate PUNCH_HOLE with KEEP_SIZE; whole blocks): it reads as
+   * zeros after, its consumers are told first, and it is refused with EBUSY while mapped.
+   */
+  punch(path: string, offset: number, length: number): void {
+    memfile.punch(this.#ctx, path, offset, length);
+  }
+
+  /** punch(), waiting for consumers in other processes to acknowledge the invalidation. */
+  punchAsync(path: string, offset: number, length: number): Promise<void> {
+    return memfile.punchAsync(this.#ctx, path, offset, length);
+  }
+
   map(path: string, options: FileMapOptions = {}): Mapping {
     return data.map(this.#ctx, path, options);
   }

@@ -252,6 +252,12 @@ export function releaseIfUnpinned(ctx: MountContext, ino: number): boolean {
     ctx.orphans.add(ino);
     return false;
   }
+  // The last pin is gone: the file's consumers are told the whole file goes, and it waits for any in another process.
+  ctx.notifiers.revoke(ino, ctx.inodes.size(ino));
+  if (ctx.notifiers.unsettled(ino).length > 0) {
+    ctx.orphans.add(ino);
+    return false;
+  }
   releaseInode(ctx, ino);
   return true;
 }
@@ -276,6 +282,7 @@ export function releaseInode(ctx: MountContext, ino: number): void {
   inodes.setSize(ino, 0);
   inodes.setNextFree(ino, hints.freeInodeHead);
   inodes.setType(ino, InodeType.Free); // commit point: the inode is free
+  ctx.notifiers.released(ino);
   hints.freeInodeHead = ino;
   hints.freeInodes += 1;
   ctx.mapped.delete(ino);

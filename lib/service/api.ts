@@ -369,6 +369,19 @@ export const OPERATIONS: readonly Operation[] = [
     run: (fs, p) => fs.truncateAsync(p.path as string, p.size as number),
   },
   {
+    name: 'punch',
+    method: 'POST',
+    summary: 'Discards whole blocks of a file (they read as zeros); the file’s consumers acknowledge their invalidation first',
+    params: {
+      path,
+      offset: { type: 'integer', required: true, description: 'byte offset, a multiple of the block size' },
+      length: { type: 'integer', required: true, description: 'bytes, a multiple of the block size' },
+    },
+    response: nothing,
+    mutates: true,
+    run: (fs, p) => fs.punchAsync(p.path as string, p.offset as number, p.length as number),
+  },
+  {
     name: 'write',
     method: 'POST',
     summary: 'Writes bytes into a state or plain file, growing it as needed',

@@ -9,7 +9,9 @@ import type { MapOptions, Mapping } from '../pool/mapping';
 import type { PinHolder } from '../pool/pins';
 import { Pool } from '../pool/pool';
 import { API_PREFIX } from './api';
-import { Transport } from './transport';
+import { errorFromBody } from './codec';
+import { RemoteNotifier, type RemoteConsumer } from './remote-notifier';
+import { Transport, transportError } from './transport';
 
 export interface ServiceInfo {
   apiVersion: number;
@@ -37,25 +39,6 @@ function toStat(raw: Record<string, unknown>): Stat {
   const stat = { ...raw } as Record<string, unknown>;
   for (const field of STAT_TIMES) if (typeof stat[field] === 'string') stat[field] = BigInt(stat[field]);
   return stat as unknown as Stat;
-}
-
-/**
- * A transport failure in Node's shape. A service that answered wrongly (EPROTO) or too late (ETIMEDOUT) was reached,
- * and its own words say what went wrong; any other failure means it was not, and the remedy is to look at it.
- */
-function transportError(socketPath: string, error: NodeJS.ErrnoException): GuestmemfsError {
-  if (error.code === 'EPROTO' || error.code === 'ETIMEDOUT') {
-    return new GuestmemfsError(error.code, `the mount service at ${socketPath}: ${error.message}`, { syscall: 'read', path: socketPath });
-  }
-  const code = error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? 'ENOTCONN' : (error.code ?? 'EIO');
-  return new GuestmemfsError(
-    code,
-    `the mount service at ${socketPath} is unreachable (${error.code ?? error.message}): is \`guestmemfs mount\` running?`,
-    {
-      syscall: 'connect',
-      path: socketPath,
-    },
-  );
 }
 
 export class ServiceClient {
@@ -119,12 +102,7 @@ export class ServiceClient {
       throw new GuestmemfsError('EPROTO', `the service sent a body that is not JSON (HTTP ${answer.status})`, { syscall: name });
     }
     if (answer.status === 200) return parsed as T;
-    const fields = {
-      syscall: typeof parsed.syscall === 'string' ? parsed.syscall : name,
-      path: typeof parsed.path === 'string' ? parsed.path : undefined,
-    };
-    const code = typeof parsed.code === 'string' ? parsed.code : 'EIO';
-    throw new GuestmemfsError(code, typeof parsed.message === 'string' ? parsed.message : `HTTP ${answer.status}`, fields);
+    throw errorFromBody(parsed, name, `HTTP ${answer.status}`);
   }
 
   info(): Promise<ServiceInfo> {
@@ -193,6 +171,25 @@ export class ServiceClient {
 
   truncateAsync(path: string, size: number): Promise<void> {
     return this.truncate(path, size);
+  }
+
+  /** Discards whole blocks of a file; the service waits for the file's consumers to let go first. */
+  async punch(path: string, offset: number, length: number): Promise<void> {
+    await this.request('POST', 'punch', { path, offset, length });
+  }
+
+  punchAsync(path: string, offset: number, length: number): Promise<void> {
+    return this.punch(path, offset, length);
+  }
+
+  /**
+   * Registers a consumer of the file's memory with the service (see Filesystem.registerNotifier): it is told
+   * invalidate(start, end) before a range goes, and its acknowledgement (sent when invalidate returns or its promise
+   * settles) lets the change go ahead. The registration lasts as long as its connection, across the service's own
+   * live updates.
+   */
+  registerNotifier(path: string, consumer: RemoteConsumer, flags = 0): Promise<RemoteNotifier> {
+    return RemoteNotifier.register(this.socketPath, path, consumer, flags, this.#timeoutMs);
   }
 
   async write(path: string, bytes: Uint8Array, position = 0): Promise<number> {

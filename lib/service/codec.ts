@@ -1,5 +1,6 @@
 // How parameters and results travel: the JSON Schema of each parameter type, the checks and conversions every
-// request's parameters go through (the same for a query string and a JSON body), and the encoding of results.
+// request's parameters go through (the same for a query string and a JSON body), and the encoding of results and
+// errors.
 import { GuestmemfsError } from '../errors';
 import { type JsonSchema, MAX_BODY_BYTES, nsString, type Operation, type ParamType } from './api';
 
@@ -121,4 +122,50 @@ export function encodeResult(result: unknown): string {
     copy[key] = value.toString();
   }
   return JSON.stringify(copy ?? result);
+}
+
+/** How an error code reads as an HTTP status; the JSON body carries the code itself. */
+export const STATUS: Readonly<Record<string, number>> = {
+  EINVAL: 400,
+  EISDIR: 400,
+  ENOTDIR: 400,
+  ENAMETOOLONG: 400,
+  EACCES: 403,
+  EPERM: 403,
+  ENOENT: 404,
+  EEXIST: 409,
+  ENOTEMPTY: 409,
+  EBUSY: 409,
+  EROFS: 409,
+  EAGAIN: 409,
+  EMSGSIZE: 413,
+  ENOSPC: 507,
+  EDQUOT: 507,
+};
+
+/** What a failure reads as: its own code, or, for a fault of the service itself, EIO with the fault on stderr. */
+export function asServiceError(error: unknown): GuestmemfsError {
+  try {
+    return GuestmemfsError.from(error);
+  } catch {
+    process.stderr.write(`guestmemfs mount: internal error: ${(error as Error)?.stack ?? String(error)}\n`);
+    return new GuestmemfsError('EIO', 'internal error in the mount service (its log has the details)', { syscall: 'http' });
+  }
+}
+
+/** Node's error shape, as JSON. */
+export function errorBody(error: GuestmemfsError): Record<string, unknown> {
+  return { code: error.code, errno: error.errno, syscall: error.syscall, path: error.path, message: error.message };
+}
+
+/** The error a JSON error body describes, in Node's shape again (the client's side of errorBody). */
+export function errorFromBody(body: Record<string, unknown>, syscall: string, fallback: string): GuestmemfsError {
+  return new GuestmemfsError(
+    typeof body.code === 'string' ? body.code : 'EIO',
+    typeof body.message === 'string' ? body.message : fallback,
+    {
+      syscall: typeof body.syscall === 'string' ? body.syscall : syscall,
+      path: typeof body.path === 'string' ? body.path : undefined,
+    },
+  );
 }

@@ -8,8 +8,9 @@ import type { Filesystem } from '../fs/filesystem';
 import type { Credentials } from '../fs/permissions';
 import { native } from '../native';
 import { API_PREFIX, MAX_BODY_BYTES, type Operation, OPERATIONS_BY_ROUTE } from './api';
-import { decodeParams, encodeResult } from './codec';
+import { asServiceError, decodeParams, encodeResult, errorBody, STATUS } from './codec';
 import { ServiceMetrics } from './metrics';
+import { NOTIFIER_ROUTE, NOTIFIERS_ENV, NotifierStreams, socketFd, type InheritedNotifier } from './notifiers';
 import { openApiDocument } from './openapi';
 
 export interface ServeOptions {
@@ -27,6 +28,8 @@ export interface ServeOptions {
   updateStartedNs?: bigint;
   /** Live updates this pool's service has been through before this one started. */
   handovers?: number;
+  /** Notifier connections a live update kept for this service (NOTIFIERS_ENV), to register again. */
+  notifiers?: readonly InheritedNotifier[];
   /** Called for POST /v1/update from root: the caller runs liveUpdate(). */
   onUpdateRequest?: () => void;
 }
@@ -36,33 +39,7 @@ export const LISTEN_FD_ENV = 'GUESTMEMFS_LISTEN_FD';
 export const UPDATE_STARTED_ENV = 'GUESTMEMFS_UPDATE_STARTED_NS';
 export const HANDOVERS_ENV = 'GUESTMEMFS_HANDOVERS';
 
-/** How an error code reads as an HTTP status; the JSON body carries the code itself. */
-const STATUS: Readonly<Record<string, number>> = {
-  EINVAL: 400,
-  EISDIR: 400,
-  ENOTDIR: 400,
-  ENAMETOOLONG: 400,
-  EACCES: 403,
-  EPERM: 403,
-  ENOENT: 404,
-  EEXIST: 409,
-  ENOTEMPTY: 409,
-  EBUSY: 409,
-  EROFS: 409,
-  EAGAIN: 409,
-  EMSGSIZE: 413,
-  ENOSPC: 507,
-  EDQUOT: 507,
-};
-
 const DEFAULT_MAX_CONNECTIONS = 128;
-
-/** The fd under a connection (the kernel's, for SO_PEERCRED and SCM_RIGHTS). */
-function socketFd(socket: net.Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new GuestmemfsError('EBADF', 'connection has no descriptor', { syscall: 'getsockopt' });
-  return fd;
-}
 
 export class MountService {
   readonly socketPath: string;
@@ -70,6 +47,7 @@ export class MountService {
   readonly #fs: Filesystem;
   readonly #server: http.Server;
   readonly #credentials = new WeakMap<net.Socket, Credentials>();
+  readonly #notifiers: NotifierStreams;
   #listenFd: number;
   readonly #handovers: number;
   readonly #onUpdateRequest: (() => void) | undefined;
@@ -104,6 +82,13 @@ export class MountService {
       (request, response) => void this.#handle(request, response),
     );
     this.#server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.#notifiers = new NotifierStreams(filesystem);
+    this.#notifiers.adopt(options.notifiers ?? []);
+    this.#server.on('upgrade', (request: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+      if ((request.url ?? '').split('?')[0] === NOTIFIER_ROUTE)
+        this.#notifiers.accept(request, socket, head, this.#credentials.get(socket));
+      else socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    });
     this.#server.on('connection', (socket: net.Socket) => this.#accept(socket));
     this.#server.on('drop', () => this.metrics.refused.inc({ reason: 'max-connections' }));
     this.#server.on('clientError', (_error, socket: net.Socket) => {
@@ -142,17 +127,21 @@ export class MountService {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeIdleConnections();
     await closed;
+    // Consumers of files' memory stay connected: their connections go to the new program, which registers them again.
+    const notifiers = this.#notifiers.keptForUpdate();
     try {
       this.#fs.kexec(argv, {
-        keepFds: [listener],
+        keepFds: [listener, ...notifiers.fds],
         env: {
           ...env,
+          [NOTIFIERS_ENV]: notifiers.env,
           [LISTEN_FD_ENV]: String(listener),
           [UPDATE_STARTED_ENV]: String(started),
           [HANDOVERS_ENV]: String(this.#handovers + 1),
         },
       });
     } catch (error) {
+      for (const fd of notifiers.fds) native.fdClose(fd);
       this.#listenFd = listener;
       await this.#listen();
       throw error;
@@ -171,6 +160,7 @@ export class MountService {
   async close(options: { keepSocket?: boolean } = {}): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeAllConnections();
+    this.#notifiers.closeAll();
     await closed;
     if (
       !options.keepSocket &&
@@ -328,23 +318,8 @@ export class MountService {
   }
 }
 
-/** What a failure reads as: its own code, or, for a fault of the service itself, EIO with the fault on stderr. */
-function asServiceError(error: unknown): GuestmemfsError {
-  try {
-    return GuestmemfsError.from(error);
-  } catch {
-    process.stderr.write(`guestmemfs mount: internal error: ${(error as Error)?.stack ?? String(error)}\n`);
-    return new GuestmemfsError('EIO', 'internal error in the mount service (its log has the details)', { syscall: 'http' });
-  }
-}
-
 function tooLarge(operation: Operation): GuestmemfsError {
   return new GuestmemfsError('EMSGSIZE', `${operation.name}: the body exceeds ${MAX_BODY_BYTES} bytes; send less at a time`, {
     syscall: operation.name,
   });
-}
-
-/** Node's error shape, as JSON. */
-export function errorBody(error: GuestmemfsError): Record<string, unknown> {
-  return { code: error.code, errno: error.errno, syscall: error.syscall, path: error.path, message: error.message };
 }

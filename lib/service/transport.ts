@@ -1,6 +1,7 @@
 // The client's side of the wire: kept-alive HTTP/1.1 connections to the service's UNIX socket, each carrying requests
 // in order and parsing their answers in order (pipelined). Node's http client costs 2.6x more per request here; the
 // service always answers with a Content-Length, which is all this parser reads.
+import { GuestmemfsError } from '../errors';
 import * as net from 'node:net';
 
 export interface Answer {
@@ -144,4 +145,23 @@ export class Transport {
     for (const connection of this.#connections) connection.destroy();
     this.#connections.clear();
   }
+}
+
+/**
+ * A transport failure in Node's shape. A service that answered wrongly (EPROTO) or too late (ETIMEDOUT) was reached,
+ * and its own words say what went wrong; any other failure means it was not, and the remedy is to look at it.
+ */
+export function transportError(socketPath: string, error: NodeJS.ErrnoException): GuestmemfsError {
+  if (error.code === 'EPROTO' || error.code === 'ETIMEDOUT') {
+    return new GuestmemfsError(error.code, `the mount service at ${socketPath}: ${error.message}`, { syscall: 'read', path: socketPath });
+  }
+  const code = error.code === 'ENOENT' || error.code === 'ECONNREFUSED' ? 'ENOTCONN' : (error.code ?? 'EIO');
+  return new GuestmemfsError(
+    code,
+    `the mount service at ${socketPath} is unreachable (${error.code ?? error.message}): is \`guestmemfs mount\` running?`,
+    {
+      syscall: 'connect',
+      path: socketPath,
+    },
+  );
 }

@@ -98,11 +98,13 @@ export class KvmMachine {
   readonly vcpu: number;
   readonly ram: Mapping;
   #closed = false;
+  #slotBytes: number;
 
   private constructor(vm: number, vcpu: number, ram: Mapping) {
     this.vm = vm;
     this.vcpu = vcpu;
     this.ram = ram;
+    this.#slotBytes = ram.length;
   }
 
   /**
@@ -161,6 +163,24 @@ export class KvmMachine {
     regs[16] = BigInt(GUEST.code); // rip
     regs[17] = 2n; // rflags: the reserved bit
     native.kvmSetRegs(this.vcpu, regs);
+  }
+
+  /** Bytes of guest RAM memory slot 0 covers (all of `ram` until a consumer invalidation shrinks it). */
+  get slotBytes(): number {
+    return this.#slotBytes;
+  }
+
+  /**
+   * Cuts guest RAM to its first `bytes` (none: the slot goes), for the memfile notifier's invalidation: KVM must stop
+   * using memory before the filesystem frees it. KVM cannot resize a slot, so it is deleted and added again.
+   */
+  shrinkMemory(bytes: number): void {
+    this.#requireOpen();
+    if (bytes >= this.#slotBytes) return;
+    native.kvmDeleteMemory(this.vm, 0);
+    const keep = bytes - (bytes % (2 * MiB));
+    if (keep > 0 && this.ram.mapped) native.kvmSetMemory(this.vm, 0, 0, this.ram.id, 0, keep);
+    this.#slotBytes = keep > 0 && this.ram.mapped ? keep : 0;
   }
 
   /** Runs the vCPU on a worker thread until it halts or is paused; misuse (already running, closed) rejects. */

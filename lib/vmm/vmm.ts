@@ -2,6 +2,8 @@
 // `state` file, so that a new VMM process can take it over (live update) without copying guest memory.
 import { GuestmemfsError } from '../errors';
 import type { Filesystem } from '../fs/filesystem';
+import type { MemfileNotifier } from '../fs/memfile';
+import { MEMFILE_F_UNMOVABLE, MEMFILE_F_UNRECLAIMABLE } from '../fs/notifier';
 import { premapFile } from '../fs/successor';
 import type { Extent, Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
@@ -82,6 +84,12 @@ export class Vmm {
   #state: Mapping;
   /** The state file's size: what a save may fill before the file has to grow. */
   #stateCapacity: number;
+  /**
+   * KVM's memory slot as a consumer of the RAM file (the memfile notifier's first user): told before any of the file
+   * goes, it cuts the slot first. While this VMM maps the RAM its pin refuses such changes, so this guards the window
+   * after the mapping goes and before the VM does.
+   */
+  readonly slotConsumer: MemfileNotifier | undefined;
 
   private constructor(
     fs: Filesystem | undefined,
@@ -97,6 +105,12 @@ export class Vmm {
     this.machine = machine;
     this.#state = state;
     this.#stateCapacity = stateCapacity;
+    this.slotConsumer = fs?.registerNotifier(
+      config.ramPath,
+      { description: `KVM memory slot 0 of pid ${process.pid}`, invalidate: (start) => machine.shrinkMemory(start) },
+      // KVM holds the guest's frames: they must neither move nor be reclaimed.
+      MEMFILE_F_UNMOVABLE | MEMFILE_F_UNRECLAIMABLE,
+    );
   }
 
   /** The filesystem this VMM owns the pool through (not for a VMM on a served pool: the service owns it). */
@@ -340,8 +354,9 @@ export class Vmm {
 
   /** Lets go of the VM and the RAM mapping (the guest's memory stays in its file). */
   close(): void {
+    this.slotConsumer?.unregister();
     this.machine.close();
-    this.ram.unmap();
+    if (this.ram.mapped) this.ram.unmap();
     if (this.#state.mapped) this.#state.unmap();
   }
 }
