@@ -6,13 +6,14 @@
  * it finish with the same checksum as an uninterrupted run.
  *
  * Entry (set by the VMM): rdi = first byte of the work area, rsi = 64-bit words in it (< 2^32), rdx = steps, r8 = seed,
- * r15 = the step to wait at (0: none). At that step the guest sets the gate's "arrived" word and spins until the VMM
- * sets its "release" word: a point the VMM can pause the guest at by signal, not by timing. The gate touches neither the
- * checksum nor the work area, so a gated run computes what an ungated one does.
+ * r15 = the step to wait at (0: none), rbp = the gate: its "arrived" word, then its "release" word. At that step the
+ * guest sets "arrived" and spins until the VMM sets "release": a point the VMM can pause the guest at by signal, not by
+ * timing. The gate touches neither the checksum nor the work area, so a gated run computes what an ungated one does.
+ *
+ * With several vCPUs each runs this program on its own slice of the work area, with its own seed and gate, and prints
+ * on COM1 (the VMM keeps each vCPU's output apart): they share only the page tables and the code.
  * Build: as --64 -o build/guest.o guest/guest.S && objcopy -O binary -j .text build/guest.o build/guest.bin
  */
-    .set GATE_ARRIVED, 0x800
-    .set GATE_RELEASE, 0x808
     .code64
     .text
     .globl _start
@@ -51,10 +52,10 @@ work:
 gate:
     test %r15, %r15
     jz work
-    movq $1, GATE_ARRIVED
+    movq $1, (%rbp)
 wait:
     pause
-    cmpq $0, GATE_RELEASE
+    cmpq $0, 8(%rbp)
     je wait
     xor %r15, %r15                  /* a gate is passed once */
     jmp work

@@ -135,6 +135,8 @@ export interface NativeBinding {
   kvmPause(vcpu: number): boolean;
   /** CLOCK_MONOTONIC ns when the latest run entered KVM_RUN (0n until it has). */
   kvmRunStartedAt(vcpu: number): bigint;
+  /** CLOCK_MONOTONIC ns when the latest run left KVM_RUN (0n before any ended). */
+  kvmRunStoppedAt(vcpu: number): bigint;
   kvmSerial(vcpu: number): string;
   kvmCloseVcpu(vcpu: number): void;
   readonly napiVersion: number;

@@ -48,6 +48,9 @@ struct Vcpu {
   // CLOCK_MONOTONIC ns just before the worker's first KVM_RUN of the latest run: when the guest runs again, which is
   // what a blackout measurement needs (the JS thread may learn it later, or be preempted by the worker meanwhile).
   std::atomic<int64_t> runStartedNs{0};
+  // CLOCK_MONOTONIC ns when the worker last left KVM_RUN: the start of a blackout, per vCPU (the guest stops being
+  // whole when its first vCPU stops).
+  std::atomic<int64_t> runStoppedNs{0};
   pthread_t thread{};
   std::mutex serialMutex;
   std::string serial;
@@ -376,6 +379,8 @@ class RunWorker : public Napi::AsyncWorker {
       if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR) reason_ += " (internal error " + std::to_string(run->internal.suberror) + ")";
       break;
     }
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    vcpu.runStoppedNs.store(static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec);
     vcpu.run->immediate_exit = 0;
     vcpu.running.store(false);
   }
@@ -405,6 +410,12 @@ class RunWorker : public Napi::AsyncWorker {
 Napi::Value KvmRunStartedAt(const Napi::CallbackInfo& info) {
   auto vcpu = LookupVcpu(info);
   return Napi::BigInt::New(info.Env(), vcpu->runStartedNs.load());
+}
+
+// kvmRunStoppedAt(vcpu): CLOCK_MONOTONIC ns when the latest run left KVM_RUN, or 0n before any run ended.
+Napi::Value KvmRunStoppedAt(const Napi::CallbackInfo& info) {
+  auto vcpu = LookupVcpu(info);
+  return Napi::BigInt::New(info.Env(), vcpu->runStoppedNs.load());
 }
 
 Napi::Value KvmRun(const Napi::CallbackInfo& info) {
@@ -464,6 +475,7 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmRun", Napi::Function::New(env, KvmRun, "kvmRun"));
   exports.Set("kvmPause", Napi::Function::New(env, KvmPause, "kvmPause"));
   exports.Set("kvmRunStartedAt", Napi::Function::New(env, KvmRunStartedAt, "kvmRunStartedAt"));
+  exports.Set("kvmRunStoppedAt", Napi::Function::New(env, KvmRunStoppedAt, "kvmRunStoppedAt"));
   exports.Set("kvmSerial", Napi::Function::New(env, KvmSerial, "kvmSerial"));
   exports.Set("kvmCloseVcpu", Napi::Function::New(env, KvmCloseVcpu, "kvmCloseVcpu"));
 }

@@ -19,7 +19,7 @@ const ramBytes = 32 * MiB;
  */
 async function runGuest(
   mode: UpdateMode,
-  guest: { steps: number; seed: number; updates: number; maxDelayMs: number },
+  guest: { steps: number; seed: number; updates: number; maxDelayMs: number; vcpus?: number },
   env: NodeJS.ProcessEnv = process.env,
 ) {
   const poolPath = uniquePath(m.hugetlbfs2M!, 'vmm');
@@ -36,7 +36,7 @@ async function runGuest(
       event: 'done',
       reason: 'halted',
       sameFrames: true,
-      serial: `${demoGuestChecksum(ramBytes, { steps: guest.steps, seed: BigInt(guest.seed) })}\n`,
+      serial: `${demoGuestChecksum(ramBytes, { steps: guest.steps, seed: BigInt(guest.seed) }, guest.vcpus ?? 1)}\n`,
     });
     return run.events;
   } finally {
@@ -152,6 +152,20 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
       process.stdout.write(`[vmm] transfer update: blackout ${(update.blackoutMs as number).toFixed(1)} ms ${JSON.stringify(breakdown)}\n`);
     }
   }, 180_000);
+
+  it.each(['exec', 'transfer'] as const)(
+    'an SMP guest (2 vCPUs), %s mode: all vCPUs paused, saved and resumed together, both checksums intact, same frames',
+    async (mode) => {
+      const events = await runGuest(mode, { steps: 400_000, seed: 13, updates: 2, maxDelayMs: 300, vcpus: 2 });
+      const updates = events.filter((event) => event.event === 'update');
+      expect(updates).toHaveLength(2);
+      for (const update of updates) {
+        expect(update).toMatchObject({ mode, sameFrames: true, vcpus: 2 });
+        process.stdout.write(`[vmm] ${mode} update, 2 vCPUs: blackout ${(update.blackoutMs as number).toFixed(2)} ms\n`);
+      }
+    },
+    180_000,
+  );
 
   it('transfer mode: a successor that refuses the handover leaves the guest running in the original VMM, never paused for it', async () => {
     const events = await runTransfer(2, { ...process.env, GUESTMEMFS_TRANSFER_REFUSE_FIRST: '1' });

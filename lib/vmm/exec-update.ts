@@ -2,7 +2,7 @@
 // (the guest still running), pause the guest, save its state and execve a fresh copy of this program (same PID), which
 // restores and resumes the guest.
 //
-//   node exec-update.js boot   <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
+//   node exec-update.js boot   <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs> [vcpus]
 //   (resume is this program exec'ing itself; the pool comes back through GUESTMEMFS_POOL)
 //
 // Each process prints one JSON line per event on stdout: an `update` line with the blackout and its breakdown, and a
@@ -39,7 +39,7 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
   const running = vmm.start();
   if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
-  await rehearseUpdate();
+  await rehearseUpdate(plan.vcpus);
   await updateDelay(plan);
   // What the VMM after this update carries on with.
   const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
@@ -114,6 +114,7 @@ async function main(): Promise<void> {
       event: 'update',
       mode: 'exec',
       pid: process.pid,
+      vcpus: vmm.machine.vcpus.length,
       blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
       ramPinnedBy: ramPinners(vmm),

@@ -17,6 +17,8 @@ export interface UpdateRun {
   seed: number | bigint;
   updates: number;
   maxDelayMs: number;
+  /** vCPUs of the guest (default 1). */
+  vcpus?: number;
 }
 
 /** One JSON line a live-update program printed (`boot`, `update`, `update-failed`, `successor-refused`, `done`…). */
@@ -36,6 +38,7 @@ export function updateArgv(run: UpdateRun): string[] {
     String(run.seed),
     String(run.updates),
     String(run.maxDelayMs),
+    String(run.vcpus ?? 1),
   ];
 }
 

@@ -1,5 +1,5 @@
-// A KVM virtual machine whose RAM is a guestmemfs guest file mapping: long-mode setup, the demo guest, run and pause,
-// and the vCPU state save/restore a live update carries across processes.
+// A KVM virtual machine whose RAM is a guestmemfs guest file mapping: long-mode setup, the demo guest on one or more
+// vCPUs, run and pause, and the vCPU state save/restore a live update carries across processes.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
@@ -14,14 +14,35 @@ export const GUEST = {
   pdpt: 0x3000,
   /** One page directory per GiB, from here on. */
   pageDirectories: 0x4000,
-  /** The gate: the guest sets the first word on arriving at its gate step and waits for the VMM to set the second. */
-  gateArrived: 0x800,
-  gateRelease: 0x808,
+  /**
+   * The gates, 16 bytes per vCPU: a vCPU sets its first word on arriving at its gate step and waits for the VMM to set
+   * the second.
+   */
+  gates: 0x800,
   /** Everything from here to the end of RAM is the guest's work area. */
   workArea: 1 * MiB,
   /** RAM the identity page tables can cover (8 page directories below the work area). */
   maxRam: 8 * GiB,
+  /** vCPUs the gate area has room for (below the code at 0x1000). */
+  maxVcpus: 64,
 } as const;
+
+/** The seed vCPU `index` starts from: the caller's seed for the first, spread by the golden ratio for the rest. */
+export function vcpuSeed(seed: bigint, index: number): bigint {
+  return (seed + BigInt(index) * 0x9e3779b97f4a7c15n) & ((1n << 64n) - 1n);
+}
+
+/** The words of the work area vCPU `index` of `vcpus` works on: [first, first + count). */
+export function vcpuSlice(ramBytes: number, vcpus: number, index: number): { first: number; count: number } {
+  const count = Math.floor((ramBytes - GUEST.workArea) / 8 / vcpus);
+  return { first: index * count, count };
+}
+
+function requireVcpuCount(vcpus: number): number {
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > GUEST.maxVcpus)
+    throw new GuestmemfsError('EINVAL', `a VM has 1 to ${GUEST.maxVcpus} vCPUs, not ${vcpus}`);
+  return vcpus;
+}
 
 const PRESENT = 1n;
 const WRITABLE = 2n;
@@ -69,7 +90,7 @@ export function demoGuestCode(): Uint8Array {
  */
 export interface PreparedVm {
   readonly vm: number;
-  readonly vcpu: number;
+  readonly vcpus: readonly number[];
   /** Guest RAM registered as memory slot 0 ahead of time (a premapFile() mapping), if any. */
   readonly ram: Mapping | undefined;
   used: boolean;
@@ -79,60 +100,72 @@ export interface PreparedVm {
  * Creates a VM and its vCPU and, given a mapping of guest RAM, registers it with KVM now: with shadow paging the
  * kernel sizes per-page tracking for the whole slot then, about 0.6 ms per GiB here.
  */
-export function prepareVm(ram?: Mapping): PreparedVm {
+export function prepareVm(ram?: Mapping, vcpus = 1): PreparedVm {
+  requireVcpuCount(vcpus);
   if (ram && ram.length > GUEST.maxRam)
     throw new GuestmemfsError('EINVAL', `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`);
   const vm = native.kvmCreateVm(kvm());
+  const made: number[] = [];
   try {
-    const vcpu = native.kvmCreateVcpu(kvm(), vm, 0);
+    for (let index = 0; index < vcpus; index++) made.push(native.kvmCreateVcpu(kvm(), vm, index));
     if (ram) native.kvmSetMemory(vm, 0, 0, ram.id, 0, ram.length);
-    return { vm, vcpu, ram, used: false };
+    return { vm, vcpus: made, ram, used: false };
   } catch (error) {
-    native.fdClose(vm);
+    closeVm(vm, made);
     throw error;
   }
 }
 
+function closeVm(vm: number, vcpus: readonly number[]): void {
+  for (const vcpu of vcpus) native.kvmCloseVcpu(vcpu);
+  native.fdClose(vm);
+}
+
 export class KvmMachine {
   readonly vm: number;
-  readonly vcpu: number;
+  /** The vCPUs, in index order (the first is the bootstrap processor). */
+  readonly vcpus: readonly number[];
   readonly ram: Mapping;
   #closed = false;
   #slotBytes: number;
 
-  private constructor(vm: number, vcpu: number, ram: Mapping) {
+  private constructor(vm: number, vcpus: readonly number[], ram: Mapping) {
     this.vm = vm;
-    this.vcpu = vcpu;
+    this.vcpus = vcpus;
     this.ram = ram;
     this.#slotBytes = ram.length;
   }
 
   /**
-   * A VM with one vCPU whose guest-physical RAM [0, ram.length) is the mapping itself (no copy). `prepared` is a VM made
-   * earlier by prepareVm(), so that a successor VMM can create it (and register the RAM it premapped) before the guest
-   * pauses, outside the blackout. A prepared VM holding other RAM than `ram` is closed and a fresh one made.
+   * A VM with `vcpus` vCPUs whose guest-physical RAM [0, ram.length) is the mapping itself (no copy). `prepared` is a
+   * VM made earlier by prepareVm(), so that a successor VMM can create it (and register the RAM it premapped) before
+   * the guest pauses, outside the blackout; its vCPU count is then the machine's. A prepared VM holding other RAM than
+   * `ram` is closed and a fresh one made.
    */
-  static create(ram: Mapping, prepared?: PreparedVm): KvmMachine {
+  static create(ram: Mapping, prepared?: PreparedVm, vcpus = prepared?.vcpus.length ?? 1): KvmMachine {
+    requireVcpuCount(vcpus);
     if (ram.length > GUEST.maxRam)
       throw new GuestmemfsError(
         'EINVAL',
         `guest RAM of ${ram.length} bytes exceeds the ${GUEST.maxRam}-byte limit of the demo page tables`,
       );
     if (prepared?.used) throw new GuestmemfsError('EINVAL', 'this prepared VM already has guest RAM: prepare one VM per machine');
-    if (prepared && prepared.ram !== undefined && prepared.ram !== ram) {
+    if (prepared && ((prepared.ram !== undefined && prepared.ram !== ram) || prepared.vcpus.length !== vcpus)) {
       // KVM cannot move a memory slot to other memory in place; a fresh VM is as quick as deleting and re-adding it.
       prepared.used = true;
-      native.kvmCloseVcpu(prepared.vcpu);
-      native.fdClose(prepared.vm);
+      closeVm(prepared.vm, prepared.vcpus);
       prepared = undefined;
     }
-    const vm = prepared ?? prepareVm(ram);
+    const vm = prepared ?? prepareVm(ram, vcpus);
     vm.used = true;
     if (prepared && prepared.ram === undefined) native.kvmSetMemory(vm.vm, 0, 0, ram.id, 0, ram.length);
-    return new KvmMachine(vm.vm, vm.vcpu, ram);
+    return new KvmMachine(vm.vm, vm.vcpus, ram);
   }
 
-  /** Writes the demo guest and identity page tables into RAM and points the vCPU at it in 64-bit mode. */
+  /**
+   * Writes the demo guest and identity page tables into RAM and points every vCPU at it in 64-bit mode, each with its
+   * own slice of the work area, seed and gate.
+   */
   loadDemoGuest(options: DemoGuestOptions): void {
     const low = this.ram.bytes(0, GUEST.workArea);
     low.fill(0);
@@ -151,18 +184,22 @@ export class KvmMachine {
         );
       }
     }
-    native.kvmEnterLongMode(this.vcpu, GUEST.pml4);
-    const regs = native.kvmGetRegs(this.vcpu);
-    regs.fill(0n);
-    regs[4] = BigInt((this.ram.length - GUEST.workArea) / 8); // rsi: words in the work area
-    regs[5] = BigInt(GUEST.workArea); // rdi: the work area
-    regs[3] = BigInt(options.steps); // rdx: steps
-    regs[8] = options.seed; // r8: seed
-    regs[15] = BigInt(options.gateAtStep ?? 0); // r15: the step to wait at
-    regs[6] = BigInt(GUEST.code); // rsp (the guest uses no stack)
-    regs[16] = BigInt(GUEST.code); // rip
-    regs[17] = 2n; // rflags: the reserved bit
-    native.kvmSetRegs(this.vcpu, regs);
+    this.vcpus.forEach((vcpu, index) => {
+      const slice = vcpuSlice(this.ram.length, this.vcpus.length, index);
+      native.kvmEnterLongMode(vcpu, GUEST.pml4);
+      const regs = native.kvmGetRegs(vcpu);
+      regs.fill(0n);
+      regs[4] = BigInt(slice.count); // rsi: words in its slice of the work area
+      regs[5] = BigInt(GUEST.workArea + slice.first * 8); // rdi: the slice
+      regs[3] = BigInt(options.steps); // rdx: steps
+      regs[8] = vcpuSeed(options.seed, index); // r8: seed
+      regs[15] = BigInt(options.gateAtStep ?? 0); // r15: the step to wait at
+      regs[7] = BigInt(GUEST.gates + 16 * index); // rbp: its gate
+      regs[6] = BigInt(GUEST.code); // rsp (the guest uses no stack)
+      regs[16] = BigInt(GUEST.code); // rip
+      regs[17] = 2n; // rflags: the reserved bit
+      native.kvmSetRegs(vcpu, regs);
+    });
   }
 
   /** Bytes of guest RAM memory slot 0 covers (all of `ram` until a consumer invalidation shrinks it). */
@@ -183,56 +220,97 @@ export class KvmMachine {
     this.#slotBytes = keep > 0 && this.ram.mapped ? keep : 0;
   }
 
-  /** Runs the vCPU on a worker thread until it halts or is paused; misuse (already running, closed) rejects. */
+  /**
+   * Runs every vCPU, each on a worker thread of its own, until all have halted or been paused: 'halted' when all
+   * halted, 'paused' when any was paused, else the first other reason. Misuse (already running, closed) rejects.
+   */
   async run(): Promise<string> {
     this.#requireOpen();
-    return native.kvmRun(this.vcpu);
+    const runs = this.vcpus.map((vcpu) => native.kvmRun(vcpu));
+    const reasons = await Promise.all(runs);
+    if (reasons.every((reason) => reason === 'halted')) return 'halted';
+    return reasons.includes('paused') ? 'paused' : reasons.find((reason) => reason !== 'halted')!;
   }
 
+  /** Asks every vCPU to stop (run() resolves once all have). */
   pause(): void {
     this.#requireOpen();
-    native.kvmPause(this.vcpu);
+    for (const vcpu of this.vcpus) native.kvmPause(vcpu);
   }
 
-  /** CLOCK_MONOTONIC ns when the latest run() entered KVM_RUN, or 0n while it has not yet. */
+  /**
+   * CLOCK_MONOTONIC ns when the latest run had every vCPU in KVM_RUN (the last one's entry: the guest is whole again
+   * then), or 0n while some vCPU has not entered yet.
+   */
   runStartedAt(): bigint {
     this.#requireOpen();
-    return native.kvmRunStartedAt(this.vcpu);
+    let latest = 0n;
+    for (const vcpu of this.vcpus) {
+      const at = native.kvmRunStartedAt(vcpu);
+      if (at === 0n) return 0n;
+      if (at > latest) latest = at;
+    }
+    return latest;
   }
 
-  /** True once the guest has arrived at its gate (see DemoGuestOptions.gateAtStep) and waits there. */
+  /** CLOCK_MONOTONIC ns when the first vCPU of the latest run left KVM_RUN (the guest stopped being whole then). */
+  runStoppedAt(): bigint {
+    this.#requireOpen();
+    let earliest = 0n;
+    for (const vcpu of this.vcpus) {
+      const at = native.kvmRunStoppedAt(vcpu);
+      if (earliest === 0n || (at !== 0n && at < earliest)) earliest = at;
+    }
+    return earliest;
+  }
+
+  /** True once every vCPU has arrived at its gate (see DemoGuestOptions.gateAtStep) and waits there. */
   gateReached(): boolean {
-    return this.#gateWords()[0] === 1n;
+    return this.vcpus.every((_, index) => this.#gateWords(index)[0] === 1n);
   }
 
-  /** Lets a guest waiting at its gate go on (the word lives in guest RAM, so it crosses a save and restore). */
+  /** Lets every vCPU waiting at its gate go on (the words live in guest RAM, so they cross a save and restore). */
   releaseGate(): void {
-    this.#gateWords()[1] = 1n;
+    this.vcpus.forEach((_, index) => (this.#gateWords(index)[1] = 1n));
   }
 
-  #gateWords(): BigUint64Array {
-    const bytes = this.ram.bytes(GUEST.gateArrived, 16);
+  #gateWords(index: number): BigUint64Array {
+    const bytes = this.ram.bytes(GUEST.gates + 16 * index, 16);
     return new BigUint64Array(bytes.buffer, bytes.byteOffset, 2);
   }
 
-  /** COM1 output since the last call. */
-  serial(): string {
-    return native.kvmSerial(this.vcpu);
+  /** Each vCPU's COM1 output since the last call, in vCPU order. */
+  serial(): string[] {
+    return this.vcpus.map((vcpu) => native.kvmSerial(vcpu));
   }
 
+  /** Every vCPU's state, one fixed-size record after another in vCPU order (all must be stopped). */
   saveState(): Uint8Array {
-    return native.kvmSaveState(this.vcpu);
+    const states = this.vcpus.map((vcpu) => native.kvmSaveState(vcpu));
+    const out = new Uint8Array(states.reduce((total, state) => total + state.length, 0));
+    let offset = 0;
+    for (const state of states) {
+      out.set(state, offset);
+      offset += state.length;
+    }
+    return out;
   }
 
+  /** Restores what saveState() returned: as many records as this VM has vCPUs. */
   restoreState(state: Uint8Array): void {
-    native.kvmRestoreState(this.vcpu, state);
+    const each = state.length / this.vcpus.length;
+    if (!Number.isInteger(each)) {
+      throw new GuestmemfsError('EINVAL', `vCPU state of ${state.length} bytes does not divide among ${this.vcpus.length} vCPUs`, {
+        syscall: 'ioctl',
+      });
+    }
+    this.vcpus.forEach((vcpu, index) => native.kvmRestoreState(vcpu, state.subarray(index * each, (index + 1) * each)));
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    native.kvmCloseVcpu(this.vcpu);
-    native.fdClose(this.vm);
+    closeVm(this.vm, this.vcpus);
   }
 
   #requireOpen(): void {
@@ -240,15 +318,26 @@ export class KvmMachine {
   }
 }
 
-/** What the demo guest computes, in TypeScript: the reference its serial output is checked against. */
-export function demoGuestChecksum(ramBytes: number, options: DemoGuestOptions): string {
-  const words = BigInt((ramBytes - GUEST.workArea) / 8);
+/**
+ * What the demo guest prints, in TypeScript: the reference its serial output is checked against. With several vCPUs,
+ * each vCPU's checksum, in vCPU order, one per line.
+ */
+export function demoGuestChecksum(ramBytes: number, options: DemoGuestOptions, vcpus = 1): string {
+  const lines: string[] = [];
+  for (let index = 0; index < vcpus; index++) {
+    lines.push(sliceChecksum(vcpuSlice(ramBytes, vcpus, index).count, options.steps, vcpuSeed(options.seed, index)));
+  }
+  return lines.join('\n');
+}
+
+function sliceChecksum(wordCount: number, steps: number, seed: bigint): string {
+  const words = BigInt(wordCount);
   const mask = (1n << 64n) - 1n;
   const rol = (value: bigint, bits: bigint) => ((value << bits) | (value >> (64n - bits))) & mask;
   const memory = new Map<bigint, bigint>();
-  let x = options.seed;
+  let x = seed;
   let sum = 0n;
-  for (let step = 0; step < options.steps; step++) {
+  for (let step = 0; step < steps; step++) {
     x = (x * 6364136223846793005n + 1442695040888963407n) & mask;
     const index = (((x >> 32n) * words) & mask) >> 32n;
     const value = rol(((memory.get(index) ?? 0n) + x) & mask, 13n);

@@ -11,8 +11,8 @@
 // then the sender's timings) and fd 3 (successor to sender: "ready" once prepared, "armed" once it has restored the
 // filesystem and spins on the state file, "resuming" at its commit point, just before its vCPU runs).
 //
-//   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs>
-//   node transfer-update.js successor <pool>            (started by the running VMM)
+//   node transfer-update.js boot <pool> <ramBytes> <steps> <seed> <updates> <maxDelayMs> [vcpus]
+//   node transfer-update.js successor <pool> <vcpus>    (started by the running VMM)
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
@@ -68,8 +68,8 @@ interface SenderTimings {
 }
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
-async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv) {
-  const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath], {
+async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv, vcpus: number) {
+  const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath, String(vcpus)], {
     stdio: ['pipe', 'inherit', 'inherit', 'pipe'],
     env,
   });
@@ -139,8 +139,8 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   // What the VMM after this update carries on with.
   const next = { ...plan, updatesLeft: plan.updatesLeft - 1 };
   // The successor starts now, long before the update, and prepares its VM: its start-up is outside the blackout.
-  const successor = await startSuccessor(poolPath, successorEnv());
-  await rehearseUpdate();
+  const successor = await startSuccessor(poolPath, successorEnv(), plan.vcpus);
+  await rehearseUpdate(plan.vcpus);
   await updateDelay(plan);
   // Prepare phase, the guest still running: serialise and let go of the filesystem; the successor restores it.
   const gfs: Filesystem = vmm.fs;
@@ -225,9 +225,10 @@ async function main(): Promise<void> {
   // restores it, attaches, and spins until the guest's state is saved.
   const refuse = process.env.GUESTMEMFS_TRANSFER_REFUSE === '1';
   let prepared: PreparedResume | undefined;
+  const vcpus = Number(args[0] ?? 1);
   if (!refuse) {
-    await rehearseUpdate();
-    const { ramError, ...made } = Vmm.prepareResume(pool, CONFIG);
+    await rehearseUpdate(vcpus);
+    const { ramError, ...made } = Vmm.prepareResume(pool, CONFIG, vcpus);
     // Not fatal: guest RAM is then mapped and registered when the pool is handed over (still before the pause).
     if (ramError) emit({ event: 'premap-failed', pid: process.pid, error: ramError });
     prepared = made;
@@ -263,6 +264,7 @@ async function main(): Promise<void> {
       event: 'update',
       mode: 'transfer',
       pid: process.pid,
+      vcpus: vmm.machine.vcpus.length,
       blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       premapped,
       sameFrames: sameFramesAsBoot(vmm),

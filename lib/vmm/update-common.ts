@@ -20,6 +20,7 @@ export interface Plan {
   updatesLeft: number;
   maxDelayMs: number;
   seed: number;
+  vcpus: number;
 }
 
 /** One JSON line per event on stdout, written synchronously so nothing is lost at execve. */
@@ -38,16 +39,20 @@ export function framesOf(vmm: Vmm): string[] | null {
 
 /** Formats the pool, boots the demo guest, records its RAM's frames and reports it; returns the VMM and the plan. */
 export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } {
-  const [ramText, stepsText, seedText, updatesText, delayText] = args;
+  const [ramText, stepsText, seedText, updatesText, delayText, vcpusText] = args;
+  const vcpus = Number(vcpusText ?? 1);
   const ramBytes = Number(ramText);
   mkfs(pool, { force: true });
   const gfs = mount(pool);
   gfs.mkdir('/vm0');
-  const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes }, { steps: Number(stepsText), seed: BigInt(seedText!) });
+  const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes, vcpus }, { steps: Number(stepsText), seed: BigInt(seedText!) });
   gfs.create(BOOT_FRAMES_PATH, { type: 'plain' });
   gfs.write(BOOT_FRAMES_PATH, Buffer.from(JSON.stringify(framesOf(vmm))));
   emit({ event: 'boot', pid: process.pid });
-  return { vmm, plan: { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText) } };
+  return {
+    vmm,
+    plan: { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText), vcpus },
+  };
 }
 
 /** A deterministic pseudo-random delay before the next update, so a run can be repeated. */
@@ -118,7 +123,7 @@ let rehearsed = false;
  * pool that runs vCPUs exists before the guest pauses: run cold, the same code costs several times as much inside the
  * blackout. Touches nothing of the real pool. Runs once per process.
  */
-export async function rehearseUpdate(rounds = REHEARSAL_ROUNDS): Promise<void> {
+export async function rehearseUpdate(vcpus = 1, rounds = REHEARSAL_ROUNDS): Promise<void> {
   if (process.env[NO_REHEARSAL_ENV] === '1' || rehearsed) return;
   rehearsed = true;
   const scratch = Pool.create({ backend: 'memfd-4k', size: 8 * MiB });
@@ -126,10 +131,10 @@ export async function rehearseUpdate(rounds = REHEARSAL_ROUNDS): Promise<void> {
     mkfs(scratch, { force: true });
     const booted = mount(scratch);
     booted.mkdir('/vm0');
-    let vmm = Vmm.boot(booted, { ...CONFIG, ramSize: 2 * MiB }, { steps: 1, seed: 1n });
-    const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0 } };
+    let vmm = Vmm.boot(booted, { ...CONFIG, ramSize: 2 * MiB, vcpus }, { steps: 1, seed: 1n });
+    const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0, vcpus } };
     for (let round = 0; round < rounds; round++) {
-      const prepared = Vmm.prepareResume(scratch, CONFIG); // the successor, ahead of time
+      const prepared = Vmm.prepareResume(scratch, CONFIG, vcpus); // the successor, ahead of time
       vmm.ensureStateRoom(); // the sender's prepare phase
       vmm.clearSavedState();
       vmm.fs.serialise();

@@ -15,6 +15,8 @@ export interface VmmConfig {
   ramPath: string;
   statePath: string;
   ramSize: number;
+  /** vCPUs of the guest (default 1). */
+  vcpus?: number;
 }
 
 /** Where a VMM keeps its guest's files: all a resuming VMM needs (the RAM's size is the RAM file's). */
@@ -22,9 +24,9 @@ export type VmmFiles = Pick<VmmConfig, 'ramPath' | 'statePath'>;
 
 /** What the state file holds besides the vCPU blob. */
 export interface SavedVmm {
-  version: 1;
-  /** COM1 output so far (the guest's console log). */
-  serial: string;
+  version: 2;
+  /** COM1 output so far, per vCPU (the guest's console logs). */
+  serials: string[];
   /** CLOCK_MONOTONIC ns when the vCPU stopped, for the blackout measurement. */
   stoppedAtNs: string;
   /** Anything else the caller wants carried over (timings, counters). */
@@ -32,7 +34,8 @@ export interface SavedVmm {
 }
 
 const STATE_MAGIC = 0x564d4d31; // "VMM1"
-const STATE_HEADER_BYTES = 12;
+/** magic, JSON bytes, vCPU state bytes, vCPU count. */
+const STATE_HEADER_BYTES = 16;
 /**
  * The state file is sized once, at boot, and saves overwrite it in place (its header records how much is used): its
  * blocks never move, so a successor can map it before the state is written.
@@ -59,7 +62,14 @@ function unmapUnadopted(premapped: Mapping | null | undefined, adopted: Mapping)
   if (premapped && premapped !== adopted && premapped.mapped) premapped.unmap();
 }
 
-function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; vcpu: Uint8Array } {
+/** The vCPU count a saved state records, or undefined when the file holds none (yet). */
+function savedVcpuCount(bytes: Uint8Array): number | undefined {
+  if (bytes.length < STATE_HEADER_BYTES) return undefined;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return view.getUint32(0, true) === STATE_MAGIC ? view.getUint32(12, true) : undefined;
+}
+
+function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; vcpu: Uint8Array; vcpus: number } {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (bytes.length < STATE_HEADER_BYTES || view.getUint32(0, true) !== STATE_MAGIC) {
     throw new GuestmemfsError('EINVAL', `${statePath} holds no saved VMM state`, { path: statePath });
@@ -69,7 +79,12 @@ function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; v
   const end = STATE_HEADER_BYTES + jsonLength + vcpuLength;
   if (end > bytes.length) throw new GuestmemfsError('EUCLEAN', `${statePath}: saved VMM state is truncated`, { path: statePath });
   const saved = JSON.parse(new TextDecoder().decode(bytes.subarray(STATE_HEADER_BYTES, STATE_HEADER_BYTES + jsonLength))) as SavedVmm;
-  return { saved, vcpu: bytes.slice(STATE_HEADER_BYTES + jsonLength, end) };
+  if (saved.version !== 2) {
+    throw new GuestmemfsError('EINVAL', `${statePath} holds VMM state of version ${saved.version}; this VMM reads version 2`, {
+      path: statePath,
+    });
+  }
+  return { saved, vcpu: bytes.slice(STATE_HEADER_BYTES + jsonLength, end), vcpus: view.getUint32(12, true) };
 }
 
 export class Vmm {
@@ -77,8 +92,8 @@ export class Vmm {
   readonly config: VmmConfig;
   readonly ram: Mapping;
   readonly machine: KvmMachine;
-  /** COM1 output carried over from earlier VMM processes plus what this one saw. */
-  serialLog = '';
+  /** COM1 output per vCPU, carried over from earlier VMM processes plus what this one saw. */
+  serialLogs: string[];
   #running: Promise<string> | undefined;
   /** The state file, mapped for the VMM's life: saving and restoring are then plain memory copies. */
   #state: Mapping;
@@ -105,6 +120,7 @@ export class Vmm {
     this.machine = machine;
     this.#state = state;
     this.#stateCapacity = stateCapacity;
+    this.serialLogs = machine.vcpus.map(() => '');
     this.slotConsumer = fs?.registerNotifier(
       config.ramPath,
       { description: `KVM memory slot 0 of pid ${process.pid}`, invalidate: (start) => machine.shrinkMemory(start) },
@@ -127,8 +143,8 @@ export class Vmm {
    * A VMM over guest RAM and a state file that the caller mapped itself (a client of the mount service, whose
    * mappings are pinned): the VM is created over `ram`. Its state file does not grow: it keeps the size it has.
    */
-  static fromMappings(files: VmmFiles, ram: Mapping, state: Mapping): Vmm {
-    return new Vmm(undefined, { ...files, ramSize: ram.length }, ram, KvmMachine.create(ram), state, state.length);
+  static fromMappings(files: VmmFiles, ram: Mapping, state: Mapping, vcpus = savedVcpuCount(state.bytes(0, STATE_HEADER_BYTES)) ?? 1): Vmm {
+    return new Vmm(undefined, { ...files, ramSize: ram.length, vcpus }, ram, KvmMachine.create(ram, undefined, vcpus), state, state.length);
   }
 
   /** Creates the guest's files, loads the demo guest and leaves it ready to start. */
@@ -138,7 +154,7 @@ export class Vmm {
     fs.create(config.statePath, { type: 'state' });
     fs.truncate(config.statePath, STATE_CAPACITY);
     const ram = fs.map(config.ramPath, RAM_MAP_OPTIONS);
-    const machine = KvmMachine.create(ram);
+    const machine = KvmMachine.create(ram, undefined, config.vcpus ?? 1);
     machine.loadDemoGuest(guest);
     return new Vmm(fs, config, ram, machine, fs.map(config.statePath), STATE_CAPACITY);
   }
@@ -149,7 +165,7 @@ export class Vmm {
    * that RAM registered. resume() adopts all of it when the files' blocks are unchanged at the handover, and otherwise
    * maps afresh (correct, only slower). A RAM premapping that fails is reported through `ramError`.
    */
-  static prepareResume(pool: Pool, files: VmmFiles): PreparedResume & { ramError?: string } {
+  static prepareResume(pool: Pool, files: VmmFiles, vcpus = 1): PreparedResume & { ramError?: string } {
     let ram: Mapping | undefined;
     let ramError: string | undefined;
     try {
@@ -163,7 +179,7 @@ export class Vmm {
     } catch {
       // Read from the file after the handover instead.
     }
-    return { vm: prepareVm(ram), state, ...(ramError ? { ramError } : {}) };
+    return { vm: prepareVm(ram, vcpus), state, ...(ramError ? { ramError } : {}) };
   }
 
   /**
@@ -191,9 +207,11 @@ export class Vmm {
     unmapUnadopted(prepared?.state, state);
     const premappedRam = prepared?.vm.ram;
     const ram = fs.map(files.ramPath, { ...RAM_MAP_OPTIONS, premapped: premappedRam });
-    const machine = KvmMachine.create(ram, prepared?.vm);
+    // A state already saved says how many vCPUs it holds (exec mode); a transfer-mode successor prepared its VM with them.
+    const vcpus = prepared?.vm.vcpus.length ?? savedVcpuCount(state.bytes(0, STATE_HEADER_BYTES)) ?? 1;
+    const machine = KvmMachine.create(ram, prepared?.vm, vcpus);
     unmapUnadopted(premappedRam, ram);
-    const vmm = new Vmm(fs, { ...files, ramSize: ram.length }, ram, machine, state, fs.stat(files.statePath).size);
+    const vmm = new Vmm(fs, { ...files, ramSize: ram.length, vcpus }, ram, machine, state, fs.stat(files.statePath).size);
     return { vmm, mapMs: elapsedMs(started), premapped: premappedRam === ram };
   }
 
@@ -229,10 +247,17 @@ export class Vmm {
   /** The second half of a takeover: reads the saved state through the state file's mapping and restores the vCPU. */
   restoreSaved(): { saved: SavedVmm; readStateMs: number; vcpuMs: number } {
     const started = process.hrtime.bigint();
-    const { saved, vcpu } = decodeState(this.#state.bytes(0, this.#stateCapacity), this.config.statePath);
+    const { saved, vcpu, vcpus } = decodeState(this.#state.bytes(0, this.#stateCapacity), this.config.statePath);
+    if (vcpus !== this.machine.vcpus.length) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `${this.config.statePath} holds ${vcpus} vCPUs, this VM has ${this.machine.vcpus.length}: prepare the successor with ${vcpus}`,
+        { path: this.config.statePath },
+      );
+    }
     const read = process.hrtime.bigint();
     this.machine.restoreState(vcpu);
-    this.serialLog = saved.serial;
+    this.serialLogs = saved.serials;
     return { saved, readStateMs: elapsedMs(started, read), vcpuMs: elapsedMs(read) };
   }
 
@@ -277,7 +302,7 @@ export class Vmm {
   }
 
   /** Reads the state a VMM saved, from the file (for tools; a resuming VMM reads its mapping). */
-  static readState(fs: Filesystem, statePath: string): { saved: SavedVmm; vcpu: Uint8Array } {
+  static readState(fs: Filesystem, statePath: string): { saved: SavedVmm; vcpu: Uint8Array; vcpus: number } {
     return decodeState(fs.read(statePath), statePath);
   }
 
@@ -309,19 +334,20 @@ export class Vmm {
     }
   }
 
-  /** Stops the vCPU and waits until it has stopped; returns the stop time (CLOCK_MONOTONIC ns). */
+  /** Stops every vCPU and waits until all have stopped; returns when the first stopped (CLOCK_MONOTONIC ns). */
   async pause(): Promise<{ reason: string; stoppedAtNs: bigint }> {
     if (!this.#running) throw new GuestmemfsError('EINVAL', 'the guest is not running');
     this.machine.pause();
     const reason = await this.#running;
     this.#running = undefined;
-    return { reason, stoppedAtNs: process.hrtime.bigint() };
+    // The first vCPU's own stop, stamped on its thread: from then on the guest is not whole.
+    return { reason, stoppedAtNs: this.machine.runStoppedAt() };
   }
 
-  /** COM1 output since the start of the guest (across VMM processes). */
+  /** COM1 output since the start of the guest (across VMM processes), each vCPU's after the one before. */
   serial(): string {
-    this.serialLog += this.machine.serial();
-    return this.serialLog;
+    this.machine.serial().forEach((output, index) => (this.serialLogs[index] += output));
+    return this.serialLogs.join('');
   }
 
   /**
@@ -330,7 +356,8 @@ export class Vmm {
    */
   saveState(stoppedAtNs: bigint, extra: Record<string, unknown> = {}): bigint {
     // No pagemap read here: it would sit inside the blackout; the runners read frames outside it for their proof.
-    const saved: SavedVmm = { version: 1, serial: this.serial(), stoppedAtNs: stoppedAtNs.toString(), extra };
+    this.serial();
+    const saved: SavedVmm = { version: 2, serials: this.serialLogs, stoppedAtNs: stoppedAtNs.toString(), extra };
     const json = new TextEncoder().encode(JSON.stringify(saved));
     const vcpu = this.machine.saveState();
     const bytes = new Uint8Array(STATE_HEADER_BYTES + json.length + vcpu.length);
@@ -338,6 +365,7 @@ export class Vmm {
     view.setUint32(0, STATE_MAGIC, true);
     view.setUint32(4, json.length, true);
     view.setUint32(8, vcpu.length, true);
+    view.setUint32(12, this.machine.vcpus.length, true);
     bytes.set(json, STATE_HEADER_BYTES);
     bytes.set(vcpu, STATE_HEADER_BYTES + json.length);
     // Overwritten in place through the mapping, never shrunk: its blocks stay where a successor may have mapped them.
