@@ -80,9 +80,13 @@ function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; v
   if (end > bytes.length) throw new GuestmemfsError('EUCLEAN', `${statePath}: saved VMM state is truncated`, { path: statePath });
   const saved = JSON.parse(new TextDecoder().decode(bytes.subarray(STATE_HEADER_BYTES, STATE_HEADER_BYTES + jsonLength))) as SavedVmm;
   if (saved.version !== 2) {
-    throw new GuestmemfsError('EINVAL', `${statePath} holds VMM state of version ${saved.version}; this VMM reads version 2`, {
-      path: statePath,
-    });
+    throw new GuestmemfsError(
+      'EINVAL',
+      `${statePath} holds VMM state of version ${String((saved as { version: unknown }).version)}; this VMM reads version 2`,
+      {
+        path: statePath,
+      },
+    );
   }
   return { saved, vcpu: bytes.slice(STATE_HEADER_BYTES + jsonLength, end), vcpus: view.getUint32(12, true) };
 }
