@@ -13,7 +13,8 @@
         "native/gmfs_kvm.cpp",
         "native/gmfs_sched.cpp",
         "native/gmfs_locks.cpp",
-        "native/gmfs_socket.cpp"
+        "native/gmfs_socket.cpp",
+        "native/gmfs_futex.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       # NAPI 8 is the floor we rely on: napi_detach_arraybuffer (7) for detach-on-unmap, cleanup hooks and

@@ -90,6 +90,8 @@ export interface NativeBinding {
   threadAffinity(): number[];
   /** Restricts the calling thread (not the process) to these CPUs. */
   setThreadAffinity(cpus: number[]): void;
+  /** The calling thread to SCHED_IDLE (true) or back to SCHED_OTHER. */
+  setThreadIdle(idle: boolean): void;
   // Locks family: open-file-description byte-range locks over the pool file (pins)
   /** F_OFD_SETLK(W): false when another open file description holds a conflicting lock and wait is false. */
   rangeLock(fd: number, offset: number, length: number, exclusive: boolean, wait: boolean): boolean;
@@ -131,12 +133,30 @@ export interface NativeBinding {
   kvmSaveState(vcpu: number): Uint8Array;
   kvmRestoreState(vcpu: number, state: Uint8Array): void;
   /** Resolves 'halted', 'paused' or 'exit-N (...)' when the vCPU stops. */
-  kvmRun(vcpu: number): Promise<string>;
+  /**
+   * Runs the vCPU on a worker thread. With a handover slot (mapping, index, count) it first sleeps until the area at
+   * the start of that mapping is published, loads its state from its slot, waits until every vCPU has, and (vCPU 0)
+   * writes the commit point to reportFd; 'cancelled' if paused meanwhile, 'load-failed' if any vCPU could not load.
+   */
+  kvmRun(vcpu: number, mappingId?: number, index?: number, count?: number, reportFd?: number): Promise<string>;
+  /** A pause from now on saves the vCPU into its slot on its own thread; the last to do so publishes the area. */
+  kvmArmSave(vcpu: number, mappingId: number, index: number, count: number): void;
+  kvmDisarmSave(vcpu: number): void;
+  /** CLOCK_MONOTONIC ns when the vCPU's loading run saw the area published (0n if it did not wait for one). */
+  kvmHandoverNoticedAt(vcpu: number): bigint;
+  /** Bytes of one vCPU's saved state (a slot of the handover area). */
+  kvmStateBytes(): number;
   kvmPause(vcpu: number): boolean;
   /** CLOCK_MONOTONIC ns when the latest run entered KVM_RUN (0n until it has). */
   kvmRunStartedAt(vcpu: number): bigint;
   /** CLOCK_MONOTONIC ns when the latest run left KVM_RUN (0n before any ended). */
   kvmRunStoppedAt(vcpu: number): bigint;
+  /** The CPUs the vCPU's thread runs on during its runs (EBUSY while it runs). */
+  kvmSetAffinity(vcpu: number, cpus: number[]): void;
+  /** Sleeps while the 32-bit word at offset of the mapping holds `expected` (shared across processes), up to timeoutMs. */
+  futexWait(mappingId: number, offset: number, expected: number, timeoutMs: number): 'woken' | 'timeout';
+  /** Wakes every waiter on the word; returns how many woke. */
+  futexWake(mappingId: number, offset: number): number;
   kvmSerial(vcpu: number): string;
   kvmCloseVcpu(vcpu: number): void;
   readonly napiVersion: number;

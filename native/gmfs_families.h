@@ -12,5 +12,6 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports);      // KVM VM/vCPU
 void RegisterSchedFamily(Napi::Env env, Napi::Object exports);    // CPU affinity of the calling thread
 void RegisterLocksFamily(Napi::Env env, Napi::Object exports);    // OFD byte-range locks (pins) and reopening the pool
 void RegisterSocketFamily(Napi::Env env, Napi::Object exports);   // UNIX sockets: listen, peer credentials, SCM_RIGHTS, datagrams
+void RegisterFutexFamily(Napi::Env env, Napi::Object exports);    // futex wait/wake on a word of a mapping, across processes
 
 }  // namespace gmfs

@@ -5,11 +5,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -20,6 +23,7 @@
 #include "gmfs_errors.h"
 #include "gmfs_families.h"
 #include "gmfs_map.h"
+#include "gmfs_sched.h"
 
 namespace gmfs {
 namespace {
@@ -44,6 +48,8 @@ struct Vcpu {
   kvm_run* run = nullptr;
   size_t runSize = 0;
   std::atomic<bool> running{false};
+  // Set while a worker thread runs the vCPU (`thread` is valid): a pause signals only then.
+  std::atomic<bool> onThread{false};
   std::atomic<bool> pauseRequested{false};
   // CLOCK_MONOTONIC ns just before the worker's first KVM_RUN of the latest run: when the guest runs again, which is
   // what a blackout measurement needs (the JS thread may learn it later, or be preempted by the worker meanwhile).
@@ -51,9 +57,17 @@ struct Vcpu {
   // CLOCK_MONOTONIC ns when the worker last left KVM_RUN: the start of a blackout, per vCPU (the guest stops being
   // whole when its first vCPU stops).
   std::atomic<int64_t> runStoppedNs{0};
+  // When a successor's vCPU saw the handover published (0 before, or for a run that waited for none).
+  std::atomic<int64_t> handoverNoticedNs{0};
+  // Set by kvmArmSave: the slot the worker saves this vCPU into when a pause stops it (the sender's half).
+  std::mutex armedMutex;
+  std::shared_ptr<struct HandoverSpec> armed;
   pthread_t thread{};
   std::mutex serialMutex;
   std::string serial;
+  // The CPUs the vCPU's thread runs on while it runs (kvmSetAffinity); the worker thread gets its own mask back after.
+  bool pinned = false;
+  cpu_set_t cpus{};
 
   ~Vcpu() {
     if (run != nullptr) munmap(run, runSize);
@@ -268,26 +282,58 @@ class MsrRequest {
   std::vector<uint8_t> bytes_;
 };
 
+// Reads the vCPU's state into `state`; on failure returns the failing ioctl (errno is set), else nullptr. Usable from
+// any thread: the JS thread's kvmSaveState and a worker saving on pause.
+const char* SaveVcpu(Vcpu& vcpu, SavedState* state) {
+  std::memset(state, 0, sizeof(SavedState));
+  state->magic = kStateMagic;
+  state->version = 1;
+  if (Ioctl(vcpu.fd, KVM_GET_REGS, &state->regs) < 0) return "ioctl(KVM_GET_REGS)";
+  if (Ioctl(vcpu.fd, KVM_GET_SREGS, &state->sregs) < 0) return "ioctl(KVM_GET_SREGS)";
+  if (Ioctl(vcpu.fd, KVM_GET_FPU, &state->fpu) < 0) return "ioctl(KVM_GET_FPU)";
+  if (Ioctl(vcpu.fd, kGetXsave, state->xsave) < 0) return "ioctl(KVM_GET_XSAVE)";
+  if (Ioctl(vcpu.fd, KVM_GET_XCRS, &state->xcrs) < 0) return "ioctl(KVM_GET_XCRS)";
+  if (Ioctl(vcpu.fd, KVM_GET_MP_STATE, &state->mp) < 0) return "ioctl(KVM_GET_MP_STATE)";
+  MsrRequest request;
+  // KVM_GET_MSRS returns how many it read, stopping at the first it does not know: anything short is a failure.
+  int read = Ioctl(vcpu.fd, kGetMsrs, request.msrs());
+  if (read != static_cast<int>(kMsrCount)) {
+    if (read >= 0) errno = EIO;
+    return "ioctl(KVM_GET_MSRS)";
+  }
+  for (size_t i = 0; i < kMsrCount; ++i) state->msrValues[i] = request.entries()[i].data;
+  return nullptr;
+}
+
+// Loads `state` into the vCPU; on failure returns the failing ioctl (errno is set), else nullptr.
+const char* RestoreVcpu(Vcpu& vcpu, const SavedState* state) {
+  if (state->magic != kStateMagic || state->version != 1) {
+    errno = EINVAL;
+    return "ioctl";
+  }
+  // Special registers first: they decide how the general registers and MSRs are interpreted.
+  if (Ioctl(vcpu.fd, KVM_SET_SREGS, const_cast<kvm_sregs*>(&state->sregs)) < 0) return "ioctl(KVM_SET_SREGS)";
+  if (Ioctl(vcpu.fd, KVM_SET_REGS, const_cast<kvm_regs*>(&state->regs)) < 0) return "ioctl(KVM_SET_REGS)";
+  if (Ioctl(vcpu.fd, KVM_SET_FPU, const_cast<kvm_fpu*>(&state->fpu)) < 0) return "ioctl(KVM_SET_FPU)";
+  if (Ioctl(vcpu.fd, kSetXsave, const_cast<uint8_t*>(state->xsave)) < 0) return "ioctl(KVM_SET_XSAVE)";
+  if (Ioctl(vcpu.fd, KVM_SET_XCRS, const_cast<kvm_xcrs*>(&state->xcrs)) < 0) return "ioctl(KVM_SET_XCRS)";
+  if (Ioctl(vcpu.fd, KVM_SET_MP_STATE, const_cast<kvm_mp_state*>(&state->mp)) < 0) return "ioctl(KVM_SET_MP_STATE)";
+  MsrRequest request;
+  for (size_t i = 0; i < kMsrCount; ++i) request.entries()[i].data = state->msrValues[i];
+  int written = Ioctl(vcpu.fd, kSetMsrs, request.msrs());
+  if (written != static_cast<int>(kMsrCount)) {
+    if (written >= 0) errno = EIO;
+    return "ioctl(KVM_SET_MSRS)";
+  }
+  return nullptr;
+}
+
 Napi::Value KvmSaveState(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "ioctl", "the vCPU is running: pause it before saving its state");
   auto state = std::make_unique<SavedState>();
-  std::memset(state.get(), 0, sizeof(SavedState));
-  state->magic = kStateMagic;
-  state->version = 1;
-  if (Ioctl(vcpu->fd, KVM_GET_REGS, &state->regs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_REGS)");
-  if (Ioctl(vcpu->fd, KVM_GET_SREGS, &state->sregs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_SREGS)");
-  if (Ioctl(vcpu->fd, KVM_GET_FPU, &state->fpu) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_FPU)");
-  if (Ioctl(vcpu->fd, kGetXsave, state->xsave) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_XSAVE)");
-  if (Ioctl(vcpu->fd, KVM_GET_XCRS, &state->xcrs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_XCRS)");
-  if (Ioctl(vcpu->fd, KVM_GET_MP_STATE, &state->mp) < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_MP_STATE)");
-  MsrRequest request;
-  // KVM_GET_MSRS returns how many it read, stopping at the first it does not know: anything short is a failure.
-  int read = Ioctl(vcpu->fd, kGetMsrs, request.msrs());
-  if (read < 0) throw ErrnoError(env, errno, "ioctl(KVM_GET_MSRS)");
-  if (read != static_cast<int>(kMsrCount)) throw CodeError(env, "EIO", EIO, "ioctl(KVM_GET_MSRS)", "KVM read " + std::to_string(read) + " of the " + std::to_string(kMsrCount) + " MSRs the guest uses");
-  for (size_t i = 0; i < kMsrCount; ++i) state->msrValues[i] = request.entries()[i].data;
+  if (const char* failed = SaveVcpu(*vcpu, state.get())) throw ErrnoError(env, errno, failed);
   auto out = Napi::Uint8Array::New(env, sizeof(SavedState));
   std::memcpy(out.Data(), state.get(), sizeof(SavedState));
   return out;
@@ -303,40 +349,116 @@ Napi::Value KvmRestoreState(const Napi::CallbackInfo& info) {
   auto state = std::make_unique<SavedState>();
   std::memcpy(state.get(), info[1].As<Napi::Uint8Array>().Data(), sizeof(SavedState));
   if (state->magic != kStateMagic || state->version != 1) throw CodeError(env, "EINVAL", EINVAL, "ioctl", "not a saved vCPU state of version 1");
-  // Special registers first: they decide how the general registers and MSRs are interpreted.
-  if (Ioctl(vcpu->fd, KVM_SET_SREGS, &state->sregs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_SREGS)");
-  if (Ioctl(vcpu->fd, KVM_SET_REGS, &state->regs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_REGS)");
-  if (Ioctl(vcpu->fd, KVM_SET_FPU, &state->fpu) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_FPU)");
-  if (Ioctl(vcpu->fd, kSetXsave, state->xsave) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_XSAVE)");
-  if (Ioctl(vcpu->fd, KVM_SET_XCRS, &state->xcrs) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_XCRS)");
-  if (Ioctl(vcpu->fd, KVM_SET_MP_STATE, &state->mp) < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_MP_STATE)");
-  MsrRequest request;
-  for (size_t i = 0; i < kMsrCount; ++i) request.entries()[i].data = state->msrValues[i];
-  int written = Ioctl(vcpu->fd, kSetMsrs, request.msrs());
-  if (written < 0) throw ErrnoError(env, errno, "ioctl(KVM_SET_MSRS)");
-  if (written != static_cast<int>(kMsrCount)) throw CodeError(env, "EIO", EIO, "ioctl(KVM_SET_MSRS)", "KVM wrote " + std::to_string(written) + " of the " + std::to_string(kMsrCount) + " MSRs the guest uses");
+  if (const char* failed = RestoreVcpu(*vcpu, state.get())) throw ErrnoError(env, errno, failed);
   return env.Undefined();
+}
+
+// The handover area at the start of a VMM's state file (lib/vmm/state-file.ts describes the layout): the vCPU states
+// in slots after it, and the words through which a sender's vCPU threads publish them and a successor's load them,
+// each vCPU on its own thread, in parallel, without waiting for either process's JavaScript.
+struct HandoverArea {
+  uint32_t vcpusMagic;  // kVcpusMagic once every slot holds its vCPU's state
+  uint32_t vcpuCount;
+  uint32_t slotBytes;
+  uint32_t saved;      // slots filled by the sender
+  uint32_t restored;   // slots loaded by the successor
+  uint32_t failed;     // set by a successor vCPU that could not load its slot
+  uint64_t publishedNs;
+  uint32_t jsonMagic;
+  uint32_t jsonLength;
+  uint32_t committed;  // the successor's commit point is reported: its vCPUs may run
+};
+constexpr uint32_t kVcpusMagic = 0x53435647;  // "GVCS"
+constexpr size_t kSlotsOffset = 4096;
+
+int64_t NowNs() {
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+void FutexWake(uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0); }
+
+// For the few hundred microseconds a vCPU thread carries a handover (saving, or waiting for and loading its slot), it
+// runs SCHED_FIFO: nothing else of the host's ordinary work (V8's helper threads, kernel workers) may delay it, and
+// it hands the CPU back as soon as its guest is to run. Without the privilege it stays as it is.
+class RealtimeWhile {
+ public:
+  RealtimeWhile() {
+    sched_param param{};
+    param.sched_priority = 1;
+    raised_ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) == 0;
+  }
+  ~RealtimeWhile() { Drop(); }
+  void Drop() {
+    if (!raised_) return;
+    sched_param param{};
+    pthread_setschedparam(pthread_self(), SCHED_OTHER, &param);
+    raised_ = false;
+  }
+
+ private:
+  bool raised_ = false;
+};
+
+// A vCPU's slot in a handover area: where a sender's vCPU saves itself when paused (armed with kvmArmSave), or where
+// a successor's loads itself from before it runs (kvmRun with a handover).
+struct HandoverSpec {
+  uint32_t mappingId = 0;
+  std::shared_ptr<Mapping> mapping;
+  uint32_t index = 0;
+  uint32_t count = 0;
+  // The successor's report pipe: its first vCPU writes the commit point there once every vCPU is loaded.
+  int reportFd = -1;
+  HandoverArea* area() const { return reinterpret_cast<HandoverArea*>(mapping->base); }
+  SavedState* slot() const { return reinterpret_cast<SavedState*>(mapping->base + kSlotsOffset + index * sizeof(SavedState)); }
+};
+
+// [mapping, index, count] at info[first..]: a slot of the handover area at the start of that mapping.
+HandoverSpec HandoverSpecArg(const Napi::CallbackInfo& info, size_t first, const char* syscall) {
+  Napi::Env env = info.Env();
+  HandoverSpec spec;
+  spec.mappingId = static_cast<uint32_t>(ArgInt64(info, first, "mapping", 1, 0xffffffff));
+  spec.mapping = LookupMapping(env, spec.mappingId, syscall);
+  spec.index = static_cast<uint32_t>(ArgInt64(info, first + 1, "index", 0, 1023));
+  spec.count = static_cast<uint32_t>(ArgInt64(info, first + 2, "count", 1, 1024));
+  if (spec.index >= spec.count) throw CodeError(env, "EINVAL", EINVAL, syscall, "the vCPU's index must be below the vCPU count");
+  CheckRange(env, *spec.mapping, 0, static_cast<int64_t>(kSlotsOffset + spec.count * sizeof(SavedState)), syscall);
+  return spec;
 }
 
 // Runs the vCPU on a libuv worker thread until it halts, is paused, or fails; COM1 output is buffered for kvmSerial.
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<Vcpu> vcpu)
-      : Napi::AsyncWorker(env, "guestmemfs.kvmRun"), deferred_(Napi::Promise::Deferred::New(env)), vcpu_(std::move(vcpu)) {}
+  RunWorker(Napi::Env env, std::shared_ptr<Vcpu> vcpu, HandoverSpec load)
+      : Napi::AsyncWorker(env, "guestmemfs.kvmRun"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        vcpu_(std::move(vcpu)),
+        load_(std::move(load)) {
+    if (load_.mapping) load_.mapping->busy.fetch_add(1);
+  }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
     Vcpu& vcpu = *vcpu_;
     vcpu.thread = pthread_self();
+    vcpu.onThread.store(true);
+    // A vCPU spins in guest mode and never yields: two woken on one CPU would take turns in whole time slices.
+    cpu_set_t poolMask;
+    bool repin = vcpu.pinned && pthread_getaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask) == 0;
+    if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(vcpu.cpus), &vcpu.cpus);
     sigset_t unblock;
     sigemptyset(&unblock);
     sigaddset(&unblock, PauseSignal());
     pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
-    vcpu.running.store(true);
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    vcpu.runStartedNs.store(static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec);
+    if (load_.mapping && !LoadFromArea(vcpu)) {
+      if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask);
+      vcpu.onThread.store(false);
+      vcpu.running.store(false);
+      return;
+    }
+    vcpu.runStartedNs.store(NowNs());
     for (;;) {
       if (vcpu.pauseRequested.load()) vcpu.run->immediate_exit = 1;
       int rc = ioctl(vcpu.fd, KVM_RUN, 0);
@@ -379,13 +501,23 @@ class RunWorker : public Napi::AsyncWorker {
       if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR) reason_ += " (internal error " + std::to_string(run->internal.suberror) + ")";
       break;
     }
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    vcpu.runStoppedNs.store(static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec);
+    vcpu.runStoppedNs.store(NowNs());
     vcpu.run->immediate_exit = 0;
+    if (errno_ == 0 && vcpu.pauseRequested.load()) {
+      std::shared_ptr<HandoverSpec> armed;
+      {
+        std::lock_guard<std::mutex> lock(vcpu.armedMutex);
+        armed = vcpu.armed;
+      }
+      if (armed) SaveToArea(vcpu, *armed);
+    }
+    if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask);
+    vcpu.onThread.store(false);
     vcpu.running.store(false);
   }
 
   void OnOK() override {
+    EndHandover();
     vcpu_->pauseRequested.store(false);
     if (errno_ != 0) {
       deferred_.Reject(ErrnoError(Env(), errno_, "ioctl(KVM_RUN)").Value());
@@ -395,13 +527,86 @@ class RunWorker : public Napi::AsyncWorker {
   }
 
   void OnError(const Napi::Error& error) override {
+    EndHandover();
     vcpu_->running.store(false);
     deferred_.Reject(error.Value());
   }
 
  private:
+  void EndHandover() {
+    if (load_.mapping) EndMappingWork(Env(), load_.mappingId, *load_.mapping);
+    load_.mapping.reset();
+  }
+
+  // The sender's vCPU thread, just stopped by the pause: its state into its slot; the last one publishes them all.
+  static void SaveToArea(Vcpu& vcpu, const HandoverSpec& spec) {
+    RealtimeWhile realtime;
+    HandoverArea* area = spec.area();
+    if (SaveVcpu(vcpu, spec.slot()) != nullptr) {
+      spec.slot()->magic = 0;  // the JS thread finds the slot empty and saves it itself
+      return;
+    }
+    if (__atomic_add_fetch(&area->saved, 1, __ATOMIC_ACQ_REL) != spec.count) return;
+    area->publishedNs = static_cast<uint64_t>(NowNs());
+    __atomic_store_n(&area->vcpusMagic, kVcpusMagic, __ATOMIC_RELEASE);
+    FutexWake(&area->vcpusMagic);
+  }
+
+  // The successor's vCPU thread: sleeps until the slots are published, loads its own, waits for the others, and the
+  // first reports the commit point. False (with reason_) if it was cancelled (a pause) or some vCPU failed to load.
+  bool LoadFromArea(Vcpu& vcpu) {
+    RealtimeWhile realtime;
+    HandoverArea* area = load_.area();
+    while (__atomic_load_n(&area->vcpusMagic, __ATOMIC_ACQUIRE) != kVcpusMagic) {
+      if (vcpu.pauseRequested.load()) return Cancelled();
+      timespec slice{0, 5 * 1000000};
+      syscall(SYS_futex, &area->vcpusMagic, FUTEX_WAIT, 0, &slice, nullptr, 0);
+    }
+    vcpu.handoverNoticedNs.store(NowNs());
+    bool fits = area->vcpuCount == load_.count && area->slotBytes == sizeof(SavedState);
+    if (!fits || RestoreVcpu(vcpu, load_.slot()) != nullptr) {
+      __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
+      reason_ = fits ? "load-failed" : "load-mismatch";
+      return false;
+    }
+    __atomic_add_fetch(&area->restored, 1, __ATOMIC_ACQ_REL);
+    // Every vCPU loaded, or none runs: a guest must not resume with some vCPUs from another moment.
+    while (__atomic_load_n(&area->restored, __ATOMIC_ACQUIRE) < load_.count) {
+      if (__atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0) {
+        reason_ = "load-failed";
+        return false;
+      }
+      if (vcpu.pauseRequested.load()) return Cancelled();
+      sched_yield();
+    }
+    if (load_.index == 0) {
+      static const char kResuming[] = "resuming\n";
+      // The commit point: from this report on the sender never takes the guest back.
+      if (load_.reportFd >= 0 && write(load_.reportFd, kResuming, sizeof(kResuming) - 1) < 0) {
+        __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
+        reason_ = "report-failed";
+        return false;
+      }
+      __atomic_store_n(&area->committed, 1, __ATOMIC_RELEASE);
+    }
+    while (__atomic_load_n(&area->committed, __ATOMIC_ACQUIRE) == 0) {
+      if (__atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0) {
+        reason_ = "load-failed";
+        return false;
+      }
+      sched_yield();
+    }
+    return true;
+  }
+
+  bool Cancelled() {
+    reason_ = "cancelled";
+    return false;
+  }
+
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Vcpu> vcpu_;
+  HandoverSpec load_;
   std::string reason_ = "stopped";
   int errno_ = 0;
 };
@@ -411,6 +616,54 @@ Napi::Value KvmRunStartedAt(const Napi::CallbackInfo& info) {
   auto vcpu = LookupVcpu(info);
   return Napi::BigInt::New(info.Env(), vcpu->runStartedNs.load());
 }
+
+// kvmSetAffinity(vcpu, cpus): the CPUs the vCPU's thread is to run on from its next run on.
+Napi::Value KvmSetAffinity(const Napi::CallbackInfo& info) {
+  auto vcpu = LookupVcpu(info);
+  if (vcpu->running.load()) throw CodeError(info.Env(), "EBUSY", EBUSY, "sched_setaffinity", "the vCPU is running: set its CPUs before it runs");
+  vcpu->cpus = CpuSetArg(info, 1, "sched_setaffinity");
+  vcpu->pinned = true;
+  return info.Env().Undefined();
+}
+
+// kvmArmSave(vcpu, mapping, index, count): from now on a pause saves the vCPU into its slot, on its own thread, and
+// the last vCPU to do so publishes the area. kvmDisarmSave(vcpu) ends that.
+Napi::Value KvmArmSave(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto vcpu = LookupVcpu(info);
+  auto spec = std::make_shared<HandoverSpec>(HandoverSpecArg(info, 1, "kvmArmSave"));
+  spec->mapping->busy.fetch_add(1);
+  std::shared_ptr<HandoverSpec> previous;
+  {
+    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
+    previous = vcpu->armed;
+    vcpu->armed = spec;
+  }
+  if (previous) EndMappingWork(env, previous->mappingId, *previous->mapping);
+  return env.Undefined();
+}
+
+Napi::Value KvmDisarmSave(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto vcpu = LookupVcpu(info);
+  if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "kvmDisarmSave", "the vCPU is running: pause it first");
+  std::shared_ptr<HandoverSpec> previous;
+  {
+    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
+    previous.swap(vcpu->armed);
+  }
+  if (previous) EndMappingWork(env, previous->mappingId, *previous->mapping);
+  return env.Undefined();
+}
+
+// kvmHandoverNoticedAt(vcpu): CLOCK_MONOTONIC ns when the vCPU's loading run saw the slots published (0n if not).
+Napi::Value KvmHandoverNoticedAt(const Napi::CallbackInfo& info) {
+  auto vcpu = LookupVcpu(info);
+  return Napi::BigInt::New(info.Env(), vcpu->handoverNoticedNs.load());
+}
+
+// kvmStateBytes(): the size of one vCPU's saved state (a slot of the handover area).
+Napi::Value KvmStateBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), sizeof(SavedState)); }
 
 // kvmRunStoppedAt(vcpu): CLOCK_MONOTONIC ns when the latest run left KVM_RUN, or 0n before any run ended.
 Napi::Value KvmRunStoppedAt(const Napi::CallbackInfo& info) {
@@ -422,9 +675,18 @@ Napi::Value KvmRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "ioctl(KVM_RUN)", "the vCPU is already running");
+  // kvmRun(vcpu, mapping?, index?, count?, reportFd?): with a mapping, load the vCPU from its handover slot first.
+  HandoverSpec load;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    load = HandoverSpecArg(info, 1, "ioctl(KVM_RUN)");
+    load.reportFd = static_cast<int>(ArgInt64(info, 4, "reportFd", -1, INT_MAX));
+  }
   vcpu->pauseRequested.store(false);
   vcpu->runStartedNs.store(0);
-  auto* worker = new RunWorker(env, vcpu);
+  vcpu->handoverNoticedNs.store(0);
+  // Running from now on, also while a successor's vCPU waits for its slot: nothing may save or restore it meanwhile.
+  vcpu->running.store(true);
+  auto* worker = new RunWorker(env, vcpu, std::move(load));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -435,7 +697,7 @@ Napi::Value KvmPause(const Napi::CallbackInfo& info) {
   auto vcpu = LookupVcpu(info);
   vcpu->pauseRequested.store(true);
   vcpu->run->immediate_exit = 1;
-  if (vcpu->running.load()) pthread_kill(vcpu->thread, PauseSignal());
+  if (vcpu->onThread.load()) pthread_kill(vcpu->thread, PauseSignal());
   return Napi::Boolean::New(info.Env(), vcpu->running.load());
 }
 
@@ -451,6 +713,12 @@ Napi::Value KvmCloseVcpu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "close", "the vCPU is running: pause it first");
+  std::shared_ptr<HandoverSpec> armed;
+  {
+    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
+    armed.swap(vcpu->armed);
+  }
+  if (armed) EndMappingWork(env, armed->mappingId, *armed->mapping);
   Registry(env).vcpus.erase(static_cast<uint32_t>(info[0].As<Napi::Number>().Uint32Value()));
   return env.Undefined();
 }
@@ -475,6 +743,11 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmRun", Napi::Function::New(env, KvmRun, "kvmRun"));
   exports.Set("kvmPause", Napi::Function::New(env, KvmPause, "kvmPause"));
   exports.Set("kvmRunStartedAt", Napi::Function::New(env, KvmRunStartedAt, "kvmRunStartedAt"));
+  exports.Set("kvmSetAffinity", Napi::Function::New(env, KvmSetAffinity, "kvmSetAffinity"));
+  exports.Set("kvmArmSave", Napi::Function::New(env, KvmArmSave, "kvmArmSave"));
+  exports.Set("kvmDisarmSave", Napi::Function::New(env, KvmDisarmSave, "kvmDisarmSave"));
+  exports.Set("kvmHandoverNoticedAt", Napi::Function::New(env, KvmHandoverNoticedAt, "kvmHandoverNoticedAt"));
+  exports.Set("kvmStateBytes", Napi::Function::New(env, KvmStateBytes, "kvmStateBytes"));
   exports.Set("kvmRunStoppedAt", Napi::Function::New(env, KvmRunStoppedAt, "kvmRunStoppedAt"));
   exports.Set("kvmSerial", Napi::Function::New(env, KvmSerial, "kvmSerial"));
   exports.Set("kvmCloseVcpu", Napi::Function::New(env, KvmCloseVcpu, "kvmCloseVcpu"));

@@ -397,13 +397,7 @@ class RangeWorker : public Napi::AsyncProgressWorker<uint64_t> {
   }
 
  private:
-  // Runs on the JS thread: performs an unmap that the GC requested while this worker was running.
-  void Finish() {
-    if (mapping_->busy.fetch_sub(1) != 1 || !mapping_->releaseWhenIdle) return;
-    MapRegistry& registry = Registry(Env());
-    auto it = registry.entries.find(id_);
-    if (it != registry.entries.end()) DetachAndRelease(registry, it);
-  }
+  void Finish() { EndMappingWork(Env(), id_, *mapping_); }
 
   Napi::Promise::Deferred deferred_;
   uint32_t id_;
@@ -480,6 +474,13 @@ Napi::Value LiveMappings(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void EndMappingWork(Napi::Env env, uint32_t id, Mapping& mapping) {
+  if (mapping.busy.fetch_sub(1) != 1 || !mapping.releaseWhenIdle) return;
+  MapRegistry& registry = Registry(env);
+  auto it = registry.entries.find(id);
+  if (it != registry.entries.end()) DetachAndRelease(registry, it);
+}
 
 std::shared_ptr<Mapping> LookupMapping(Napi::Env env, uint32_t id, const char* syscall) {
   MapRegistry& registry = Registry(env);

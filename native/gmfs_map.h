@@ -28,6 +28,10 @@ struct Mapping {
 // The mapping registered under id in this environment, or a thrown EINVAL naming the id.
 std::shared_ptr<Mapping> LookupMapping(Napi::Env env, uint32_t id, const char* syscall);
 
+// Ends a worker's use of a mapping (begun with busy.fetch_add(1)), on the JS thread: performs an unmap that the
+// collector requested meanwhile, once the last worker is done.
+void EndMappingWork(Napi::Env env, uint32_t id, Mapping& mapping);
+
 // Checks [offset, offset+length) lies inside the mapping; throws ERANGE-style EINVAL otherwise.
 void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t length, const char* syscall);
 

@@ -1,5 +1,5 @@
-// Scheduling family: CPU affinity of the calling thread, so that the two VMMs of a transfer-mode update run on
-// different CPUs during the blackout instead of queueing behind each other on one.
+// Scheduling family: CPU affinity and policy of the calling thread, so that during a live update's blackout the
+// VMMs' vCPU threads have the CPUs and their main threads step aside.
 #include <sched.h>
 #include <unistd.h>
 
@@ -8,8 +8,28 @@
 
 #include "gmfs_errors.h"
 #include "gmfs_families.h"
+#include "gmfs_sched.h"
 
 namespace gmfs {
+
+cpu_set_t CpuSetArg(const Napi::CallbackInfo& info, size_t index, const char* syscall) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= index || !info[index].IsArray()) throw CodeError(env, "EINVAL", EINVAL, syscall, "cpus must be an array of CPU numbers");
+  Napi::Array cpus = info[index].As<Napi::Array>();
+  if (cpus.Length() == 0) throw CodeError(env, "EINVAL", EINVAL, syscall, "cpus must name at least one CPU");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < cpus.Length(); ++i) {
+    Napi::Value value = cpus.Get(i);
+    double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
+    if (number < 0 || number >= CPU_SETSIZE || number != static_cast<double>(static_cast<int>(number))) {
+      throw CodeError(env, "EINVAL", EINVAL, syscall, "CPU " + std::to_string(i) + " is not an integer in [0, " + std::to_string(CPU_SETSIZE) + ")");
+    }
+    CPU_SET(static_cast<int>(number), &set);
+  }
+  return set;
+}
+
 namespace {
 
 // threadAffinity(): the CPUs the calling thread may run on.
@@ -28,21 +48,19 @@ Napi::Value ThreadAffinity(const Napi::CallbackInfo& info) {
 
 // setThreadAffinity(cpus): restricts the calling thread (not the process) to the given CPUs.
 Napi::Value SetThreadAffinity(const Napi::CallbackInfo& info) {
+  cpu_set_t set = CpuSetArg(info, 0, "sched_setaffinity");
+  if (sched_setaffinity(0, sizeof(set), &set) < 0) throw ErrnoError(info.Env(), errno, "sched_setaffinity");
+  return info.Env().Undefined();
+}
+
+// setThreadIdle(idle): the calling thread to SCHED_IDLE (it runs only on CPU time nobody else wants) or back to
+// SCHED_OTHER: a VMM's main thread steps aside while its vCPU threads carry a live update's blackout.
+Napi::Value SetThreadIdle(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsArray()) throw CodeError(env, "EINVAL", EINVAL, "sched_setaffinity", "cpus must be an array of CPU numbers");
-  Napi::Array cpus = info[0].As<Napi::Array>();
-  if (cpus.Length() == 0) throw CodeError(env, "EINVAL", EINVAL, "sched_setaffinity", "cpus must name at least one CPU");
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (uint32_t i = 0; i < cpus.Length(); ++i) {
-    Napi::Value value = cpus.Get(i);
-    double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
-    if (number < 0 || number >= CPU_SETSIZE || number != static_cast<double>(static_cast<int>(number))) {
-      throw CodeError(env, "EINVAL", EINVAL, "sched_setaffinity", "CPU " + std::to_string(i) + " is not an integer in [0, " + std::to_string(CPU_SETSIZE) + ")");
-    }
-    CPU_SET(static_cast<int>(number), &set);
-  }
-  if (sched_setaffinity(0, sizeof(set), &set) < 0) throw ErrnoError(env, errno, "sched_setaffinity");
+  if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(env, "idle must be a boolean");
+  sched_param param{};
+  if (sched_setscheduler(0, info[0].As<Napi::Boolean>().Value() ? SCHED_IDLE : SCHED_OTHER, &param) < 0)
+    throw ErrnoError(env, errno, "sched_setscheduler");
   return env.Undefined();
 }
 
@@ -51,6 +69,7 @@ Napi::Value SetThreadAffinity(const Napi::CallbackInfo& info) {
 void RegisterSchedFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("threadAffinity", Napi::Function::New(env, ThreadAffinity, "threadAffinity"));
   exports.Set("setThreadAffinity", Napi::Function::New(env, SetThreadAffinity, "setThreadAffinity"));
+  exports.Set("setThreadIdle", Napi::Function::New(env, SetThreadIdle, "setThreadIdle"));
 }
 
 }  // namespace gmfs

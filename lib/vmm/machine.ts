@@ -116,6 +116,13 @@ export function prepareVm(ram?: Mapping, vcpus = 1): PreparedVm {
   }
 }
 
+/** A VM's run ends 'halted' when every vCPU halted, 'paused' when any was paused, else with the first other reason. */
+function overallReason(reasons: string[]): string {
+  if (reasons.every((reason) => reason === 'halted')) return 'halted';
+  for (const wanted of ['load-failed', 'paused', 'cancelled']) if (reasons.includes(wanted)) return wanted;
+  return reasons.find((reason) => reason !== 'halted')!;
+}
+
 function closeVm(vm: number, vcpus: readonly number[]): void {
   for (const vcpu of vcpus) native.kvmCloseVcpu(vcpu);
   native.fdClose(vm);
@@ -159,7 +166,17 @@ export class KvmMachine {
     const vm = prepared ?? prepareVm(ram, vcpus);
     vm.used = true;
     if (prepared && prepared.ram === undefined) native.kvmSetMemory(vm.vm, 0, 0, ram.id, 0, ram.length);
-    return new KvmMachine(vm.vm, vm.vcpus, ram);
+    const machine = new KvmMachine(vm.vm, vm.vcpus, ram);
+    if (vcpus > 1) machine.spreadVcpus();
+    return machine;
+  }
+
+  /**
+   * Puts vCPU i on the i-th CPU this process may use (modulo their number), as VMMs pin vCPUs: a vCPU never yields its
+   * CPU, so two that the scheduler wakes on one CPU take turns in whole time slices (milliseconds) until it moves one.
+   */
+  spreadVcpus(cpus: readonly number[] = native.threadAffinity()): void {
+    this.vcpus.forEach((vcpu, index) => native.kvmSetAffinity(vcpu, [cpus[index % cpus.length]!]));
   }
 
   /**
@@ -226,10 +243,28 @@ export class KvmMachine {
    */
   async run(): Promise<string> {
     this.#requireOpen();
-    const runs = this.vcpus.map((vcpu) => native.kvmRun(vcpu));
-    const reasons = await Promise.all(runs);
-    if (reasons.every((reason) => reason === 'halted')) return 'halted';
-    return reasons.includes('paused') ? 'paused' : reasons.find((reason) => reason !== 'halted')!;
+    return overallReason(await Promise.all(this.vcpus.map((vcpu) => native.kvmRun(vcpu))));
+  }
+
+  /**
+   * Runs every vCPU from the handover area at the start of `state` (a VMM state file): each vCPU's thread waits for
+   * the area to be published, loads its own slot, waits for the others, and vCPU 0 writes the commit point to
+   * `reportFd`; then they run as run() does. 'cancelled' when paused before, 'load-failed' when a vCPU could not load.
+   */
+  async runFromHandover(state: Mapping, reportFd: number): Promise<string> {
+    this.#requireOpen();
+    const count = this.vcpus.length;
+    return overallReason(await Promise.all(this.vcpus.map((vcpu, index) => native.kvmRun(vcpu, state.id, index, count, reportFd))));
+  }
+
+  /** When the first vCPU of a runFromHandover() saw the area published (CLOCK_MONOTONIC ns), or 0n. */
+  handoverNoticedAt(): bigint {
+    let earliest = 0n;
+    for (const vcpu of this.vcpus) {
+      const at = native.kvmHandoverNoticedAt(vcpu);
+      if (earliest === 0n || (at !== 0n && at < earliest)) earliest = at;
+    }
+    return earliest;
   }
 
   /** Asks every vCPU to stop (run() resolves once all have). */
@@ -282,6 +317,22 @@ export class KvmMachine {
   /** Each vCPU's COM1 output since the last call, in vCPU order. */
   serial(): string[] {
     return this.vcpus.map((vcpu) => native.kvmSerial(vcpu));
+  }
+
+  /** One vCPU's state (it must be stopped). */
+  saveVcpu(index: number): Uint8Array {
+    return native.kvmSaveState(this.#vcpu(index));
+  }
+
+  /** Loads one vCPU's state, as saveVcpu() gave it. */
+  restoreVcpu(index: number, state: Uint8Array): void {
+    native.kvmRestoreState(this.#vcpu(index), state);
+  }
+
+  #vcpu(index: number): number {
+    const vcpu = this.vcpus[index];
+    if (vcpu === undefined) throw new GuestmemfsError('EINVAL', `this VM has ${this.vcpus.length} vCPUs, not one numbered ${index}`);
+    return vcpu;
   }
 
   /** Every vCPU's state, one fixed-size record after another in vCPU order (all must be stopped). */

@@ -2,9 +2,10 @@
 // migration): the running VMM starts its successor ahead of time. At the update, while the guest still runs, it
 // serialises the filesystem and lets go of it, and the successor restores it and attaches to guest RAM and the state
 // file (the prepare phase of Linux's live update orchestrator: only guest memory and the saved state change from here
-// on, and neither is metadata). Then the guest pauses, its state is saved into the state file, and the successor,
-// spinning on that file, restores the vCPU and runs it: the blackout holds only the vCPU state's trip through shared
-// memory. If the successor dies or refuses at any point before its commit point, the original takes the pool back and
+// on, and neither is metadata). Then the guest pauses: each vCPU's thread saves it into the state file, the last one
+// publishes them, and the successor's vCPU threads, asleep on that file, load their own, report the commit point and
+// run. The blackout holds only the vCPU states' trip through shared memory, with no JavaScript of either process in
+// it. If the successor dies or refuses at any point before its commit point, the original takes the pool back and
 // resumes the guest.
 //
 // The two talk over the successor's stdin (sender to successor: "handover" once the pool is serialised and released,
@@ -30,18 +31,20 @@ import {
   type Plan,
   rehearseUpdate,
   reportDone,
-  resumeBreakdown,
   sameFramesAsBoot,
+  collectGarbageBeforeBlackout,
   ramPinners,
   updateDelay,
-  collectGarbageBeforeBlackout,
 } from './update-common';
 import { lineReader } from './line-reader';
 import { type PreparedResume, Vmm } from './vmm';
 
 /** Test hook: the first successor refuses the handover (exits without taking over), to prove a refused update loses nothing. */
 const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
-/** Test hook: the first successor dies inside the blackout (after restoring the pool, before its commit point). */
+/**
+ * Test hook: the first successor dies inside the blackout (after restoring the pool and seeing the saved state,
+ * before its commit point). It waits for the state in JavaScript to stop there, where the native path would commit.
+ */
 const DIE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_DIE_FIRST';
 /** The successor's end of the pipe on which it reports (fd 0 brings the sender's news, fd 1 and 2 are shared). */
 const REPORT_FD = 3;
@@ -49,8 +52,9 @@ const REPORT_FD = 3;
 const HANDED_OVER = 'handover';
 /**
  * Successor to sender: prepared (before the update), armed (the pool restored, guest RAM and the state file attached,
- * spinning on the state file: the guest may pause now), and resuming: the commit point, written just before its vCPU
- * runs. Until then the sender may take the guest back; after it, never.
+ * its vCPUs waiting on the state file: the guest may pause now), and resuming: the commit point, written by its first
+ * vCPU's thread once every vCPU is loaded, just before they run. Until then the sender may take the guest back; after
+ * it, never.
  */
 const READY = 'ready';
 const ARMED = 'armed';
@@ -62,9 +66,6 @@ const TEARDOWN_DELAY_MS = 50;
 interface SenderTimings {
   /** Serialising and releasing the filesystem, before the pause. */
   serialiseMs: number;
-  /** From the vCPU stopping to its state being in the state file. */
-  saveMs: number;
-  savedAtNs: string;
 }
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
@@ -95,18 +96,6 @@ async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv, vcpus: n
   };
 }
 
-/**
- * Puts this process's main thread on its own CPU for the blackout (the sender on the first allowed CPU, the successor
- * on the last): on one CPU the spinning successor would wait behind the sender's whole half of the update. Returns
- * the undo. Nothing to do with a single CPU.
- */
-function pinMainThread(role: 'sender' | 'successor'): () => void {
-  const allowed = native.threadAffinity();
-  if (allowed.length < 2) return () => {};
-  native.setThreadAffinity([role === 'sender' ? allowed[0]! : allowed.at(-1)!]);
-  return () => native.setThreadAffinity(allowed);
-}
-
 /** Reads one line from stdin, blocking; null at end of file (the sender is gone). */
 function readLine(): string | null {
   const byte = Buffer.alloc(1);
@@ -132,8 +121,15 @@ function successorEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
-  const running = vmm.start();
+async function drive(
+  poolPath: string,
+  pool: Pool,
+  vmm: Vmm,
+  plan: Plan,
+  onRunning?: (at: bigint) => void,
+  alreadyRunning?: Promise<string>,
+): Promise<void> {
+  const running = alreadyRunning ?? vmm.start();
   if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   // What the VMM after this update carries on with.
@@ -145,39 +141,43 @@ async function drive(poolPath: string, pool: Pool, vmm: Vmm, plan: Plan, onRunni
   // Prepare phase, the guest still running: serialise and let go of the filesystem; the successor restores it.
   const gfs: Filesystem = vmm.fs;
   vmm.ensureStateRoom();
-  vmm.clearSavedState();
+  // Cleared before the successor waits on it, and from now on a pause saves the vCPUs on their own threads.
+  vmm.armHandover();
   const serialiseStarted = process.hrtime.bigint();
   gfs.serialise();
   gfs.unmount(); // stays serialised; the mount lock goes to whoever takes it next
   const serialiseMs = elapsedMs(serialiseStarted);
   const armed = await successor.handOver();
   let stoppedAtNs: bigint | undefined;
-  let unpin = () => {};
   if (armed) {
     collectGarbageBeforeBlackout();
-    unpin = pinMainThread('sender');
-    const paused = await vmm.pause();
+    // Every vCPU is asked to stop now (pause() asks before its first await). From then on the blackout is the vCPU
+    // threads' (these and the successor's): this thread takes only the CPU time they leave.
+    const pausing = vmm.pause();
+    native.setThreadIdle(true);
+    const paused = await pausing;
     stoppedAtNs = paused.stoppedAtNs;
     if (paused.reason === 'halted') {
-      // The guest finished before this update: nothing left to update across. The successor must not see a save.
-      unpin();
+      native.setThreadIdle(false);
+      // The guest finished before this update: nothing left to update across.
       const { vmm: halted } = await takeBack(pool, vmm, successor.child, plan, { stoppedAtNs, saved: false });
       reportDone(halted, paused.reason, { updatesSkipped: plan.updatesLeft });
       return;
     }
-    const savedAt = vmm.saveState(stoppedAtNs, { plan: next });
-    successor.tell({ serialiseMs, saveMs: elapsedMs(stoppedAtNs, savedAt), savedAtNs: savedAt.toString() });
+    // The vCPUs are published by now (their threads did it); this adds the rest, which the successor reads later.
+    vmm.saveState(stoppedAtNs, { plan: next });
+    successor.tell({ serialiseMs });
     // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
     // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
-    if (await successor.committed()) {
-      unpin();
+    const committed = await successor.committed();
+    native.setThreadIdle(false);
+    if (committed) {
       await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
       vmm.close();
       successor.detach();
       return; // handed over: this VMM is done and exits
     }
   }
-  unpin();
   // The successor is gone without taking over: resume the guest here.
   const back = await takeBack(pool, vmm, successor.child, next, stoppedAtNs === undefined ? undefined : { stoppedAtNs, saved: true });
   emit({
@@ -246,39 +246,70 @@ async function main(): Promise<void> {
   const restoreMs = elapsedMs(restoreStarted);
   const { vmm, mapMs, premapped } = Vmm.attach(gfs, CONFIG, prepared);
   collectGarbageBeforeBlackout();
-  const unpin = pinMainThread('successor');
   const senderPid = process.ppid;
+  const abandoned = () => process.ppid !== senderPid;
   fs.writeSync(REPORT_FD, `${ARMED}\n`);
-  vmm.waitForSavedState({ abandoned: () => process.ppid !== senderPid });
-  const noticed = process.hrtime.bigint();
-  if (process.env.GUESTMEMFS_TRANSFER_DIE === '1') process.kill(process.pid, 'SIGKILL');
-  const { saved, readStateMs, vcpuMs } = vmm.restoreSaved();
+  // As the sender's: the blackout is the vCPU threads'.
+  native.setThreadIdle(true);
+  let running: Promise<string>;
+  let noticed: bigint;
+  if (process.env.GUESTMEMFS_TRANSFER_DIE === '1') {
+    vmm.waitForSavedState({ abandoned });
+    process.kill(process.pid, 'SIGKILL');
+  }
+  try {
+    running = vmm.resumeFromHandover(REPORT_FD);
+    noticed = await resumed(vmm, running, abandoned);
+  } catch (error) {
+    emit({ event: 'successor-gave-up', pid: process.pid, error: (error as Error).message });
+    return;
+  } finally {
+    native.setThreadIdle(false);
+  }
+  const ranAt = vmm.machine.runStartedAt();
+  const saved = vmm.adoptSavedJson({ abandoned });
   const plan = saved.extra.plan as Plan;
-  fs.writeSync(REPORT_FD, `${RESUMING}\n`);
-  // The blackout ends when the vCPU is handed back to KVM; the sender's timings are read after that, outside it.
-  await drive(poolPath!, pool, vmm, plan, (running) => {
-    unpin();
-    const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
-    if (!sender) throw new Error('the previous VMM sent no timings');
-    emit({
-      event: 'update',
-      mode: 'transfer',
-      pid: process.pid,
-      vcpus: vmm.machine.vcpus.length,
-      blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
-      premapped,
-      sameFrames: sameFramesAsBoot(vmm),
-      ramPinnedBy: ramPinners(vmm),
-      // Done while the guest still ran in the previous VMM: outside the blackout.
-      beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
-      breakdown: {
-        saveMs: sender.saveMs,
-        // From the state being saved to this process noticing it (spinning on the state file).
-        signalMs: elapsedMs(BigInt(sender.savedAtNs), noticed),
-        ...resumeBreakdown({ readStateMs, mapMs: 0, vcpuMs }, noticed, running),
-      },
-    });
+  const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
+  if (!sender) throw new Error('the previous VMM sent no timings');
+  emit({
+    event: 'update',
+    mode: 'transfer',
+    pid: process.pid,
+    vcpus: vmm.machine.vcpus.length,
+    blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), ranAt),
+    premapped,
+    sameFrames: sameFramesAsBoot(vmm),
+    ramPinnedBy: ramPinners(vmm),
+    // Done while the guest still ran in the previous VMM: outside the blackout.
+    beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
+    breakdown: {
+      // From the first vCPU stopping to the last one's state published, on the sender's vCPU threads.
+      saveMs: elapsedMs(BigInt(saved.stoppedAtNs), vmm.savedAtNs),
+      // From that to the first of this process's vCPU threads waking.
+      signalMs: elapsedMs(vmm.savedAtNs, noticed),
+      // Loading every vCPU, the commit point, and the last one entering KVM_RUN.
+      resumeMs: elapsedMs(noticed, ranAt),
+    },
   });
+  await drive(poolPath!, pool, vmm, plan, undefined, running);
+}
+
+/**
+ * Waits (asleep, a millisecond at a time) until every vCPU of a resumeFromHandover() runs, and returns when the first
+ * saw the handover. Cancels the wait when the sender is gone; rejects when the run ended without the guest running.
+ */
+async function resumed(vmm: Vmm, running: Promise<string>, abandoned: () => boolean): Promise<bigint> {
+  let ended: string | undefined;
+  void running.then(
+    (reason) => (ended = reason),
+    (error: Error) => (ended = error.message),
+  );
+  for (;;) {
+    if (vmm.machine.runStartedAt() !== 0n) return vmm.handoverNoticedAt();
+    if (ended !== undefined) throw new Error(`the guest did not resume here: ${ended}`);
+    if (abandoned()) vmm.machine.pause(); // the waiting vCPUs end with 'cancelled'
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
 }
 
 main().catch((error: Error) => {

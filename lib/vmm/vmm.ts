@@ -1,6 +1,7 @@
 // The VMM prototype: a KVM guest whose RAM is a guestmemfs `guest` file and whose vCPU and device state live in a
 // `state` file, so that a new VMM process can take it over (live update) without copying guest memory.
 import { GuestmemfsError } from '../errors';
+import { native } from '../native';
 import type { Filesystem } from '../fs/filesystem';
 import type { MemfileNotifier } from '../fs/memfile';
 import { MEMFILE_F_UNMOVABLE, MEMFILE_F_UNRECLAIMABLE } from '../fs/notifier';
@@ -9,6 +10,7 @@ import type { Extent, Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { elapsedMs, KiB } from '../units';
 import { type DemoGuestOptions, KvmMachine, type PreparedVm, prepareVm } from './machine';
+import { StateFile } from './state-file';
 
 export interface VmmConfig {
   /** The guest RAM file (type guest) and the VMM state file (type state). */
@@ -22,9 +24,9 @@ export interface VmmConfig {
 /** Where a VMM keeps its guest's files: all a resuming VMM needs (the RAM's size is the RAM file's). */
 export type VmmFiles = Pick<VmmConfig, 'ramPath' | 'statePath'>;
 
-/** What the state file holds besides the vCPU blob. */
+/** What the state file holds besides the vCPUs' states: its JSON part (see state-file.ts). */
 export interface SavedVmm {
-  version: 2;
+  version: 3;
   /** COM1 output so far, per vCPU (the guest's console logs). */
   serials: string[];
   /** CLOCK_MONOTONIC ns when the vCPU stopped, for the blackout measurement. */
@@ -33,15 +35,12 @@ export interface SavedVmm {
   extra: Record<string, unknown>;
 }
 
-const STATE_MAGIC = 0x564d4d31; // "VMM1"
-/** magic, JSON bytes, vCPU state bytes, vCPU count. */
-const STATE_HEADER_BYTES = 16;
 /**
  * The state file is sized once, at boot, and saves overwrite it in place (its header records how much is used): its
  * blocks never move, so a successor can map it before the state is written.
  */
 export const STATE_CAPACITY = 256 * KiB;
-/** Room kept in the state file beyond the serial log for the vCPU blob and the rest of the JSON. */
+/** Room kept in the state file beyond the serial log for the rest of the JSON. */
 const STATE_ROOM_SLACK = 64 * KiB;
 
 /**
@@ -62,33 +61,20 @@ function unmapUnadopted(premapped: Mapping | null | undefined, adopted: Mapping)
   if (premapped && premapped !== adopted && premapped.mapped) premapped.unmap();
 }
 
-/** The vCPU count a saved state records, or undefined when the file holds none (yet). */
-function savedVcpuCount(bytes: Uint8Array): number | undefined {
-  if (bytes.length < STATE_HEADER_BYTES) return undefined;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  return view.getUint32(0, true) === STATE_MAGIC ? view.getUint32(12, true) : undefined;
+/** The vCPU count of the state saved in a state file mapping, or undefined when it holds none (yet). */
+function savedVcpus(state: Mapping, path: string): number | undefined {
+  const file = new StateFile(state, path);
+  return file.vcpusPublished ? file.vcpuCount : undefined;
 }
 
-function decodeState(bytes: Uint8Array, statePath: string): { saved: SavedVmm; vcpu: Uint8Array; vcpus: number } {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.length < STATE_HEADER_BYTES || view.getUint32(0, true) !== STATE_MAGIC) {
-    throw new GuestmemfsError('EINVAL', `${statePath} holds no saved VMM state`, { path: statePath });
+function decodeJson(file: StateFile): SavedVmm {
+  const saved = JSON.parse(new TextDecoder().decode(file.json())) as { version: unknown } & SavedVmm;
+  if (saved.version !== 3) {
+    throw new GuestmemfsError('EINVAL', `${file.path} holds VMM state of version ${String(saved.version)}; this VMM reads version 3`, {
+      path: file.path,
+    });
   }
-  const jsonLength = view.getUint32(4, true);
-  const vcpuLength = view.getUint32(8, true);
-  const end = STATE_HEADER_BYTES + jsonLength + vcpuLength;
-  if (end > bytes.length) throw new GuestmemfsError('EUCLEAN', `${statePath}: saved VMM state is truncated`, { path: statePath });
-  const saved = JSON.parse(new TextDecoder().decode(bytes.subarray(STATE_HEADER_BYTES, STATE_HEADER_BYTES + jsonLength))) as SavedVmm;
-  if (saved.version !== 2) {
-    throw new GuestmemfsError(
-      'EINVAL',
-      `${statePath} holds VMM state of version ${String((saved as { version: unknown }).version)}; this VMM reads version 2`,
-      {
-        path: statePath,
-      },
-    );
-  }
-  return { saved, vcpu: bytes.slice(STATE_HEADER_BYTES + jsonLength, end), vcpus: view.getUint32(12, true) };
+  return saved;
 }
 
 export class Vmm {
@@ -100,7 +86,9 @@ export class Vmm {
   serialLogs: string[];
   #running: Promise<string> | undefined;
   /** The state file, mapped for the VMM's life: saving and restoring are then plain memory copies. */
-  #state: Mapping;
+  #state: StateFile;
+  /** Whether a pause saves the vCPUs into the state file on their own threads (armHandover). */
+  #armed = false;
   /** The state file's size: what a save may fill before the file has to grow. */
   #stateCapacity: number;
   /**
@@ -122,7 +110,7 @@ export class Vmm {
     this.config = config;
     this.ram = ram;
     this.machine = machine;
-    this.#state = state;
+    this.#state = new StateFile(state, config.statePath);
     this.#stateCapacity = stateCapacity;
     this.serialLogs = machine.vcpus.map(() => '');
     this.slotConsumer = fs?.registerNotifier(
@@ -147,7 +135,7 @@ export class Vmm {
    * A VMM over guest RAM and a state file that the caller mapped itself (a client of the mount service, whose
    * mappings are pinned): the VM is created over `ram`. Its state file does not grow: it keeps the size it has.
    */
-  static fromMappings(files: VmmFiles, ram: Mapping, state: Mapping, vcpus = savedVcpuCount(state.bytes(0, STATE_HEADER_BYTES)) ?? 1): Vmm {
+  static fromMappings(files: VmmFiles, ram: Mapping, state: Mapping, vcpus = savedVcpus(state, files.statePath) ?? 1): Vmm {
     return new Vmm(undefined, { ...files, ramSize: ram.length, vcpus }, ram, KvmMachine.create(ram, undefined, vcpus), state, state.length);
   }
 
@@ -212,7 +200,7 @@ export class Vmm {
     const premappedRam = prepared?.vm.ram;
     const ram = fs.map(files.ramPath, { ...RAM_MAP_OPTIONS, premapped: premappedRam });
     // A state already saved says how many vCPUs it holds (exec mode); a transfer-mode successor prepared its VM with them.
-    const vcpus = prepared?.vm.vcpus.length ?? savedVcpuCount(state.bytes(0, STATE_HEADER_BYTES)) ?? 1;
+    const vcpus = prepared?.vm.vcpus.length ?? savedVcpus(state, files.statePath) ?? 1;
     const machine = KvmMachine.create(ram, prepared?.vm, vcpus);
     unmapUnadopted(premappedRam, ram);
     const vmm = new Vmm(fs, { ...files, ramSize: ram.length, vcpus }, ram, machine, state, fs.stat(files.statePath).size);
@@ -220,49 +208,57 @@ export class Vmm {
   }
 
   /**
-   * Busy-waits until the state file holds a saved state (the saving VMM writes its magic last, so a state seen is a
-   * state complete), for a successor that attach()ed while the guest still ran elsewhere: it notices the save within
-   * a microsecond instead of the 0.1-0.6 ms a wake-up from sleep costs here. Fails with ETIMEDOUT after timeoutMs, or
-   * ECANCELED as soon as `abandoned()` (asked every few thousand turns) says the saving side is gone.
+   * Waits until the state file holds the guest's saved vCPUs, for a successor that attach()ed while the guest still
+   * ran elsewhere (see StateFile.waitFor: it spins with a CPU to spare and sleeps on a futex with `sleep`).
    */
-  waitForSavedState(options: { timeoutMs?: number; abandoned?: () => boolean } = {}): void {
-    const timeoutMs = options.timeoutMs ?? 10_000;
-    const deadline = process.hrtime.bigint() + BigInt(timeoutMs) * 1_000_000n;
-    const magic = this.#stateMagicWord();
-    for (let turn = 1; Atomics.load(magic, 0) !== STATE_MAGIC; turn++) {
-      if ((turn & 0xfff) !== 0) continue;
-      if (options.abandoned?.()) {
-        throw new GuestmemfsError(
-          'ECANCELED',
-          `${this.config.statePath}: the VMM that was to save the guest's state is gone; nothing to resume here`,
-          { path: this.config.statePath },
-        );
-      }
-      if (process.hrtime.bigint() > deadline) {
-        throw new GuestmemfsError(
-          'ETIMEDOUT',
-          `${this.config.statePath}: no saved state arrived within ${timeoutMs} ms; the running VMM did not pause its guest`,
-          { path: this.config.statePath },
-        );
-      }
-    }
+  waitForSavedState(options: { timeoutMs?: number; abandoned?: () => boolean; sleep?: boolean } = {}): void {
+    this.#state.waitFor('vcpus', options);
+    this.#state.waitFor('json', { ...options, sleep: true });
   }
 
-  /** The second half of a takeover: reads the saved state through the state file's mapping and restores the vCPU. */
+  /** The second half of a takeover: reads the saved state through the state file's mapping and restores the vCPUs. */
   restoreSaved(): { saved: SavedVmm; readStateMs: number; vcpuMs: number } {
     const started = process.hrtime.bigint();
-    const { saved, vcpu, vcpus } = decodeState(this.#state.bytes(0, this.#stateCapacity), this.config.statePath);
-    if (vcpus !== this.machine.vcpus.length) {
-      throw new GuestmemfsError(
-        'EINVAL',
-        `${this.config.statePath} holds ${vcpus} vCPUs, this VM has ${this.machine.vcpus.length}: prepare the successor with ${vcpus}`,
-        { path: this.config.statePath },
-      );
-    }
+    const file = this.#state;
+    if (!file.vcpusPublished) throw new GuestmemfsError('EINVAL', `${file.path} holds no saved vCPUs`, { path: file.path });
+    this.#requireVcpuCount(file.vcpuCount);
+    const saved = decodeJson(file);
     const read = process.hrtime.bigint();
-    this.machine.restoreState(vcpu);
+    this.machine.vcpus.forEach((_, index) => this.machine.restoreVcpu(index, file.slot(index)));
     this.serialLogs = saved.serials;
     return { saved, readStateMs: elapsedMs(started, read), vcpuMs: elapsedMs(read) };
+  }
+
+  /**
+   * The successor's blackout, with no JavaScript in it: each vCPU, on its own thread, sleeps until the sender's vCPUs
+   * have published their states, loads its own, waits until all have, and the first writes the commit point to
+   * `reportFd`; then they run. Resolves like start() once the run ends ('cancelled' if paused before the handover,
+   * 'load-failed' if a vCPU could not load: the guest then never ran here). The rest of the state is read with
+   * adoptSavedJson() once the vCPUs run.
+   */
+  resumeFromHandover(reportFd: number): Promise<string> {
+    const running = this.machine.runFromHandover(this.#state.mapping, reportFd);
+    this.#running = running;
+    return running;
+  }
+
+  /** When the first of this VMM's vCPUs saw the handover published (CLOCK_MONOTONIC ns). */
+  handoverNoticedAt(): bigint {
+    return this.machine.handoverNoticedAt();
+  }
+
+  /** When the sender's vCPUs were published in the state file (CLOCK_MONOTONIC ns). */
+  get savedAtNs(): bigint {
+    return this.#state.publishedNs;
+  }
+
+  /** After resumeFromHandover(): waits for the sender's JSON part and takes its console logs and the rest. */
+  adoptSavedJson(options: { timeoutMs?: number; abandoned?: () => boolean } = {}): SavedVmm {
+    this.#state.waitFor('json', { ...options, sleep: true });
+    const saved = decodeJson(this.#state);
+    // What the vCPUs printed here so far is still in their buffers: it comes after the sender's.
+    this.serialLogs = saved.serials;
+    return saved;
   }
 
   /**
@@ -270,7 +266,24 @@ export class Vmm {
    * (waitForSavedState): a state left from an earlier update must not pass for the coming one.
    */
   clearSavedState(): void {
-    Atomics.store(this.#stateMagicWord(), 0, 0);
+    this.#state.clear(this.machine.vcpus.length);
+  }
+
+  /**
+   * For a transfer-mode sender, before the pause: clears the state file and arms every vCPU to save itself into its
+   * slot when the pause stops it, the last one publishing them (saveState() then adds only the JSON part).
+   */
+  armHandover(): void {
+    this.clearSavedState();
+    const count = this.machine.vcpus.length;
+    this.machine.vcpus.forEach((vcpu, index) => native.kvmArmSave(vcpu, this.#state.mapping.id, index, count));
+    this.#armed = true;
+  }
+
+  #disarm(): void {
+    if (!this.#armed) return;
+    for (const vcpu of this.machine.vcpus) native.kvmDisarmSave(vcpu);
+    this.#armed = false;
   }
 
   /**
@@ -279,13 +292,8 @@ export class Vmm {
    */
   ensureStateRoom(): void {
     // The serial log is the part that grows; JSON at most doubles it (escapes). The rest is a few KiB.
-    const needed = STATE_HEADER_BYTES + 2 * this.serial().length + STATE_ROOM_SLACK;
+    const needed = StateFile.bytesFor(this.machine.vcpus.length, 2 * this.serial().length + STATE_ROOM_SLACK);
     if (needed > this.#stateCapacity) this.#growState(Math.max(needed * 2, STATE_CAPACITY));
-  }
-
-  #stateMagicWord(): Int32Array {
-    const word = this.#state.bytes(0, 4);
-    return new Int32Array(word.buffer, word.byteOffset, 1);
   }
 
   #growState(capacity: number): void {
@@ -294,20 +302,26 @@ export class Vmm {
         path: this.config.statePath,
       });
     }
-    this.#state.unmap();
+    this.#disarm();
+    this.#state.mapping.unmap();
     this.#stateCapacity = capacity;
     this.#fs.truncate(this.config.statePath, capacity);
-    this.#state = this.#fs.map(this.config.statePath);
+    this.#state = new StateFile(this.#fs.map(this.config.statePath), this.config.statePath);
+  }
+
+  #requireVcpuCount(saved: number): void {
+    if (saved !== this.machine.vcpus.length) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `${this.config.statePath} holds ${saved} vCPUs, this VM has ${this.machine.vcpus.length}: prepare the successor with ${saved}`,
+        { path: this.config.statePath },
+      );
+    }
   }
 
   /** Where the state file's blocks are in the pool (for a pin that must hold them while no mapping does). */
   get stateExtents(): readonly Extent[] {
-    return this.#state.extents;
-  }
-
-  /** Reads the state a VMM saved, from the file (for tools; a resuming VMM reads its mapping). */
-  static readState(fs: Filesystem, statePath: string): { saved: SavedVmm; vcpu: Uint8Array; vcpus: number } {
-    return decodeState(fs.read(statePath), statePath);
+    return this.#state.mapping.extents;
   }
 
   /** Runs the vCPU (on a worker thread); resolves with 'halted' or 'paused'. */
@@ -355,40 +369,39 @@ export class Vmm {
   }
 
   /**
-   * Writes the vCPU and device state into the state file. Returns when it became visible (CLOCK_MONOTONIC ns, taken
-   * just before the magic word is stored): a successor spinning on the file cannot notice it earlier.
+   * Writes the vCPU and device state into the state file. Returns when the vCPUs became visible to a successor
+   * (CLOCK_MONOTONIC ns): published by the last vCPU thread to save itself when armed (armHandover), else here.
    */
   saveState(stoppedAtNs: bigint, extra: Record<string, unknown> = {}): bigint {
     // No pagemap read here: it would sit inside the blackout; the runners read frames outside it for their proof.
     this.serial();
-    const saved: SavedVmm = { version: 2, serials: this.serialLogs, stoppedAtNs: stoppedAtNs.toString(), extra };
+    const saved: SavedVmm = { version: 3, serials: this.serialLogs, stoppedAtNs: stoppedAtNs.toString(), extra };
     const json = new TextEncoder().encode(JSON.stringify(saved));
-    const vcpu = this.machine.saveState();
-    const bytes = new Uint8Array(STATE_HEADER_BYTES + json.length + vcpu.length);
-    const view = new DataView(bytes.buffer);
-    view.setUint32(0, STATE_MAGIC, true);
-    view.setUint32(4, json.length, true);
-    view.setUint32(8, vcpu.length, true);
-    view.setUint32(12, this.machine.vcpus.length, true);
-    bytes.set(json, STATE_HEADER_BYTES);
-    bytes.set(vcpu, STATE_HEADER_BYTES + json.length);
+    const needed = StateFile.bytesFor(this.machine.vcpus.length, json.length);
     // Overwritten in place through the mapping, never shrunk: its blocks stay where a successor may have mapped them.
     // Only a state larger than the file grows it (and may move its blocks).
-    if (bytes.length > this.#stateCapacity) this.#growState(Math.max(bytes.length * 2, STATE_CAPACITY));
-    // The magic goes in last, as a release store: a successor spinning on it (waitForSavedState) then sees all the rest.
-    this.clearSavedState();
-    this.#state.bytes(0, bytes.length).set(bytes.subarray(4), 4);
-    const magic = this.#stateMagicWord();
-    const publishedAt = process.hrtime.bigint();
-    Atomics.store(magic, 0, STATE_MAGIC);
+    if (needed > this.#stateCapacity) this.#growState(Math.max(needed * 2, STATE_CAPACITY));
+    const file = this.#state;
+    if (!this.#armed) file.clear(this.machine.vcpus.length);
+    this.#disarm();
+    let publishedAt = file.publishedNs;
+    if (!file.vcpusPublished) {
+      // A vCPU that halted before the pause, or failed to save itself, is saved from this thread.
+      this.machine.vcpus.forEach((_, index) => {
+        if (!file.slotFilled(index)) file.slot(index).set(this.machine.saveVcpu(index));
+      });
+      publishedAt = file.publishVcpus();
+    }
+    file.publishJson(json);
     return publishedAt;
   }
 
   /** Lets go of the VM and the RAM mapping (the guest's memory stays in its file). */
   close(): void {
     this.slotConsumer?.unregister();
-    this.machine.close();
+    this.machine.close(); // disarms the vCPUs too
+    this.#armed = false;
     if (this.ram.mapped) this.ram.unmap();
-    if (this.#state.mapped) this.#state.unmap();
+    if (this.#state.mapping.mapped) this.#state.mapping.unmap();
   }
 }
