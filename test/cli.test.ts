@@ -226,6 +226,14 @@ describe('operator conveniences', () => {
     }
   });
 
+  it('vmm refuses a vCPU count it cannot run, before touching the pool', () => {
+    for (const vcpus of ['0', '65', '1.5', 'two']) {
+      const result = run('vmm', '/nonexistent/pool', '--ram', '64M', '--vcpus', vcpus);
+      expect(result.status, vcpus).not.toBe(0);
+      expect(result.stderr, vcpus).toMatch(/EINVAL: --vcpus .* must be an integer from 1 to 64/);
+    }
+  });
+
   it.skipIf(
     skipReason(
       spawnSync('sh', ['-c', 'command -v script']).status === 0 ? '' : 'script(1) from util-linux is needed for a pseudo-terminal',

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Filesystem, MEMFILE_F_UNMOVABLE, MEMFILE_F_UNRECLAIMABLE, MiB, mkfs, mount, Pool, premapFile } from '../lib/index';
 import { native } from '../lib/native';
+import { StateFile } from '../lib/vmm/state-file';
 import { Vmm } from '../lib/vmm/vmm';
 import { demoGuestChecksum, demoGuestCode, GUEST, KvmMachine, kvmUnavailableReason, prepareVm } from '../lib/vmm/machine';
 import { captureError, captureRejection, machine, signalled, skipReason, uniquePath } from './helpers';
@@ -127,6 +128,59 @@ describe.skipIf(skip)('a KVM guest on guestmemfs memory', () => {
     vm.close();
     ram.unmap();
     wrong.ram!.unmap();
+  });
+
+  it('the native handover: armed vCPUs save themselves on the pause, a second VM loads them on its own threads and runs on', async () => {
+    const options = { steps: 300_000, seed: 0x77n, gateAtStep: 500 };
+    const ram = gfs.map('/a');
+    ram.zero();
+    const reference = KvmMachine.create(ram, undefined, 2);
+    reference.loadDemoGuest({ steps: options.steps, seed: options.seed });
+    expect(await reference.run()).toBe('halted');
+    const expected = reference.serial();
+    reference.close();
+    ram.zero();
+    gfs.create('/handover-state', { type: 'state' });
+    gfs.truncate('/handover-state', 2 * MiB);
+    const stateMapping = gfs.map('/handover-state');
+    const area = new StateFile(stateMapping, '/handover-state');
+    const first = KvmMachine.create(ram, undefined, 2);
+    first.loadDemoGuest(options);
+    const running = first.run();
+    await signalled(() => first.gateReached());
+    area.clear(2);
+    first.vcpus.forEach((vcpu, index) => native.kvmArmSave(vcpu, stateMapping.id, index, 2));
+    // A successor's VM waits for the area; one paused before it is published ends 'cancelled' and loads nothing.
+    const early = KvmMachine.create(ram, undefined, 2);
+    const cancelled = early.runFromHandover(stateMapping, -1);
+    early.pause();
+    expect(await cancelled).toBe('cancelled');
+    early.close();
+    const second = KvmMachine.create(ram, undefined, 2);
+    const resumed = second.runFromHandover(stateMapping, -1);
+    first.releaseGate();
+    first.pause();
+    expect(await running).toBe('paused');
+    expect(area.vcpusPublished).toBe(true); // by the vCPU threads: no saveState() here
+    expect([0, 1].map((index) => area.slotFilled(index))).toEqual([true, true]);
+    expect(await resumed).toBe('halted');
+    expect(second.handoverNoticedAt()).toBeGreaterThan(0n);
+    const progress = first.serial();
+    const after = second.serial();
+    expect(progress.map((output, index) => output + after[index]!)).toEqual(expected);
+    // A VM of another size refuses the slots instead of running a guest from some other moment.
+    const mismatched = KvmMachine.create(ram, undefined, 1);
+    expect(await mismatched.runFromHandover(stateMapping, -1)).toBe('load-mismatch');
+    mismatched.close();
+    // Misuse: an index past the count, an area larger than the mapping, a vCPU that does not exist.
+    expect(captureError(() => native.kvmArmSave(second.vcpus[0]!, stateMapping.id, 2, 2)).code).toBe('EINVAL');
+    expect(captureError(() => native.kvmArmSave(second.vcpus[0]!, stateMapping.id, 0, 1024)).code).toBe('EINVAL');
+    expect(captureError(() => native.kvmArmSave(999_999, stateMapping.id, 0, 1)).code).toBe('EINVAL');
+    first.close(); // disarms: the state file can be unmapped
+    second.close();
+    stateMapping.unmap();
+    gfs.unlink('/handover-state');
+    ram.unmap();
   });
 
   it('the memory slot consumes the RAM file: no change under a running guest; once unmapped, the slot is cut first', async () => {

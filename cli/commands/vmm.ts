@@ -20,7 +20,11 @@ export function register(program: Command): void {
     .option('--updates <n>', 'live updates at random points', '3')
     .option('--steps <n>', 'guest work steps', '600000')
     .option('--seed <n>', 'guest seed', '1')
-    .action((poolPath: string, options: { ram: string; mode: string; updates: string; steps: string; seed: string }) => {
+    .option('--vcpus <n>', 'vCPUs of the guest (1 to 64)', '1')
+    .action((poolPath: string, options: { ram: string; mode: string; updates: string; steps: string; seed: string; vcpus: string }) => {
+      const vcpus = Number(options.vcpus);
+      if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64)
+        throw new GuestmemfsError('EINVAL', `--vcpus ${options.vcpus} must be an integer from 1 to 64`);
       const noKvm = kvmUnavailableReason();
       if (noKvm) throw new GuestmemfsError('ENODEV', noKvm);
       const argv = updateArgv({
@@ -31,6 +35,7 @@ export function register(program: Command): void {
         seed: BigInt(options.seed),
         updates: Number(options.updates),
         maxDelayMs: 400,
+        vcpus,
       });
       native.processExec(
         process.execPath,

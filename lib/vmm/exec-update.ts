@@ -23,6 +23,7 @@ import {
   sameFramesAsBoot,
   ramPinners,
   updateDelay,
+  adoptedDevice,
   collectGarbageBeforeBlackout,
 } from './update-common';
 import { type CodeCacheHandoff, dropCodeCache, handOverCodeCache } from './code-cache';
@@ -118,6 +119,8 @@ async function main(): Promise<void> {
       blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
       sameFrames: sameFramesAsBoot(vmm),
       ramPinnedBy: ramPinners(vmm),
+      blackoutNs: [saved.stoppedAtNs, running.toString()],
+      ...adoptedDevice(vmm, plan),
       // Done while the guest still ran: outside the blackout.
       beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
       codeCache: launcher?.codeCache ?? 'none',

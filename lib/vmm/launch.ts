@@ -19,6 +19,8 @@ export interface UpdateRun {
   maxDelayMs: number;
   /** vCPUs of the guest (default 1). */
   vcpus?: number;
+  /** The demo device: its driver (the last vCPU) takes this many records; its backend writes them at this rate. */
+  device?: { records: number; recordsPerSecond: number };
 }
 
 /** One JSON line a live-update program printed (`boot`, `update`, `update-failed`, `successor-refused`, `done`…). */
@@ -39,6 +41,8 @@ export function updateArgv(run: UpdateRun): string[] {
     String(run.updates),
     String(run.maxDelayMs),
     String(run.vcpus ?? 1),
+    String(run.device?.records ?? 0),
+    String(run.device?.recordsPerSecond ?? 0),
   ];
 }
 

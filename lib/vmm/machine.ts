@@ -54,6 +54,11 @@ export interface DemoGuestOptions {
   seed: bigint;
   /** Stop at this step (1 or more) until releaseGate(): a point a test pauses the guest at on the guest's own signal. */
   gateAtStep?: number;
+  /**
+   * With the demo device (device.ts): the last vCPU is its driver instead of a worker, and takes this many records
+   * before it prints its counts and halts.
+   */
+  deviceRecords?: number;
 }
 
 let kvmFd: number | undefined;
@@ -119,7 +124,7 @@ export function prepareVm(ram?: Mapping, vcpus = 1): PreparedVm {
 /** A VM's run ends 'halted' when every vCPU halted, 'paused' when any was paused, else with the first other reason. */
 function overallReason(reasons: string[]): string {
   if (reasons.every((reason) => reason === 'halted')) return 'halted';
-  for (const wanted of ['load-failed', 'paused', 'cancelled']) if (reasons.includes(wanted)) return wanted;
+  for (const wanted of ['load-failed', 'load-mismatch', 'paused', 'cancelled']) if (reasons.includes(wanted)) return wanted;
   return reasons.find((reason) => reason !== 'halted')!;
 }
 
@@ -201,11 +206,21 @@ export class KvmMachine {
         );
       }
     }
+    const workers = workerCount(this.vcpus.length, options);
     this.vcpus.forEach((vcpu, index) => {
-      const slice = vcpuSlice(this.ram.length, this.vcpus.length, index);
       native.kvmEnterLongMode(vcpu, GUEST.pml4);
       const regs = native.kvmGetRegs(vcpu);
       regs.fill(0n);
+      if (index >= workers) {
+        regs[0] = 1n; // rax: the device's driver
+        regs[4] = BigInt(options.deviceRecords!); // rsi: records to take
+        regs[6] = BigInt(GUEST.code); // rsp (no stack)
+        regs[16] = BigInt(GUEST.code); // rip
+        regs[17] = 2n;
+        native.kvmSetRegs(vcpu, regs);
+        return;
+      }
+      const slice = vcpuSlice(this.ram.length, workers, index);
       regs[4] = BigInt(slice.count); // rsi: words in its slice of the work area
       regs[5] = BigInt(GUEST.workArea + slice.first * 8); // rdi: the slice
       regs[3] = BigInt(options.steps); // rdx: steps
@@ -375,10 +390,18 @@ export class KvmMachine {
  */
 export function demoGuestChecksum(ramBytes: number, options: DemoGuestOptions, vcpus = 1): string {
   const lines: string[] = [];
-  for (let index = 0; index < vcpus; index++) {
-    lines.push(sliceChecksum(vcpuSlice(ramBytes, vcpus, index).count, options.steps, vcpuSeed(options.seed, index)));
+  const workers = workerCount(vcpus, options);
+  for (let index = 0; index < workers; index++) {
+    lines.push(sliceChecksum(vcpuSlice(ramBytes, workers, index).count, options.steps, vcpuSeed(options.seed, index)));
   }
   return lines.join('\n');
+}
+
+/** The vCPUs that do the guest's work: all, or all but the last when it drives the demo device. */
+export function workerCount(vcpus: number, options: Pick<DemoGuestOptions, 'deviceRecords'>): number {
+  if (!options.deviceRecords) return vcpus;
+  if (vcpus < 2) throw new GuestmemfsError('EINVAL', 'the demo device needs a vCPU of its own: give the guest at least 2');
+  return vcpus - 1;
 }
 
 function sliceChecksum(wordCount: number, steps: number, seed: bigint): string {

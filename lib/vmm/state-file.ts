@@ -94,9 +94,13 @@ export class StateFile {
   publishJson(json: Uint8Array): void {
     const offset = SLOTS_OFFSET + this.vcpuCount * native.kvmStateBytes();
     if (offset + json.length > this.mapping.length) {
-      throw new GuestmemfsError('ENOSPC', `${this.path}: the VMM state needs ${offset + json.length} bytes, the file has ${this.mapping.length}`, {
-        path: this.path,
-      });
+      throw new GuestmemfsError(
+        'ENOSPC',
+        `${this.path}: the VMM state needs ${offset + json.length} bytes, the file has ${this.mapping.length}`,
+        {
+          path: this.path,
+        },
+      );
     }
     this.mapping.bytes(offset, json.length).set(json);
     Atomics.store(this.#words, WORD.jsonLength, json.length);
@@ -109,7 +113,8 @@ export class StateFile {
     if (!this.jsonPublished) throw new GuestmemfsError('EINVAL', `${this.path} holds no saved VMM state`, { path: this.path });
     const offset = SLOTS_OFFSET + this.vcpuCount * native.kvmStateBytes();
     const length = Atomics.load(this.#words, WORD.jsonLength);
-    if (offset + length > this.mapping.length) throw new GuestmemfsError('EUCLEAN', `${this.path}: saved VMM state is truncated`, { path: this.path });
+    if (offset + length > this.mapping.length)
+      throw new GuestmemfsError('EUCLEAN', `${this.path}: saved VMM state is truncated`, { path: this.path });
     return this.mapping.bytes(offset, length);
   }
 

@@ -35,6 +35,7 @@ import {
   collectGarbageBeforeBlackout,
   ramPinners,
   updateDelay,
+  adoptedDevice,
 } from './update-common';
 import { lineReader } from './line-reader';
 import { type PreparedResume, Vmm } from './vmm';
@@ -280,6 +281,8 @@ async function main(): Promise<void> {
     premapped,
     sameFrames: sameFramesAsBoot(vmm),
     ramPinnedBy: ramPinners(vmm),
+    blackoutNs: [saved.stoppedAtNs, ranAt.toString()],
+    ...adoptedDevice(vmm, plan),
     // Done while the guest still ran in the previous VMM: outside the blackout.
     beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
     breakdown: {

@@ -3,14 +3,22 @@
 import * as fs from 'node:fs';
 import type { setFlagsFromString } from 'node:v8';
 import type { runInNewContext } from 'node:vm';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { mkfs } from '../fs/format';
+import { native } from '../native';
 import { mount } from '../fs/mount';
 import { pinHolders } from '../pool/pins';
 import { Pool } from '../pool/pool';
 import { elapsedMs, MiB } from '../units';
+import { adoptDevice, createDevice, type DeviceFiles, type DeviceStats, FIELD, readDeviceState } from './device';
 import { Vmm, type VmmFiles } from './vmm';
 
 export const CONFIG: VmmFiles = { ramPath: '/vm0/ram', statePath: '/vm0/state' };
+/** The demo device's IOMMU table and state, when the guest has the device. */
+export const DEVICE_FILES: DeviceFiles = { iommuPath: '/vm0/iommu', devicePath: '/vm0/device' };
+/** How long the last VMM waits for the device backend to stop when the run ends. */
+const DEVICE_STOP_TIMEOUT_MS = 10_000;
 /** Guest RAM's physical frames at boot, kept for the proof at the end of the run (read outside any blackout). */
 const BOOT_FRAMES_PATH = '/vm0/boot-frames';
 
@@ -21,6 +29,8 @@ export interface Plan {
   maxDelayMs: number;
   seed: number;
   vcpus: number;
+  /** Whether the guest has the demo device (its backend keeps running across every update). */
+  device: boolean;
 }
 
 /** One JSON line per event on stdout, written synchronously so nothing is lost at execve. */
@@ -39,20 +49,84 @@ export function framesOf(vmm: Vmm): string[] | null {
 
 /** Formats the pool, boots the demo guest, records its RAM's frames and reports it; returns the VMM and the plan. */
 export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } {
-  const [ramText, stepsText, seedText, updatesText, delayText, vcpusText] = args;
+  const [ramText, stepsText, seedText, updatesText, delayText, vcpusText, recordsText, rateText] = args;
   const vcpus = Number(vcpusText ?? 1);
+  const deviceRecords = Number(recordsText ?? 0);
   const ramBytes = Number(ramText);
   mkfs(pool, { force: true });
   const gfs = mount(pool);
   gfs.mkdir('/vm0');
-  const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes, vcpus }, { steps: Number(stepsText), seed: BigInt(seedText!) });
+  const vmm = Vmm.boot(gfs, { ...CONFIG, ramSize: ramBytes, vcpus }, { steps: Number(stepsText), seed: BigInt(seedText!), deviceRecords });
+  if (deviceRecords > 0) {
+    createDevice(gfs, vmm.ram, DEVICE_FILES);
+    startDeviceBackend(pool, Number(rateText ?? 50_000));
+  }
   gfs.create(BOOT_FRAMES_PATH, { type: 'plain' });
   gfs.write(BOOT_FRAMES_PATH, Buffer.from(JSON.stringify(framesOf(vmm))));
   emit({ event: 'boot', pid: process.pid });
   return {
     vmm,
-    plan: { ramBytes, updatesLeft: Number(updatesText), maxDelayMs: Number(delayText), seed: Number(seedText), vcpus },
+    plan: {
+      ramBytes,
+      updatesLeft: Number(updatesText),
+      maxDelayMs: Number(delayText),
+      seed: Number(seedText),
+      vcpus,
+      device: deviceRecords > 0,
+    },
   };
+}
+
+/**
+ * Starts the device backend in a session of its own (it outlives every VMM process of the run) and waits for it to
+ * say it is ready: it has pinned and mapped the guest's RAM and the device's files.
+ */
+function startDeviceBackend(pool: Pool, recordsPerSecond: number): void {
+  const program = path.join(__dirname, 'device-backend.js');
+  const args = [program, pool.path!, CONFIG.ramPath, DEVICE_FILES.iommuPath, DEVICE_FILES.devicePath, String(recordsPerSecond)];
+  const ready = spawnSync(process.execPath, ['-e', READY_WAITER, ...args], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const line = ready.stdout.trim();
+  if (ready.status !== 0 || !line.includes('device-ready')) throw new Error(`the device backend did not start: ${line || ready.status}`);
+  emit(JSON.parse(line) as Record<string, unknown>);
+}
+
+/**
+ * Starts the backend detached and relays its ready line: a child of a throwaway process, so that no VMM process is
+ * its parent (it is reparented to init when the waiter exits) and none waits on it.
+ */
+const READY_WAITER = `
+const { spawn } = require('node:child_process');
+const child = spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
+let out = '';
+child.stdout.on('data', (chunk) => {
+  out += chunk;
+  if (out.includes('\\n')) { process.stdout.write(out); child.stdout.destroy(); child.unref(); process.exit(0); }
+});
+child.on('exit', (code) => process.exit(code || 1));
+`;
+
+/**
+ * What a VMM that just took the guest over reports of the device (outside the blackout): the IOMMU table and device
+ * state it adopted, as the backend that never stopped has them now.
+ */
+export function adoptedDevice(vmm: Vmm, plan: Plan): Record<string, unknown> {
+  if (!plan.device) return {};
+  const device = adoptDevice(vmm.fs, DEVICE_FILES);
+  return { device: { ...device, startedNs: device.startedNs.toString() } };
+}
+
+/** Asks the device backend to stop and waits until it has; returns its final state. */
+function stopDevice(vmm: Vmm): DeviceStats {
+  const mapping = vmm.fs.map(DEVICE_FILES.devicePath);
+  try {
+    const words = new Int32Array(mapping.buffer, 0, 8);
+    Atomics.store(words, FIELD.stopRequested / 4, 1);
+    const deadline = Date.now() + DEVICE_STOP_TIMEOUT_MS;
+    while (Atomics.load(words, FIELD.stopped / 4) === 0 && Date.now() < deadline) native.futexWait(mapping.id, FIELD.stopped, 0, 10);
+    return readDeviceState(mapping, DEVICE_FILES.devicePath);
+  } finally {
+    mapping.unmap();
+  }
 }
 
 /** A deterministic pseudo-random delay before the next update, so a run can be repeated. */
@@ -106,7 +180,16 @@ export function sameFramesAsBoot(vmm: Vmm): boolean | null {
 }
 
 export function reportDone(vmm: Vmm, reason: string, extra: Record<string, unknown> = {}): void {
-  emit({ event: 'done', pid: process.pid, reason, serial: vmm.serial(), sameFrames: sameFramesAsBoot(vmm), ...extra });
+  const device = vmm.fs.exists(DEVICE_FILES.devicePath) ? stopDevice(vmm) : undefined;
+  emit({
+    event: 'done',
+    pid: process.pid,
+    reason,
+    serial: vmm.serial(),
+    sameFrames: sameFramesAsBoot(vmm),
+    ...(device ? { device: { ...device, startedNs: device.startedNs.toString() } } : {}),
+    ...extra,
+  });
   vmm.close();
   vmm.fs.unmount();
 }
@@ -132,7 +215,7 @@ export async function rehearseUpdate(vcpus = 1, rounds = REHEARSAL_ROUNDS): Prom
     const booted = mount(scratch);
     booted.mkdir('/vm0');
     let vmm = Vmm.boot(booted, { ...CONFIG, ramSize: 2 * MiB, vcpus }, { steps: 1, seed: 1n });
-    const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0, vcpus } };
+    const extra = { plan: { ramBytes: 0, updatesLeft: 0, maxDelayMs: 0, seed: 0, vcpus, device: false } };
     for (let round = 0; round < rounds; round++) {
       const prepared = Vmm.prepareResume(scratch, CONFIG, vcpus); // the successor, ahead of time
       vmm.ensureStateRoom(); // the sender's prepare phase
