@@ -182,6 +182,21 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
       met: largest.execMs.median <= startup + 5,
     });
   }
+  const device = all.device;
+  if (device) {
+    for (const mode of ['exec', 'transfer'] as const) {
+      const result = device[mode];
+      rows.push({
+        benchmark: 'device',
+        measure: `device DMA through a ${mode}-mode update (${formatSize(device.ramBytes)}, 2 vCPUs)`,
+        value: `${fixed(result.duringPerMs.median)} records/ms inside the blackout, longest gap ${fixed(result.longestGapMs.median, 0)} ms`,
+        baseline: `${fixed(result.beforePerMs.median)} records/ms before it`,
+        ratio: `${fixed(result.duringPerMs.median / result.beforePerMs.median)}x`,
+        target: 'no gap beyond the blackout',
+        met: result.longestGapMs.median <= Math.ceil(result.blackoutMs.median) + 1,
+      });
+    }
+  }
   const qemuResults = all.qemu;
   if (qemuResults) {
     const largest = qemuResults.results.at(-1);

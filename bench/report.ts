@@ -48,6 +48,25 @@ function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: string):
     );
     made.blackout = 'blackout';
   }
+  const device = all.device;
+  if (device) {
+    const timeline = (mode: 'exec' | 'transfer') =>
+      (device[mode].timelineAroundFirstUpdate as number[]).map((count, ms) => ({ x: ms - 2 * device.windowMs, y: count }));
+    writeChart(
+      path.join(chartDir, 'device-dma'),
+      renderLineChart({
+        title: 'Device DMA around a live update (records per ms; the blackout starts at 0)',
+        xLabel: 'ms from the pause',
+        yLabel: 'records written per ms',
+        formatX: (ms) => `${ms}`,
+        series: [
+          { name: `exec mode (blackout ${fixed(device.exec.perUpdate[0].blackoutMs, 1)} ms)`, points: timeline('exec') },
+          { name: `transfer mode (blackout ${fixed(device.transfer.perUpdate[0].blackoutMs)} ms)`, points: timeline('transfer') },
+        ],
+      }),
+    );
+    made.deviceDma = 'device-dma';
+  }
   const handover = all.handover;
   if (handover) {
     writeChart(
@@ -192,6 +211,7 @@ export function writeReport(options: ReportOptions): string {
   const present = BENCHMARKS.map((name) => [name, all[name]] as const).filter(([, results]) => results);
   const image = (key: string, alt: string) => (made[key] ? `![${alt}](bench/charts/${made[key]}.svg)\n` : '');
   const vmm = all.vmm;
+  const device = all.device;
   const access = all.access;
   const lines: string[] = [
     '# Benchmarks',
@@ -213,7 +233,7 @@ export function writeReport(options: ReportOptions): string {
     'npm install                  # builds the addon, the demo guest and the TypeScript',
     'npm run bench                # every benchmark below, then the charts and this file (needs root, huge pages, /dev/kvm)',
     'npm run bench -- --quick     # each benchmark once at a small size (what the test suite runs)',
-    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm, pins, qemu, service)',
+    'npm run bench -- --only vmm  # one benchmark (map, alloc, access, zero, fs, handover, vmm, device, pins, qemu, service)',
     '```',
     '',
     '## Machine',
@@ -407,6 +427,26 @@ export function writeReport(options: ReportOptions): string {
         `Without rehearsing the update path, the ${formatSize(cold.ramBytes)} transfer takes ${spread(cold.transferColdMs)} ms.`,
       );
     lines.push('');
+  }
+  if (device) {
+    lines.push(
+      '## Device DMA through live updates (`bench:device`)',
+      '',
+      image('device-dma', 'device DMA around a live update'),
+      `A ${formatSize(device.ramBytes)} guest with ${device.vcpus} vCPUs and the demo device, whose backend process writes ` +
+        `${device.recordsPerSecond} records/s into buffers the guest posted (through the IOMMU table); ${device.updatesPerRun} ` +
+        `updates per mode. DMA in records per ms: in the ${device.windowMs} ms before each blackout (the baseline), inside it, ` +
+        `and in the ${device.windowMs} ms after; and the longest run of milliseconds with no DMA within ${device.windowMs} ms of it.`,
+      '',
+      '| mode | blackout (ms) | before | during | after | longest gap (ms) |',
+      '|---|---|---|---|---|---|',
+      ...(['exec', 'transfer'] as const).map(
+        (mode) =>
+          `| ${mode} | ${spread(device[mode].blackoutMs)} | ${spread(device[mode].beforePerMs)} | ${spread(device[mode].duringPerMs)} | ` +
+          `${spread(device[mode].afterPerMs)} | ${spread(device[mode].longestGapMs, 0)} |`,
+      ),
+      '',
+    );
   }
   const handover = all.handover;
   if (handover) {

@@ -90,8 +90,8 @@ export interface NativeBinding {
   threadAffinity(): number[];
   /** Restricts the calling thread (not the process) to these CPUs. */
   setThreadAffinity(cpus: number[]): void;
-  /** The calling thread to SCHED_IDLE (true) or back to SCHED_OTHER. */
-  setThreadIdle(idle: boolean): void;
+  /** The calling thread's scheduling policy: SCHED_IDLE, SCHED_OTHER or SCHED_FIFO (priority 1). */
+  setThreadPolicy(policy: 'idle' | 'normal' | 'fifo'): void;
   // Locks family: open-file-description byte-range locks over the pool file (pins)
   /** F_OFD_SETLK(W): false when another open file description holds a conflicting lock and wait is false. */
   rangeLock(fd: number, offset: number, length: number, exclusive: boolean, wait: boolean): boolean;
@@ -144,6 +144,8 @@ export interface NativeBinding {
   kvmDisarmSave(vcpu: number): void;
   /** CLOCK_MONOTONIC ns when the vCPU's loading run saw the area published (0n if it did not wait for one). */
   kvmHandoverNoticedAt(vcpu: number): bigint;
+  /** Whether the vCPU's thread is waiting for its handover to be published (a kvmRun with a slot). */
+  kvmAwaitingHandover(vcpu: number): boolean;
   /** Bytes of one vCPU's saved state (a slot of the handover area). */
   kvmStateBytes(): number;
   kvmPause(vcpu: number): boolean;

@@ -59,6 +59,8 @@ struct Vcpu {
   std::atomic<int64_t> runStoppedNs{0};
   // When a successor's vCPU saw the handover published (0 before, or for a run that waited for none).
   std::atomic<int64_t> handoverNoticedNs{0};
+  // Set while a successor's vCPU thread waits for the handover: from then on it notices a publication at once.
+  std::atomic<bool> awaitingHandover{false};
   // Set by kvmArmSave: the slot the worker saves this vCPU into when a pause stops it (the sender's half).
   std::mutex armedMutex;
   std::shared_ptr<struct HandoverSpec> armed;
@@ -557,12 +559,17 @@ class RunWorker : public Napi::AsyncWorker {
   bool LoadFromArea(Vcpu& vcpu) {
     RealtimeWhile realtime;
     HandoverArea* area = load_.area();
+    vcpu.awaitingHandover.store(true);
     while (__atomic_load_n(&area->vcpusMagic, __ATOMIC_ACQUIRE) != kVcpusMagic) {
-      if (vcpu.pauseRequested.load()) return Cancelled();
+      if (vcpu.pauseRequested.load()) {
+        vcpu.awaitingHandover.store(false);
+        return Cancelled();
+      }
       timespec slice{0, 5 * 1000000};
       syscall(SYS_futex, &area->vcpusMagic, FUTEX_WAIT, 0, &slice, nullptr, 0);
     }
     vcpu.handoverNoticedNs.store(NowNs());
+    vcpu.awaitingHandover.store(false);
     bool fits = area->vcpuCount == load_.count && area->slotBytes == sizeof(SavedState);
     if (!fits || RestoreVcpu(vcpu, load_.slot()) != nullptr) {
       __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
@@ -662,6 +669,12 @@ Napi::Value KvmHandoverNoticedAt(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), vcpu->handoverNoticedNs.load());
 }
 
+// kvmAwaitingHandover(vcpu): whether the vCPU's thread is waiting for a handover to be published (kvmRun with one).
+Napi::Value KvmAwaitingHandover(const Napi::CallbackInfo& info) {
+  auto vcpu = LookupVcpu(info);
+  return Napi::Boolean::New(info.Env(), vcpu->awaitingHandover.load());
+}
+
 // kvmStateBytes(): the size of one vCPU's saved state (a slot of the handover area).
 Napi::Value KvmStateBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), sizeof(SavedState)); }
 
@@ -747,6 +760,7 @@ void RegisterKvmFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmArmSave", Napi::Function::New(env, KvmArmSave, "kvmArmSave"));
   exports.Set("kvmDisarmSave", Napi::Function::New(env, KvmDisarmSave, "kvmDisarmSave"));
   exports.Set("kvmHandoverNoticedAt", Napi::Function::New(env, KvmHandoverNoticedAt, "kvmHandoverNoticedAt"));
+  exports.Set("kvmAwaitingHandover", Napi::Function::New(env, KvmAwaitingHandover, "kvmAwaitingHandover"));
   exports.Set("kvmStateBytes", Napi::Function::New(env, KvmStateBytes, "kvmStateBytes"));
   exports.Set("kvmRunStoppedAt", Napi::Function::New(env, KvmRunStoppedAt, "kvmRunStoppedAt"));
   exports.Set("kvmSerial", Napi::Function::New(env, KvmSerial, "kvmSerial"));

@@ -53,14 +53,26 @@ Napi::Value SetThreadAffinity(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// setThreadIdle(idle): the calling thread to SCHED_IDLE (it runs only on CPU time nobody else wants) or back to
-// SCHED_OTHER: a VMM's main thread steps aside while its vCPU threads carry a live update's blackout.
-Napi::Value SetThreadIdle(const Napi::CallbackInfo& info) {
+// setThreadPolicy(policy): the calling thread's scheduling policy, 'idle' (SCHED_IDLE: it runs only on CPU time
+// nobody else wants), 'normal' (SCHED_OTHER) or 'fifo' (SCHED_FIFO, priority 1: it runs as soon as it wakes). A VMM's
+// main thread steps aside while its vCPU threads carry a live update's blackout; a device backend that sleeps
+// between short turns runs each turn on time.
+Napi::Value SetThreadPolicy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(env, "idle must be a boolean");
+  std::string policy = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
   sched_param param{};
-  if (sched_setscheduler(0, info[0].As<Napi::Boolean>().Value() ? SCHED_IDLE : SCHED_OTHER, &param) < 0)
-    throw ErrnoError(env, errno, "sched_setscheduler");
+  int which;
+  if (policy == "idle") {
+    which = SCHED_IDLE;
+  } else if (policy == "normal") {
+    which = SCHED_OTHER;
+  } else if (policy == "fifo") {
+    which = SCHED_FIFO;
+    param.sched_priority = 1;
+  } else {
+    throw Napi::TypeError::New(env, "policy must be 'idle', 'normal' or 'fifo'");
+  }
+  if (sched_setscheduler(0, which, &param) < 0) throw ErrnoError(env, errno, "sched_setscheduler");
   return env.Undefined();
 }
 
@@ -69,7 +81,7 @@ Napi::Value SetThreadIdle(const Napi::CallbackInfo& info) {
 void RegisterSchedFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("threadAffinity", Napi::Function::New(env, ThreadAffinity, "threadAffinity"));
   exports.Set("setThreadAffinity", Napi::Function::New(env, SetThreadAffinity, "setThreadAffinity"));
-  exports.Set("setThreadIdle", Napi::Function::New(env, SetThreadIdle, "setThreadIdle"));
+  exports.Set("setThreadPolicy", Napi::Function::New(env, SetThreadPolicy, "setThreadPolicy"));
 }
 
 }  // namespace gmfs

@@ -21,6 +21,7 @@ const needs: Record<(typeof BENCHMARKS)[number], string> = {
   fs: m.skip2M,
   handover: '',
   vmm: m.skip2M || kvmUnavailableReason(),
+  device: m.skip2M || kvmUnavailableReason(),
   pins: m.skip2M,
   qemu: m.skip2M || qemuUnavailableReason(),
   service: '',

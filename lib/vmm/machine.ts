@@ -272,6 +272,11 @@ export class KvmMachine {
     return overallReason(await Promise.all(this.vcpus.map((vcpu, index) => native.kvmRun(vcpu, state.id, index, count, reportFd))));
   }
 
+  /** Whether every vCPU of a runFromHandover() is on its thread waiting for the area (it will notice at once). */
+  awaitingHandover(): boolean {
+    return this.vcpus.every((vcpu) => native.kvmAwaitingHandover(vcpu));
+  }
+
   /** When the first vCPU of a runFromHandover() saw the area published (CLOCK_MONOTONIC ns), or 0n. */
   handoverNoticedAt(): bigint {
     let earliest = 0n;

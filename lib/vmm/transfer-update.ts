@@ -155,11 +155,11 @@ async function drive(
     // Every vCPU is asked to stop now (pause() asks before its first await). From then on the blackout is the vCPU
     // threads' (these and the successor's): this thread takes only the CPU time they leave.
     const pausing = vmm.pause();
-    native.setThreadIdle(true);
+    native.setThreadPolicy('idle');
     const paused = await pausing;
     stoppedAtNs = paused.stoppedAtNs;
     if (paused.reason === 'halted') {
-      native.setThreadIdle(false);
+      native.setThreadPolicy('normal');
       // The guest finished before this update: nothing left to update across.
       const { vmm: halted } = await takeBack(pool, vmm, successor.child, plan, { stoppedAtNs, saved: false });
       reportDone(halted, paused.reason, { updatesSkipped: plan.updatesLeft });
@@ -171,7 +171,7 @@ async function drive(
     // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
     // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
     const committed = await successor.committed();
-    native.setThreadIdle(false);
+    native.setThreadPolicy('normal');
     if (committed) {
       await new Promise((resolve) => setTimeout(resolve, TEARDOWN_DELAY_MS));
       vmm.close();
@@ -249,23 +249,27 @@ async function main(): Promise<void> {
   collectGarbageBeforeBlackout();
   const senderPid = process.ppid;
   const abandoned = () => process.ppid !== senderPid;
-  fs.writeSync(REPORT_FD, `${ARMED}\n`);
-  // As the sender's: the blackout is the vCPU threads'.
-  native.setThreadIdle(true);
-  let running: Promise<string>;
-  let noticed: bigint;
   if (process.env.GUESTMEMFS_TRANSFER_DIE === '1') {
+    fs.writeSync(REPORT_FD, `${ARMED}\n`);
     vmm.waitForSavedState({ abandoned });
     process.kill(process.pid, 'SIGKILL');
   }
+  let running: Promise<string>;
+  let noticed: bigint;
   try {
     running = vmm.resumeFromHandover(REPORT_FD);
+    // Armed only once every vCPU's thread waits on the state file: a thread still to start when the guest pauses
+    // would queue for a CPU behind the running guest's vCPUs, for a time slice or more.
+    await vcpusWaiting(vmm, running);
+    fs.writeSync(REPORT_FD, `${ARMED}\n`);
+    // As the sender's: the blackout is the vCPU threads'.
+    native.setThreadPolicy('idle');
     noticed = await resumed(vmm, running, abandoned);
   } catch (error) {
     emit({ event: 'successor-gave-up', pid: process.pid, error: (error as Error).message });
     return;
   } finally {
-    native.setThreadIdle(false);
+    native.setThreadPolicy('normal');
   }
   const ranAt = vmm.machine.runStartedAt();
   const saved = vmm.adoptSavedJson({ abandoned });
@@ -295,6 +299,16 @@ async function main(): Promise<void> {
     },
   });
   await drive(poolPath!, pool, vmm, plan, undefined, running);
+}
+
+/** Waits (a millisecond at a time) until every vCPU thread of a resumeFromHandover() waits for the handover. */
+async function vcpusWaiting(vmm: Vmm, running: Promise<string>): Promise<void> {
+  let ended = false;
+  void running.finally(() => (ended = true));
+  while (!vmm.machine.awaitingHandover()) {
+    if (ended) throw new Error('the vCPUs stopped before the handover');
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
 }
 
 /**
