@@ -189,11 +189,13 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
       rows.push({
         benchmark: 'device',
         measure: `device DMA through a ${mode}-mode update (${formatSize(device.ramBytes)}, 2 vCPUs)`,
-        value: `${fixed(result.duringPerMs.median)} records/ms inside the blackout, longest gap ${fixed(result.longestGapMs.median, 0)} ms`,
+        value:
+          `${fixed(result.duringPerMs.median)} records/ms inside the blackout; longest gap with buffers posted ` +
+          `${fixed(result.longestDeviceGapMs.median, 0)} ms (any ${fixed(result.longestGapMs.median, 0)} ms)`,
         baseline: `${fixed(result.beforePerMs.median)} records/ms before it`,
         ratio: `${fixed(result.duringPerMs.median / result.beforePerMs.median)}x`,
         target: 'no gap beyond the blackout',
-        met: result.longestGapMs.median <= Math.ceil(result.blackoutMs.median) + 1,
+        met: result.longestDeviceGapMs.median <= Math.ceil(result.blackoutMs.median) + 1,
       });
     }
   }

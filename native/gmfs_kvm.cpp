@@ -633,6 +633,15 @@ Napi::Value KvmSetAffinity(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Arms the vCPU with `next` (or disarms it), ending the previous spec's use of its mapping.
+void ReplaceArmed(Napi::Env env, Vcpu& vcpu, std::shared_ptr<HandoverSpec> next) {
+  {
+    std::lock_guard<std::mutex> lock(vcpu.armedMutex);
+    next.swap(vcpu.armed);
+  }
+  if (next) EndMappingWork(env, next->mappingId, *next->mapping);
+}
+
 // kvmArmSave(vcpu, mapping, index, count): from now on a pause saves the vCPU into its slot, on its own thread, and
 // the last vCPU to do so publishes the area. kvmDisarmSave(vcpu) ends that.
 Napi::Value KvmArmSave(const Napi::CallbackInfo& info) {
@@ -640,13 +649,7 @@ Napi::Value KvmArmSave(const Napi::CallbackInfo& info) {
   auto vcpu = LookupVcpu(info);
   auto spec = std::make_shared<HandoverSpec>(HandoverSpecArg(info, 1, "kvmArmSave"));
   spec->mapping->busy.fetch_add(1);
-  std::shared_ptr<HandoverSpec> previous;
-  {
-    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
-    previous = vcpu->armed;
-    vcpu->armed = spec;
-  }
-  if (previous) EndMappingWork(env, previous->mappingId, *previous->mapping);
+  ReplaceArmed(env, *vcpu, std::move(spec));
   return env.Undefined();
 }
 
@@ -654,12 +657,7 @@ Napi::Value KvmDisarmSave(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "kvmDisarmSave", "the vCPU is running: pause it first");
-  std::shared_ptr<HandoverSpec> previous;
-  {
-    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
-    previous.swap(vcpu->armed);
-  }
-  if (previous) EndMappingWork(env, previous->mappingId, *previous->mapping);
+  ReplaceArmed(env, *vcpu, nullptr);
   return env.Undefined();
 }
 
@@ -726,12 +724,7 @@ Napi::Value KvmCloseVcpu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto vcpu = LookupVcpu(info);
   if (vcpu->running.load()) throw CodeError(env, "EBUSY", EBUSY, "close", "the vCPU is running: pause it first");
-  std::shared_ptr<HandoverSpec> armed;
-  {
-    std::lock_guard<std::mutex> lock(vcpu->armedMutex);
-    armed.swap(vcpu->armed);
-  }
-  if (armed) EndMappingWork(env, armed->mappingId, *armed->mapping);
+  ReplaceArmed(env, *vcpu, nullptr);
   Registry(env).vcpus.erase(static_cast<uint32_t>(info[0].As<Napi::Number>().Uint32Value()));
   return env.Undefined();
 }

@@ -140,6 +140,7 @@ describe('guestmemfs mount', () => {
       ['write', () => gfs.request('POST', 'write', { path: '/d/f', data: Buffer.from('hello').toString('base64') })],
       ['read', () => gfs.request('GET', 'read', { path: '/d/f' })],
       ['truncate', () => gfs.request('POST', 'truncate', { path: '/d/f', size: 2 * B })],
+      ['punch', () => gfs.request('POST', 'punch', { path: '/d/f', offset: B, length: B })],
       ['stat', () => gfs.request('GET', 'stat', { path: '/d/f' })],
       ['readdir', () => gfs.request('GET', 'readdir', { path: '/d' })],
       ['extents', () => gfs.request('GET', 'extents', { path: '/d/f' })],

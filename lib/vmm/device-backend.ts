@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import { pinFiles } from '../fs/external';
 import { native } from '../native';
 import { Pool } from '../pool/pool';
-import { DEVICE, FIELD, readDeviceState, readIommuTable, recordChecksum } from './device';
+import { DEVICE, deviceStarved, deviceThroughput, FIELD, readDeviceState, readIommuTable, recordChecksum } from './device';
 
 /** Records written at most per turn of the loop: a turn is about 100 us, so the rate holds without bursts. */
 const TURN_US = 100;
@@ -24,7 +24,8 @@ function main(): void {
   const table = readIommuTable(iommu!, iommuPath!);
   readDeviceState(device!, devicePath!);
   const state = new DataView(device!.buffer);
-  const buckets = new Uint32Array(device!.buffer, 128, (device!.length - 128) / 4);
+  const buckets = deviceThroughput(device!);
+  const starved = deviceStarved(device!);
   const window = ram!.bytes(0, DEVICE.windowEnd);
   const guest = new DataView(window.buffer, window.byteOffset, window.byteLength);
   const usedIndex = new Int32Array(window.buffer, window.byteOffset + DEVICE.used, 1);
@@ -60,7 +61,11 @@ function main(): void {
     const now = process.hrtime.bigint();
     const due = Math.floor((Number(now - startedNs) / 1e9) * rate) - written;
     const posted = (Atomics.load(availIndex, 0) - nextAvail) >>> 0;
-    if (due > 0 && posted === 0) stalls++;
+    const bucket = Math.min(buckets.length - 1, Math.floor(Number(now - startedNs) / 1e6));
+    if (due > 0 && posted === 0) {
+      stalls++;
+      starved[bucket] = starved[bucket]! + 1;
+    }
     const batch = Math.min(due, posted);
     for (let taken = 0; taken < batch; taken++) {
       const id = guest.getUint32(DEVICE.avail + 0x40 + (nextAvail % DEVICE.queue) * 4, true);
@@ -82,7 +87,6 @@ function main(): void {
     if (batch > 0) {
       // The record and its used entry first, then the index the guest polls (x86 keeps stores in order).
       Atomics.store(usedIndex, 0, used | 0);
-      const bucket = Math.min(buckets.length - 1, Math.floor(Number(now - startedNs) / 1e6));
       buckets[bucket] = buckets[bucket]! + batch;
     }
     state.setBigUint64(FIELD.nextAvail, BigInt(nextAvail), true);

@@ -8,7 +8,8 @@
 // Device state file: u32 magic "DEV1", u32 version 1, u32 backend pid, u32 stop requested, u32 stopped, u32 queue
 // size, u64 next available entry, u64 used index, u64 next sequence number, u64 records written, u64 stalls (no
 // buffer posted), u64 start (CLOCK_MONOTONIC ns); from byte 128, one u32 per millisecond since the start: records
-// written in it.
+// written in it; after those, one u32 per millisecond: the backend's turns in it that found records due but no buffer
+// posted (the guest, not the device, held the DMA up then).
 import { GuestmemfsError } from '../errors';
 import { crc32 } from '../checksum';
 import type { Filesystem } from '../fs/filesystem';
@@ -39,7 +40,7 @@ const IOMMU_HEADER = 64;
 export const DEVICE_HEADER = 128;
 /** Milliseconds of per-millisecond throughput the device state keeps (beyond them the last bucket counts on). */
 const BUCKETS = 240_000;
-export const DEVICE_STATE_BYTES = DEVICE_HEADER + BUCKETS * 4;
+export const DEVICE_STATE_BYTES = DEVICE_HEADER + 2 * BUCKETS * 4;
 
 export interface DeviceFiles {
   iommuPath: string;
@@ -153,6 +154,11 @@ export function readDeviceState(mapping: Mapping, path: string): DeviceStats {
 /** Records the device wrote in each millisecond since it started. */
 export function deviceThroughput(mapping: Mapping): Uint32Array {
   return new Uint32Array(mapping.buffer, DEVICE_HEADER, BUCKETS);
+}
+
+/** Turns of the backend in each millisecond that had records due and no buffer to put them in. */
+export function deviceStarved(mapping: Mapping): Uint32Array {
+  return new Uint32Array(mapping.buffer, DEVICE_HEADER + BUCKETS * 4, BUCKETS);
 }
 
 /**
