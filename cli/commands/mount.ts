@@ -40,9 +40,7 @@ function updateEntry(): string {
 }
 
 /** The live update's hand-over from the environment, removed from it so that it reaches no child. */
-function takeUpdateEnvironment():
-  | { listenFd: number; startedNs: bigint; handovers: number; notifiers: InheritedNotifier[] }
-  | undefined {
+function takeUpdateEnvironment(): { listenFd: number; startedNs: bigint; handovers: number; notifiers: InheritedNotifier[] } | undefined {
   const listenFd = process.env[LISTEN_FD_ENV];
   if (listenFd === undefined) return undefined;
   const taken = {
