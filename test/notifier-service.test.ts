@@ -159,6 +159,29 @@ describe('remote consumers through the mount service', () => {
     },
   );
 
+  it('a consumer that never acknowledges fails the change with ETIMEDOUT, and nothing changes', async () => {
+    // A service whose consumers get 300 ms, instead of the 10 s a test would wait for otherwise (one owner of the pool
+    // at a time: the first goes, and the new one recovers the pool).
+    service.child.kill('SIGKILL');
+    await service.exited;
+    const quick = await startService(poolPath, runtime, [], { GUESTMEMFS_ACKNOWLEDGE_TIMEOUT_MS: '300' });
+    const other = await connect(quick.socket);
+    try {
+      await other.create('/t');
+      await other.truncate('/t', 2 * B);
+      const silent = await other.registerNotifier('/t', { invalidate: () => new Promise<void>(() => {}) });
+      notifiers.push(silent);
+      const error = await captureRejection(other.truncate('/t', B));
+      expect(error).toMatchObject({ code: 'ETIMEDOUT', syscall: 'ftruncate', path: '/t' });
+      expect(error.message).toMatch(/consumer pid \d+ \(uid 0\) did not acknowledge its invalidation/);
+      expect((await other.stat('/t')).size).toBe(2 * B);
+    } finally {
+      other.close();
+      quick.child.kill('SIGKILL');
+      await quick.exited;
+    }
+  });
+
   it('refuses a missing file, a directory and bad flags in Node’s shape, and a consumer without invalidate', async () => {
     await client.mkdir('/d');
     await client.create('/f');

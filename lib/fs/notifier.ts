@@ -18,8 +18,16 @@ export const MEMFILE_F_UNMOVABLE = 1 << 1;
 export const MEMFILE_F_UNRECLAIMABLE = 1 << 2;
 export const MEMFILE_F_ALLOWED_MASK = MEMFILE_F_USER_INACCESSIBLE | MEMFILE_F_UNMOVABLE | MEMFILE_F_UNRECLAIMABLE;
 
-/** How long a change waits for consumers in other processes to acknowledge an invalidation before giving up. */
-export const ACKNOWLEDGE_TIMEOUT_MS = 10_000;
+/**
+ * How long a change waits for consumers in other processes to acknowledge an invalidation before giving up (10 s;
+ * GUESTMEMFS_ACKNOWLEDGE_TIMEOUT_MS sets it for a process, such as a mount service whose consumers answer faster).
+ */
+export const ACKNOWLEDGE_TIMEOUT_MS = acknowledgeTimeout(process.env.GUESTMEMFS_ACKNOWLEDGE_TIMEOUT_MS);
+
+function acknowledgeTimeout(text: string | undefined): number {
+  const value = Number(text);
+  return text !== undefined && Number.isSafeInteger(value) && value > 0 ? value : 10_000;
+}
 
 /** The flags by name, for the CLI, the service and error messages. */
 export const NOTIFIER_FLAG_NAMES: Readonly<Record<string, number>> = {
