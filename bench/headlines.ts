@@ -188,7 +188,7 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
       const result = device[mode];
       rows.push({
         benchmark: 'device',
-        measure: `device DMA through a ${mode}-mode update (${formatSize(device.ramBytes)}, 2 vCPUs)`,
+        measure: `device DMA through ${mode === 'exec' ? 'an' : 'a'} ${mode}-mode update (${formatSize(device.ramBytes)}, 2 vCPUs)`,
         value:
           `${fixed(result.duringPerMs.median)} records/ms inside the blackout; longest gap with buffers posted ` +
           `${fixed(result.longestDeviceGapMs.median, 0)} ms (any ${fixed(result.longestGapMs.median, 0)} ms)`,
