@@ -1,6 +1,7 @@
 // Processes: facts Node does not expose (this process's start time, what execve runs for a name), and running a
 // program to its end without blocking the event loop.
-import { spawn, type SpawnOptions } from 'node:child_process';
+import type * as ChildProcessModule from 'node:child_process';
+import type { SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from './errors';
@@ -49,7 +50,7 @@ export async function runToEnd(
   options: SpawnOptions & { timeoutMs?: number } = {},
 ): Promise<ProgramResult> {
   const { timeoutMs = 600_000, ...spawnOptions } = options;
-  const child = spawn(command, args, { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = childProcess().spawn(command, args, { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -58,4 +59,13 @@ export async function runToEnd(
   const status = await new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   clearTimeout(limit);
   return { status, stdout, stderr };
+}
+
+/**
+ * node:child_process, loaded on first use: it costs several milliseconds to load, and an exec-mode VMM loads this
+ * module (through the filesystem's mount) inside its blackout, where nothing spawns.
+ */
+export function childProcess(): typeof ChildProcessModule {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('node:child_process') as typeof ChildProcessModule;
 }

@@ -3,10 +3,10 @@
 import * as fs from 'node:fs';
 import type { setFlagsFromString } from 'node:v8';
 import type { runInNewContext } from 'node:vm';
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { mkfs } from '../fs/format';
 import { native } from '../native';
+import { childProcess } from '../process';
 import { mount } from '../fs/mount';
 import { pinHolders } from '../pool/pins';
 import { Pool } from '../pool/pool';
@@ -84,7 +84,10 @@ export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } 
 function startDeviceBackend(pool: Pool, recordsPerSecond: number): void {
   const program = path.join(__dirname, 'device-backend.js');
   const args = [program, pool.path!, CONFIG.ramPath, DEVICE_FILES.iommuPath, DEVICE_FILES.devicePath, String(recordsPerSecond)];
-  const ready = spawnSync(process.execPath, ['-e', READY_WAITER, ...args], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const ready = childProcess().spawnSync(process.execPath, ['-e', READY_WAITER, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+  });
   const line = ready.stdout.trim();
   if (ready.status !== 0 || !line.includes('device-ready')) throw new Error(`the device backend did not start: ${line || ready.status}`);
   emit(JSON.parse(line) as Record<string, unknown>);
