@@ -454,12 +454,15 @@ class RunWorker : public Napi::AsyncWorker {
     sigemptyset(&unblock);
     sigaddset(&unblock, PauseSignal());
     pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
-    if (load_.mapping && !LoadFromArea(vcpu)) {
-      if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask);
-      vcpu.onThread.store(false);
-      vcpu.running.store(false);
-      return;
-    }
+    // A successor's vCPU first loads its state from the handover; it runs only if every vCPU could.
+    if (!load_.mapping || LoadFromArea(vcpu)) RunUntilStopped(vcpu);
+    if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask);
+    vcpu.onThread.store(false);
+    vcpu.running.store(false);
+  }
+
+  // The run loop, until a halt, a pause or a failure; a pause with a save armed saves the vCPU on this thread.
+  void RunUntilStopped(Vcpu& vcpu) {
     vcpu.runStartedNs.store(NowNs());
     for (;;) {
       if (vcpu.pauseRequested.load()) vcpu.run->immediate_exit = 1;
@@ -513,9 +516,6 @@ class RunWorker : public Napi::AsyncWorker {
       }
       if (armed) SaveToArea(vcpu, *armed);
     }
-    if (repin) pthread_setaffinity_np(vcpu.thread, sizeof(poolMask), &poolMask);
-    vcpu.onThread.store(false);
-    vcpu.running.store(false);
   }
 
   void OnOK() override {

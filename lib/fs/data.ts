@@ -378,7 +378,7 @@ export function forEachRange(
   }
 }
 
-function zeroFileRange(ctx: MountContext, ino: number, from: number, to: number): void {
+export function zeroFileRange(ctx: MountContext, ino: number, from: number, to: number): void {
   forEachRange(ctx, ino, from, to, (poolOffset, _fileOffset, length) => native.zero(ctx.dataMapping().id, poolOffset, length));
 }
 

@@ -17,7 +17,7 @@ import {
 } from './notifier';
 import { R_OK, W_OK } from './permissions';
 import type { FileMapOptions } from './types';
-import { forEachRange, map } from './data';
+import { forEachRange, map, zeroFileRange } from './data';
 
 /** A physical frame as get_pfn reports it: the frame number and the page's order (log2 of its 4 KiB frames). */
 export interface PageFrame {
@@ -129,14 +129,7 @@ export function pageFrame(ctx: MountContext, ino: number, offset: number, path: 
     });
   }
   let poolOffset = -1;
-  let fileOffset = 0;
-  for (const extent of ctx.fileRanges(ino)) {
-    if (offset < fileOffset + extent.length) {
-      poolOffset = extent.offset + (offset - fileOffset);
-      break;
-    }
-    fileOffset += extent.length;
-  }
+  forEachRange(ctx, ino, offset, offset + 1, (at) => (poolOffset = at));
   const pageSize = ctx.pool.pageSize;
   const page = poolOffset - (poolOffset % pageSize);
   const data = ctx.dataMapping();
@@ -155,7 +148,7 @@ export function pageFrame(ctx: MountContext, ino: number, offset: number, path: 
   return { pfn: frame, order: Math.log2(pageSize / 4096) };
 }
 
-/** Checks a punch's range and the pins over it; returns the pool ranges it zeroes. */
+/** Checks a punch's range; returns the file and the byte range it covers, clamped to the file's blocks. */
 function planPunch(ctx: MountContext, path: string, offset: number, length: number): { ino: number; start: number; end: number } {
   ctx.requireWritable('fallocate');
   const ino = resolveFileForWrite(ctx, path, 'fallocate');
@@ -196,7 +189,7 @@ function fileRangesWithin(ctx: MountContext, ino: number, start: number, end: nu
 }
 
 function zeroRanges(ctx: MountContext, ino: number, start: number, end: number): void {
-  for (const range of fileRangesWithin(ctx, ino, start, end)) ctx.dataMapping().zero(range.offset, range.length);
+  zeroFileRange(ctx, ino, start, end);
   const now = nowNs();
   ctx.inodes.setTime(ino, 'mtime', now);
   ctx.inodes.setTime(ino, 'ctime', now);

@@ -60,8 +60,8 @@ export class Registration {
   readonly ino: number;
   readonly flags: number;
   readonly consumer: NotifierConsumer;
-  /** Invalidations sent to a remote consumer and not yet acknowledged, by sequence number. */
-  readonly unacknowledged = new Map<number, { start: number; end: number }>();
+  /** Sequence numbers of the invalidations sent to a remote consumer and not yet acknowledged. */
+  readonly unacknowledged = new Set<number>();
   #settled: Array<() => void> = [];
   #nextSeq: number;
   revoked = false;
@@ -176,7 +176,7 @@ export class NotifierRegistry {
     for (const registration of registrations) {
       if (registration.consumer.remote) {
         const seq = registration.nextSeq();
-        registration.unacknowledged.set(seq, { start, end });
+        registration.unacknowledged.add(seq);
       }
       try {
         registration.consumer.invalidate(start, end);
@@ -190,7 +190,7 @@ export class NotifierRegistry {
 
   /** A remote consumer acknowledges invalidation `seq` (and every one before it: messages arrive in order). */
   acknowledge(registration: Registration, seq: number): void {
-    for (const told of [...registration.unacknowledged.keys()]) if (told <= seq) registration.unacknowledged.delete(told);
+    for (const told of [...registration.unacknowledged]) if (told <= seq) registration.unacknowledged.delete(told);
     registration.wake();
   }
 

@@ -121,6 +121,11 @@ export function prepareVm(ram?: Mapping, vcpus = 1): PreparedVm {
   }
 }
 
+/** The earliest of the vCPUs' CLOCK_MONOTONIC stamps that are set (0n: not yet), or 0n when none is. */
+function earliestStamp(stamps: readonly bigint[]): bigint {
+  return stamps.reduce((earliest, at) => (earliest === 0n || (at !== 0n && at < earliest) ? at : earliest), 0n);
+}
+
 /** A VM's run ends 'halted' when every vCPU halted, 'paused' when any was paused, else with the first other reason. */
 function overallReason(reasons: string[]): string {
   if (reasons.every((reason) => reason === 'halted')) return 'halted';
@@ -279,12 +284,7 @@ export class KvmMachine {
 
   /** When the first vCPU of a runFromHandover() saw the area published (CLOCK_MONOTONIC ns), or 0n. */
   handoverNoticedAt(): bigint {
-    let earliest = 0n;
-    for (const vcpu of this.vcpus) {
-      const at = native.kvmHandoverNoticedAt(vcpu);
-      if (earliest === 0n || (at !== 0n && at < earliest)) earliest = at;
-    }
-    return earliest;
+    return earliestStamp(this.vcpus.map((vcpu) => native.kvmHandoverNoticedAt(vcpu)));
   }
 
   /** Asks every vCPU to stop (run() resolves once all have). */
@@ -311,12 +311,7 @@ export class KvmMachine {
   /** CLOCK_MONOTONIC ns when the first vCPU of the latest run left KVM_RUN (the guest stopped being whole then). */
   runStoppedAt(): bigint {
     this.#requireOpen();
-    let earliest = 0n;
-    for (const vcpu of this.vcpus) {
-      const at = native.kvmRunStoppedAt(vcpu);
-      if (earliest === 0n || (at !== 0n && at < earliest)) earliest = at;
-    }
-    return earliest;
+    return earliestStamp(this.vcpus.map((vcpu) => native.kvmRunStoppedAt(vcpu)));
   }
 
   /** True once every vCPU has arrived at its gate (see DemoGuestOptions.gateAtStep) and waits there. */

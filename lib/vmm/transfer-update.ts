@@ -254,24 +254,26 @@ async function main(): Promise<void> {
     vmm.waitForSavedState({ abandoned });
     process.kill(process.pid, 'SIGKILL');
   }
-  let running: Promise<string>;
-  let noticed: bigint;
+  const running = vmm.resumeFromHandover(REPORT_FD);
+  let ranAt: bigint;
   try {
-    running = vmm.resumeFromHandover(REPORT_FD);
     // Armed only once every vCPU's thread waits on the state file: a thread still to start when the guest pauses
     // would queue for a CPU behind the running guest's vCPUs, for a time slice or more.
     await vcpusWaiting(vmm, running);
     fs.writeSync(REPORT_FD, `${ARMED}\n`);
     // As the sender's: the blackout is the vCPU threads'.
     native.setThreadPolicy('idle');
-    noticed = await resumed(vmm, running, abandoned);
+    // The wait is cancelled ('cancelled') when the sender is gone.
+    ranAt = await vmm.runningSince({ abandoned });
   } catch (error) {
-    emit({ event: 'successor-gave-up', pid: process.pid, error: (error as Error).message });
+    vmm.machine.pause(); // a vCPU still waiting for the handover ends, 'cancelled'
+    const reason = await running.catch((failure: Error) => failure.message);
+    emit({ event: 'successor-gave-up', pid: process.pid, error: `${(error as Error).message} (${reason})` });
     return;
   } finally {
     native.setThreadPolicy('normal');
   }
-  const ranAt = vmm.machine.runStartedAt();
+  const noticed = vmm.handoverNoticedAt();
   const saved = vmm.adoptSavedJson({ abandoned });
   const plan = saved.extra.plan as Plan;
   const sender = JSON.parse(readLine() ?? 'null') as SenderTimings | null;
@@ -307,24 +309,6 @@ async function vcpusWaiting(vmm: Vmm, running: Promise<string>): Promise<void> {
   void running.finally(() => (ended = true));
   while (!vmm.machine.awaitingHandover()) {
     if (ended) throw new Error('the vCPUs stopped before the handover');
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-}
-
-/**
- * Waits (asleep, a millisecond at a time) until every vCPU of a resumeFromHandover() runs, and returns when the first
- * saw the handover. Cancels the wait when the sender is gone; rejects when the run ended without the guest running.
- */
-async function resumed(vmm: Vmm, running: Promise<string>, abandoned: () => boolean): Promise<bigint> {
-  let ended: string | undefined;
-  void running.then(
-    (reason) => (ended = reason),
-    (error: Error) => (ended = error.message),
-  );
-  for (;;) {
-    if (vmm.machine.runStartedAt() !== 0n) return vmm.handoverNoticedAt();
-    if (ended !== undefined) throw new Error(`the guest did not resume here: ${ended}`);
-    if (abandoned()) vmm.machine.pause(); // the waiting vCPUs end with 'cancelled'
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
 }

@@ -334,7 +334,7 @@ export class Vmm {
    * When the vCPU of the current run entered KVM_RUN (CLOCK_MONOTONIC ns, as process.hrtime.bigint()): the end of a
    * blackout, taken on the vCPU's own thread. Resolves within a millisecond of it.
    */
-  async runningSince(): Promise<bigint> {
+  async runningSince(options: { abandoned?: () => boolean } = {}): Promise<bigint> {
     const running = this.#running;
     if (!running) throw new GuestmemfsError('EINVAL', 'the guest is not running: start() it first');
     let settled = false;
@@ -346,6 +346,8 @@ export class Vmm {
       const at = this.machine.runStartedAt();
       if (at !== 0n) return at;
       if (settled) throw new GuestmemfsError('EIO', 'the vCPU run ended before it entered KVM_RUN');
+      // A run waiting for a handover whose sender is gone: its vCPUs end with 'cancelled'.
+      if (options.abandoned?.()) this.machine.pause();
       // Sleep, do not spin: the vCPU's worker thread may be waiting for this thread's CPU. The time itself comes from
       // the worker, so polling late does not change it.
       await new Promise((resolve) => setTimeout(resolve, 1));
