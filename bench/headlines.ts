@@ -172,15 +172,23 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
         met: largest.smp.transferMs.median <= 0.6,
       });
     }
-    rows.push({
-      benchmark: 'vmm',
-      measure: `exec-mode blackout, ${formatSize(largest.ramBytes)} guest`,
-      value: `${fixed(largest.execMs.median, 1)} ms`,
-      baseline: `Node start-up ${fixed(startup, 1)} ms`,
-      ratio: `${fixed(largest.execMs.median / startup)}x`,
-      target: `<= start-up + 5 = ${fixed(startup + 5, 1)} ms`,
-      met: largest.execMs.median <= startup + 5,
-    });
+    // Against its floor, measured round by round beside it: a VM over the same RAM in a freshly exec'd Node.
+    for (const [label, result] of [
+      ['', largest],
+      [`, ${largest.smp?.vcpus} vCPUs`, largest.smp],
+    ] as const) {
+      if (!result?.execFloorKvmReadyMs) continue;
+      const floor = result.execFloorKvmReadyMs.median;
+      rows.push({
+        benchmark: 'vmm',
+        measure: `exec-mode blackout, ${formatSize(largest.ramBytes)} guest${label}`,
+        value: `${fixed(result.execMs.median, 1)} ms`,
+        baseline: `floor ${fixed(floor, 1)} ms (Node start-up ${fixed(startup, 1)})`,
+        ratio: `${fixed(result.execMs.median / floor)}x floor`,
+        target: '<= 1.15x floor',
+        met: result.execMs.median <= 1.15 * floor,
+      });
+    }
   }
   const device = all.device;
   if (device) {

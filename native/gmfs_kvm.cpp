@@ -381,6 +381,25 @@ int64_t NowNs() {
 
 void FutexWake(uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0); }
 
+// Waits until done(): yields for a moment, then sleeps on `word` a millisecond at a time. Loading vCPUs run SCHED_FIFO,
+// and a FIFO thread that only yields never lets a normal thread run on its CPU: a sibling vCPU whose worker thread has
+// not yet moved to its own CPU would wait for the load balancer (26 ms seen in an exec-mode resume). The moment of
+// yielding keeps the usual case, every vCPU loading at once, at microseconds.
+template <typename Done>
+void YieldThenSleep(uint32_t* word, Done done) {
+  const int64_t yieldUntil = NowNs() + 200 * 1000;
+  for (;;) {
+    uint32_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    if (done()) return;
+    if (NowNs() < yieldUntil) {
+      sched_yield();
+      continue;
+    }
+    timespec slice{0, 1000000};
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, &slice, nullptr, 0);
+  }
+}
+
 // For the few hundred microseconds a vCPU thread carries a handover (saving, or waiting for and loading its slot), it
 // runs SCHED_FIFO: nothing else of the host's ordinary work (V8's helper threads, kernel workers) may delay it, and
 // it hands the CPU back as soon as its guest is to run. Without the privilege it stays as it is.
@@ -572,38 +591,45 @@ class RunWorker : public Napi::AsyncWorker {
     vcpu.awaitingHandover.store(false);
     bool fits = area->vcpuCount == load_.count && area->slotBytes == sizeof(SavedState);
     if (!fits || RestoreVcpu(vcpu, load_.slot()) != nullptr) {
-      __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
       reason_ = fits ? "load-failed" : "load-mismatch";
-      return false;
+      return Fail(area);
     }
     __atomic_add_fetch(&area->restored, 1, __ATOMIC_ACQ_REL);
+    FutexWake(&area->restored);
+    auto failed = [area] { return __atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0; };
     // Every vCPU loaded, or none runs: a guest must not resume with some vCPUs from another moment.
-    while (__atomic_load_n(&area->restored, __ATOMIC_ACQUIRE) < load_.count) {
-      if (__atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0) {
-        reason_ = "load-failed";
-        return false;
-      }
-      if (vcpu.pauseRequested.load()) return Cancelled();
-      sched_yield();
+    YieldThenSleep(&area->restored, [&] {
+      return __atomic_load_n(&area->restored, __ATOMIC_ACQUIRE) >= load_.count || failed() || vcpu.pauseRequested.load();
+    });
+    if (failed()) {
+      reason_ = "load-failed";
+      return false;
     }
+    if (__atomic_load_n(&area->restored, __ATOMIC_ACQUIRE) < load_.count) return Cancelled();
     if (load_.index == 0) {
       static const char kResuming[] = "resuming\n";
       // The commit point: from this report on the sender never takes the guest back.
       if (load_.reportFd >= 0 && write(load_.reportFd, kResuming, sizeof(kResuming) - 1) < 0) {
-        __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
         reason_ = "report-failed";
-        return false;
+        return Fail(area);
       }
       __atomic_store_n(&area->committed, 1, __ATOMIC_RELEASE);
+      FutexWake(&area->committed);
     }
-    while (__atomic_load_n(&area->committed, __ATOMIC_ACQUIRE) == 0) {
-      if (__atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0) {
-        reason_ = "load-failed";
-        return false;
-      }
-      sched_yield();
+    YieldThenSleep(&area->committed, [&] { return __atomic_load_n(&area->committed, __ATOMIC_ACQUIRE) != 0 || failed(); });
+    if (failed()) {
+      reason_ = "load-failed";
+      return false;
     }
     return true;
+  }
+
+  // Marks the handover failed for every vCPU of it, and wakes those waiting on the others.
+  static bool Fail(HandoverArea* area) {
+    __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
+    FutexWake(&area->restored);
+    FutexWake(&area->committed);
+    return false;
   }
 
   bool Cancelled() {

@@ -80,11 +80,13 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('a device whose 
       const poolPath = uniquePath(m.hugetlbfs2M!, 'device');
       Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
       try {
-        // The driver (a vCPU of kvm-pvm here) takes about 12k records/s; below that the guest keeps its buffers posted.
+        // The driver (a vCPU of kvm-pvm here) takes about 12k records/s on an idle host, and under half that while the VMM's
+        // main thread shares its CPU just before a pause (code cache, collection) on a slow day: well below that, the
+        // guest keeps its buffers posted up to every pause.
         const records = 10_000;
         const guest = { steps: 300_000, seed: 21 };
         const run = await runUpdatesAsync(
-          { mode, poolPath, ramBytes, ...guest, updates: 2, maxDelayMs: 300, vcpus: 2, device: { records, recordsPerSecond: 5_000 } },
+          { mode, poolPath, ramBytes, ...guest, updates: 2, maxDelayMs: 300, vcpus: 2, device: { records, recordsPerSecond: 2_500 } },
           { env: { ...process.env, GUESTMEMFS_REHEARSAL_ROUNDS: '3' }, timeoutMs: 120_000 },
         );
         expect(run.stderr).toBe('');

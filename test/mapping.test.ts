@@ -5,6 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GiB, MiB, Pool } from '../lib/index';
 import { native } from '../lib/native';
+import { mapFromRecipe, type MappingRecipe } from '../lib/pool/remap';
 import { captureError, captureRejection, collectUntil, machine, mappingCollected, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -171,6 +172,44 @@ describe.skipIf(skipReason(m.skip2M))('mapping extents of a 2 MiB-page pool', ()
       expect(error.message).toContain(message);
     }
     expect(native.liveMappings()).toBe(before);
+  });
+
+  it("a mapping made from another mapping's recipe maps the same pages, pinned, and the pool adopts it; misfits are refused", () => {
+    const original = pool.map(
+      [
+        { offset: 6 * MiB, length: 2 * MiB },
+        { offset: 2 * MiB, length: 2 * MiB },
+      ],
+      { dontDump: true, pin: true },
+    );
+    expect(original.recipe).toEqual({
+      extents: [6 * MiB, 2 * MiB, 2 * MiB, 2 * MiB],
+      flags: native.mapFlags.populate | native.mapFlags.writable | native.mapFlags.dontDump,
+      alignment: 2 * MiB,
+      congruence: 0,
+    });
+    const made = mapFromRecipe(pool.fd, original.recipe);
+    const before = native.liveMappings();
+    // Misfits change nothing: the mapping stays as it was, unowned.
+    const misfits: Array<[MappingRecipe, string]> = [
+      [{ ...original.recipe, alignment: 4096 }, 'was made with 4096-byte pages'],
+      [{ ...original.recipe, extents: [6 * MiB, 2 * MiB] }, 'the recipe covers 2097152'],
+      [{ ...original.recipe, extents: [31 * MiB, 2 * MiB, 2 * MiB, 2 * MiB] }, "is not aligned to the pool's 2 MiB pages"],
+    ];
+    for (const [recipe, message] of misfits) {
+      const error = captureError(() => pool.adoptMapping(made, recipe));
+      expect(error).toMatchObject({ code: 'EINVAL', syscall: 'mmap', path: pool.path });
+      expect(error.message).toContain(message);
+    }
+    expect(native.liveMappings()).toBe(before);
+    const adopted = pool.adoptMapping(made, original.recipe);
+    expect(adopted).toMatchObject({ pinned: true, extents: original.extents, length: 4 * MiB });
+    expect(vmFlags(adopted.address)).toContain('dd');
+    expect(adopted.physicalFrames()).toEqual(original.physicalFrames());
+    original.bytes()[2 * MiB] = 0xa5; // the page at 2 MiB, second in both
+    expect(adopted.bytes()[2 * MiB]).toBe(0xa5);
+    original.unmap();
+    adopted.unmap();
   });
 
   it('zero and populate outside the mapping are refused', async () => {

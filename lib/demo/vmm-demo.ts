@@ -57,14 +57,20 @@ export function runVmmDemo(options: VmmDemoOptions): void {
         if (event.event === 'update') {
           const b = event.breakdown as Record<string, number>;
           const before = event.beforePause as Record<string, number>;
+          const after = event.afterResume as { loadMs: number; mountMs: number; adoptMs: number } | undefined;
           const parts =
-            mode === 'exec'
-              ? `save ${fixed(b.saveMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, load ${fixed(b.loadMs)}, restore ` +
-                `${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ` +
-                `${fixed(b.otherMs)} ms; serialised before the pause in ${fixed(before.serialiseMs)} ms`
-              : `save ${fixed2(b.saveMs)}, wake-up ${fixed2(b.signalMs)}, resume ${fixed2(b.resumeMs)} ms on the vCPU threads; ` +
-                `before the pause: serialise ${fixed(before.serialiseMs)}, restore ${fixed(before.restoreMs)}, ` +
-                `map ${fixed(before.mapMs)} ms`;
+            mode === 'exec' && after
+              ? `save ${fixed(b.saveMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, addon ${fixed(b.addonMs)}, map ` +
+                `${fixed(b.mapMs)}, VM ${fixed(b.vmMs)}, vCPUs ${fixed(b.vcpuRestoreMs)} ms; serialised before the pause in ` +
+                `${fixed(before.serialiseMs)} ms; the VMM loaded, mounted and adopted the running guest after it in ` +
+                `${fixed(after.loadMs + after.mountMs + after.adoptMs)} ms`
+              : mode === 'exec'
+                ? `save ${fixed(b.saveMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, load ${fixed(b.loadMs)}, restore ` +
+                  `${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ` +
+                  `${fixed(b.otherMs)} ms; serialised before the pause in ${fixed(before.serialiseMs)} ms`
+                : `save ${fixed2(b.saveMs)}, wake-up ${fixed2(b.signalMs)}, resume ${fixed2(b.resumeMs)} ms on the vCPU threads; ` +
+                  `before the pause: serialise ${fixed(before.serialiseMs)}, restore ${fixed(before.restoreMs)}, ` +
+                  `map ${fixed(before.mapMs)} ms`;
           failed ||= event.sameFrames === false;
           const frames =
             event.sameFrames === null

@@ -62,8 +62,13 @@ export function premap(ctx: MountContext, pool: Pool, path: string, options: Pic
   const { extents, guest } = mappableFile(ctx, path, R_OK | W_OK, false);
   // Pinned from the start: the successor's premapping holds the memory before the old owner lets go of it.
   const mapping = pool.map(extents, { ...options, writable: true, populate: true, dontDump: guest, dontFork: guest, pin: true });
-  unadoptedPremappings.set(mapping, ctx.key);
+  markPremapped(ctx, mapping);
   return mapping;
+}
+
+/** Lets map(path, { premapped }) in a mount of ctx's pool adopt a pinned mapping this process made ahead of it. */
+export function markPremapped(ctx: MountContext, mapping: Mapping): void {
+  unadoptedPremappings.set(mapping, ctx.key);
 }
 
 /** Maps a file; `asConsumer`: for its notifier's consumer, who may map it even while it is user-inaccessible. */

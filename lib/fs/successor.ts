@@ -3,8 +3,10 @@
 import { GuestmemfsError } from '../errors';
 import { POOL_FD_ENV, POOL_PATH_ENV } from '../handover/blob';
 import type { MapOptions, Mapping } from '../pool/mapping';
+import type { NativeMapResult } from '../native';
 import { Pool } from '../pool/pool';
-import { premap } from './data';
+import type { MappingRecipe } from '../pool/remap';
+import { markPremapped, premap } from './data';
 import { contextOf, type Filesystem } from './filesystem';
 import { readPoolSuperblock } from './format';
 import { PoolState } from './layout';
@@ -41,6 +43,17 @@ export function premapFile(
   } finally {
     view.unmount();
   }
+}
+
+/**
+ * Takes over a pinned mapping of the mounted pool that this process image made from a recipe before it mounted (an
+ * exec-mode launcher's guest RAM, see remap.ts): map(path, { premapped }) then adopts it if the file's extents match.
+ */
+export function adoptRecipeMapping(fs: Filesystem, made: NativeMapResult, recipe: MappingRecipe): Mapping {
+  const ctx = contextOf(fs);
+  const mapping = ctx.pool.adoptMapping(made, recipe);
+  markPremapped(ctx, mapping);
+  return mapping;
 }
 
 export interface WaitOptions extends MountOptions {

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
 import { formatSize, KiB } from '../units';
+import type { MappingRecipe } from './remap';
 
 export interface Extent {
   /** Byte offset in the pool, aligned to the pool's page size. */
@@ -104,16 +105,23 @@ export class Mapping {
   readonly #label: string | undefined;
   readonly #unmapRecord: UnmapRecord;
 
-  /** @internal Created by Pool.map. */
-  constructor(result: NativeMapResult, pageSize: number, extents: readonly Extent[], label?: string, onUnmap?: () => void, pinned = false) {
+  /** How this mapping was made: what a new process image needs to make the same one (see remap.ts). */
+  readonly recipe: Readonly<MappingRecipe>;
+
+  /** @internal Created by Pool.map and Pool.adoptMapping. */
+  constructor(result: NativeMapResult, recipe: MappingRecipe, label?: string, onUnmap?: () => void, pinned = false) {
     this.id = result.id;
     this.pinned = pinned;
     this.address = result.address;
     this.length = result.length;
     this.mmapCalls = result.mmapCalls;
     this.hugepageAdvice = result.hugepageAdvice;
-    this.pageSize = pageSize;
-    this.extents = extents;
+    this.pageSize = recipe.alignment;
+    this.recipe = recipe;
+    this.extents = Array.from({ length: recipe.extents.length / 2 }, (_, index) => ({
+      offset: recipe.extents[index * 2]!,
+      length: recipe.extents[index * 2 + 1]!,
+    }));
     this.#label = label;
     this.#unmapRecord = { id: this.id, onUnmap };
     unmapWhenCollected.register(this, this.#unmapRecord, this);

@@ -11,6 +11,7 @@ import { GuestmemfsError } from '../errors';
 import { native } from '../native';
 import type { Extent } from './mapping';
 import type { Pool } from './pool';
+import { lockRanges } from './remap';
 
 /** A live pin over a range of the pool: who holds it (the pids whose fds refer to its open file description). */
 export interface PinHolder {
@@ -39,14 +40,16 @@ export class Pin {
   static take(pool: Pool, ranges: readonly Extent[], description?: number): Pin {
     const fd = description ?? native.fdReopen(pool.fd);
     try {
-      for (const range of ranges) {
-        // Only a writer could refuse a reader, and guestmemfs never write-locks the pool.
-        if (!native.rangeLock(fd, range.offset, range.length, false, false)) {
-          throw new GuestmemfsError('EBUSY', `[${range.offset}, +${range.length}) of the pool is write-locked by another process`, {
-            syscall: 'fcntl',
-            path: pool.label,
-          });
-        }
+      const refused = lockRanges(
+        fd,
+        ranges.flatMap((range) => [range.offset, range.length]),
+      );
+      if (refused >= 0) {
+        const range = ranges[refused]!;
+        throw new GuestmemfsError('EBUSY', `[${range.offset}, +${range.length}) of the pool is write-locked by another process`, {
+          syscall: 'fcntl',
+          path: pool.label,
+        });
       }
     } catch (error) {
       native.fdClose(fd);

@@ -2,11 +2,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError, hasCode } from '../errors';
-import { native } from '../native';
+import { native, type NativeMapResult } from '../native';
 import { formatSize, GiB } from '../units';
 import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
 import { type Extent, type MapOptions, Mapping } from './mapping';
 import { Pin } from './pins';
+import { type MappingRecipe, readMapResult } from './remap';
 
 export type PoolBackend = 'hugetlbfs' | 'memfd-hugetlb' | 'shm-4k' | 'memfd-4k';
 
@@ -201,13 +202,70 @@ export class Pool {
    */
   map(extents: readonly Extent[], options: MapOptions = {}): Mapping {
     this.#requireOpen('mmap');
+    const flat = this.#flatten(extents);
+    let total = 0;
+    for (let pair = 1; pair < flat.length; pair += 2) total += flat[pair]!;
+    // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
+    const shareable =
+      options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
+    if (options.writable ?? true) this.#fresh = false;
+    const flag = native.mapFlags;
+    const flags =
+      ((options.populate ?? true) ? flag.populate : 0) |
+      ((options.writable ?? true) ? flag.writable : 0) |
+      (options.dontDump ? flag.dontDump : 0) |
+      (options.dontFork ? flag.dontFork : 0) |
+      ((options.hugepage ?? this.isFallback) ? flag.hugepage : 0) |
+      (options.lock ? flag.lock : 0);
+    const congruence = shareable ? PMD_SHARE_SPAN : 0;
+    mapResult ??= new Float64Array(native.mapResult.slots);
+    // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
+    const pin = options.pin ? Pin.take(this, extents, options.pinDescription) : undefined;
+    try {
+      native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult);
+    } catch (error) {
+      pin?.release();
+      throw error;
+    }
+    // The mapping owns the pin from here on: it goes right after the munmap, whoever unmaps.
+    if (pin) native.mappingAttachPin(mapResult[native.mapResult.id]!, pin.handOff());
+    const recipe = { extents: [...flat], flags, alignment: this.pageSize, congruence };
+    return new Mapping(readMapResult(mapResult), recipe, this.path, options.onUnmap, pin !== undefined);
+  }
+
+  /**
+   * Takes over a pinned mapping of this pool that mapFromRecipe() made in this process image before the pool was
+   * opened (an exec-mode VMM's guest RAM): checked as map() checks its extents, owned from here on like one of its own.
+   */
+  adoptMapping(made: NativeMapResult, recipe: MappingRecipe): Mapping {
+    this.#requireOpen('mmap');
+    const flat = this.#flatten(
+      Array.from({ length: recipe.extents.length / 2 }, (_, index) => ({
+        offset: recipe.extents[index * 2]!,
+        length: recipe.extents[index * 2 + 1]!,
+      })),
+    );
+    const length = flat.reduce((total, value, index) => (index % 2 === 1 ? total + value : total), 0);
+    if (recipe.alignment !== this.pageSize || made.length !== length) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `mapping ${made.id} was made with ${recipe.alignment}-byte pages over ${made.length} bytes; this pool has ` +
+          `${this.pageSize}-byte pages and the recipe covers ${length}: map the extents afresh`,
+        { syscall: 'mmap', path: this.path },
+      );
+    }
+    if (recipe.flags & native.mapFlags.writable) this.#fresh = false;
+    return new Mapping(made, { ...recipe, extents: [...flat] }, this.path, undefined, true);
+  }
+
+  /** Checks extents as map() takes them (page-aligned, inside the pool) and flattens them to [offset, length] pairs. */
+  #flatten(extents: readonly Extent[]): Float64Array {
     // JS callers may pass anything: whatever is not an array of safe integer pairs fails the checks below.
     const given: unknown = extents;
     if (!Array.isArray(given) || extents.length === 0) {
       throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
     }
     const flat = new Float64Array(extents.length * 2);
-    let total = 0;
     extents.forEach((extent, index) => {
       const { offset, length }: Partial<Extent> = extent ?? {};
       if (
@@ -238,47 +296,8 @@ export class Pool {
       }
       flat[index * 2] = offset;
       flat[index * 2 + 1] = length;
-      total += length;
     });
-    // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
-    const shareable =
-      options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
-    if (options.writable ?? true) this.#fresh = false;
-    const flag = native.mapFlags;
-    const flags =
-      ((options.populate ?? true) ? flag.populate : 0) |
-      ((options.writable ?? true) ? flag.writable : 0) |
-      (options.dontDump ? flag.dontDump : 0) |
-      (options.dontFork ? flag.dontFork : 0) |
-      ((options.hugepage ?? this.isFallback) ? flag.hugepage : 0) |
-      (options.lock ? flag.lock : 0);
-    mapResult ??= new Float64Array(native.mapResult.slots);
-    // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
-    const pin = options.pin ? Pin.take(this, extents, options.pinDescription) : undefined;
-    try {
-      native.mapExtents(this.fd, flat, flags, this.pageSize, shareable ? PMD_SHARE_SPAN : 0, mapResult);
-    } catch (error) {
-      pin?.release();
-      throw error;
-    }
-    const slot = native.mapResult;
-    // The mapping owns the pin from here on: it goes right after the munmap, whoever unmaps.
-    if (pin) native.mappingAttachPin(mapResult[slot.id]!, pin.handOff());
-    const result = {
-      id: mapResult[slot.id]!,
-      address: BigInt(mapResult[slot.address]!),
-      length: mapResult[slot.length]!,
-      mmapCalls: mapResult[slot.mmapCalls]!,
-      hugepageAdvice: mapResult[slot.hugepageAdvice] === 1,
-    };
-    return new Mapping(
-      result,
-      this.pageSize,
-      extents.map(({ offset, length }) => ({ offset, length })),
-      this.path,
-      options.onUnmap,
-      pin !== undefined,
-    );
+    return flat;
   }
 
   /** Maps the whole pool as one range. */

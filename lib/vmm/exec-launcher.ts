@@ -1,14 +1,16 @@
 // The exec-mode VMM's entry point: loads the VMM as one bundled script with V8's code cache from the process it
 // replaces, so that the new process neither resolves ~25 modules nor compiles the code of the update path (both inside
-// the blackout). Without the bundle (sources not built with `npm run build:ts`), it runs the unbundled program.
+// the blackout), and, when the previous process left the recipe, resumes the guest before it loads anything else
+// (early-resume.ts). Without the bundle (sources not built with `npm run build:ts`), it runs the unbundled program.
 //
-// It needs nothing but Node built-ins, imported plainly (no interop helpers): whatever it runs, every update pays for,
-// cold.
+// It needs nothing but Node built-ins, imported plainly (no interop helpers), and, to resume early, the addon:
+// whatever it runs, every update pays for, cold.
 /* eslint-disable @typescript-eslint/no-require-imports -- `import x = require()` compiles to a bare require, no helpers */
 import fs = require('node:fs');
 import path = require('node:path');
 import vm = require('node:vm');
 
+import type * as EarlyResumeModule from './early-resume';
 import type { ExecLauncher } from './exec-protocol';
 
 const launchedAt = process.hrtime.bigint();
@@ -48,6 +50,10 @@ function takeInheritedCodeCache(): Buffer | undefined {
 
 const bundle = path.join(__dirname, 'exec-update.bundle.js');
 if (fs.existsSync(bundle)) {
+  // The guest first, the VMM after: a resuming process runs the guest again before it loads the bundle, which is
+  // then no longer inside the blackout.
+  const earlyResume =
+    process.argv[2] === 'resume' ? (require('./early-resume') as typeof EarlyResumeModule).resumeEarly(process.env, launchedAt) : undefined;
   const cachedData = takeInheritedCodeCache();
   // The same wrapper CommonJS uses; the source must be byte-identical between processes for V8 to take the cache.
   const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bundle, 'utf8')}\n})`, {
@@ -61,6 +67,7 @@ if (fs.existsSync(bundle)) {
     codeCacheFdEnv: CODE_CACHE_FD_ENV,
     codeCacheMemfdName: CODE_CACHE_MEMFD_NAME,
     createCodeCache: () => script.createCachedData(),
+    earlyResume,
   } satisfies ExecLauncher;
   const module = { exports: {} };
   // This module's own require serves: the bundle asks only for Node built-ins and the addon, by absolute path (a

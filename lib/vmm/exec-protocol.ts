@@ -1,5 +1,31 @@
 // What the exec-mode launcher and the VMM program it starts tell each other (types only, so that the launcher, whose
 // start-up every update pays for, loads no module of ours).
+import type { NativeMapResult } from '../native';
+import type { MappingRecipe } from '../pool/remap';
+
+/** A mapping the launcher made, and how (so that the pool can adopt it). */
+export interface LauncherMapping {
+  made: NativeMapResult;
+  recipe: MappingRecipe;
+}
+
+/**
+ * The guest the launcher resumed before loading the VMM (early-resume.ts): its VM, vCPUs (running from their saved
+ * slots) and mappings, for the VMM to adopt; or why it did not, and the VMM resumes the guest itself.
+ */
+export type EarlyResume =
+  | {
+      kvm: number;
+      vm: number;
+      vcpus: number[];
+      ram: LauncherMapping;
+      state: LauncherMapping;
+      /** One per vCPU: settles as KvmMachine.run()'s parts do. */
+      runs: Promise<string>[];
+      /** CLOCK_MONOTONIC ns: the launcher's first line, the addon loaded, both files mapped, the VM made. */
+      stampsNs: { launched: bigint; addon: bigint; mapped: bigint; vm: bigint };
+    }
+  | { error: string };
 
 /** What the launcher tells the program it started. */
 export interface ExecLauncher {
@@ -18,6 +44,8 @@ export interface ExecLauncher {
    * V8's flags: a cache made under other flags is rejected).
    */
   createCodeCache(): Buffer;
+  /** The guest, if the previous process left what the launcher needs to resume it before the VMM loaded. */
+  earlyResume: EarlyResume | undefined;
 }
 
 declare global {

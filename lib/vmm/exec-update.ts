@@ -27,17 +27,19 @@ import {
   collectGarbageBeforeBlackout,
 } from './update-common';
 import { type CodeCacheHandoff, dropCodeCache, handOverCodeCache } from './code-cache';
-import { Vmm } from './vmm';
+import { EARLY_RESUME_ENV } from './early-resume';
+import { type SavedVmm, Vmm } from './vmm';
 
 const TIMINGS_ENV = 'GUESTMEMFS_UPDATE_TIMINGS';
 /** Test hook: the first update execs a program that does not exist, to prove a failed update loses nothing. */
 const FAIL_FIRST_EXEC_ENV = 'GUESTMEMFS_UPDATE_FAIL_FIRST_EXEC';
+/** Test hook: leave no early-resume spec, so that the new process resumes the guest only once it has mounted. */
+const NO_EARLY_RESUME_ENV = 'GUESTMEMFS_UPDATE_NO_EARLY_RESUME';
 /** The launcher that started this program from its bundle (exec-launcher.ts), if one did. */
 const launcher = globalThis.guestmemfsExecLauncher;
 
 /** Runs the guest; after a random delay (if updates remain) updates it, otherwise waits for it to finish. */
-async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Promise<void> {
-  const running = vmm.start();
+async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, running = vmm.start()): Promise<void> {
   if (onRunning) onRunning(await vmm.runningSince());
   if (plan.updatesLeft === 0) return finishRun(vmm, running);
   await rehearseUpdate(plan.vcpus);
@@ -66,10 +68,11 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void): Pr
     return;
   }
   const saved = vmm.saveState(stoppedAtNs, { plan: next });
+  const earlyResume = process.env[NO_EARLY_RESUME_ENV] === '1' ? {} : { [EARLY_RESUME_ENV]: JSON.stringify(vmm.earlyResumeSpec()) };
   vmm.close();
   // The stop time travels in the state file; these are the rest of the sender's half.
   const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
-  const env: NodeJS.ProcessEnv = { ...process.env, ...codeCache?.env, [TIMINGS_ENV]: JSON.stringify(timings) };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...codeCache?.env, ...earlyResume, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
   try {
@@ -105,25 +108,50 @@ async function main(): Promise<void> {
   const started = process.hrtime.bigint();
   // Without the launcher, Node start-up and module loading cannot be told apart: both count as start-up.
   const launchedAt = launcher?.launchedAtNs ?? started;
+  const early = launcher?.earlyResume;
   const gfs = mount(openHandedOverPool());
   const restored = process.hrtime.bigint();
+  const sender = {
+    beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
+    codeCache: launcher?.codeCache ?? 'none',
+  };
+  if (early && !('error' in early)) {
+    // The launcher runs the guest already: the blackout ended before this program loaded.
+    const { vmm, saved, running } = await Vmm.adoptEarlyResume(gfs, CONFIG, early);
+    const adopted = process.hrtime.bigint();
+    const stamps = early.stampsNs;
+    await drive(
+      vmm,
+      saved.extra.plan as Plan,
+      (runningAt) =>
+        reportUpdate(vmm, saved, runningAt, {
+          ...sender,
+          earlyResume: true,
+          breakdown: {
+            saveMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
+            execAndStartupMs: elapsedMs(BigInt(timings.execAt), stamps.launched),
+            addonMs: elapsedMs(stamps.launched, stamps.addon),
+            mapMs: elapsedMs(stamps.addon, stamps.mapped),
+            vmMs: elapsedMs(stamps.mapped, stamps.vm),
+            vcpuRestoreMs: elapsedMs(stamps.vm, runningAt),
+          },
+          // With the guest running: loading the bundle, mounting the pool, adopting the VM and its mappings.
+          afterResume: {
+            loadMs: elapsedMs(stamps.vm, started),
+            mountMs: elapsedMs(started, restored),
+            adoptMs: elapsedMs(restored, adopted),
+          },
+        }),
+      running,
+    );
+    return;
+  }
   const { vmm, saved, timings: resumeTimings } = Vmm.resume(gfs, CONFIG);
-  const plan = saved.extra.plan as Plan;
   // The blackout ends when the vCPU is handed back to KVM.
-  await drive(vmm, plan, (running) => {
-    emit({
-      event: 'update',
-      mode: 'exec',
-      pid: process.pid,
-      vcpus: vmm.machine.vcpus.length,
-      blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
-      sameFrames: sameFramesAsBoot(vmm),
-      ramPinnedBy: ramPinners(vmm),
-      blackoutNs: [saved.stoppedAtNs, running.toString()],
-      ...adoptedDevice(vmm, plan),
-      // Done while the guest still ran: outside the blackout.
-      beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
-      codeCache: launcher?.codeCache ?? 'none',
+  await drive(vmm, saved.extra.plan as Plan, (running) =>
+    reportUpdate(vmm, saved, running, {
+      ...sender,
+      earlyResume: early ? early.error : false,
       breakdown: {
         saveMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
         execAndStartupMs: elapsedMs(BigInt(timings.execAt), launchedAt),
@@ -131,7 +159,23 @@ async function main(): Promise<void> {
         restoreMs: elapsedMs(started, restored),
         ...resumeBreakdown(resumeTimings, restored, running),
       },
-    });
+    }),
+  );
+}
+
+/** The `update` event of an exec-mode successor, once its guest runs (the proofs are read outside the blackout). */
+function reportUpdate(vmm: Vmm, saved: SavedVmm, running: bigint, parts: Record<string, unknown>): void {
+  emit({
+    event: 'update',
+    mode: 'exec',
+    pid: process.pid,
+    vcpus: vmm.machine.vcpus.length,
+    blackoutMs: elapsedMs(BigInt(saved.stoppedAtNs), running),
+    sameFrames: sameFramesAsBoot(vmm),
+    ramPinnedBy: ramPinners(vmm),
+    blackoutNs: [saved.stoppedAtNs, running.toString()],
+    ...adoptedDevice(vmm, saved.extra.plan as Plan),
+    ...parts,
   });
 }
 

@@ -182,6 +182,20 @@ export class KvmMachine {
   }
 
   /**
+   * Takes over a VM whose vCPUs already run over `ram` (made and started by the exec-mode launcher, early-resume.ts),
+   * with its /dev/kvm fd; `running` settles as run()'s promise does.
+   */
+  static adoptRunning(
+    ram: Mapping,
+    made: { kvm: number; vm: number; vcpus: readonly number[]; runs: readonly Promise<string>[] },
+  ): { machine: KvmMachine; running: Promise<string> } {
+    if (kvmFd === undefined) kvmFd = made.kvm;
+    else native.fdClose(made.kvm);
+    const machine = new KvmMachine(made.vm, made.vcpus, ram);
+    return { machine, running: Promise.all(made.runs).then(overallReason) };
+  }
+
+  /**
    * Puts vCPU i on the i-th CPU this process may use (modulo their number), as VMMs pin vCPUs: a vCPU never yields its
    * CPU, so two that the scheduler wakes on one CPU take turns in whole time slices (milliseconds) until it moves one.
    */

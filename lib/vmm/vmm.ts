@@ -5,11 +5,13 @@ import { native } from '../native';
 import type { Filesystem } from '../fs/filesystem';
 import type { MemfileNotifier } from '../fs/memfile';
 import { MEMFILE_F_UNMOVABLE, MEMFILE_F_UNRECLAIMABLE } from '../fs/notifier';
-import { premapFile } from '../fs/successor';
+import { adoptRecipeMapping, premapFile } from '../fs/successor';
 import type { Extent, Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { elapsedMs, KiB } from '../units';
 import { type DemoGuestOptions, KvmMachine, type PreparedVm, prepareVm } from './machine';
+import { earlyResumeSpec, type EarlyResumeSpec } from './early-resume';
+import type { EarlyResume } from './exec-protocol';
 import { StateFile } from './state-file';
 
 export interface VmmConfig {
@@ -208,6 +210,52 @@ export class Vmm {
   }
 
   /**
+   * Takes over the guest the exec-mode launcher resumed before this program loaded (early-resume.ts): its mappings of
+   * the state file and guest RAM, which must be exactly what the mounted metadata gives those files, and its running
+   * VM. A mismatch pauses the guest and throws: it would be running on memory the filesystem does not give it.
+   */
+  static async adoptEarlyResume(
+    fs: Filesystem,
+    files: VmmFiles,
+    early: Exclude<EarlyResume, { error: string }>,
+  ): Promise<{ vmm: Vmm; saved: SavedVmm; running: Promise<string> }> {
+    const stateMade = adoptRecipeMapping(fs, early.state.made, early.state.recipe);
+    const ramMade = adoptRecipeMapping(fs, early.ram.made, early.ram.recipe);
+    const { machine, running } = KvmMachine.adoptRunning(ramMade, early);
+    let state: Mapping | undefined;
+    let ram: Mapping | undefined;
+    try {
+      state = fs.map(files.statePath, { premapped: stateMade });
+      ram = fs.map(files.ramPath, { ...RAM_MAP_OPTIONS, premapped: ramMade });
+      if (state !== stateMade || ram !== ramMade) {
+        throw new GuestmemfsError(
+          'EIO',
+          `the guest was resumed on extents of ${state === stateMade ? files.ramPath : files.statePath} that the handover does not ` +
+            'give that file; the guest is stopped: restart it from its last good state',
+          { path: state === stateMade ? files.ramPath : files.statePath },
+        );
+      }
+    } catch (error) {
+      // Stopped, then nothing of it kept: neither the VM nor any mapping of either file.
+      machine.pause();
+      await running.catch(() => undefined);
+      machine.close();
+      for (const mapping of new Set([state, ram, stateMade, ramMade])) if (mapping?.mapped) mapping.unmap();
+      throw error;
+    }
+    const vmm = new Vmm(
+      fs,
+      { ...files, ramSize: ram.length, vcpus: machine.vcpus.length },
+      ram,
+      machine,
+      state,
+      fs.stat(files.statePath).size,
+    );
+    vmm.#running = running;
+    return { vmm, saved: vmm.adoptSavedJson(), running };
+  }
+
+  /**
    * Waits until the state file holds the guest's saved vCPUs, for a successor that attach()ed while the guest still
    * ran elsewhere (see StateFile.waitFor: it spins with a CPU to spare and sleeps on a futex with `sleep`).
    */
@@ -322,6 +370,11 @@ export class Vmm {
   /** Where the state file's blocks are in the pool (for a pin that must hold them while no mapping does). */
   get stateExtents(): readonly Extent[] {
     return this.#state.mapping.extents;
+  }
+
+  /** What an exec-mode successor's launcher needs to resume this (paused, saved) guest before it loads a VMM. */
+  earlyResumeSpec(): EarlyResumeSpec {
+    return earlyResumeSpec(this.fs.pool, this.ram, this.#state.mapping, this.machine.vcpus.length);
   }
 
   /** Runs the vCPU (on a worker thread); resolves with 'halted' or 'paused'. */
