@@ -177,8 +177,8 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
       ['', largest],
       [`, ${largest.smp?.vcpus} vCPUs`, largest.smp],
     ] as const) {
-      if (!result?.execFloorKvmReadyMs) continue;
-      const floor = result.execFloorKvmReadyMs.median;
+      if (!result?.execFloorMs) continue;
+      const floor = result.execFloorMs.median;
       rows.push({
         benchmark: 'vmm',
         measure: `exec-mode blackout, ${formatSize(largest.ramBytes)} guest${label}`,

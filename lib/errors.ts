@@ -1,7 +1,14 @@
 // Errors shaped like Node's system errors (code, negative errno, syscall, path) with a message that names the remedy.
-import { constants } from 'node:os';
+import type { constants } from 'node:os';
 
-const errnoByCode = constants.errno as Record<string, number>;
+let errnoByCode: Record<string, number> | undefined;
+
+/** The errno of a code such as 'ENOENT'. node:os is loaded on the first error: an exec-mode VMM loads this module in its blackout. */
+function errnoOf(code: string): number {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  errnoByCode ??= (require('node:os') as { constants: typeof constants }).constants.errno as Record<string, number>;
+  return errnoByCode[code] ?? 0;
+}
 
 export interface ErrorFields {
   syscall?: string;
@@ -18,7 +25,7 @@ export class GuestmemfsError extends Error {
     super(message.startsWith(`${code}:`) ? message : `${code}: ${message}`);
     this.name = 'GuestmemfsError';
     this.code = code;
-    this.errno = -(errnoByCode[code] ?? 0);
+    this.errno = -errnoOf(code);
     this.syscall = fields.syscall;
     this.path = fields.path;
   }

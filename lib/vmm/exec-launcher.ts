@@ -51,9 +51,12 @@ function takeInheritedCodeCache(): Buffer | undefined {
 const bundle = path.join(__dirname, 'exec-update.bundle.js');
 if (fs.existsSync(bundle)) {
   // The guest first, the VMM after: a resuming process runs the guest again before it loads the bundle, which is
-  // then no longer inside the blackout.
+  // then no longer inside the blackout. Early resume is bundled too (built with the VMM's bundle): one module to load
+  // inside the blackout instead of four.
   const earlyResume =
-    process.argv[2] === 'resume' ? (require('./early-resume') as typeof EarlyResumeModule).resumeEarly(process.env, launchedAt) : undefined;
+    process.argv[2] === 'resume'
+      ? (require('./early-resume.bundle.js') as typeof EarlyResumeModule).resumeEarly(process.env, launchedAt)
+      : undefined;
   const cachedData = takeInheritedCodeCache();
   // The same wrapper CommonJS uses; the source must be byte-identical between processes for V8 to take the cache.
   const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bundle, 'utf8')}\n})`, {

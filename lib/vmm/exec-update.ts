@@ -70,8 +70,15 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, run
   const saved = vmm.saveState(stoppedAtNs, { plan: next });
   const earlyResume = process.env[NO_EARLY_RESUME_ENV] === '1' ? {} : { [EARLY_RESUME_ENV]: JSON.stringify(vmm.earlyResumeSpec()) };
   vmm.close();
+  const closed = process.hrtime.bigint();
   // The stop time travels in the state file; these are the rest of the sender's half.
-  const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), execAt: process.hrtime.bigint().toString() };
+  const timings = {
+    serialiseMs,
+    codeCacheMs,
+    saved: saved.toString(),
+    closed: closed.toString(),
+    execAt: process.hrtime.bigint().toString(),
+  };
   const env: NodeJS.ProcessEnv = { ...process.env, ...codeCache?.env, ...earlyResume, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
@@ -103,6 +110,7 @@ async function main(): Promise<void> {
     serialiseMs: number;
     codeCacheMs: number;
     saved: string;
+    closed: string;
     execAt: string;
   };
   const started = process.hrtime.bigint();
@@ -129,7 +137,8 @@ async function main(): Promise<void> {
           earlyResume: true,
           breakdown: {
             saveMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
-            execAndStartupMs: elapsedMs(BigInt(timings.execAt), stamps.launched),
+            closeMs: elapsedMs(BigInt(timings.saved), BigInt(timings.closed)),
+            execAndStartupMs: elapsedMs(BigInt(timings.closed), stamps.launched),
             addonMs: elapsedMs(stamps.launched, stamps.addon),
             mapMs: elapsedMs(stamps.addon, stamps.mapped),
             vmMs: elapsedMs(stamps.mapped, stamps.vm),
