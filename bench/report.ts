@@ -373,7 +373,8 @@ export function writeReport(options: ReportOptions): string {
       ...breakdownTable(
         'Inside the blackout (median of each part, ms). Transfer: save (from the first vCPU stopping to the last one published, on ' +
           "the vCPU threads), wake-up of the successor's vCPU threads, resume (loading every vCPU, the commit point, entering " +
-          "KVM_RUN). Exec: save, closing the VM and guest RAM's mapping, execve + Node start-up, then the launcher's early resume: loading the addon, mapping and pinning " +
+          "KVM_RUN). Exec: save, closing the VM and guest RAM's mapping, execve + Node start-up, then the launcher's early " +
+          'resume: loading the addon, mapping and pinning ' +
           'guest RAM and the state file from the recipes the paused VMM left, creating the VM, its vCPUs and memory slot, and the ' +
           'vCPUs loading their saved states on their threads up to KVM_RUN. The VMM program loads, mounts and adopts the running ' +
           'guest after the blackout.',

@@ -60,7 +60,8 @@ export function runVmmDemo(options: VmmDemoOptions): void {
           const after = event.afterResume as { loadMs: number; mountMs: number; adoptMs: number } | undefined;
           const parts =
             mode === 'exec' && after
-              ? `save ${fixed(b.saveMs)}, close ${fixed(b.closeMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, addon ${fixed(b.addonMs)}, map ` +
+              ? `save ${fixed(b.saveMs)}, close ${fixed(b.closeMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, ` +
+                `addon ${fixed(b.addonMs)}, map ` +
                 `${fixed(b.mapMs)}, VM ${fixed(b.vmMs)}, vCPUs ${fixed(b.vcpuRestoreMs)} ms; serialised before the pause in ` +
                 `${fixed(before.serialiseMs)} ms; the VMM loaded, mounted and adopted the running guest after it in ` +
                 `${fixed(after.loadMs + after.mountMs + after.adoptMs)} ms`

@@ -1,7 +1,8 @@
 // Block allocator over the pool's bitmaps: one bit per block allocated, one bit per block dirty (freed, not yet zeroed).
 //
-// Allocation prefers, in order: growing the file's last extent in place, one contiguous run (so the file maps with a
-// single mmap), then several runs first-fit. It only chooses; the caller orders the stores (see data.ts).
+// Allocation prefers, in order: growing the file's last extent in place, one contiguous run, the smallest that fits
+// (so the file maps with a single mmap, and large runs stay for large files), then several runs first-fit. It only
+// chooses; the caller orders the stores (see data.ts).
 import { type Geometry, type Hints } from './layout';
 import type { MetadataSource } from './metadata';
 import { appendRun, type BlockRun } from './runs';
@@ -73,7 +74,7 @@ export class BlockAllocator {
     if (count === 0) return [];
     if (count > this.freeBlocks) return null;
     if (after >= 0 && this.#isFreeRange(after, count)) return [{ start: after, length: count }];
-    const run = this.#findRun(count);
+    const run = this.#bestRun(count);
     if (run >= 0) return [{ start: run, length: count }];
     return this.#gather(count);
   }
@@ -86,9 +87,8 @@ export class BlockAllocator {
     if (count === 0) return [];
     if (count > this.freeBlocks) return null;
     if (after >= 0) return this.#isFreeRange(after, count) ? [{ start: after, length: count }] : null;
-    let best: BlockRun | undefined;
-    for (const run of this.freeRuns()) if (run.length >= count && (!best || run.length < best.length)) best = run;
-    return best ? [{ start: best.start, length: count }] : null;
+    const run = this.#bestRun(count);
+    return run >= 0 ? [{ start: run, length: count }] : null;
   }
 
   /** Every run of free blocks, in order. */
@@ -108,7 +108,19 @@ export class BlockAllocator {
 
   /** The longest run of free blocks (what the largest contiguous file could still get). */
   largestFreeRun(): number {
-    return this.freeRuns().reduce((longest, run) => Math.max(longest, run.length), 0);
+    return this.fragmentation().largestFreeRun;
+  }
+
+  /** How broken up free space is: the number of free runs and the longest (in blocks), in one pass. */
+  fragmentation(): { freeRuns: number; largestFreeRun: number } {
+    let freeRuns = 0;
+    let largestFreeRun = 0;
+    this.#forEachFreeRun((_, length) => {
+      freeRuns++;
+      largestFreeRun = Math.max(largestFreeRun, length);
+      return false;
+    });
+    return { freeRuns, largestFreeRun };
   }
 
   /** Marks runs allocated (and updates the free count). */
@@ -204,8 +216,27 @@ export class BlockAllocator {
     return true;
   }
 
-  /** First-fit search for `count` contiguous free blocks, a word at a time where words are all-free or all-used. */
-  #findRun(count: number): number {
+  /**
+   * Best fit: the start of the smallest free run of at least `count` blocks (the first of equals), or -1. An exact fit
+   * ends the search.
+   */
+  #bestRun(count: number): number {
+    let bestStart = -1;
+    let bestLength = Infinity;
+    this.#forEachFreeRun((start, length) => {
+      if (length < count || length >= bestLength) return false;
+      bestStart = start;
+      bestLength = length;
+      return length === count;
+    });
+    return bestStart;
+  }
+
+  /**
+   * Calls visit(start, length) for each maximal run of free blocks in order, a word at a time where words are all-free
+   * or all-used, until it returns true.
+   */
+  #forEachFreeRun(visit: (start: number, length: number) => boolean): void {
     let runStart = -1;
     let runLength = 0;
     const words = this.#allocated.length;
@@ -214,24 +245,20 @@ export class BlockAllocator {
       if (bits === 0) {
         if (runLength === 0) runStart = word * 32;
         runLength += 32;
-        if (runLength >= count) return runStart;
-        continue;
-      }
-      if (bits === FULL) {
-        runLength = 0;
         continue;
       }
       for (let bit = 0; bit < 32; bit++) {
         if ((bits & (1 << bit)) === 0) {
           if (runLength === 0) runStart = word * 32 + bit;
           runLength++;
-          if (runLength >= count) return runStart;
-        } else {
+        } else if (runLength > 0) {
+          if (visit(runStart, runLength)) return;
           runLength = 0;
         }
+        if (bits === FULL) break;
       }
     }
-    return -1;
+    if (runLength > 0) visit(runStart, runLength);
   }
 
   /** Several runs, first-fit, adding up to exactly `count` (the caller checked the free count). */

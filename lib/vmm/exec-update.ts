@@ -59,6 +59,8 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, run
   const codeCache: CodeCacheHandoff | undefined = launcher ? handOverCodeCache(launcher) : undefined;
   const codeCacheMs = elapsedMs(cacheStarted);
   collectGarbageBeforeBlackout();
+  // Each vCPU saves itself into its slot on its own thread as the pause stops it: no ioctl round trips from here.
+  vmm.armHandover();
   const { reason, stoppedAtNs } = await vmm.pause();
   if (reason === 'halted') {
     // The guest finished before this update: nothing left to update across.
