@@ -25,6 +25,8 @@ function made(early: EarlyResume | undefined): Made {
 describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('resuming a guest before the VMM loads', () => {
   let pool: Pool;
   let spec: EarlyResumeSpec;
+  /** Where a byte-for-byte copy of the saved state file lives: a state recipe that is not the state file's. */
+  let copyExtents: number[];
 
   /** Boots a 2-vCPU guest, lets it run a while, pauses and saves it, and hands the pool over as an execve would. */
   beforeEach(async () => {
@@ -40,6 +42,9 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('resuming a gues
     vmm.saveState(stoppedAtNs, { note: 'saved before the early resume' });
     spec = vmm.earlyResumeSpec();
     vmm.close();
+    gfs.create('/vm0/copy', { type: 'state' });
+    gfs.write('/vm0/copy', gfs.read(FILES.statePath));
+    copyExtents = gfs.extents('/vm0/copy').flatMap((extent) => [extent.offset, extent.length]);
     gfs.serialise();
     gfs.unmount();
   });
@@ -89,16 +94,27 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('resuming a gues
     expect(native.liveMappings()).toBe(mappings);
   });
 
-  it('a state recipe that is not the state file: no vCPU loads, and adopting it fails with EIO naming the file', async () => {
-    // The state recipe points at the first block of guest RAM: no saved vCPUs there, so the guest never runs.
+  it('a state recipe over memory that holds no saved vCPUs is refused before any vCPU runs, leaving nothing behind', () => {
+    const mappings = native.liveMappings();
+    // The first block of guest RAM: no saved vCPUs there.
     const wrong = { ...spec, state: { ...spec.state, extents: [spec.ram.extents[0]!, spec.state.extents[1]!] } };
-    const early = made(resumeEarly({ [EARLY_RESUME_ENV]: JSON.stringify(wrong) }, 0n));
+    expect(resumeEarly({ [EARLY_RESUME_ENV]: JSON.stringify(wrong) }, 0n)).toEqual({
+      error: 'the state file holds no saved state of 2 vCPUs',
+    });
+    expect(native.liveMappings()).toBe(mappings);
+  });
+
+  it('a state recipe over a copy of the state file runs the guest, and adopting it fails with EIO naming the file', async () => {
+    const mappings = native.liveMappings();
+    const early = made(resumeEarly({ [EARLY_RESUME_ENV]: JSON.stringify({ ...spec, state: { ...spec.state, extents: copyExtents } }) }, 0n));
     const gfs = mountHandedOver();
     const error = await captureRejection(Vmm.adoptEarlyResume(gfs, FILES, early));
     expect(error).toMatchObject({ code: 'EIO', path: FILES.statePath });
     expect(error.message).toMatch(/does not give that file; the guest is stopped/);
-    // Cancelled: still waiting for saved vCPUs when paused, so neither ever ran.
-    expect(await Promise.all(early.runs)).toEqual(['cancelled', 'cancelled']);
+    // Stopped, its VM closed and both of the launcher's mappings gone with the mount's own.
+    expect(await Promise.all(early.runs)).toEqual(['paused', 'paused']);
+    expect(native.liveMappings()).toBe(mappings + 1); // the mount's metadata
     gfs.unmount();
+    expect(native.liveMappings()).toBe(mappings);
   });
 });

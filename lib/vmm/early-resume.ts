@@ -1,6 +1,6 @@
 // An exec-mode update's resume before the VMM is loaded: the new process image maps and pins guest RAM and the state
-// file from the recipes the old image left, creates the VM and its memory slot, and runs the vCPUs from their saved
-// slots, all with nothing loaded but the addon. The VMM program adopts the running guest once it has mounted.
+// file from the recipes the old image left, creates the VM and its memory slot, loads the vCPUs from their saved slots
+// and runs them, all with nothing loaded but the addon (and this module, bundled). The VMM program adopts the running guest once it has mounted.
 //
 // The recipes come from the same serialised metadata the handover blob carries: the mount checks them against the
 // blob afterwards, and a mismatch stops the guest (see Vmm.adoptEarlyResume).
@@ -9,6 +9,7 @@ import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { mapFromRecipe, type MappingRecipe } from '../pool/remap';
 import type { EarlyResume } from './exec-protocol';
+import { type StateBytes, StateFile } from './state-file';
 
 /** Carries the EarlyResumeSpec (JSON) from the process image that paused the guest to the one that resumes it. */
 export const EARLY_RESUME_ENV = 'GUESTMEMFS_EARLY_RESUME';
@@ -40,7 +41,7 @@ export function earlyResumeSpec(pool: Pool, ram: Mapping, state: Mapping, vcpus:
   };
 }
 
-/** How long the launcher sleeps on the vCPUs' way into KVM_RUN before it loads the VMM anyway (a load that failed). */
+/** How long the launcher sleeps on the vCPUs' way into KVM_RUN before it loads the VMM anyway (a run that failed). */
 const RUNNING_WAIT_MS = 100;
 
 /**
@@ -51,6 +52,11 @@ function waitUntilRunning(vcpus: readonly number[]): void {
   const nap = new Int32Array(new SharedArrayBuffer(4));
   const deadline = process.hrtime.bigint() + BigInt(RUNNING_WAIT_MS * 1e6);
   while (!vcpus.every((vcpu) => native.kvmRunStartedAt(vcpu) !== 0n) && process.hrtime.bigint() < deadline) Atomics.wait(nap, 0, 0, 0.05);
+}
+
+/** A native mapping read as a StateFile reads a Mapping (no Mapping object: the mount makes the one that owns it). */
+function bareMapping(id: number, length: number): StateBytes {
+  return { id, length, bytes: (offset = 0, bytes = length - offset) => new Uint8Array(native.mappingBuffer(id, offset, bytes)) };
 }
 
 function openPool(spec: EarlyResumeSpec): { fd: number; owned: boolean } {
@@ -95,8 +101,14 @@ export function resumeEarly(env: NodeJS.ProcessEnv, launchedAtNs: bigint): Early
       made.vcpus.forEach((vcpu, index) => native.kvmSetAffinity(vcpu, [cpus[index % cpus.length]!]));
     }
     const vmNs = process.hrtime.bigint();
-    // Each vCPU loads its own slot of the state file on its thread; none runs unless all loaded.
-    const runs = made.vcpus.map((vcpu, index) => native.kvmRun(vcpu, state.id, index, spec.vcpus, -1));
+    // Loaded here, one after the other, before any runs: a vCPU that cannot load fails the whole resume, and the VMM
+    // then resumes the guest from the same slots itself. (On their own threads they would wait for each other, a
+    // chain of wake-ups that cost more than the loads.)
+    const saved = new StateFile(bareMapping(state.id, state.length), 'the state file');
+    if (!saved.vcpusPublished || saved.vcpuCount !== spec.vcpus)
+      throw new Error(`the state file holds no saved state of ${spec.vcpus} vCPUs`);
+    made.vcpus.forEach((vcpu, index) => native.kvmRestoreState(vcpu, saved.slot(index)));
+    const runs = made.vcpus.map((vcpu) => native.kvmRun(vcpu));
     waitUntilRunning(made.vcpus);
     return {
       kvm: made.kvm,

@@ -20,13 +20,16 @@ const WORD = { vcpusMagic: 0, vcpuCount: 1, slotBytes: 2, saved: 3, restored: 4,
 const PUBLISHED_NS_OFFSET = 24;
 const JSON_MAGIC_OFFSET = 32;
 
-export class StateFile {
-  readonly mapping: Mapping;
+/** What the state file is read through: a Mapping, or a bare native mapping (the exec-mode launcher's early resume). */
+export type StateBytes = Pick<Mapping, 'id' | 'length' | 'bytes'>;
+
+export class StateFile<M extends StateBytes = Mapping> {
+  readonly mapping: M;
   readonly path: string;
   readonly #words: Int32Array;
   readonly #view: DataView;
 
-  constructor(mapping: Mapping, path: string) {
+  constructor(mapping: M, path: string) {
     this.mapping = mapping;
     this.path = path;
     const header = mapping.bytes(0, 64);
