@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import { CommanderError } from 'commander';
 import type { QuotaReport } from '../lib/fs/quota';
-import type { Stat } from '../lib/fs/types';
+import type { Stat, StatFs } from '../lib/fs/types';
 import type { PinHolder } from '../lib/pool/pins';
 import { formatSize } from '../lib/units';
 
@@ -85,6 +85,12 @@ export function progressBar(options: Common, what: string): ((done: number, tota
 }
 
 /** "uid 1000: 6 GiB of 8 GiB (75%)" lines, or one saying there are no limits. */
+/** "3 free runs, the largest 1.5G (768 blocks)": how broken up free space is (df, status). */
+export function fragmentationLine(s: Pick<StatFs, 'freeRuns' | 'largestFreeRun' | 'blockSize'>, human = true): string {
+  const runs = `${s.freeRuns} free run${s.freeRuns === 1 ? '' : 's'}`;
+  return `${runs}, the largest ${size(s.largestFreeRun * s.blockSize, human)} (${s.largestFreeRun} blocks)`;
+}
+
 export function quotaLines(quotas: readonly QuotaReport[]): string[] {
   if (quotas.length === 0) return ['Quotas: none'];
   return quotas.map((quota) => {

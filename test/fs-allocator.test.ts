@@ -19,8 +19,20 @@ function views(blocks: number) {
 
 const total = totalBlocks;
 
+/** The maximal runs of free blocks in a boolean-array model (true: used). */
+function modelFreeRuns(used: readonly boolean[]): BlockRun[] {
+  const runs: BlockRun[] = [];
+  used.forEach((isUsed, block) => {
+    if (isUsed) return;
+    const last = runs.at(-1);
+    if (last && last.start + last.length === block) last.length++;
+    else runs.push({ start: block, length: 1 });
+  });
+  return runs;
+}
+
 describe('block allocator against a boolean-array model', () => {
-  it('hands out only free blocks, exactly as many as asked, one run whenever one exists, and keeps its counters', () => {
+  it('hands out only free blocks, exactly as many as asked, the best-fitting run whenever one exists, and keeps its counters', () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 40, max: 300 }),
@@ -39,12 +51,18 @@ describe('block allocator against a boolean-array model', () => {
               }
               expect(runs).not.toBeNull();
               expect(total(runs!)).toBe(step.size);
-              let longestFree = 0;
-              for (let block = 0, run = 0; block < blocks; block++) {
-                run = used[block] ? 0 : run + 1;
-                longestFree = Math.max(longestFree, run);
+              const freeRuns = modelFreeRuns(used);
+              const longestFree = Math.max(0, ...freeRuns.map((run) => run.length));
+              expect(allocator.fragmentation()).toEqual({ freeRuns: freeRuns.length, largestFreeRun: longestFree });
+              if (longestFree >= step.size) {
+                // Best fit: the first of the smallest free runs that hold it all.
+                const fits = freeRuns.filter((run) => run.length >= step.size);
+                const best = fits.find((run) => run.length === Math.min(...fits.map((fit) => fit.length)))!;
+                expect(runs).toEqual([{ start: best.start, length: step.size }]);
+                expect(allocator.chooseContiguous(step.size, -1)).toEqual(runs);
+              } else {
+                expect(allocator.chooseContiguous(step.size, -1)).toBeNull();
               }
-              if (longestFree >= step.size) expect(runs).toHaveLength(1);
               for (const run of runs!) {
                 for (let block = run.start; block < run.start + run.length; block++) {
                   expect(used[block]).toBe(false);

@@ -1,6 +1,6 @@
 // guestmemfs df: free and used blocks and inodes.
 import type { Command } from 'commander';
-import { command, type Common, print, quotaLines, size } from '../common';
+import { command, type Common, fragmentationLine, print, quotaLines, size } from '../common';
 import { withReader } from '../pools';
 
 export function register(program: Command): void {
@@ -30,6 +30,7 @@ export function register(program: Command): void {
               ([name, ...columns]) =>
                 `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`,
             )
+            .concat(`Free space: ${fragmentationLine(s, options.humanReadable)}`)
             .concat(quotas.length > 0 ? quotaLines(quotas) : [])
             .join('\n'),
         );

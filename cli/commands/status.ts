@@ -8,7 +8,7 @@ import type { StatFs } from '../../lib/fs/types';
 import { poolIdentityOf, servedSocket } from '../../lib/service/discovery';
 import { formatSize } from '../../lib/units';
 import { pinHolders } from '../../lib/pool/pins';
-import { command, type Common, pinLines, print, quotaLines } from '../common';
+import { command, type Common, fragmentationLine, pinLines, print, quotaLines } from '../common';
 import { withPool, withView } from '../pools';
 
 export function register(program: Command): void {
@@ -89,6 +89,7 @@ export function register(program: Command): void {
           usage.statfs
             ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free`
             : 'inodes:     unknown until recovered',
+          ...(usage.statfs ? [`free space: ${fragmentationLine(usage.statfs)}`] : []),
           `state:      ${state}`,
           ...(held && socket ? [`served on:  ${socket}`] : []),
           `uuid:       ${sb.uuid}`,

@@ -94,15 +94,10 @@ export class BlockAllocator {
   /** Every run of free blocks, in order. */
   freeRuns(): BlockRun[] {
     const runs: BlockRun[] = [];
-    for (let word = 0; word < this.#allocated.length; word++) {
-      const bits = this.#allocated[word]!;
-      if (bits === FULL) continue;
-      if (bits === 0) {
-        appendRun(runs, word * 32, 32);
-        continue;
-      }
-      for (let bit = 0; bit < 32; bit++) if ((bits & (1 << bit)) === 0) appendRun(runs, word * 32 + bit);
-    }
+    this.#forEachFreeRun((start, length) => {
+      runs.push({ start, length });
+      return false;
+    });
     return runs;
   }
 

@@ -44,6 +44,7 @@ export function statfs(ctx: MountContext): StatFs {
     dirtyFreeBlocks: totalBlocks(allocator.dirtyFreeRuns()),
     totalInodes: ctx.geometry.inodeCount - 1,
     freeInodes: hints.freeInodes,
+    ...allocator.fragmentation(),
   };
 }
 

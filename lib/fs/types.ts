@@ -136,6 +136,10 @@ export interface StatFs {
   dirtyFreeBlocks: number;
   totalInodes: number;
   freeInodes: number;
+  /** Maximal runs of free blocks: 1 when free space is in one piece (0 when none is free). */
+  freeRuns: number;
+  /** Blocks in the longest free run: the largest contiguous file that still fits. */
+  largestFreeRun: number;
 }
 
 export interface DirEntry {

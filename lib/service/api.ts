@@ -123,7 +123,7 @@ export const OPERATIONS: readonly Operation[] = [
     params: {},
     response: {
       type: 'object',
-      required: ['blockSize', 'totalBlocks', 'dataBlocks', 'freeBlocks', 'totalInodes', 'freeInodes'],
+      required: ['blockSize', 'totalBlocks', 'dataBlocks', 'freeBlocks', 'totalInodes', 'freeInodes', 'freeRuns', 'largestFreeRun'],
       properties: {
         blockSize: integer,
         pageSize: integer,
@@ -133,6 +133,8 @@ export const OPERATIONS: readonly Operation[] = [
         dirtyFreeBlocks: integer,
         totalInodes: integer,
         freeInodes: integer,
+        freeRuns: integer,
+        largestFreeRun: integer,
       },
     },
     mutates: false,
