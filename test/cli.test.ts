@@ -79,7 +79,9 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
       expect(usage).toMatchObject({ freeInodes: expect.any(Number), blockSize: 2 * 1024 * 1024, freeRuns: 1 });
       // One file at the start of the data blocks: free space is the rest, in one piece.
       expect(usage.largestFreeRun).toBe(usage.freeBlocks);
-      expect(run('df', '-h', pool).stdout).toContain(`Free space: 1 free run, the largest ${usage.freeBlocks * 2}M (${usage.freeBlocks} blocks)`);
+      expect(run('df', '-h', pool).stdout).toContain(
+        `Free space: 1 free run, the largest ${usage.freeBlocks * 2}M (${usage.freeBlocks} blocks)`,
+      );
       expect(run('status', pool).stdout).toMatch(/^free space: 1 free run, the largest \d+M \(\d+ blocks\)$/m);
       expect(JSON.parse(run('status', '--json', pool).stdout)).toMatchObject({ backend: 'shm-4k', state: 'Clean' });
       const serialised = run('serialise', pool, '--out', blob);

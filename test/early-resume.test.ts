@@ -106,7 +106,9 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('resuming a gues
 
   it('a state recipe over a copy of the state file runs the guest, and adopting it fails with EIO naming the file', async () => {
     const mappings = native.liveMappings();
-    const early = made(resumeEarly({ [EARLY_RESUME_ENV]: JSON.stringify({ ...spec, state: { ...spec.state, extents: copyExtents } }) }, 0n));
+    const early = made(
+      resumeEarly({ [EARLY_RESUME_ENV]: JSON.stringify({ ...spec, state: { ...spec.state, extents: copyExtents } }) }, 0n),
+    );
     const gfs = mountHandedOver();
     const error = await captureRejection(Vmm.adoptEarlyResume(gfs, FILES, early));
     expect(error).toMatchObject({ code: 'EIO', path: FILES.statePath });

@@ -1,6 +1,7 @@
 // An exec-mode update's resume before the VMM is loaded: the new process image maps and pins guest RAM and the state
-// file from the recipes the old image left, creates the VM and its memory slot, loads the vCPUs from their saved slots
-// and runs them, all with nothing loaded but the addon (and this module, bundled). The VMM program adopts the running guest once it has mounted.
+// file from the recipes the old image left, creates the VM and its memory slot, loads the vCPUs from their saved
+// slots and runs them, all with nothing loaded but the addon (and this module, bundled). The VMM program adopts the
+// running guest once it has mounted.
 //
 // The recipes come from the same serialised metadata the handover blob carries: the mount checks them against the
 // blob afterwards, and a mismatch stops the guest (see Vmm.adoptEarlyResume).
