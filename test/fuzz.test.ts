@@ -87,8 +87,8 @@ beforeAll(() => {
     metadata: {
       checkedHeader: new Uint8Array(FIXED_HEADER_BYTES / 2),
       bitmaps: [new Uint8Array(0), new Uint8Array(0)],
-      inodeRecord: () => new Uint8Array(512),
-      pageRecord: () => new Uint8Array(512),
+      inodeRecords: (_first: number, count: number) => [new Uint8Array(512 * count)],
+      pageRecords: (_first: number, count: number) => [new Uint8Array(512 * count)],
     },
     isLive: () => true,
     chainOf: () => [],

@@ -44,9 +44,9 @@ export class ExtentStore {
     this.#pages.u32(page).fill(0, start, start + PAGE_WORDS);
   }
 
-  /** The page's 512 bytes (for the handover checksum). */
-  pageRecord(page: number): Uint8Array {
-    return this.#pages.bytes(page);
+  /** The 512 bytes of `count` pages from `first` (for the handover checksum), one view per stored chunk. */
+  pageRecords(first: number, count: number): Uint8Array[] {
+    return this.#pages.run(first, count);
   }
 
   get freePages(): number {

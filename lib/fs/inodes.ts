@@ -232,9 +232,9 @@ export class InodeTable {
     this.#records.u8(ino).fill(0, start, start + INODE_SIZE);
   }
 
-  /** The inode's 512-byte record (for the handover checksum). */
-  record(ino: number): Uint8Array {
-    return this.#records.bytes(ino);
+  /** The 512-byte records of `count` inodes from `first` (for the handover checksum), one view per stored chunk. */
+  records(first: number, count: number): Uint8Array[] {
+    return this.#records.run(first, count);
   }
 
   /** Byte offset of an inode inside the metadata region (for the handover blob and the checker). */

@@ -64,8 +64,8 @@ function liveMetadata(views: MetadataViews): LiveMetadata {
   return {
     checkedHeader: views.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES),
     bitmaps: views.allocator.bitmapBytes(),
-    inodeRecord: (ino) => views.inodes.record(ino),
-    pageRecord: (page) => views.extents.pageRecord(page),
+    inodeRecords: (first, count) => views.inodes.records(first, count),
+    pageRecords: (first, count) => views.extents.pageRecords(first, count),
   };
 }
 

@@ -77,9 +77,16 @@ export class ChunkedRecords {
     return record & ((1 << this.shift) - 1);
   }
 
-  /** The record's bytes. */
-  bytes(record: number): Uint8Array {
-    const start = this.local(record) * this.recordSize;
-    return this.u8(record).subarray(start, start + this.recordSize);
+  /** The bytes of `count` consecutive records from `first`, one view for each chunk they span. */
+  run(first: number, count: number): Uint8Array[] {
+    const pieces: Uint8Array[] = [];
+    const perChunk = 1 << this.shift;
+    for (let record = first; record < first + count;) {
+      const taken = Math.min(first + count - record, perChunk - this.local(record));
+      const start = this.local(record) * this.recordSize;
+      pieces.push(this.u8(record).subarray(start, start + taken * this.recordSize));
+      record += taken;
+    }
+    return pieces;
   }
 }

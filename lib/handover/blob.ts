@@ -47,8 +47,10 @@ export interface LiveMetadata {
   checkedHeader: Uint8Array;
   /** The allocated and dirty bitmaps. */
   bitmaps: [Uint8Array, Uint8Array];
-  inodeRecord(ino: number): Uint8Array;
-  pageRecord(page: number): Uint8Array;
+  /** The records of `count` consecutive inodes from `first`, in order, in as many pieces as they are stored in. */
+  inodeRecords(first: number, count: number): Uint8Array[];
+  /** The same for extent pages. */
+  pageRecords(first: number, count: number): Uint8Array[];
 }
 
 /** The metadata layout a blob describes, as the pool format defines it. */
@@ -124,8 +126,22 @@ export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: readonly num
   let crc = crc32(metadata.checkedHeader);
   crc = crc32(metadata.bitmaps[0], crc);
   crc = crc32(metadata.bitmaps[1], crc);
-  for (const ino of liveInodes) crc = crc32(metadata.inodeRecord(ino), crc);
-  for (const page of pages) crc = crc32(metadata.pageRecord(page), crc);
+  crc = crcOfRecords(metadata.inodeRecords, liveInodes, crc);
+  return crcOfRecords(metadata.pageRecords, pages, crc);
+}
+
+/**
+ * Continues `crc` over the records `numbers` names, in that order: one call for each run of consecutive numbers. The
+ * CRC is the same as record by record; the calls are far fewer (100,000 files made one after another are one run),
+ * and each call costs about as much as CRC-ing 500 bytes.
+ */
+function crcOfRecords(records: (first: number, count: number) => Uint8Array[], numbers: readonly number[], crc: number): number {
+  for (let at = 0; at < numbers.length;) {
+    let end = at + 1;
+    while (end < numbers.length && numbers[end] === numbers[end - 1]! + 1) end++;
+    for (const piece of records(numbers[at]!, end - at)) crc = crc32(piece, crc);
+    at = end;
+  }
   return crc;
 }
 
