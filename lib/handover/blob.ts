@@ -48,9 +48,9 @@ export interface LiveMetadata {
   /** The allocated and dirty bitmaps. */
   bitmaps: [Uint8Array, Uint8Array];
   /** The records of `count` consecutive inodes from `first`, in order, in as many pieces as they are stored in. */
-  inodeRecords(first: number, count: number): Uint8Array[];
+  inodeRecords: (first: number, count: number) => Uint8Array[];
   /** The same for extent pages. */
-  pageRecords(first: number, count: number): Uint8Array[];
+  pageRecords: (first: number, count: number) => Uint8Array[];
 }
 
 /** The metadata layout a blob describes, as the pool format defines it. */
