@@ -151,6 +151,7 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
     for (const run of plan.dirty) {
       const length = run.length * blockSize;
       await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
+      dropDataPages(ctx, run);
       done += length;
     }
   } catch (error) {
@@ -235,6 +236,7 @@ export async function scrub(ctx: MountContext, options: ProgressOptions): Promis
       await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) =>
         options.onProgress?.(done + chunk, total),
       );
+      dropDataPages(ctx, run);
       allocator.markDirty([run], false);
     } finally {
       allocator.markFree([run]);
@@ -297,6 +299,21 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
 
 function zeroRun(ctx: MountContext, run: BlockRun): void {
   native.zero(ctx.dataMapping().id, run.start * ctx.geometry.blockSize, run.length * ctx.geometry.blockSize);
+  dropDataPages(ctx, run);
+}
+
+/**
+ * Drops the mount's own page-table entries over blocks it has just zeroed (the pages and their zeroes stay in the
+ * pool file: the mapping is shared). Otherwise the owner would carry an entry for every block it ever zeroed until it
+ * exits or execs: 4 GiB of guest RAM zeroed at boot cost an exec-mode VMM 1 to 2 ms of teardown inside its blackout.
+ */
+function dropDataPages(ctx: MountContext, run: BlockRun): void {
+  native.madvise(
+    ctx.dataMapping().id,
+    run.start * ctx.geometry.blockSize,
+    run.length * ctx.geometry.blockSize,
+    native.advice.MADV_DONTNEED,
+  );
 }
 
 /** Links zeroed blocks into the file (extent count is the commit point), then publishes the size unless told not to. */
