@@ -1,15 +1,11 @@
 // Futex family: waiting on and waking a 32-bit word in a mapping, across processes (a shared futex keys on the file
 // page), so that a process waiting for another's write sleeps instead of spinning on a CPU the writer needs.
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <climits>
 
 #include "gmfs_errors.h"
 #include "gmfs_families.h"
+#include "gmfs_futex.h"
 #include "gmfs_map.h"
 
 namespace gmfs {
@@ -35,7 +31,7 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
   timespec timeout{static_cast<time_t>(timeoutMs / 1000), static_cast<long>((timeoutMs % 1000) * 1000000)};
   for (;;) {
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected) return Napi::String::New(env, "woken");
-    long rc = syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, nullptr, 0);
+    long rc = FutexWaitWhile(word, expected, &timeout);
     if (rc == 0 || errno == EAGAIN) return Napi::String::New(env, "woken");
     if (errno == ETIMEDOUT) return Napi::String::New(env, "timeout");
     if (errno != EINTR) throw ErrnoError(env, errno, "futex");
@@ -46,7 +42,7 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
 Napi::Value FutexWake(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t* word = WordArg(info, "futex");
-  long woken = syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  long woken = FutexWakeAll(word);
   if (woken < 0) throw ErrnoError(env, errno, "futex");
   return Napi::Number::New(env, static_cast<double>(woken));
 }

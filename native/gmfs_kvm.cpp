@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
-#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -22,6 +21,7 @@
 
 #include "gmfs_errors.h"
 #include "gmfs_families.h"
+#include "gmfs_futex.h"
 #include "gmfs_map.h"
 #include "gmfs_sched.h"
 
@@ -379,8 +379,6 @@ int64_t NowNs() {
   return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
 }
 
-void FutexWake(uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0); }
-
 // Waits until done(): yields for a moment, then sleeps on `word` a millisecond at a time. Loading vCPUs run SCHED_FIFO,
 // and a FIFO thread that only yields never lets a normal thread run on its CPU: a sibling vCPU whose worker thread has
 // not yet moved to its own CPU would wait for the load balancer (26 ms seen in an exec-mode resume). The moment of
@@ -396,7 +394,7 @@ void YieldThenSleep(uint32_t* word, Done done) {
       continue;
     }
     timespec slice{0, 1000000};
-    syscall(SYS_futex, word, FUTEX_WAIT, seen, &slice, nullptr, 0);
+    FutexWaitWhile(word, seen, &slice);
   }
 }
 
@@ -570,7 +568,7 @@ class RunWorker : public Napi::AsyncWorker {
     if (__atomic_add_fetch(&area->saved, 1, __ATOMIC_ACQ_REL) != spec.count) return;
     area->publishedNs = static_cast<uint64_t>(NowNs());
     __atomic_store_n(&area->vcpusMagic, kVcpusMagic, __ATOMIC_RELEASE);
-    FutexWake(&area->vcpusMagic);
+    FutexWakeAll(&area->vcpusMagic);
   }
 
   // The successor's vCPU thread: sleeps until the slots are published, loads its own, waits for the others, and the
@@ -585,7 +583,7 @@ class RunWorker : public Napi::AsyncWorker {
         return Cancelled();
       }
       timespec slice{0, 5 * 1000000};
-      syscall(SYS_futex, &area->vcpusMagic, FUTEX_WAIT, 0, &slice, nullptr, 0);
+      FutexWaitWhile(&area->vcpusMagic, 0, &slice);
     }
     vcpu.handoverNoticedNs.store(NowNs());
     vcpu.awaitingHandover.store(false);
@@ -595,7 +593,7 @@ class RunWorker : public Napi::AsyncWorker {
       return Fail(area);
     }
     __atomic_add_fetch(&area->restored, 1, __ATOMIC_ACQ_REL);
-    FutexWake(&area->restored);
+    FutexWakeAll(&area->restored);
     auto failed = [area] { return __atomic_load_n(&area->failed, __ATOMIC_ACQUIRE) != 0; };
     // Every vCPU loaded, or none runs: a guest must not resume with some vCPUs from another moment.
     YieldThenSleep(&area->restored, [&] {
@@ -614,7 +612,7 @@ class RunWorker : public Napi::AsyncWorker {
         return Fail(area);
       }
       __atomic_store_n(&area->committed, 1, __ATOMIC_RELEASE);
-      FutexWake(&area->committed);
+      FutexWakeAll(&area->committed);
     }
     YieldThenSleep(&area->committed, [&] { return __atomic_load_n(&area->committed, __ATOMIC_ACQUIRE) != 0 || failed(); });
     if (failed()) {
@@ -627,8 +625,8 @@ class RunWorker : public Napi::AsyncWorker {
   // Marks the handover failed for every vCPU of it, and wakes those waiting on the others.
   static bool Fail(HandoverArea* area) {
     __atomic_store_n(&area->failed, 1, __ATOMIC_RELEASE);
-    FutexWake(&area->restored);
-    FutexWake(&area->committed);
+    FutexWakeAll(&area->restored);
+    FutexWakeAll(&area->committed);
     return false;
   }
 

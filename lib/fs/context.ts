@@ -166,6 +166,14 @@ export class MountContext {
     return ranges.length > 0 && isPinned(this.pool, ranges);
   }
 
+  /**
+   * Whether anyone maps these ranges of inode `ino`: a mapping of it in this process (which the kernel's pins cannot
+   * tell from the mount's own), or a pin any process holds over them. What must not be freed, zeroed or reused.
+   */
+  inUse(ino: number, ranges: readonly Extent[]): boolean {
+    return (this.mapped.get(ino) ?? 0) > 0 || this.pinned(ranges);
+  }
+
   /** Who pins the ranges (all of the pool when none are given): for messages and listings. */
   pinHolders(ranges?: readonly Extent[]): PinHolder[] {
     return pinHolders(this.pool, ranges);

@@ -343,7 +343,7 @@ function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): 
   const cut = keep < inodes.blockCount(ino) ? cutAfter(extents.read(ino), keep) : [];
   if (cut.length > 0) {
     const ranges = cut.map((run) => blockRange(ctx.geometry, run));
-    if (ctx.mapped.get(ino) || ctx.pinned(ranges)) {
+    if (ctx.inUse(ino, ranges)) {
       throw new GuestmemfsError(
         'EBUSY',
         `file is mapped, ftruncate '${path}': the blocks past the new size are ${describeHolders(ctx.pinHolders(ranges))}; ` +

@@ -107,7 +107,7 @@ export function registerNotifier(ctx: MountContext, path: string, consumer: Noti
   ctx.requireAccess(ino, R_OK | W_OK, 'memfile_register_notifier', path);
   if (flags & MEMFILE_F_USER_INACCESSIBLE) {
     const ranges = ctx.fileRanges(ino);
-    if (ctx.mapped.get(ino) || (ranges.length > 0 && ctx.pinned(ranges))) {
+    if (ctx.inUse(ino, ranges)) {
       throw new GuestmemfsError(
         'EBUSY',
         `'${path}' is mapped (${describeHolders(ctx.pinHolders(ranges))}), memfile_register_notifier '${path}': ` +
@@ -171,7 +171,7 @@ function planPunch(ctx: MountContext, path: string, offset: number, length: numb
 
 function requireUnpinned(ctx: MountContext, ino: number, start: number, end: number, path: string): void {
   const ranges = fileRangesWithin(ctx, ino, start, end);
-  if (ranges.length > 0 && (ctx.mapped.get(ino) || ctx.pinned(ranges))) {
+  if (ranges.length > 0 && ctx.inUse(ino, ranges)) {
     throw new GuestmemfsError(
       'EBUSY',
       `file is mapped, fallocate '${path}': [${start}, ${end}) is ${describeHolders(ctx.pinHolders(ranges))}; ` +

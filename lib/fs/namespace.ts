@@ -248,7 +248,7 @@ function detach(ctx: MountContext, parent: number, name: string, ino: number): v
  * blocks. Otherwise it stays an orphan, named nowhere, until reclaimOrphans() finds it unpinned.
  */
 export function releaseIfUnpinned(ctx: MountContext, ino: number): boolean {
-  if (ctx.mapped.get(ino) || ctx.pinned(ctx.fileRanges(ino))) {
+  if (ctx.inUse(ino, ctx.fileRanges(ino))) {
     ctx.orphans.add(ino);
     return false;
   }
