@@ -150,8 +150,7 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
     let done = 0;
     for (const run of plan.dirty) {
       const length = run.length * blockSize;
-      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, length, (chunk) => options.onProgress?.(done + chunk, total));
-      dropDataPages(ctx, run);
+      await zeroRunAsync(ctx, run, (chunk) => options.onProgress?.(done + chunk, total));
       done += length;
     }
   } catch (error) {
@@ -233,10 +232,7 @@ export async function scrub(ctx: MountContext, options: ProgressOptions): Promis
     // Claim the run while it is zeroed so no allocation hands it out half-zeroed.
     allocator.markAllocated([run]);
     try {
-      await native.zeroAsync(ctx.dataMapping().id, run.start * blockSize, run.length * blockSize, (chunk) =>
-        options.onProgress?.(done + chunk, total),
-      );
-      dropDataPages(ctx, run);
+      await zeroRunAsync(ctx, run, (chunk) => options.onProgress?.(done + chunk, total));
       allocator.markDirty([run], false);
     } finally {
       allocator.markFree([run]);
@@ -299,6 +295,12 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
 
 function zeroRun(ctx: MountContext, run: BlockRun): void {
   native.zero(ctx.dataMapping().id, run.start * ctx.geometry.blockSize, run.length * ctx.geometry.blockSize);
+  dropDataPages(ctx, run);
+}
+
+/** zeroRun() off the JS thread, telling `onChunk` the bytes of each chunk zeroed. */
+async function zeroRunAsync(ctx: MountContext, run: BlockRun, onChunk: (bytes: number) => void): Promise<void> {
+  await native.zeroAsync(ctx.dataMapping().id, run.start * ctx.geometry.blockSize, run.length * ctx.geometry.blockSize, onChunk);
   dropDataPages(ctx, run);
 }
 

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
 import { formatSize, KiB } from '../units';
-import type { MappingRecipe } from './remap';
+import { extentsOfPairs, type MappingRecipe } from './remap';
 
 export interface Extent {
   /** Byte offset in the pool, aligned to the pool's page size. */
@@ -118,10 +118,7 @@ export class Mapping {
     this.hugepageAdvice = result.hugepageAdvice;
     this.pageSize = recipe.alignment;
     this.recipe = recipe;
-    this.extents = Array.from({ length: recipe.extents.length / 2 }, (_, index) => ({
-      offset: recipe.extents[index * 2]!,
-      length: recipe.extents[index * 2 + 1]!,
-    }));
+    this.extents = extentsOfPairs(recipe.extents);
     this.#label = label;
     this.#unmapRecord = { id: this.id, onUnmap };
     unmapWhenCollected.register(this, this.#unmapRecord, this);

@@ -7,7 +7,7 @@ import { formatSize, GiB } from '../units';
 import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
 import { type Extent, type MapOptions, Mapping } from './mapping';
 import { Pin } from './pins';
-import { type MappingRecipe, readMapResult } from './remap';
+import { extentsOfPairs, type MappingRecipe, pairsLength, readMapResult } from './remap';
 
 export type PoolBackend = 'hugetlbfs' | 'memfd-hugetlb' | 'shm-4k' | 'memfd-4k';
 
@@ -203,8 +203,7 @@ export class Pool {
   map(extents: readonly Extent[], options: MapOptions = {}): Mapping {
     this.#requireOpen('mmap');
     const flat = this.#flatten(extents);
-    let total = 0;
-    for (let pair = 1; pair < flat.length; pair += 2) total += flat[pair]!;
+    const total = pairsLength(flat);
     // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
     const shareable =
       options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
@@ -239,13 +238,8 @@ export class Pool {
    */
   adoptMapping(made: NativeMapResult, recipe: MappingRecipe): Mapping {
     this.#requireOpen('mmap');
-    const flat = this.#flatten(
-      Array.from({ length: recipe.extents.length / 2 }, (_, index) => ({
-        offset: recipe.extents[index * 2]!,
-        length: recipe.extents[index * 2 + 1]!,
-      })),
-    );
-    const length = flat.reduce((total, value, index) => (index % 2 === 1 ? total + value : total), 0);
+    const flat = this.#flatten(extentsOfPairs(recipe.extents));
+    const length = pairsLength(flat);
     if (recipe.alignment !== this.pageSize || made.length !== length) {
       throw new GuestmemfsError(
         'EINVAL',

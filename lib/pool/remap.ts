@@ -2,6 +2,7 @@
 // old mapping was. It needs nothing but the addon, so that an exec-mode VMM can map guest RAM before it loads the rest.
 import { GuestmemfsError } from '../errors';
 import { native, type NativeMapResult } from '../native';
+import type { Extent } from './mapping';
 
 /** How a mapping was made: enough for another process image to make the same one (Mapping.recipe()). */
 export interface MappingRecipe {
@@ -13,6 +14,18 @@ export interface MappingRecipe {
   alignment: number;
   /** Page-table sharing placement (see MapOptions.sharePageTables): 0 for the kernel's own placement. */
   congruence: number;
+}
+
+/** [offset, length] pairs as the Extent objects a Mapping lists. */
+export function extentsOfPairs(pairs: ArrayLike<number>): Extent[] {
+  return Array.from({ length: pairs.length / 2 }, (_, index) => ({ offset: pairs[index * 2]!, length: pairs[index * 2 + 1]! }));
+}
+
+/** The bytes [offset, length] pairs cover. */
+export function pairsLength(pairs: ArrayLike<number>): number {
+  let total = 0;
+  for (let pair = 1; pair < pairs.length; pair += 2) total += pairs[pair]!;
+  return total;
 }
 
 /**

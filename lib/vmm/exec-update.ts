@@ -72,15 +72,9 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, run
   const saved = vmm.saveState(stoppedAtNs, { plan: next });
   const earlyResume = process.env[NO_EARLY_RESUME_ENV] === '1' ? {} : { [EARLY_RESUME_ENV]: JSON.stringify(vmm.earlyResumeSpec()) };
   vmm.close();
-  const closed = process.hrtime.bigint();
-  // The stop time travels in the state file; these are the rest of the sender's half.
-  const timings = {
-    serialiseMs,
-    codeCacheMs,
-    saved: saved.toString(),
-    closed: closed.toString(),
-    execAt: process.hrtime.bigint().toString(),
-  };
+  // The stop time travels in the state file; these are the rest of the sender's half. `closed` is where execve and
+  // Node start-up begin.
+  const timings = { serialiseMs, codeCacheMs, saved: saved.toString(), closed: process.hrtime.bigint().toString() };
   const env: NodeJS.ProcessEnv = { ...process.env, ...codeCache?.env, ...earlyResume, [TIMINGS_ENV]: JSON.stringify(timings) };
   const failThisOne = env[FAIL_FIRST_EXEC_ENV] === '1';
   delete env[FAIL_FIRST_EXEC_ENV];
@@ -113,7 +107,6 @@ async function main(): Promise<void> {
     codeCacheMs: number;
     saved: string;
     closed: string;
-    execAt: string;
   };
   const started = process.hrtime.bigint();
   // Without the launcher, Node start-up and module loading cannot be told apart: both count as start-up.
@@ -165,7 +158,7 @@ async function main(): Promise<void> {
       earlyResume: early ? early.error : false,
       breakdown: {
         saveMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(timings.saved)),
-        execAndStartupMs: elapsedMs(BigInt(timings.execAt), launchedAt),
+        execAndStartupMs: elapsedMs(BigInt(timings.closed), launchedAt),
         loadMs: elapsedMs(launchedAt, started),
         restoreMs: elapsedMs(started, restored),
         ...resumeBreakdown(resumeTimings, restored, running),

@@ -228,11 +228,12 @@ export class Vmm {
       state = fs.map(files.statePath, { premapped: stateMade });
       ram = fs.map(files.ramPath, { ...RAM_MAP_OPTIONS, premapped: ramMade });
       if (state !== stateMade || ram !== ramMade) {
+        const path = state === stateMade ? files.ramPath : files.statePath;
         throw new GuestmemfsError(
           'EIO',
-          `the guest was resumed on extents of ${state === stateMade ? files.ramPath : files.statePath} that the handover does not ` +
-            'give that file; the guest is stopped: restart it from its last good state',
-          { path: state === stateMade ? files.ramPath : files.statePath },
+          `the guest was resumed on extents of ${path} that the handover does not give that file; the guest is stopped: ` +
+            'restart it from its last good state',
+          { path },
         );
       }
     } catch (error) {
