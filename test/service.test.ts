@@ -270,17 +270,21 @@ describe('guestmemfs mount', () => {
       running.socket,
       `${'GET /v1/statfs HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(200)}GET /v1/statfs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
     );
-    // A flood of connections beyond the limit: the excess are closed at accept; the service serves on.
-    const flood = await Promise.all(
-      Array.from(
-        { length: 300 },
-        () =>
-          new Promise<net.Socket>((resolve) => {
-            const connection = net.createConnection(running.socket, () => resolve(connection));
-            connection.on('error', () => resolve(connection));
-          }),
-      ),
-    );
+    // A flood of connections beyond the limit: the excess are closed at accept; the service serves on. All are held
+    // open until the service has closed one: a client's connect completes in the kernel's backlog, before the service
+    // accepts, so closing at once would let the service accept each after its predecessors had gone.
+    const flood: net.Socket[] = [];
+    const firstClosedByService = new Promise<void>((resolve) => {
+      for (let i = 0; i < 300; i++) {
+        const connection = net.createConnection(running.socket);
+        connection.on('error', () => {});
+        connection.on('close', (hadError) => {
+          if (!hadError) resolve();
+        });
+        flood.push(connection);
+      }
+    });
+    await firstClosedByService;
     for (const connection of flood) connection.destroy();
     const metrics = (await curl(running.socket, 'http://localhost/metrics')).stdout;
     expect(metrics).toMatch(/guestmemfs_requests_refused_total\{reason="max-connections"\} [1-9]/);
