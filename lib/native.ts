@@ -118,8 +118,14 @@ export interface NativeBinding {
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
   // Exec family
-  /** execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. */
-  processExec(file: string, argv: string[], env: string[], keepFds: number[]): never;
+  /**
+   * execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. With
+   * holderPidEnv, a child that shares this address space keeps it through the exec, so that its teardown runs after
+   * the new program starts; `holderPidEnv=pid` is added to env and the new program must reap it (processReap).
+   */
+  processExec(file: string, argv: string[], env: string[], keepFds: number[], holderPidEnv?: string): never;
+  /** Resolves a child's exit status (128 + signal when killed) once it has exited; waits on a libuv pool thread. */
+  processReap(pid: number): Promise<number>;
   // KVM family
   kvmOpen(): number;
   kvmCreateVm(kvmFd: number): number;

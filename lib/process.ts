@@ -5,6 +5,7 @@ import type { SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from './errors';
+import { native } from './native';
 
 let cachedStartTime: { pid: number; value: bigint } | undefined;
 
@@ -32,6 +33,23 @@ export function resolveExecutable(program: string): string {
     }
   }
   throw new GuestmemfsError('ENOENT', `no executable "${program}" on PATH`, { syscall: 'execve', path: program });
+}
+
+/** The environment variable in which an exec that deferred its teardown names the holder (see processExec). */
+export const EXEC_HOLDER_PID_ENV = 'GUESTMEMFS_EXEC_HOLDER_PID';
+
+/**
+ * Reaps the teardown holder the previous image of this process left (kexec with deferTeardown), once it has let go of
+ * that image's address space, and resolves its exit status. The variable is taken out of `env`, so that no child
+ * inherits it. Resolves undefined when there is no holder to wait for: none named, or a name that is no child of this
+ * process (nothing of ours is left to clean up then).
+ */
+export async function reapExecHolder(env: NodeJS.ProcessEnv = process.env): Promise<number | undefined> {
+  const value = env[EXEC_HOLDER_PID_ENV];
+  delete env[EXEC_HOLDER_PID_ENV];
+  const pid = Number(value);
+  if (value === undefined || !/^[1-9]\d{0,9}$/.test(value) || pid > 0x7fffffff) return undefined;
+  return native.processReap(pid).catch(() => undefined);
 }
 
 export interface ProgramResult {

@@ -20,6 +20,8 @@ import {
   spinForHandover,
   waitForHandover,
 } from '../lib/index';
+import { native } from '../lib/native';
+import { EXEC_HOLDER_PID_ENV, reapExecHolder } from '../lib/process';
 import { scratchDirectory } from '../lib/scratch';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
@@ -33,6 +35,8 @@ interface ProofRecord {
   backend?: string;
   restored?: { generation: string; files: number; ms: number } | null;
   restoreMs?: number;
+  holder?: { pid: number; status: number | undefined; gone: boolean; children: string };
+  holderEnvLeft?: boolean;
   namespaceSame?: boolean;
   files?: Record<string, { bytes: number; mismatchedPages: number; framesSame: boolean; frames: number }>;
   audit?: string[];
@@ -76,6 +80,18 @@ describe.skipIf(skipReason(m.skip2M))('handover of 1 GiB of guest memory, proved
     const [prepare, verify] = runProof(['prepare', 'memfd-hugetlb', '-', 'kexec']);
     expect(verify!.pid).toBe(prepare!.pid);
     expectProof(verify!, 'memfd-hugetlb');
+    expect(verify!.holder).toBeUndefined(); // only asked for
+    expect(verify!.holderEnvLeft).toBe(false);
+  });
+
+  it('kexec with deferTeardown: a holder takes the old address space through execve, and the new program reaps it', () => {
+    const [prepare, verify] = runProof(['prepare', 'memfd-hugetlb', '-', 'kexec-deferred']);
+    expect(verify!.pid).toBe(prepare!.pid);
+    expectProof(verify!, 'memfd-hugetlb');
+    // It exited by itself once the exec was done, was this process's child, and nothing of it is left.
+    expect(verify!.holder).toMatchObject({ status: 0, gone: true, children: '' });
+    expect(verify!.holder!.pid).not.toBe(prepare!.pid);
+    expect(verify!.holderEnvLeft).toBe(false);
   });
 
   it('a plain restart: a new process opens the hugetlbfs pool by path and restores', () => {
@@ -195,6 +211,32 @@ describe('serialise, freeze and abort', () => {
       expect(captureError(() => gfs.kexec([process.execPath], { keepFds }))).toMatchObject({ code: 'EINVAL', syscall: 'execve' });
       expect(gfs.serialised).toBe(false);
     }
+  });
+
+  it('kexec refuses a deferTeardown that is not a boolean; a failed exec that deferred leaves no holder or fd behind', () => {
+    expect(captureError(() => gfs.kexec([process.execPath], { deferTeardown: 'yes' as unknown as boolean }))).toMatchObject({
+      code: 'EINVAL',
+      syscall: 'execve',
+    });
+    expect(gfs.serialised).toBe(false);
+    // The holder is a child of the calling thread; it is reaped before the error arrives.
+    const leftovers = () => [fs.readFileSync('/proc/thread-self/children', 'utf8'), fs.readdirSync('/proc/self/fd').length];
+    const before = leftovers();
+    expect(captureError(() => gfs.kexec(['/nonexistent/program'], { deferTeardown: true }))).toMatchObject({ code: 'ENOENT' });
+    expect(leftovers()).toEqual(before);
+    expect(gfs.serialised).toBe(false);
+  });
+
+  it('reaping a holder: a bad pid is refused by the addon, and a name that is no child of ours is nothing to wait for', async () => {
+    expect(() => native.processReap('1' as unknown as number)).toThrow(TypeError);
+    expect(() => native.processReap(0)).toThrow(RangeError);
+    await expect(native.processReap(1)).rejects.toMatchObject({ code: 'ECHILD', errno: -10, syscall: 'waitpid' });
+    for (const value of ['1', 'x', '-4', '99999999999']) {
+      const env: NodeJS.ProcessEnv = { [EXEC_HOLDER_PID_ENV]: value };
+      expect(await reapExecHolder(env)).toBeUndefined();
+      expect(env).toEqual({}); // taken out, so that no child inherits it
+    }
+    expect(await reapExecHolder({})).toBeUndefined();
   });
 
   it('a kexec whose execve fails aborts the handover and keeps the filesystem working here', () => {

@@ -105,6 +105,7 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
       expect(update.beforePause).toEqual({ serialiseMs: expect.any(Number), codeCacheMs: expect.any(Number) });
       expect(update.afterResume).toEqual({ loadMs: expect.any(Number), mountMs: expect.any(Number), adoptMs: expect.any(Number) });
       expect(update.codeCache).toBe('accepted');
+      expect(update.earlyResumeCodeCache).toBe('accepted');
       for (const part of Object.values(breakdown)) expect(part).toBeGreaterThanOrEqual(0);
       expect(Object.values(breakdown).reduce((a, b) => a + b, 0)).toBeLessThanOrEqual((update.blackoutMs as number) + 0.01);
       process.stdout.write(`[vmm] exec update: blackout ${(update.blackoutMs as number).toFixed(1)} ms ${JSON.stringify(breakdown)}\n`);
@@ -120,7 +121,7 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('live update of 
     const updates = events.filter((event) => event.event === 'update');
     expect(updates).toHaveLength(2);
     for (const update of updates) {
-      expect(update).toMatchObject({ earlyResume: false, sameFrames: true, codeCache: 'accepted' });
+      expect(update).toMatchObject({ earlyResume: false, sameFrames: true, codeCache: 'accepted', earlyResumeCodeCache: 'accepted' });
       expect(Object.keys(update.breakdown as object).sort()).toEqual([
         'execAndStartupMs',
         'loadMs',

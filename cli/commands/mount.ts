@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { GuestmemfsError } from '../../lib/errors';
 import { mount } from '../../lib/fs/mount';
 import { native, packageRoot } from '../../lib/native';
+import { reapExecHolder } from '../../lib/process';
 import { defaultSocketPath, poolIdentityOf, prepareRuntimeDir, runtimeDir } from '../../lib/service/discovery';
 import { type InheritedNotifier, NOTIFIERS_ENV } from '../../lib/service/notifiers';
 import { HANDOVERS_ENV, LISTEN_FD_ENV, MountService, UPDATE_STARTED_ENV } from '../../lib/service/server';
@@ -53,6 +54,7 @@ function takeUpdateEnvironment(): { listenFd: number; startedNs: bigint; handove
   delete process.env[LISTEN_FD_ENV];
   delete process.env[UPDATE_STARTED_ENV];
   delete process.env[HANDOVERS_ENV];
+  void reapExecHolder(); // the holder that tore the previous image down (liveUpdate defers it)
   return taken;
 }
 

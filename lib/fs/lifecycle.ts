@@ -16,7 +16,7 @@ import {
 } from '../handover/blob';
 import { native } from '../native';
 import type { Pool } from '../pool/pool';
-import { resolveExecutable } from '../process';
+import { EXEC_HOLDER_PID_ENV, resolveExecutable } from '../process';
 import { elapsedMs } from '../units';
 import type { MountContext } from './context';
 import { InodeType } from './inodes';
@@ -242,6 +242,9 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   if (!(options.keepFds ?? []).every((fd) => Number.isInteger(fd) && fd > 2)) {
     throw new GuestmemfsError('EINVAL', 'kexec keepFds must be fd numbers above stdio', { syscall: 'execve' });
   }
+  if (options.deferTeardown !== undefined && typeof options.deferTeardown !== 'boolean') {
+    throw new GuestmemfsError('EINVAL', 'kexec deferTeardown must be true or false', { syscall: 'execve' });
+  }
   const file = resolveExecutable(argv[0]!);
   const wasFrozen = ctx.frozenAt !== undefined;
   // A pool serialised already is frozen: nothing could change its metadata since, and the mount after execve verifies
@@ -250,6 +253,7 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
   delete env[POOL_FD_ENV];
   delete env[POOL_PATH_ENV];
+  delete env[EXEC_HOLDER_PID_ENV];
   // Exactly the pool's fd and the caller's survive (a path pool is found again by path; its fd and lock go with the exec).
   const keepFds: number[] = [...(options.keepFds ?? [])];
   if (ctx.pool.path === undefined) {
@@ -262,7 +266,7 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
     .filter((entry): entry is [string, string] => entry[1] !== undefined)
     .map(([key, value]) => `${key}=${value}`);
   try {
-    native.processExec(file, [...argv], envList, keepFds);
+    native.processExec(file, [...argv], envList, keepFds, options.deferTeardown === true ? EXEC_HOLDER_PID_ENV : undefined);
   } catch (error) {
     if (wasFrozen) {
       // The caller serialised before calling kexec: undoing that is the caller's decision.

@@ -5,6 +5,7 @@ import { POOL_FD_ENV, POOL_PATH_ENV } from '../handover/blob';
 import type { MapOptions, Mapping } from '../pool/mapping';
 import type { NativeMapResult } from '../native';
 import { Pool } from '../pool/pool';
+import { reapExecHolder } from '../process';
 import type { MappingRecipe } from '../pool/remap';
 import { markPremapped, premap } from './data';
 import { contextOf, type Filesystem } from './filesystem';
@@ -14,8 +15,12 @@ import { mount } from './mount';
 import { tryLock, unlock } from './registry';
 import type { MountOptions } from './types';
 
-/** Opens the pool a kexec() handed to this process: an inherited fd (GUESTMEMFS_POOL_FD) or a path (GUESTMEMFS_POOL). */
+/**
+ * Opens the pool a kexec() handed to this process: an inherited fd (GUESTMEMFS_POOL_FD) or a path (GUESTMEMFS_POOL).
+ * A teardown holder the exec left (deferTeardown) is reaped in the background.
+ */
 export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
+  void reapExecHolder(env);
   const fd = env[POOL_FD_ENV];
   if (fd !== undefined) {
     if (!/^\d+$/.test(fd)) throw new GuestmemfsError('EINVAL', `${POOL_FD_ENV}="${fd}" is not an fd number`);

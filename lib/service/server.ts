@@ -132,6 +132,7 @@ export class MountService {
     try {
       this.#fs.kexec(argv, {
         keepFds: [listener, ...notifiers.fds],
+        deferTeardown: true, // the new service reaps the holder (takeUpdateEnvironment in cli/commands/mount.ts)
         env: {
           ...env,
           [NOTIFIERS_ENV]: notifiers.env,

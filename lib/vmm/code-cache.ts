@@ -5,26 +5,31 @@ import { native } from '../native';
 import type { ExecLauncher } from './exec-protocol';
 
 export interface CodeCacheHandoff {
-  /** The memfd to keep open across execve. */
-  fd: number;
-  /** What tells the new process where the cache is. */
+  /** The memfds to keep open across execve. */
+  fds: number[];
+  /** What tells the new process where the caches are. */
   env: Record<string, string>;
 }
 
-/** Writes the launcher's code cache into a fresh memfd (close-on-exec until the exec keeps it). */
+/** Writes each of the launcher's code caches into a fresh memfd (close-on-exec until the exec keeps it). */
 export function handOverCodeCache(launcher: ExecLauncher): CodeCacheHandoff {
-  const bytes = launcher.createCodeCache();
-  const fd = native.memfdCreate(launcher.codeCacheMemfdName, 0);
+  const handoff: CodeCacheHandoff = { fds: [], env: {} };
   try {
-    for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
+    for (const slot of Object.values(launcher.codeCaches)) {
+      const bytes = slot.create();
+      const fd = native.memfdCreate(slot.memfdName, 0);
+      handoff.fds.push(fd);
+      for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done, done);
+      handoff.env[slot.fdEnv] = String(fd);
+    }
   } catch (error) {
-    fs.closeSync(fd);
+    dropCodeCache(handoff);
     throw error;
   }
-  return { fd, env: { [launcher.codeCacheFdEnv]: String(fd) } };
+  return handoff;
 }
 
 /** Closes a handoff no process will read (the update did not happen). */
 export function dropCodeCache(handoff: CodeCacheHandoff | undefined): void {
-  if (handoff) fs.closeSync(handoff.fd);
+  for (const fd of handoff?.fds ?? []) fs.closeSync(fd);
 }

@@ -27,23 +27,29 @@ export type EarlyResume =
     }
   | { error: string };
 
+/** A script the launcher compiled with V8's code cache from the previous process, and how to hand one on. */
+export interface CodeCacheSlot {
+  /** Whether V8 took the code cache the previous process left: 'accepted', 'rejected' or 'none'. */
+  taken: 'accepted' | 'rejected' | 'none';
+  /** The environment variable that carries the number of the inherited memfd holding the next code cache. */
+  fdEnv: string;
+  /** The memfd name the launcher accepts this cache from (anything else inherited is left alone). */
+  memfdName: string;
+  /**
+   * V8's code cache of everything compiled so far (call it after the update path has run, before anything changes
+   * V8's flags: a cache made under other flags is rejected).
+   */
+  create(): Buffer;
+}
+
 /** What the launcher tells the program it started. */
 export interface ExecLauncher {
   /** The launcher's file: what the program must execve to be started the same way. */
   entry: string;
   /** CLOCK_MONOTONIC ns when this process started running JavaScript of its own. */
   launchedAtNs: bigint;
-  /** Whether V8 took the code cache the previous process left: 'accepted', 'rejected' or 'none'. */
-  codeCache: 'accepted' | 'rejected' | 'none';
-  /** The environment variable that carries the number of the inherited memfd holding the next code cache. */
-  codeCacheFdEnv: string;
-  /** The memfd name the launcher accepts a code cache from (anything else inherited is left alone). */
-  codeCacheMemfdName: string;
-  /**
-   * V8's code cache of everything compiled so far (call it after the update path has run, before anything changes
-   * V8's flags: a cache made under other flags is rejected).
-   */
-  createCodeCache(): Buffer;
+  /** The VMM's bundle, and the early-resume bundle (which runs inside the blackout: its compile would too). */
+  codeCaches: { bundle: CodeCacheSlot; earlyResume: CodeCacheSlot };
   /** The guest, if the previous process left what the launcher needs to resume it before the VMM loaded. */
   earlyResume: EarlyResume | undefined;
 }

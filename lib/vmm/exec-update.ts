@@ -81,7 +81,8 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, run
   try {
     gfs.kexec(
       [failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'],
-      { env, keepFds: codeCache ? [codeCache.fd] : [] },
+      // The old image's address space (80 to 100 MB of Node) is torn down by a holder while the guest runs again.
+      { env, keepFds: codeCache?.fds ?? [], deferTeardown: true },
     );
   } catch (error) {
     dropCodeCache(codeCache);
@@ -116,7 +117,8 @@ async function main(): Promise<void> {
   const restored = process.hrtime.bigint();
   const sender = {
     beforePause: { serialiseMs: timings.serialiseMs, codeCacheMs: timings.codeCacheMs },
-    codeCache: launcher?.codeCache ?? 'none',
+    codeCache: launcher?.codeCaches.bundle.taken ?? 'none',
+    earlyResumeCodeCache: launcher?.codeCaches.earlyResume.taken ?? 'none',
   };
   if (early && !('error' in early)) {
     // The launcher runs the guest already: the blackout ended before this program loaded.

@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { native } from '../native';
 import { Pin } from '../pool/pins';
+import { EXEC_HOLDER_PID_ENV, reapExecHolder } from '../process';
 import { connect, type ServiceClient } from '../service/client';
 import { elapsedMs } from '../units';
 import { lineReader } from './line-reader';
@@ -112,6 +113,7 @@ async function drive(socket: string, client: ServiceClient, vmm: Vmm, plan: Serv
     [process.execPath, ...process.execArgv, program, 'resume', socket, plan.name],
     Object.entries({ ...process.env, [KEPT_PIN_ENV]: String(kept) }).map(([key, value]) => `${key}=${value}`),
     [kept],
+    EXEC_HOLDER_PID_ENV,
   );
 }
 
@@ -119,6 +121,7 @@ async function drive(socket: string, client: ServiceClient, vmm: Vmm, plan: Serv
 async function resume(socket: string, name: string): Promise<void> {
   const kept = Number(process.env[KEPT_PIN_ENV]);
   delete process.env[KEPT_PIN_ENV];
+  void reapExecHolder();
   const client = await connect(socket);
   const vmm = await attach(client, name);
   native.fdClose(kept); // the new mappings hold their own pins now
