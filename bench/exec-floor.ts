@@ -58,9 +58,10 @@ function after(poolPath: string, handoff: Handoff): void {
   const running = vcpus.reduce((latest, vcpu) => (native.kvmRunStartedAt(vcpu) > latest ? native.kvmRunStartedAt(vcpu) : latest), 0n);
   const stoppedAt = BigInt(handoff.stoppedAtNs);
   for (const vcpu of vcpus) native.kvmPause(vcpu);
-  // The holder that tore the old image down, as openHandedOverPool() reaps it (EXEC_HOLDER_PID_ENV, lib/process.ts).
-  const holder = process.env.GUESTMEMFS_EXEC_HOLDER_PID;
-  void Promise.all([...runs, holder === undefined ? undefined : native.processReap(Number(holder))]).then(() => {
+  // The old image's address space goes once the guest runs, as the VMM lets it go (EXEC_HOLDER_ENV, lib/process.ts).
+  const holder = /^(\d+):(\d+)$/.exec(process.env.GUESTMEMFS_EXEC_HOLDER ?? '');
+  if (holder) native.fdClose(Number(holder[2]));
+  void Promise.all([...runs, holder ? native.processReap(Number(holder[1])) : undefined]).then(() => {
     const ms = (at: bigint) => Number(at - stoppedAt) / 1e6;
     process.stdout.write(`${JSON.stringify({ startupMs: ms(startedAt), kvmReadyMs: ms(ready), runningMs: ms(running) })}\n`);
   });
@@ -101,7 +102,7 @@ async function before(poolPath: string, vcpuCount: number): Promise<void> {
   const env = Object.entries({ ...process.env }).map(([key, value]) => `${key}=${value}`);
   // The same deferred teardown as the VMM's exec (kexec's deferTeardown): a floor must not pay what the VMM does not.
   const argv = [process.execPath, __filename, 'after', poolPath, JSON.stringify(handoff)];
-  native.processExec(process.execPath, argv, env, [stateFd], 'GUESTMEMFS_EXEC_HOLDER_PID');
+  native.processExec(process.execPath, argv, env, [stateFd], 'GUESTMEMFS_EXEC_HOLDER');
 }
 
 const [stage, poolPath, arg] = process.argv.slice(2) as [string, string, string];

@@ -120,10 +120,10 @@ export interface NativeBinding {
   // Exec family
   /**
    * execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. With
-   * holderPidEnv, a child that shares this address space keeps it through the exec, so that its teardown runs after
-   * the new program starts; `holderPidEnv=pid` is added to env and the new program must reap it (processReap).
+   * holderEnv, a child that shares this address space keeps it through the exec, until the new program closes the
+   * pipe end it inherits; `holderEnv=pid:fd` is added to env, and the new program must close fd and reap pid.
    */
-  processExec(file: string, argv: string[], env: string[], keepFds: number[], holderPidEnv?: string): never;
+  processExec(file: string, argv: string[], env: string[], keepFds: number[], holderEnv?: string): never;
   /** Resolves a child's exit status (128 + signal when killed) once it has exited; waits on a libuv pool thread. */
   processReap(pid: number): Promise<number>;
   // KVM family

@@ -35,21 +35,52 @@ export function resolveExecutable(program: string): string {
   throw new GuestmemfsError('ENOENT', `no executable "${program}" on PATH`, { syscall: 'execve', path: program });
 }
 
-/** The environment variable in which an exec that deferred its teardown names the holder (see processExec). */
-export const EXEC_HOLDER_PID_ENV = 'GUESTMEMFS_EXEC_HOLDER_PID';
+/** Names the teardown holder an exec that deferred its teardown left (see processExec): `pid:fd`. */
+export const EXEC_HOLDER_ENV = 'GUESTMEMFS_EXEC_HOLDER';
+
+/** The teardown holder the previous image of this process left, holding that image's address space. */
+export interface ExecHolder {
+  pid: number;
+  /** Lets the old address space go (its teardown starts now) and resolves the holder's exit status once reaped. */
+  release(): Promise<number | undefined>;
+}
 
 /**
- * Reaps the teardown holder the previous image of this process left (kexec with deferTeardown), once it has let go of
- * that image's address space, and resolves its exit status. The variable is taken out of `env`, so that no child
- * inherits it. Resolves undefined when there is no holder to wait for: none named, or a name that is no child of this
- * process (nothing of ours is left to clean up then).
+ * Takes the teardown holder the previous image of this process left (kexec with deferTeardown), to be released once
+ * nothing urgent runs any more. The variable is taken out of `env`, and the pipe end is made close-on-exec at once, so
+ * that no child inherits either (a child holding the pipe end would keep the old address space alive). Undefined when
+ * there is none, or the variable names no pipe of this process (nothing of ours is left then).
  */
-export async function reapExecHolder(env: NodeJS.ProcessEnv = process.env): Promise<number | undefined> {
-  const value = env[EXEC_HOLDER_PID_ENV];
-  delete env[EXEC_HOLDER_PID_ENV];
-  const pid = Number(value);
-  if (value === undefined || !/^[1-9]\d{0,9}$/.test(value) || pid > 0x7fffffff) return undefined;
-  return native.processReap(pid).catch(() => undefined);
+export function takeExecHolder(env: NodeJS.ProcessEnv = process.env): ExecHolder | undefined {
+  const value = env[EXEC_HOLDER_ENV];
+  delete env[EXEC_HOLDER_ENV];
+  const match = /^([1-9]\d{0,9}):(\d{1,9})$/.exec(value ?? '');
+  if (!match || Number(match[1]) > 0x7fffffff) return undefined;
+  const pid = Number(match[1]);
+  const fd = Number(match[2]);
+  try {
+    if (!fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith('pipe:')) return undefined;
+    native.fdSetInherit(fd, false);
+  } catch {
+    return undefined;
+  }
+  let exited: Promise<number | undefined> | undefined;
+  return {
+    pid,
+    release: () => {
+      if (exited === undefined) {
+        fs.closeSync(fd);
+        // ECHILD: no child of ours by that pid, so nothing to wait for.
+        exited = native.processReap(pid).catch(() => undefined);
+      }
+      return exited;
+    },
+  };
+}
+
+/** Takes and at once releases the holder the previous image left (see takeExecHolder); undefined when there is none. */
+export function reapExecHolder(env: NodeJS.ProcessEnv = process.env): Promise<number | undefined> | undefined {
+  return takeExecHolder(env)?.release();
 }
 
 export interface ProgramResult {

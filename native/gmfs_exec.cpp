@@ -49,9 +49,10 @@ std::vector<char*> Pointers(std::vector<std::string>& strings) {
 
 // The teardown holder: execve tears the old image's address space down before the new program runs (8 to 25 ms for
 // a Node process here, more than the rest of an exec-mode blackout's kernel work). A child that shares the address
-// space (CLONE_VM) keeps it alive through execve, which then only drops a reference; the child waits for the exec
-// (its pipe's write end is close-on-exec in the parent) and exits, and the teardown runs in its exit, after the
-// blackout. It is the caller's child, so the new program reaps it (processReap); its pid goes in the environment.
+// space (CLONE_VM) keeps it alive through execve, which then only drops a reference. The child waits on a pipe whose
+// write end the exec keeps: the new program closes it once its own blackout is over (or exits), the child exits, and
+// the teardown runs in its exit, competing with nothing urgent. It is the caller's child, so the new program reaps it
+// (processReap); its pid and the pipe's fd go in the environment.
 struct HolderStart {
   int readFd;
   uint32_t state;  // 0 starting, 1 holding (its fds are closed), 2 failed
@@ -80,9 +81,12 @@ int HoldAddressSpace(void* argument) {
     while (RawSyscall(SYS_read, readFd, reinterpret_cast<long>(&byte), 1) == -EINTR) {
     }
   }
-  // The teardown is nobody's hurry: it must not take a CPU from the new program, or from the guest it resumes.
-  struct sched_param idle = {};
-  RawSyscall(SYS_sched_setscheduler, 0, SCHED_IDLE, reinterpret_cast<long>(&idle));
+  // An ordinary exit's priority, whatever the exec'ing thread ran at (a vCPU handover may have left it SCHED_FIFO or
+  // SCHED_IDLE). Not lower: the teardown takes sleeping locks that other processes need, such as the i_mmap lock of
+  // every file it maps (libc, the pool), and a starved holder stalls them. A SCHED_IDLE holder hung a served VMM's
+  // update here while both CPUs were busy.
+  struct sched_param ordinary = {};
+  RawSyscall(SYS_sched_setscheduler, 0, SCHED_OTHER, reinterpret_cast<long>(&ordinary));
   RawSyscall(SYS_exit, 0, 0, 0);
   return 0;
 }
@@ -93,7 +97,7 @@ struct Holder {
   void* stack = nullptr;
 };
 
-// Reaps a holder that is no longer needed (execve failed) and frees its stack; it exits at once, on EOF.
+// Lets go of a holder that is no longer needed (execve failed), reaps it and frees its stack; it exits at once, on EOF.
 void ReleaseHolder(Holder& holder) {
   if (holder.writeFd >= 0) close(holder.writeFd);
   if (holder.pid > 0) {
@@ -139,10 +143,11 @@ struct SavedFd {
   int statusFlags;
 };
 
-// processExec(file, argv, env, keepFds, holderPidEnv): only returns by throwing. libuv marks stdio close-on-exec and
+// processExec(file, argv, env, keepFds, holderEnv): only returns by throwing. libuv marks stdio close-on-exec and
 // non-blocking, Node ignores SIGPIPE and its threads may leave signals blocked; all of that survives execve, so the
 // new program gets stdio and keepFds open and blocking and default signals. Everything is put back if execve fails.
-// With holderPidEnv, a teardown holder keeps the old address space and `holderPidEnv=pid` is added to env.
+// With holderEnv, a teardown holder keeps the old address space and `holderEnv=pid:fd` is added to env (fd: the
+// pipe end whose closing lets it go).
 Napi::Value ProcessExec(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string file = ArgString(info, 0, "file");
@@ -160,11 +165,11 @@ Napi::Value ProcessExec(const Napi::CallbackInfo& info) {
       keep.push_back(fd.As<Napi::Number>().Int32Value());
     }
   }
-  std::string holderPidEnv;
+  std::string holderEnv;
   if (info.Length() > 4 && !info[4].IsUndefined()) {
-    holderPidEnv = ArgString(info, 4, "holderPidEnv");
-    if (holderPidEnv.empty() || holderPidEnv.find('=') != std::string::npos) {
-      throw CodeError(env, "EINVAL", EINVAL, "execve", "holderPidEnv must be an environment variable name");
+    holderEnv = ArgString(info, 4, "holderEnv");
+    if (holderEnv.empty() || holderEnv.find('=') != std::string::npos) {
+      throw CodeError(env, "EINVAL", EINVAL, "execve", "holderEnv must be an environment variable name");
     }
   }
 
@@ -198,9 +203,13 @@ Napi::Value ProcessExec(const Napi::CallbackInfo& info) {
   sigemptyset(&none);
   pthread_sigmask(SIG_SETMASK, &all, &previousMask);
   Holder holder;
-  if (!holderPidEnv.empty()) {
+  if (!holderEnv.empty()) {
     holder = StartHolder();
-    if (holder.pid > 0) envp.push_back(holderPidEnv + "=" + std::to_string(holder.pid));
+    if (holder.pid > 0 && fcntl(holder.writeFd, F_SETFD, 0) == 0) {
+      envp.push_back(holderEnv + "=" + std::to_string(holder.pid) + ":" + std::to_string(holder.writeFd));
+    } else {
+      ReleaseHolder(holder);
+    }
   }
   std::vector<char*> argvPointers = Pointers(argv);
   std::vector<char*> envPointers = Pointers(envp);

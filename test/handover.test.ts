@@ -21,7 +21,7 @@ import {
   waitForHandover,
 } from '../lib/index';
 import { native } from '../lib/native';
-import { EXEC_HOLDER_PID_ENV, reapExecHolder } from '../lib/process';
+import { EXEC_HOLDER_ENV, reapExecHolder, takeExecHolder } from '../lib/process';
 import { scratchDirectory } from '../lib/scratch';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
@@ -35,7 +35,15 @@ interface ProofRecord {
   backend?: string;
   restored?: { generation: string; files: number; ms: number } | null;
   restoreMs?: number;
-  holder?: { pid: number; status: number | undefined; gone: boolean; children: string };
+  holder?: {
+    pid: number;
+    oldPoolMapped: boolean;
+    poolMappedHere: boolean;
+    fds: string[];
+    status: number | undefined;
+    gone: boolean;
+    children: string;
+  };
   holderEnvLeft?: boolean;
   namespaceSame?: boolean;
   files?: Record<string, { bytes: number; mismatchedPages: number; framesSame: boolean; frames: number }>;
@@ -88,8 +96,10 @@ describe.skipIf(skipReason(m.skip2M))('handover of 1 GiB of guest memory, proved
     const [prepare, verify] = runProof(['prepare', 'memfd-hugetlb', '-', 'kexec-deferred']);
     expect(verify!.pid).toBe(prepare!.pid);
     expectProof(verify!, 'memfd-hugetlb');
-    // It exited by itself once the exec was done, was this process's child, and nothing of it is left.
-    expect(verify!.holder).toMatchObject({ status: 0, gone: true, children: '' });
+    // Until let go it held the old image (the pool mapped, before this image mapped it) with one fd, its pipe end;
+    // it then exited by itself, was this process's child, and nothing of it is left.
+    expect(verify!.holder).toMatchObject({ oldPoolMapped: true, poolMappedHere: false, fds: ['pipe:'], status: 0, gone: true });
+    expect(verify!.holder!.children).toBe('');
     expect(verify!.holder!.pid).not.toBe(prepare!.pid);
     expect(verify!.holderEnvLeft).toBe(false);
   });
@@ -227,16 +237,20 @@ describe('serialise, freeze and abort', () => {
     expect(gfs.serialised).toBe(false);
   });
 
-  it('reaping a holder: a bad pid is refused by the addon, and a name that is no child of ours is nothing to wait for', async () => {
+  it('taking a holder: a bad pid is refused by the addon, and a name that is no pipe and child of ours is not taken', async () => {
     expect(() => native.processReap('1' as unknown as number)).toThrow(TypeError);
     expect(() => native.processReap(0)).toThrow(RangeError);
     await expect(native.processReap(1)).rejects.toMatchObject({ code: 'ECHILD', errno: -10, syscall: 'waitpid' });
-    for (const value of ['1', 'x', '-4', '99999999999']) {
-      const env: NodeJS.ProcessEnv = { [EXEC_HOLDER_PID_ENV]: value };
-      expect(await reapExecHolder(env)).toBeUndefined();
+    // Malformed, a pid too large, an fd that is not open, an fd that is no pipe: nothing is taken, nothing closed.
+    const notAPipe = fs.openSync('/dev/null', 'r');
+    for (const value of ['1', 'x', '-4:5', '99999999999:3', '1:999999', `1:${notAPipe}`]) {
+      const env: NodeJS.ProcessEnv = { [EXEC_HOLDER_ENV]: value };
+      expect(takeExecHolder(env), value).toBeUndefined();
       expect(env).toEqual({}); // taken out, so that no child inherits it
     }
-    expect(await reapExecHolder({})).toBeUndefined();
+    expect(fs.fstatSync(notAPipe).isCharacterDevice()).toBe(true);
+    fs.closeSync(notAPipe);
+    expect(reapExecHolder({})).toBeUndefined();
   });
 
   it('a kexec whose execve fails aborts the handover and keeps the filesystem working here', () => {

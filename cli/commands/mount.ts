@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { GuestmemfsError } from '../../lib/errors';
 import { mount } from '../../lib/fs/mount';
 import { native, packageRoot } from '../../lib/native';
-import { reapExecHolder } from '../../lib/process';
+import { type ExecHolder, takeExecHolder } from '../../lib/process';
 import { defaultSocketPath, poolIdentityOf, prepareRuntimeDir, runtimeDir } from '../../lib/service/discovery';
 import { type InheritedNotifier, NOTIFIERS_ENV } from '../../lib/service/notifiers';
 import { HANDOVERS_ENV, LISTEN_FD_ENV, MountService, UPDATE_STARTED_ENV } from '../../lib/service/server';
@@ -41,7 +41,8 @@ function updateEntry(): string {
 }
 
 /** The live update's hand-over from the environment, removed from it so that it reaches no child. */
-function takeUpdateEnvironment(): { listenFd: number; startedNs: bigint; handovers: number; notifiers: InheritedNotifier[] } | undefined {
+function takeUpdateEnvironment():
+  { listenFd: number; startedNs: bigint; handovers: number; notifiers: InheritedNotifier[]; holder: ExecHolder | undefined } | undefined {
   const listenFd = process.env[LISTEN_FD_ENV];
   if (listenFd === undefined) return undefined;
   const taken = {
@@ -49,12 +50,13 @@ function takeUpdateEnvironment(): { listenFd: number; startedNs: bigint; handove
     startedNs: BigInt(process.env[UPDATE_STARTED_ENV] ?? process.hrtime.bigint()),
     handovers: Number(process.env[HANDOVERS_ENV] ?? 1),
     notifiers: JSON.parse(process.env[NOTIFIERS_ENV] ?? '[]') as InheritedNotifier[],
+    // The previous image's address space, torn down once this one serves (liveUpdate defers it).
+    holder: takeExecHolder(),
   };
   delete process.env[NOTIFIERS_ENV];
   delete process.env[LISTEN_FD_ENV];
   delete process.env[UPDATE_STARTED_ENV];
   delete process.env[HANDOVERS_ENV];
-  void reapExecHolder(); // the holder that tore the previous image down (liveUpdate defers it)
   return taken;
 }
 
@@ -95,6 +97,7 @@ export function register(program: Command): void {
         notifiers: inherited?.notifiers,
         onUpdateRequest: () => requested('update'),
       });
+      void inherited?.holder?.release();
       // The default place names the pool; a socket elsewhere is linked from there, so that clients find it.
       if (socket !== link && !inherited) {
         removeStaleSocket(link);

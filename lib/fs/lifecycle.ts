@@ -16,7 +16,7 @@ import {
 } from '../handover/blob';
 import { native } from '../native';
 import type { Pool } from '../pool/pool';
-import { EXEC_HOLDER_PID_ENV, resolveExecutable } from '../process';
+import { EXEC_HOLDER_ENV, resolveExecutable } from '../process';
 import { elapsedMs } from '../units';
 import type { MountContext } from './context';
 import { InodeType } from './inodes';
@@ -33,6 +33,7 @@ import {
   type Superblock,
 } from './layout';
 import { reclaimOrphans } from './namespace';
+import { tryLock, unlock } from './registry';
 import type { KexecOptions, SerialiseResult } from './types';
 import type { MetadataViews } from './views';
 
@@ -253,7 +254,7 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
   delete env[POOL_FD_ENV];
   delete env[POOL_PATH_ENV];
-  delete env[EXEC_HOLDER_PID_ENV];
+  delete env[EXEC_HOLDER_ENV];
   // Exactly the pool's fd and the caller's survive (a path pool is found again by path; its fd and lock go with the exec).
   const keepFds: number[] = [...(options.keepFds ?? [])];
   if (ctx.pool.path === undefined) {
@@ -265,9 +266,19 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   const envList = Object.entries(env)
     .filter((entry): entry is [string, string] => entry[1] !== undefined)
     .map(([key, value]) => `${key}=${value}`);
+  // A path pool's mount lock is on the description of its fd, which the exec closes; but with a deferred teardown the
+  // old image's mappings of the pool keep that description, and so the lock, until the new program lets the holder
+  // go, after it has mounted. So the lock goes now, as the exec would have let it go (the pool is frozen meanwhile).
+  const unlocked = options.deferTeardown === true && ctx.pool.path !== undefined;
+  if (unlocked) unlock(ctx.pool);
   try {
-    native.processExec(file, [...argv], envList, keepFds, options.deferTeardown === true ? EXEC_HOLDER_PID_ENV : undefined);
+    native.processExec(file, [...argv], envList, keepFds, options.deferTeardown === true ? EXEC_HOLDER_ENV : undefined);
   } catch (error) {
+    if (unlocked && !tryLock(ctx.pool)) {
+      // Someone mounted the pool from its handover meanwhile: this process must not change it any more, and frozen
+      // it cannot.
+      throw GuestmemfsError.from(error).withRemedy('another process has mounted the handover since: this mount stays frozen; exit');
+    }
     if (wasFrozen) {
       // The caller serialised before calling kexec: undoing that is the caller's decision.
       throw GuestmemfsError.from(error).withRemedy('this process keeps the filesystem, still serialised: abort() to change it again');

@@ -17,7 +17,8 @@ import type { MountOptions } from './types';
 
 /**
  * Opens the pool a kexec() handed to this process: an inherited fd (GUESTMEMFS_POOL_FD) or a path (GUESTMEMFS_POOL).
- * A teardown holder the exec left (deferTeardown) is reaped in the background.
+ * A teardown holder the exec left (deferTeardown) is let go and reaped in the background: the blackout of a caller
+ * that opens the pool only afterwards is over by now.
  */
 export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
   void reapExecHolder(env);

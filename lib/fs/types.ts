@@ -76,9 +76,9 @@ export interface KexecOptions {
   /** Further fds the new program inherits (the pool's own fd is kept without asking); they stay close-on-exec here. */
   keepFds?: readonly number[];
   /**
-   * Tear this image's address space down after the new program starts, not inside execve (8 to 25 ms for a Node
-   * process): a child keeps it meanwhile, named in GUESTMEMFS_EXEC_HOLDER_PID. The new program must reap that child;
-   * openHandedOverPool() does. Default false, for programs that would not.
+   * Tear this image's address space down once the new program says so, not inside execve (8 to 25 ms for a Node
+   * process): a child keeps it meanwhile, named in GUESTMEMFS_EXEC_HOLDER. The new program must release and reap
+   * that child (takeExecHolder); openHandedOverPool() does. Default false, for programs that would not.
    */
   deferTeardown?: boolean;
 }

@@ -10,6 +10,7 @@
 import { mount } from '../fs/mount';
 import { openHandedOverPool } from '../fs/successor';
 import { Pool } from '../pool/pool';
+import { type ExecHolder, takeExecHolder } from '../process';
 import { elapsedMs } from '../units';
 import {
   bootGuest,
@@ -113,6 +114,8 @@ async function main(): Promise<void> {
   // Without the launcher, Node start-up and module loading cannot be told apart: both count as start-up.
   const launchedAt = launcher?.launchedAtNs ?? started;
   const early = launcher?.earlyResume;
+  // Taken before openHandedOverPool() would let it go: the old image's teardown waits until the guest runs.
+  const oldImage = takeExecHolder();
   const gfs = mount(openHandedOverPool());
   const restored = process.hrtime.bigint();
   const sender = {
@@ -129,7 +132,7 @@ async function main(): Promise<void> {
       vmm,
       saved.extra.plan as Plan,
       (runningAt) =>
-        reportUpdate(vmm, saved, runningAt, {
+        reportUpdate(vmm, saved, runningAt, oldImage, {
           ...sender,
           earlyResume: true,
           breakdown: {
@@ -155,7 +158,7 @@ async function main(): Promise<void> {
   const { vmm, saved, timings: resumeTimings } = Vmm.resume(gfs, CONFIG);
   // The blackout ends when the vCPU is handed back to KVM.
   await drive(vmm, saved.extra.plan as Plan, (running) =>
-    reportUpdate(vmm, saved, running, {
+    reportUpdate(vmm, saved, running, oldImage, {
       ...sender,
       earlyResume: early ? early.error : false,
       breakdown: {
@@ -169,8 +172,12 @@ async function main(): Promise<void> {
   );
 }
 
-/** The `update` event of an exec-mode successor, once its guest runs (the proofs are read outside the blackout). */
-function reportUpdate(vmm: Vmm, saved: SavedVmm, running: bigint, parts: Record<string, unknown>): void {
+/**
+ * The `update` event of an exec-mode successor, once its guest runs (the proofs are read outside the blackout); the
+ * old image's address space may go now.
+ */
+function reportUpdate(vmm: Vmm, saved: SavedVmm, running: bigint, oldImage: ExecHolder | undefined, parts: Record<string, unknown>): void {
+  void oldImage?.release();
   emit({
     event: 'update',
     mode: 'exec',

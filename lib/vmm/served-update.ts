@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import type { Readable } from 'node:stream';
 import { native } from '../native';
 import { Pin } from '../pool/pins';
-import { EXEC_HOLDER_PID_ENV, reapExecHolder } from '../process';
+import { EXEC_HOLDER_ENV, takeExecHolder } from '../process';
 import { connect, type ServiceClient } from '../service/client';
 import { elapsedMs } from '../units';
 import { lineReader } from './line-reader';
@@ -113,7 +113,7 @@ async function drive(socket: string, client: ServiceClient, vmm: Vmm, plan: Serv
     [process.execPath, ...process.execArgv, program, 'resume', socket, plan.name],
     Object.entries({ ...process.env, [KEPT_PIN_ENV]: String(kept) }).map(([key, value]) => `${key}=${value}`),
     [kept],
-    EXEC_HOLDER_PID_ENV,
+    EXEC_HOLDER_ENV,
   );
 }
 
@@ -121,11 +121,12 @@ async function drive(socket: string, client: ServiceClient, vmm: Vmm, plan: Serv
 async function resume(socket: string, name: string): Promise<void> {
   const kept = Number(process.env[KEPT_PIN_ENV]);
   delete process.env[KEPT_PIN_ENV];
-  void reapExecHolder();
+  const holder = takeExecHolder();
   const client = await connect(socket);
   const vmm = await attach(client, name);
   native.fdClose(kept); // the new mappings hold their own pins now
   const { saved } = vmm.restoreSaved();
+  void holder?.release(); // the guest runs: the old image's teardown may start
   vmm.clearSavedState(); // consumed: the next update's successor must wait for the next save
   const plan = (saved.extra as { plan: ServedPlan }).plan;
   await continueAfterRestore(socket, client, vmm, plan, 'exec', BigInt(saved.stoppedAtNs));
