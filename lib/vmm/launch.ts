@@ -1,6 +1,7 @@
 // How other programs (the CLI, the demo, the benchmark, the tests) start a live-update program and read its events:
 // one place for the program's path, its argument order and its JSON-lines output.
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { packageRoot } from '../native';
 import { runToEnd } from '../process';
@@ -54,7 +55,24 @@ export interface UpdateResult {
 
 function resultOf(status: number | null, stdout: string, stderr: string): UpdateResult {
   const output = stdout.trim();
-  return { status, stderr, events: output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [] };
+  const events = output ? output.split('\n').map((line) => JSON.parse(line) as UpdateEvent) : [];
+  stopOrphanedBackend(events);
+  return { status, stderr, events };
+}
+
+/**
+ * The device backend outlives every VMM process of a run by design, and the last one stops it. A run that ended
+ * otherwise (a VMM crashed, or was killed at the timeout) leaves it DMAing into a guest nobody runs, pinning its RAM:
+ * it is killed, if that pid is still a device backend.
+ */
+function stopOrphanedBackend(events: UpdateEvent[]): void {
+  const ready = events.find((event) => event.event === 'device-ready');
+  if (typeof ready?.pid !== 'number') return;
+  try {
+    if (fs.readFileSync(`/proc/${ready.pid}/cmdline`, 'utf8').includes('device-backend.js')) process.kill(ready.pid, 'SIGKILL');
+  } catch {
+    // gone already: it stopped when asked
+  }
 }
 
 /** Runs a live-update program to its end and returns its exit status, its stderr and the events it printed. */
