@@ -38,6 +38,7 @@ export type { Credentials } from './fs/permissions';
 export type { Geometry, Superblock } from './fs/layout';
 export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
 export { openHandedOverPool, premapFile, spinForHandover, waitForHandover, type WaitOptions } from './fs/successor';
+export { EXEC_HOLDER_ENV, takeExecHolder, type ExecHolder } from './process';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';
 export { check, type CheckOptions, type CheckResult, type CheckState } from './fs/check';
 export { pinFiles, qemuArgs, type PinnedFile } from './fs/external';
