@@ -246,6 +246,7 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   if (options.deferTeardown !== undefined && typeof options.deferTeardown !== 'boolean') {
     throw new GuestmemfsError('EINVAL', 'kexec deferTeardown must be true or false', { syscall: 'execve' });
   }
+  const deferTeardown = options.deferTeardown === true;
   const file = resolveExecutable(argv[0]!);
   const wasFrozen = ctx.frozenAt !== undefined;
   // A pool serialised already is frozen: nothing could change its metadata since, and the mount after execve verifies
@@ -269,10 +270,10 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   // A path pool's mount lock is on the description of its fd, which the exec closes; but with a deferred teardown the
   // old image's mappings of the pool keep that description, and so the lock, until the new program lets the holder
   // go, after it has mounted. So the lock goes now, as the exec would have let it go (the pool is frozen meanwhile).
-  const unlocked = options.deferTeardown === true && ctx.pool.path !== undefined;
+  const unlocked = deferTeardown && ctx.pool.path !== undefined;
   if (unlocked) unlock(ctx.pool);
   try {
-    native.processExec(file, [...argv], envList, keepFds, options.deferTeardown === true ? EXEC_HOLDER_ENV : undefined);
+    native.processExec(file, [...argv], envList, keepFds, deferTeardown ? EXEC_HOLDER_ENV : undefined);
   } catch (error) {
     if (unlocked && !tryLock(ctx.pool)) {
       // Someone mounted the pool from its handover meanwhile: this process must not change it any more, and frozen
