@@ -371,14 +371,15 @@ export function writeReport(options: ReportOptions): string {
     lines.push(
       '',
       ...breakdownTable(
-        'Inside the blackout (median of each part, ms). Transfer: save (from the first vCPU stopping to the last one published, on ' +
-          "the vCPU threads), wake-up of the successor's vCPU threads, resume (loading every vCPU, the commit point, entering " +
-          "KVM_RUN). Exec: save, closing the VM and guest RAM's mapping, execve + Node start-up, then the launcher's early " +
+        'Inside the blackout (median of each part, ms). Transfer: stop skew (from the first vCPU stopping to the last), ' +
+          "save (from then to the last vCPU's state published, on the vCPU threads), wake-up of the successor's vCPU " +
+          'threads, resume (loading every vCPU, the commit point, entering KVM_RUN). ' +
+          "Exec: save, closing the VM and guest RAM's mapping, execve + Node start-up, then the launcher's early " +
           'resume: loading the addon, mapping and pinning ' +
           'guest RAM and the state file from the recipes the paused VMM left, creating the VM, its vCPUs and memory slot, and the ' +
           'vCPUs loading their saved states on their threads up to KVM_RUN. The VMM program loads, mounts and adopts the running ' +
           'guest after the blackout.',
-        ['saveMs', 'signalMs', 'resumeMs', 'closeMs', 'execAndStartupMs', 'addonMs', 'mapMs', 'vmMs', 'vcpuRestoreMs'],
+        ['stopSkewMs', 'saveMs', 'signalMs', 'resumeMs', 'closeMs', 'execAndStartupMs', 'addonMs', 'mapMs', 'vmMs', 'vcpuRestoreMs'],
         vmm.results.flatMap((r: any) => [
           [`transfer, ${formatSize(r.ramBytes)}`, r.transferBreakdowns],
           [`exec, ${formatSize(r.ramBytes)}`, r.execBreakdowns],

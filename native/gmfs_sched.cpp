@@ -73,6 +73,10 @@ Napi::Value SetThreadPolicy(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, "policy must be 'idle', 'normal' or 'fifo'");
   }
   if (sched_setscheduler(0, which, &param) < 0) throw ErrnoError(env, errno, "sched_setscheduler");
+  // Stepping aside must take effect now. A change to SCHED_IDLE keeps the thread's priority, so the kernel does not
+  // reschedule, and a thread this one preempted (a vCPU just sent the pause signal) would wait until this one blocks:
+  // the vCPUs of a 2-vCPU guest stopped 34 to 1270 us apart that way, and 21 to 47 us apart with this yield.
+  if (which == SCHED_IDLE) sched_yield();
   return env.Undefined();
 }
 

@@ -69,7 +69,8 @@ export function runVmmDemo(options: VmmDemoOptions): void {
                 ? `save ${fixed(b.saveMs)}, exec + Node start-up ${fixed(b.execAndStartupMs)}, load ${fixed(b.loadMs)}, restore ` +
                   `${fixed(b.restoreMs)}, state ${fixed(b.readStateMs)}, map ${fixed(b.mapMs)}, vCPU ${fixed(b.vcpuRestoreMs)}, other ` +
                   `${fixed(b.otherMs)} ms; serialised before the pause in ${fixed(before.serialiseMs)} ms`
-                : `save ${fixed2(b.saveMs)}, wake-up ${fixed2(b.signalMs)}, resume ${fixed2(b.resumeMs)} ms on the vCPU threads; ` +
+                : `stop skew ${fixed2(b.stopSkewMs)}, save ${fixed2(b.saveMs)}, wake-up ${fixed2(b.signalMs)}, ` +
+                  `resume ${fixed2(b.resumeMs)} ms on the vCPU threads; ` +
                   `before the pause: serialise ${fixed(before.serialiseMs)}, restore ${fixed(before.restoreMs)}, ` +
                   `map ${fixed(before.mapMs)} ms`;
           failed ||= event.sameFrames === false;

@@ -328,6 +328,15 @@ export class KvmMachine {
     return earliestStamp(this.vcpus.map((vcpu) => native.kvmRunStoppedAt(vcpu)));
   }
 
+  /** CLOCK_MONOTONIC ns when the last vCPU of the latest run left KVM_RUN (how far apart a pause stopped them). */
+  lastRunStoppedAt(): bigint {
+    this.#requireOpen();
+    return this.vcpus.reduce((latest, vcpu) => {
+      const at = native.kvmRunStoppedAt(vcpu);
+      return at > latest ? at : latest;
+    }, 0n);
+  }
+
   /** True once every vCPU has arrived at its gate (see DemoGuestOptions.gateAtStep) and waits there. */
   gateReached(): boolean {
     return this.vcpus.every((_, index) => this.#gateWords(index)[0] === 1n);

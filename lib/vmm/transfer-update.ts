@@ -67,6 +67,8 @@ const TEARDOWN_DELAY_MS = 50;
 interface SenderTimings {
   /** Serialising and releasing the filesystem, before the pause. */
   serialiseMs: number;
+  /** When the last vCPU stopped (CLOCK_MONOTONIC ns, as a string): the pause signal's reach, apart from the save. */
+  lastStoppedAtNs: string;
 }
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
@@ -167,7 +169,7 @@ async function drive(
     }
     // The vCPUs are published by now (their threads did it); this adds the rest, which the successor reads later.
     vmm.saveState(stoppedAtNs, { plan: next });
-    successor.tell({ serialiseMs });
+    successor.tell({ serialiseMs, lastStoppedAtNs: vmm.machine.lastRunStoppedAt().toString() });
     // Wait for the successor's commit point or its end; no polling. Tearing down the old VM (milliseconds of kernel
     // work for large RAM) waits until the successor's vCPU runs, so that it stays out of the blackout.
     const committed = await successor.committed();
@@ -292,8 +294,10 @@ async function main(): Promise<void> {
     // Done while the guest still ran in the previous VMM: outside the blackout.
     beforePause: { serialiseMs: sender.serialiseMs, restoreMs, mapMs },
     breakdown: {
-      // From the first vCPU stopping to the last one's state published, on the sender's vCPU threads.
-      saveMs: elapsedMs(BigInt(saved.stoppedAtNs), vmm.savedAtNs),
+      // From the first vCPU stopping to the last (0 with one vCPU).
+      stopSkewMs: elapsedMs(BigInt(saved.stoppedAtNs), BigInt(sender.lastStoppedAtNs)),
+      // From that to the last one's state published, on the sender's vCPU threads.
+      saveMs: elapsedMs(BigInt(sender.lastStoppedAtNs), vmm.savedAtNs),
       // From that to the first of this process's vCPU threads waking.
       signalMs: elapsedMs(vmm.savedAtNs, noticed),
       // Loading every vCPU, the commit point, and the last one entering KVM_RUN.
