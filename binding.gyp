@@ -14,7 +14,8 @@
         "native/gmfs_sched.cpp",
         "native/gmfs_locks.cpp",
         "native/gmfs_socket.cpp",
-        "native/gmfs_futex.cpp"
+        "native/gmfs_futex.cpp",
+        "native/gmfs_numa.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       # NAPI 8 is the floor we rely on: napi_detach_arraybuffer (7) for detach-on-unmap, cleanup hooks and

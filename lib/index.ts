@@ -15,6 +15,7 @@ export {
   type MachineSupport,
 } from './pool/hugepages';
 export { releaseReservation, reserveHugePages, type Reservation, type ReservationRecord, type ReserveOptions } from './pool/reserve';
+export { memoryNodes, type Placement } from './pool/numa';
 export { mkfs } from './fs/format';
 export { mount } from './fs/mount';
 export { Filesystem } from './fs/filesystem';

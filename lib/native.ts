@@ -117,6 +117,11 @@ export interface NativeBinding {
   datagramSend(path: string, message: string): void;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
+  // NUMA family
+  /** mbind(MPOL_BIND, MPOL_MF_STRICT) of a mapping's range to one node: its pages are then allocated there or not at all. */
+  numaBind(id: number, offset: number, length: number, node: number): void;
+  /** The node of the page at every stride-sized step (move_pages, moving nothing); a negative errno where none is. */
+  numaPageNodes(id: number, offset: number, length: number, stride: number): Int32Array;
   // Exec family
   /**
    * execve(file, argv, env), keeping stdio and keepFds open (and stdio blocking); returns only by throwing. With

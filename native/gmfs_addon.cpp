@@ -15,6 +15,7 @@ Napi::Object GmfsInit(Napi::Env env, Napi::Object exports) {
   gmfs::RegisterLocksFamily(env, exports);
   gmfs::RegisterSocketFamily(env, exports);
   gmfs::RegisterFutexFamily(env, exports);
+  gmfs::RegisterNumaFamily(env, exports);
   exports.Set("napiVersion", Napi::Number::New(env, NAPI_VERSION));
   exports.Set("buildType", Napi::String::New(env, GMFS_BUILD_NAME));
   return exports;

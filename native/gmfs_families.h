@@ -13,5 +13,7 @@ void RegisterSchedFamily(Napi::Env env, Napi::Object exports);    // CPU affinit
 void RegisterLocksFamily(Napi::Env env, Napi::Object exports);    // OFD byte-range locks (pins) and reopening the pool
 void RegisterSocketFamily(Napi::Env env, Napi::Object exports);   // UNIX sockets: listen, peer credentials, SCM_RIGHTS, datagrams
 void RegisterFutexFamily(Napi::Env env, Napi::Object exports);    // futex wait/wake on a word of a mapping, across processes
+void RegisterNumaFamily(Napi::Env env, Napi::Object exports);     // mbind of a mapping to one node, and which node each page is on
+void RegisterNumaFamily(Napi::Env env, Napi::Object exports);     // mbind of a mapping to a node, and the node of each page
 
 }  // namespace gmfs

@@ -499,6 +499,28 @@ void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t l
   }
 }
 
+MappedRange MappedRangeArg(const Napi::CallbackInfo& info, const char* syscall) {
+  Napi::Env env = info.Env();
+  uint32_t id = static_cast<uint32_t>(ArgInt64(info, 0, "id", 1, std::numeric_limits<uint32_t>::max()));
+  MappedRange range;
+  range.mapping = LookupMapping(env, id, syscall);
+  range.offset = ArgInt64(info, 1, "offset", 0, 1LL << 53);
+  range.length = ArgInt64(info, 2, "length", 1, 1LL << 53);
+  CheckRange(env, *range.mapping, range.offset, range.length, syscall);
+  return range;
+}
+
+size_t StepsArg(const Napi::CallbackInfo& info, const MappedRange& range, size_t maxSteps, const char* syscall, int64_t* stride) {
+  Napi::Env env = info.Env();
+  *stride = ArgInt64(info, 3, "stride", 4096, 1LL << 30);
+  if (*stride % 4096 != 0 || range.offset % 4096 != 0) {
+    throw CodeError(env, "EINVAL", EINVAL, syscall, "offset and stride must be multiples of 4096");
+  }
+  size_t count = static_cast<size_t>((range.length + *stride - 1) / *stride);
+  if (count > maxSteps) throw CodeError(env, "EINVAL", EINVAL, syscall, "too many pages asked about; use a larger stride");
+  return count;
+}
+
 // An object of named numbers: constants JS and C++ must agree on, defined once, here.
 static Napi::Object NumberTable(Napi::Env env, std::initializer_list<std::pair<const char*, double>> entries) {
   Napi::Object table = Napi::Object::New(env);

@@ -1,4 +1,4 @@
-// Live mappings of pool memory, shared by the map and pagemap families.
+// Live mappings of pool memory, shared by the map, pagemap and NUMA families.
 #pragma once
 #include <napi.h>
 
@@ -34,5 +34,18 @@ void EndMappingWork(Napi::Env env, uint32_t id, Mapping& mapping);
 
 // Checks [offset, offset+length) lies inside the mapping; throws ERANGE-style EINVAL otherwise.
 void CheckRange(Napi::Env env, const Mapping& mapping, int64_t offset, int64_t length, const char* syscall);
+
+// A range of a live mapping taken from [id, offset, length] at info[0..2], checked to lie inside it.
+struct MappedRange {
+  std::shared_ptr<Mapping> mapping;
+  int64_t offset = 0;
+  int64_t length = 0;
+  uint8_t* start() const { return mapping->base + offset; }
+};
+MappedRange MappedRangeArg(const Napi::CallbackInfo& info, const char* syscall);
+
+// For a query per page: the stride at info[3] (a multiple of 4096, as the offset must be) and how many steps of it
+// the range holds, at most `maxSteps`.
+size_t StepsArg(const Napi::CallbackInfo& info, const MappedRange& range, size_t maxSteps, const char* syscall, int64_t* stride);
 
 }  // namespace gmfs

@@ -19,21 +19,13 @@ constexpr size_t kMaxEntries = 1u << 24;
 // stride-sized step; decoding lives in TypeScript. Without CAP_SYS_ADMIN the kernel reports PFN 0.
 Napi::Value PagemapEntries(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  uint32_t id = static_cast<uint32_t>(ArgInt64(info, 0, "id", 1, std::numeric_limits<uint32_t>::max()));
-  std::shared_ptr<Mapping> mapping = LookupMapping(env, id, "pread");
-  int64_t offset = ArgInt64(info, 1, "offset", 0, 1LL << 53);
-  int64_t length = ArgInt64(info, 2, "length", 1, 1LL << 53);
-  int64_t stride = ArgInt64(info, 3, "stride", 4096, 1LL << 30);
-  CheckRange(env, *mapping, offset, length, "pread");
-  if (stride % 4096 != 0 || offset % 4096 != 0) {
-    throw CodeError(env, "EINVAL", EINVAL, "pread", "offset and stride must be multiples of 4096");
-  }
-  size_t count = static_cast<size_t>((length + stride - 1) / stride);
-  if (count > kMaxEntries) throw CodeError(env, "EINVAL", EINVAL, "pread", "too many pagemap entries requested; use a larger stride");
+  MappedRange range = MappedRangeArg(info, "pread");
+  int64_t stride = 0;
+  size_t count = StepsArg(info, range, kMaxEntries, "pread", &stride);
   int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw ErrnoError(env, errno, "open", "/proc/self/pagemap");
   Napi::BigUint64Array entries = Napi::BigUint64Array::New(env, count);
-  uintptr_t first = reinterpret_cast<uintptr_t>(mapping->base) + static_cast<uintptr_t>(offset);
+  uintptr_t first = reinterpret_cast<uintptr_t>(range.start());
   for (size_t i = 0; i < count; ++i) {
     uint64_t entry = 0;
     off_t position = static_cast<off_t>(((first + i * static_cast<uintptr_t>(stride)) / 4096) * sizeof(uint64_t));

@@ -24,14 +24,16 @@ export function register(program: Command): void {
     .option('--inodes <n>', 'inodes in the table')
     .option('--reserve', 'as root: raise nr_hugepages and mount a private hugetlbfs at the pool directory when needed')
     .option('--force', 'reformat a pool file that exists')
+    .option('--node <n>', 'NUMA node to allocate every page on (with --reserve, its huge pages are reserved on that node)')
     .action(
       (
         poolPath: string,
         handTo: string[],
-        options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean },
+        options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean; node?: string },
       ) => {
         const bytes = parseSize(options.size);
         const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
+        const node = options.node === undefined ? undefined : parseNode(options.node);
         if (poolPath.startsWith('memfd:')) {
           // A memfd pool lives as long as some process holds it: format it, then hand it over to the command at once.
           if (handTo.length === 0) {
@@ -42,6 +44,7 @@ export function register(program: Command): void {
             name: poolPath.slice(6) || 'guestmemfs',
             size: bytes,
             pageSize,
+            node,
           });
           mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
           withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
@@ -53,21 +56,35 @@ export function register(program: Command): void {
           const huge = pageSize ?? 2 * MiB;
           const dir = path.dirname(path.resolve(poolPath));
           const onHugetlbfs = fs.existsSync(dir) && fs.statfsSync(dir).type === HUGETLBFS_MAGIC;
-          const reservation = reserveHugePages({ pageSize: huge, pages: Math.ceil(bytes / huge), mount: onHugetlbfs ? undefined : dir });
+          const reservation = reserveHugePages({
+            pageSize: huge,
+            pages: Math.ceil(bytes / huge),
+            mount: onHugetlbfs ? undefined : dir,
+            node,
+          });
           changes.push(...reservation.changes);
         }
         if (options.force) fs.rmSync(poolPath, { force: true });
         const backend = backendFor(poolPath, pageSize);
         const onProgress = progressBar(options, 'reserving pages');
-        const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress });
+        const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress, node });
         if (onProgress) process.stderr.write('\n');
         try {
           const info = mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
           for (const change of changes) note(options, `changed: ${change}`);
-          print(options, { pool: pool.path, backend: pool.backend, uuid: info.uuid, geometry: info.geometry, changes }, () =>
+          const result = {
+            pool: pool.path,
+            backend: pool.backend,
+            uuid: info.uuid,
+            geometry: info.geometry,
+            node: info.node ?? null,
+            changes,
+          };
+          print(options, result, () =>
             options.quiet
               ? ''
-              : `${pool.path}: ${pool.describe()}, ${info.geometry.blockCount - info.geometry.metadataBlocks} blocks of ` +
+              : `${pool.path}: ${pool.describe()}${info.node === undefined ? '' : ` on NUMA node ${info.node}`}, ` +
+                `${info.geometry.blockCount - info.geometry.metadataBlocks} blocks of ` +
                 `${formatSize(info.geometry.blockSize)}, ${info.geometry.inodeCount - 1} inodes, uuid ${info.uuid}`,
           );
         } finally {
@@ -75,4 +92,10 @@ export function register(program: Command): void {
         }
       },
     );
+}
+
+/** --node takes a node number; whether the host has that node is Pool.create's to say, before anything is created. */
+function parseNode(value: string): number {
+  if (!/^\d+$/.test(value)) throw usageError(`--node takes a NUMA node number, not "${value}"`);
+  return Number(value);
 }

@@ -1,7 +1,7 @@
 // guestmemfs status: backend, sizes, used and free blocks and inodes, owner, handover state.
 import type { Command } from 'commander';
 import { readPoolSuperblock } from '../../lib/fs/format';
-import { PoolState } from '../../lib/fs/layout';
+import { COMPAT_NUMA_NODE, PoolState } from '../../lib/fs/layout';
 import { lockIsHeldByOther } from '../../lib/fs/registry';
 import type { QuotaReport } from '../../lib/fs/quota';
 import type { StatFs } from '../../lib/fs/types';
@@ -71,6 +71,7 @@ export function register(program: Command): void {
         pins,
         ...usage,
         uuid: sb.uuid,
+        numaNode: sb.compat & COMPAT_NUMA_NODE ? sb.numaNode : null,
         generation: sb.generation,
         state: PoolState[sb.state],
         ownerPid: sb.ownerPid || null,
@@ -81,7 +82,8 @@ export function register(program: Command): void {
       print(options, result, () =>
         [
           `pool:       ${spec}`,
-          `backend:    ${usage.backend}, ${formatSize(usage.pageSize)} pages, ${formatSize(usage.size)}`,
+          `backend:    ${usage.backend}, ${formatSize(usage.pageSize)} pages, ${formatSize(usage.size)}` +
+            (result.numaNode === null ? '' : `, on NUMA node ${result.numaNode}`),
           usage.statfs
             ? `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ` +
               `${usage.statfs.freeBlocks} free of ${usage.statfs.dataBlocks} (${formatSize(usage.statfs.blockSize)} each)`

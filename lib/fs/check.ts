@@ -6,7 +6,15 @@ import type { Pool } from '../pool/pool';
 import { auditMetadata } from './audit';
 import { FLAG_ORPHAN, InodeType } from './inodes';
 import { renameInFlight } from './intent';
-import { FIXED_HEADER_BYTES, PoolState, readSuperblock, slotChecksums, type Superblock, writeSuperblockSlot } from './layout';
+import {
+  COMPAT_NUMA_NODE,
+  FIXED_HEADER_BYTES,
+  PoolState,
+  readSuperblock,
+  slotChecksums,
+  type Superblock,
+  writeSuperblockSlot,
+} from './layout';
 import { verifyRecordedBlob } from './lifecycle';
 import { MappedMetadata } from './metadata';
 import { findUnrepairable } from './ownership';
@@ -14,6 +22,7 @@ import { isMountedHere, tryLock, unlock } from './registry';
 import { repairDerived } from './repair';
 import { blockRange } from './runs';
 import { isPinned } from '../pool/pins';
+import { misplacedPages } from '../pool/numa';
 import { openViews } from './views';
 
 export type CheckState = 'consistent' | 'repaired' | 'inconsistent';
@@ -91,8 +100,10 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
           problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
       }
     }
-    const unrepairable = findUnrepairable(views);
-    const derived = unrepairable.length === 0 ? auditMetadata(views).problems : [];
+    const damaged = findUnrepairable(views);
+    const derived = damaged.length === 0 ? auditMetadata(views).problems : [];
+    // Pages off the pool's node are not metadata damage, and nothing here can move them back.
+    const unrepairable = [...damaged, ...placementProblems(pool, sb)];
     problems.push(...unrepairable, ...derived);
 
     if (problems.length === 0) return { state: 'consistent', fixes, problems, repairable: true, poolState };
@@ -136,4 +147,17 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     meta?.unmap();
     unlock(pool);
   }
+}
+
+/** For a pool bound to a NUMA node: its pages that are elsewhere (move_pages on every page, or a sample of them). */
+function placementProblems(pool: Pool, sb: Superblock): string[] {
+  if ((sb.compat & COMPAT_NUMA_NODE) === 0) return [];
+  const placement = pool.placement();
+  const misplaced = misplacedPages(placement, sb.numaNode);
+  if (misplaced === 0) return [];
+  const found = Object.entries(placement.pagesByNode)
+    .map(([node, pages]) => `${pages} on node ${node}`)
+    .concat(placement.missing > 0 ? [`${placement.missing} not allocated`] : [])
+    .join(', ');
+  return [`the pool is bound to NUMA node ${sb.numaNode}, but ${misplaced} of the pages checked are not there (${found})`];
 }

@@ -5,6 +5,7 @@ import type { Pool } from '../pool/pool';
 import { MiB, nowNs } from '../units';
 import { InodeType } from './inodes';
 import {
+  COMPAT_NUMA_NODE,
   computeGeometry,
   defaultInodeCount,
   FIXED_HEADER_BYTES,
@@ -127,10 +128,12 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     const sb = {
       major: FORMAT_MAJOR,
       minor: FORMAT_MINOR,
-      compat: 0,
+      // A pool bound to a node when it was created says so: its successors and the checker keep to it.
+      compat: pool.node === undefined ? 0 : COMPAT_NUMA_NODE,
       incompat: 0,
       roCompat: 0,
       uuid,
+      numaNode: pool.node ?? 0,
       createdNs: now,
       geometry,
       sequence: 1n,
@@ -146,7 +149,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     };
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
-    return { uuid, geometry };
+    return { uuid, geometry, ...(pool.node === undefined ? {} : { node: pool.node }) };
   } finally {
     mapping.unmap();
     unlock(pool);

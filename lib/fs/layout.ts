@@ -21,7 +21,12 @@ export const FORMAT_MAGIC = 'GMFSPOOL';
 export const FORMAT_MAJOR = 1;
 export const FORMAT_MINOR = 0;
 /** Feature masks: a mount refuses any incompatible bit it does not know; read-only-compatible bits force read-only. */
-export const KNOWN_COMPAT = 0;
+/**
+ * The pool's pages were allocated on one NUMA node, which `numaNode` names. Compatible: a release that does not know
+ * it reads and writes the pool as before; only the checker's placement check and the handover's node are lost to it.
+ */
+export const COMPAT_NUMA_NODE = 1;
+export const KNOWN_COMPAT = COMPAT_NUMA_NODE;
 export const KNOWN_INCOMPAT = 0;
 /**
  * Set once a contiguous file exists: a release that does not know the flag could grow such a file into a second
@@ -104,6 +109,8 @@ export interface Superblock extends SuperblockState {
   incompat: number;
   roCompat: number;
   uuid: string;
+  /** The NUMA node every page of the pool was allocated on (valid when compat has COMPAT_NUMA_NODE). */
+  numaNode: number;
   createdNs: bigint;
   geometry: Geometry;
   /** Which slot (0 = A, 1 = B) this copy came from. */
@@ -241,6 +248,7 @@ const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
   { name: 'handoverBytes', offset: 200, type: 'u32' },
   { name: 'handoverCrc', offset: 204, type: 'u32' },
   { name: 'handoverGeneration', offset: 208, type: 'bigint' },
+  { name: 'numaNode', offset: 216, type: 'u32' },
 ];
 /** The slot's own CRC32, over its first SLOT_CHECKED_BYTES bytes. */
 const SLOT_CRC_OFFSET = SLOT_CHECKED_BYTES;

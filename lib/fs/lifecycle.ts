@@ -21,6 +21,7 @@ import { elapsedMs } from '../units';
 import type { MountContext } from './context';
 import { InodeType } from './inodes';
 import {
+  COMPAT_NUMA_NODE,
   EXTENT_PAGE_SIZE,
   FIXED_HEADER_BYTES,
   FORMAT_MAJOR,
@@ -70,13 +71,18 @@ function liveMetadata(views: MetadataViews): LiveMetadata {
   };
 }
 
+/** The superblock's NUMA node, as the blob carries it: only for a pool bound to one. */
+function boundNode(sb: Superblock): { numaNode?: number } {
+  return sb.compat & COMPAT_NUMA_NODE ? { numaNode: sb.numaNode } : {};
+}
+
 /** What a blob must match to be adopted: this pool, this superblock, and these metadata views. */
 export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool): RestoreExpectations {
   return {
     layout: blobLayout(sb.geometry),
     uuid: sb.uuid,
     generation: sb.generation,
-    pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label },
+    pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label, ...boundNode(sb) },
     metadata: liveMetadata(views),
     isLive: (ino) => views.inodes.type(ino) !== InodeType.Free,
     chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
@@ -177,6 +183,7 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
         fd: pool.path === undefined ? pool.fd : undefined,
         size: pool.size,
         pageSize: pool.pageSize,
+        ...boundNode(ctx.superblock),
       },
       layout: blobLayout(ctx.geometry),
       uuid: ctx.uuid,

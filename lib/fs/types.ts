@@ -17,6 +17,8 @@ export interface MkfsOptions {
 export interface FormatInfo {
   uuid: string;
   geometry: Geometry;
+  /** The NUMA node the pool is bound to, when it was created bound to one (Pool.create's `node`). */
+  node?: number;
 }
 
 export interface MountOptions extends Partial<Credentials> {

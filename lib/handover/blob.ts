@@ -19,6 +19,8 @@
 //       mem                       (0, pool size)
 //       page-size, block-size     u64 each
 //       block-count               u32
+//       numa-node                 u32, only for a pool bound to a NUMA node: the node all its pages are on
+//                                 (readers that do not know it may ignore it; restore requires the superblock's)
 //     superblock                  where the metadata lives
 //       mem                       6 ranges: header, allocated bitmap, dirty bitmap, inode table, extent pages, handover area
 //       mem-names                 stringlist naming those 6 ranges in order
@@ -82,6 +84,8 @@ export interface PoolIdentity {
   fd: number | undefined;
   size: number;
   pageSize: number;
+  /** The NUMA node the pool is bound to, if any. */
+  numaNode?: number;
 }
 
 export interface HandoverInput {
@@ -113,6 +117,7 @@ export interface HandoverDescription {
     pageSize: number;
     blockSize: number;
     blockCount: number;
+    numaNode?: number;
   };
   regions: Array<{ name: string; offset: number; length: number }>;
   crc32: number;
@@ -168,6 +173,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU64('page-size', input.pool.pageSize);
   w.propU64('block-size', g.blockSize);
   w.propU32('block-count', g.blockCount);
+  if (input.pool.numaNode !== undefined) w.propU32('numa-node', input.pool.numaNode);
   w.endNode();
 
   w.beginNode('superblock');
@@ -306,6 +312,7 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
   if (fsMem.props.has('path')) description.fsMem.path = str(fsMem, 'path', '/guestmemfs/fs_mem');
   if (fsMem.props.has('inherited-fd')) description.fsMem.inheritedFd = u32s(fsMem, 'inherited-fd', '/guestmemfs/fs_mem', 1)[0]!;
   if (fsMem.props.has('fd-env')) description.fsMem.fdEnv = str(fsMem, 'fd-env', '/guestmemfs/fs_mem');
+  if (fsMem.props.has('numa-node')) description.fsMem.numaNode = u32s(fsMem, 'numa-node', '/guestmemfs/fs_mem', 1)[0]!;
   return description;
 }
 
@@ -313,7 +320,7 @@ export interface RestoreExpectations {
   layout: BlobLayout;
   uuid: string;
   generation: bigint;
-  pool: { size: number; pageSize: number; label: string };
+  pool: { size: number; pageSize: number; label: string; numaNode?: number };
   metadata: LiveMetadata;
   /** Whether an inode number is in use (for checking the blob's live list against the table). */
   isLive: (ino: number) => boolean;
@@ -353,6 +360,14 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
       reject('EINVAL', 'geometry', `blob describes a pool of ${d.fsMem.size} bytes, this pool has ${expect.pool.size}`);
     if (d.fsMem.pageSize !== expect.pool.pageSize)
       reject('EINVAL', 'geometry', `blob describes ${d.fsMem.pageSize}-byte pages, this pool has ${expect.pool.pageSize}`);
+    if (d.fsMem.numaNode !== expect.pool.numaNode) {
+      const node = (value: number | undefined) => (value === undefined ? 'no NUMA node' : `NUMA node ${value}`);
+      reject(
+        'EUCLEAN',
+        'numa-node',
+        `blob describes a pool on ${node(d.fsMem.numaNode)}, the superblock one on ${node(expect.pool.numaNode)}`,
+      );
+    }
     if (d.fsMem.blockSize !== g.blockSize || d.fsMem.blockCount !== g.blockCount) {
       reject(
         'EINVAL',

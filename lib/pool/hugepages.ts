@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 import { formatSize, KiB, MiB } from '../units';
+import { nodeHugepagesDir } from './numa';
 
 export const HUGETLBFS_MAGIC = 0x958458f6;
 export const TMPFS_MAGIC = 0x01021994;
@@ -31,15 +32,31 @@ function readCounter(file: string): number {
   return Number.parseInt(fs.readFileSync(file, 'utf8').trim(), 10);
 }
 
-/** The sysfs file that sets how many huge pages of this size the kernel keeps. */
-export function nrHugepagesFile(pageSize: number): string {
+/** The sysfs file that sets how many huge pages of this size the kernel keeps (on one node, when given). */
+export function nrHugepagesFile(pageSize: number, node?: number): string {
+  if (node !== undefined) return path.join(nodeHugepagesDir(node, pageSize), 'nr_hugepages');
   return path.join(sysfsRoot, `hugepages-${pageSize / KiB}kB`, 'nr_hugepages');
 }
 
 /** The command an operator would type to set the count: /proc/sys/vm/nr_hugepages for the default size. */
-function nrHugepagesCommand(pageSize: number, count: number): string {
-  const file = pageSize === defaultHugePageSize() ? '/proc/sys/vm/nr_hugepages' : nrHugepagesFile(pageSize);
+function nrHugepagesCommand(pageSize: number, count: number, node?: number): string {
+  const file = pageSize === defaultHugePageSize() && node === undefined ? '/proc/sys/vm/nr_hugepages' : nrHugepagesFile(pageSize, node);
   return `echo ${count} > ${file}`;
+}
+
+/** One node's huge pages of a size: its share of nr_hugepages and how many of those are free. */
+export function nodeHugePages(node: number, pageSize: number): { total: number; free: number } {
+  const dir = nodeHugepagesDir(node, pageSize);
+  return { total: readCounter(path.join(dir, 'nr_hugepages')), free: readCounter(path.join(dir, 'free_hugepages')) };
+}
+
+/**
+ * What a pool bound to `node` can still claim: the node's free pages, but never more than the host's unreserved ones
+ * (reservations are counted for the host, not per node).
+ */
+export function availableOnNode(info: HugePageSizeInfo, node: number): { total: number; available: number } {
+  const onNode = nodeHugePages(node, info.pageSize);
+  return { total: onNode.total, available: Math.min(onNode.free, info.available) };
 }
 
 export function hugePageSizes(): HugePageSizeInfo[] {
@@ -111,7 +128,11 @@ export function hugetlbfsMounts(mountsText = fs.readFileSync('/proc/mounts', 'ut
  * Throws ENOMEM naming the exact command that fixes it when fewer than `pages` huge pages of this size are free.
  * This runs before anything is created, so a short machine changes nothing.
  */
-export function requireFreeHugePages(pageSize: number, pages: number, context: { path?: string; syscall?: string } = {}): void {
+export function requireFreeHugePages(
+  pageSize: number,
+  pages: number,
+  context: { path?: string; syscall?: string; node?: number } = {},
+): void {
   const info = hugePageSizeInfo(pageSize);
   if (!info) {
     const offered =
@@ -124,11 +145,13 @@ export function requireFreeHugePages(pageSize: number, pages: number, context: {
       { syscall: context.syscall ?? 'fallocate', path: context.path },
     );
   }
-  if (info.available >= pages) return;
+  const { node } = context;
+  const { total, available } = node === undefined ? info : availableOnNode(info, node);
+  if (available >= pages) return;
   throw new GuestmemfsError(
     'ENOMEM',
-    `need ${pages} free ${formatSize(pageSize)} huge pages, ${info.available} free: ` +
-      `${nrHugepagesCommand(pageSize, info.total + pages - info.available)} as root, or use the 4k fallback`,
+    `need ${pages} free ${formatSize(pageSize)} huge pages${node === undefined ? '' : ` on node ${node}`}, ${available} free: ` +
+      `${nrHugepagesCommand(pageSize, total + pages - available, node)} as root, or use the 4k fallback`,
     { syscall: context.syscall ?? 'fallocate', path: context.path },
   );
 }

@@ -6,6 +6,7 @@ import { native, type NativeMapResult } from '../native';
 import { formatSize, GiB } from '../units';
 import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
 import { type Extent, type MapOptions, Mapping } from './mapping';
+import { misplacedPages, type Placement, placementOf, requireNode } from './numa';
 import { Pin } from './pins';
 import { extentsOfPairs, type MappingRecipe, pairsLength, readMapResult } from './remap';
 
@@ -32,7 +33,15 @@ export interface CreatePoolOptions {
    * without owning it. Not for guests: a later fault can fail when memory runs out.
    */
   sparse?: boolean;
+  /**
+   * Bind the pool to this NUMA node: every page is allocated there (mbind before the pages are faulted in), or the
+   * pool is not created. Not with `sparse`, whose later faults could land anywhere.
+   */
+  node?: number;
 }
+
+/** Most pages placement() asks the kernel about; larger pools are sampled at an even stride. */
+const PLACEMENT_SAMPLES = 1 << 20;
 
 const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || backend === 'memfd-hugetlb';
 
@@ -53,11 +62,22 @@ export class Pool {
   readonly path: string | undefined;
   readonly size: number;
   readonly pageSize: number;
+  /** The NUMA node this object bound the pool to when it created it (an opened pool's node is in its format). */
+  readonly node: number | undefined;
   #fresh: boolean;
   #open = true;
 
-  private constructor(fd: number, backend: PoolBackend, poolPath: string | undefined, size: number, pageSize: number, fresh = false) {
+  private constructor(
+    fd: number,
+    backend: PoolBackend,
+    poolPath: string | undefined,
+    size: number,
+    pageSize: number,
+    fresh = false,
+    node?: number,
+  ) {
     this.#fresh = fresh;
+    this.node = node;
     this.fd = fd;
     this.backend = backend;
     this.path = poolPath;
@@ -117,20 +137,28 @@ export class Pool {
         path: options.path,
       });
     }
+    const node = options.node === undefined ? undefined : requireNode(options.node, { path: options.path });
+    if (node !== undefined && options.sparse) {
+      throw new GuestmemfsError('EINVAL', 'a sparse pool cannot be bound to a node: its pages appear later, wherever they are faulted', {
+        path: options.path,
+      });
+    }
     if (poolPath) checkDirectoryFilesystem(backend, poolPath, pageSize);
-    if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath });
+    if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath, node });
 
     const fd = poolPath
       ? native.fileOpen(poolPath, true, true, options.mode ?? 0o600)
       : native.memfdCreate(options.name ?? 'guestmemfs-pool', isHugetlbBackend(backend) ? pageSize : 0);
+    const pool = new Pool(fd, backend, poolPath, size, pageSize, true, node);
     try {
       native.fileResize(fd, size);
       for (let offset = 0; offset < (options.sparse ? 0 : size); offset += ALLOCATE_CHUNK) {
         const length = Math.min(ALLOCATE_CHUNK, size - offset);
         try {
-          native.fileAllocate(fd, offset, length);
+          if (node === undefined) native.fileAllocate(fd, offset, length);
+          else pool.#allocateOnNode(offset, length, node);
         } catch (error) {
-          throw explainAllocateFailure(error, backend, pageSize, size, poolPath);
+          throw explainAllocateFailure(error, backend, pageSize, size, poolPath, node);
         }
         options.onProgress?.(offset + length, size);
       }
@@ -139,7 +167,51 @@ export class Pool {
       if (poolPath) fs.rmSync(poolPath, { force: true });
       throw error;
     }
-    return new Pool(fd, backend, poolPath, size, pageSize, true);
+    return pool;
+  }
+
+  /**
+   * Allocates [offset, offset+length) on `node`: a mapping of it is bound there before any of its pages exists, then
+   * faulted in, which allocates each page under that policy (fallocate would allocate under the caller's). Every page
+   * is then checked to be on the node.
+   */
+  #allocateOnNode(offset: number, length: number, node: number): void {
+    const mapping = this.map([{ offset, length }], { populate: false });
+    try {
+      native.numaBind(mapping.id, 0, length, node);
+      // Faulting a page in writes nothing to it: the pool is still all zeroes.
+      native.madvise(mapping.id, 0, length, native.advice.MADV_POPULATE_WRITE);
+      const misplaced = misplacedPages(placementOf(mapping.id, 0, length, this.pageSize), node);
+      if (misplaced > 0) {
+        throw new GuestmemfsError('EIO', `${misplaced} pages of [${offset}, +${length}) are not on node ${node} after binding them there`, {
+          syscall: 'mbind',
+          path: this.path,
+        });
+      }
+    } finally {
+      mapping.unmap();
+      this.#fresh = true;
+    }
+  }
+
+  /**
+   * Which NUMA node the pool's pages are on (move_pages), counted; a pool of more than 2^20 pages is sampled at an
+   * even stride. The checker compares it with the node the format records. The pages are faulted into a read-only
+   * mapping first (move_pages sees only mapped pages), so this is for pools whose every page is allocated: hugetlb
+   * pools and pools bound to a node. On a sparse pool it would allocate them.
+   */
+  placement(): Placement {
+    this.#requireOpen('move_pages');
+    const pages = this.size / this.pageSize;
+    const stride = this.pageSize * Math.ceil(pages / PLACEMENT_SAMPLES);
+    const fresh = this.#fresh;
+    const mapping = this.map([{ offset: 0, length: this.size }], { populate: true, writable: false });
+    try {
+      return placementOf(mapping.id, 0, this.size, stride);
+    } finally {
+      mapping.unmap();
+      this.#fresh = fresh;
+    }
   }
 
   /** Opens an existing path-backed pool; the backend and page size come from the filesystem it lives on. */
@@ -358,13 +430,26 @@ function checkDirectoryFilesystem(backend: PoolBackend, poolPath: string, pageSi
   }
 }
 
-function explainAllocateFailure(error: unknown, backend: PoolBackend, pageSize: number, size: number, poolPath?: string): GuestmemfsError {
+function explainAllocateFailure(
+  error: unknown,
+  backend: PoolBackend,
+  pageSize: number,
+  size: number,
+  poolPath?: string,
+  node?: number,
+): GuestmemfsError {
   const converted = GuestmemfsError.from(error, { path: poolPath });
-  if (!hasCode(converted, 'ENOSPC') && !hasCode(converted, 'ENOMEM')) return converted;
+  // Faulting in a bound range that its node cannot fill fails as the SIGBUS it would otherwise be: EFAULT.
+  const short = hasCode(converted, 'ENOSPC') || hasCode(converted, 'ENOMEM') || (node !== undefined && hasCode(converted, 'EFAULT'));
+  if (!short) return converted;
+  const where = node === undefined ? '' : ` on node ${node}`;
   return isHugetlbBackend(backend)
     ? converted.withRemedy(
-        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages (another process took them, ` +
-          `or the hugetlbfs mount's size= limit is lower): raise nr_hugepages or the mount limit, or use the 4k fallback`,
+        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages${where} (another process took them, ` +
+          `or the hugetlbfs mount's size= limit is lower): raise nr_hugepages${node === undefined ? '' : ` of node ${node}`} or the ` +
+          `mount limit, or use the 4k fallback`,
       )
-    : converted.withRemedy(`could not reserve ${formatSize(size)} of shared memory: free memory, enlarge /dev/shm, or use a smaller pool`);
+    : converted.withRemedy(
+        `could not reserve ${formatSize(size)} of shared memory${where}: free memory, enlarge /dev/shm, or use a smaller pool`,
+      );
 }

@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { GuestmemfsError } from '../errors';
 import { native } from '../native';
 import { formatSize } from '../units';
-import { hugePageSizeInfo, nrHugepagesFile, requireFreeHugePages } from './hugepages';
+import { availableOnNode, hugePageSizeInfo, nrHugepagesFile, requireFreeHugePages } from './hugepages';
+import { requireNode } from './numa';
 
 export interface ReserveOptions {
   pageSize: number;
@@ -13,6 +14,8 @@ export interface ReserveOptions {
   pages: number;
   /** Mount a private hugetlbfs: true for a fresh directory under the temp dir, or a path to mount on. */
   mount?: boolean | string;
+  /** Reserve the pages on this NUMA node (its own nr_hugepages), for a pool bound to it. */
+  node?: number;
 }
 
 /** What a reservation changed: plain data, so another process image (after execve) can undo it. */
@@ -25,6 +28,8 @@ export interface ReservationRecord {
   mountpoint: string | undefined;
   /** Whether the mountpoint directory was created (and so is removed on release). */
   createdDir: boolean;
+  /** The node whose count was changed, when the reservation was for one node. */
+  node?: number;
 }
 
 export interface Reservation extends ReservationRecord {
@@ -42,7 +47,7 @@ export function releaseReservation(record: ReservationRecord): void {
     if (record.createdDir) fs.rmdirSync(record.mountpoint);
   }
   // Pages still held by pool files become surplus and go back to the kernel when those files go.
-  if (record.total !== record.previousTotal) writeTotal(record.pageSize, record.previousTotal);
+  if (record.total !== record.previousTotal) writeTotal(record.pageSize, record.previousTotal, record.node);
 }
 
 /** How long to keep asking when the kernel supplies fewer pages than asked: pages released moments ago are
@@ -54,8 +59,8 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-function writeTotal(pageSize: number, total: number): number {
-  const file = nrHugepagesFile(pageSize);
+function writeTotal(pageSize: number, total: number, node: number | undefined): number {
+  const file = nrHugepagesFile(pageSize, node);
   fs.writeFileSync(file, `${total}\n`);
   return Number.parseInt(fs.readFileSync(file, 'utf8'), 10);
 }
@@ -63,7 +68,12 @@ function writeTotal(pageSize: number, total: number): number {
 export function reserveHugePages(options: ReserveOptions): Reservation {
   const { pageSize, pages } = options;
   if (!Number.isSafeInteger(pages) || pages < 0) throw new GuestmemfsError('EINVAL', `pages must be a non-negative integer, got ${pages}`);
-  const before = hugePageSizeInfo(pageSize);
+  const node = options.node === undefined ? undefined : requireNode(options.node);
+  const counts = () => {
+    const now = hugePageSizeInfo(pageSize);
+    return now && node !== undefined ? availableOnNode(now, node) : now;
+  };
+  const before = counts();
   if (!before) requireFreeHugePages(pageSize, pages); // throws the "no such page size" error
   const info = before!;
   const changes: string[] = [];
@@ -74,32 +84,28 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
       throw new GuestmemfsError(
         'EACCES',
         `reserving ${needed} more ${formatSize(pageSize)} huge pages needs root: run as root, or have an administrator run ` +
-          `echo ${info.total + needed} > ${nrHugepagesFile(pageSize)}`,
-        { syscall: 'write', path: nrHugepagesFile(pageSize) },
+          `echo ${info.total + needed} > ${nrHugepagesFile(pageSize, node)}`,
+        { syscall: 'write', path: nrHugepagesFile(pageSize, node) },
       );
     }
-    total = writeTotal(pageSize, info.total + needed);
-    for (
-      let waited = 0;
-      (hugePageSizeInfo(pageSize)?.available ?? 0) < pages && waited < RESERVE_RETRY_MS;
-      waited += RESERVE_RETRY_STEP_MS
-    ) {
+    total = writeTotal(pageSize, info.total + needed, node);
+    for (let waited = 0; (counts()?.available ?? 0) < pages && waited < RESERVE_RETRY_MS; waited += RESERVE_RETRY_STEP_MS) {
       sleepSync(RESERVE_RETRY_STEP_MS);
-      total = writeTotal(pageSize, info.total + needed);
+      total = writeTotal(pageSize, info.total + needed, node);
     }
-    if ((hugePageSizeInfo(pageSize)?.available ?? 0) < pages) {
+    if ((counts()?.available ?? 0) < pages) {
       // The kernel hands out fewer pages when physical memory is too fragmented: put the count back.
       const got = total - info.total;
-      writeTotal(pageSize, info.total);
+      writeTotal(pageSize, info.total, node);
       throw new GuestmemfsError(
         'ENOMEM',
         `the kernel could only add ${got} of ${needed} ${formatSize(pageSize)} huge pages (memory too fragmented or too small): ` +
           `reserve them at boot (hugepagesz=${formatSize(pageSize).replace(' ', '').replace('iB', '')} ` +
           `hugepages=${info.total + needed}) or use a smaller pool`,
-        { syscall: 'write', path: nrHugepagesFile(pageSize) },
+        { syscall: 'write', path: nrHugepagesFile(pageSize, node) },
       );
     }
-    changes.push(`raised ${nrHugepagesFile(pageSize)} from ${info.total} to ${total}`);
+    changes.push(`raised ${nrHugepagesFile(pageSize, node)} from ${info.total} to ${total}`);
   }
 
   let mountpoint: string | undefined;
@@ -120,13 +126,14 @@ export function reserveHugePages(options: ReserveOptions): Reservation {
       changes.push(`mounted hugetlbfs (pagesize ${formatSize(pageSize)}) on ${mountpoint}`);
     } catch (error) {
       if (createdDir && mountpoint) fs.rmdirSync(mountpoint);
-      if (total !== info.total) writeTotal(pageSize, info.total);
+      if (total !== info.total) writeTotal(pageSize, info.total, node);
       throw GuestmemfsError.from(error).withRemedy('mounting hugetlbfs needs root (CAP_SYS_ADMIN)');
     }
   }
 
   let released = false;
   const record: ReservationRecord = { pageSize, previousTotal: info.total, total, mountpoint, createdDir };
+  if (node !== undefined) record.node = node;
   return {
     ...record,
     changes,
