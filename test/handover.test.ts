@@ -304,6 +304,28 @@ describe('serialise, freeze and abort', () => {
   });
 });
 
+describe('a handover of many files', () => {
+  it('150,000 files, more than a spread argument list holds, serialise and restore', () => {
+    const files = 150_000;
+    const pool = Pool.create({ backend: 'memfd-4k', size: 256 * MiB, sparse: true });
+    try {
+      mkfs(pool, { inodes: files + 16 });
+      const gfs = mount(pool);
+      for (let i = 0; i < files; i++) gfs.create(`/f${i}`);
+      const result = gfs.serialise();
+      expect(result.files).toBe(files + 1); // and the root
+      expect(decodeHandoverBlob(result.blob).liveInodes).toHaveLength(files + 1);
+      gfs.unmount();
+      const successor = mount(pool, { requireHandover: true });
+      expect(successor.restored).toMatchObject({ files: files + 1 });
+      expect(successor.stat(`/f${files - 1}`).size).toBe(0);
+      successor.unmount();
+    } finally {
+      pool.close();
+    }
+  }, 60_000);
+});
+
 describe('the real device-tree compiler reads the blob', () => {
   function dtcPath(): string | null {
     const found = spawnSync('sh', ['-c', 'command -v dtc'], { encoding: 'utf8' }).stdout.trim();

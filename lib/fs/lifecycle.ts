@@ -165,7 +165,8 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     mappingBlocks = description.mappingsBlocks.length;
   } else {
     if (ctx.busy.size > 0) throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before serialising', fields);
-    const live = [ROOT_INO, ...ctx.orphans, ...ctx.names.inodes()].sort((a, b) => a - b);
+    // A typed array sorts numerically without a comparator call per comparison.
+    const live = Uint32Array.from([ROOT_INO, ...ctx.orphans, ...ctx.names.inodes()]).sort();
     const pages: number[] = [];
     const owners: number[] = [];
     for (const ino of live) {

@@ -95,7 +95,7 @@ export interface HandoverInput {
   generation: bigint;
   metadata: LiveMetadata;
   /** Live inodes, ascending, root included. */
-  liveInodes: readonly number[];
+  liveInodes: ArrayLike<number>;
   /** Extent pages in use and their owners, in the same order. */
   pages: readonly number[];
   pageOwners: readonly number[];
@@ -127,7 +127,7 @@ export interface HandoverDescription {
 }
 
 /** CRC over the live metadata, as the `superblock/crc32` property defines it. */
-export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: readonly number[], pages: readonly number[]): number {
+export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: ArrayLike<number>, pages: ArrayLike<number>): number {
   let crc = crc32(metadata.checkedHeader);
   crc = crc32(metadata.bitmaps[0], crc);
   crc = crc32(metadata.bitmaps[1], crc);
@@ -140,7 +140,7 @@ export function liveMetadataCrc(metadata: LiveMetadata, liveInodes: readonly num
  * CRC is the same as record by record; the calls are far fewer (100,000 files made one after another are one run),
  * and each call costs about as much as CRC-ing 500 bytes.
  */
-function crcOfRecords(records: (first: number, count: number) => Uint8Array[], numbers: readonly number[], crc: number): number {
+function crcOfRecords(records: (first: number, count: number) => Uint8Array[], numbers: ArrayLike<number>, crc: number): number {
   for (let at = 0; at < numbers.length;) {
     let end = at + 1;
     while (end < numbers.length && numbers[end] === numbers[end - 1]! + 1) end++;
@@ -188,16 +188,21 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.endNode();
 
   w.beginNode('inodes');
-  w.propU32('live', ...input.liveInodes);
+  w.propU32List('live', input.liveInodes);
   w.endNode();
 
   w.beginNode('mappings_blocks');
-  w.propU64('mem', ...input.pages.flatMap((page) => [g.extentOffset + page * g.extentPageSize, g.extentPageSize]));
+  const pageMem = new Float64Array(input.pages.length * 2);
+  input.pages.forEach((page, index) => {
+    pageMem[index * 2] = g.extentOffset + page * g.extentPageSize;
+    pageMem[index * 2 + 1] = g.extentPageSize;
+  });
+  w.propU64List('mem', pageMem);
   w.endNode();
 
   w.beginNode('mappings_to_inode');
   w.propU32('num_inodes', input.liveInodes.length);
-  w.propU32('inodes', ...input.pageOwners);
+  w.propU32List('inodes', input.pageOwners);
   w.endNode();
 
   w.endNode();
@@ -233,10 +238,13 @@ function u32s(node: FdtNode, name: string, where: string, count?: number): numbe
     );
   }
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return Array.from({ length: value.length / 4 }, (_, index) => view.getUint32(index * 4));
+  const out = new Array<number>(value.length / 4);
+  for (let index = 0; index < out.length; index++) out[index] = view.getUint32(index * 4);
+  return out;
 }
 
-function u64s(node: FdtNode, name: string, where: string, count?: number): bigint[] {
+/** 64-bit values as numbers: exact below 2^53, NaN above (no offset or length of a pool is that large). */
+function u64s(node: FdtNode, name: string, where: string, count?: number): number[] {
   const value = prop(node, name, where);
   if (value.length % 8 !== 0 || (count !== undefined && value.length !== count * 8)) {
     throw new BlobReject(
@@ -246,7 +254,12 @@ function u64s(node: FdtNode, name: string, where: string, count?: number): bigin
     );
   }
   const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  return Array.from({ length: value.length / 8 }, (_, index) => view.getBigUint64(index * 8));
+  const out = new Array<number>(value.length / 8);
+  for (let index = 0; index < out.length; index++) {
+    const high = view.getUint32(index * 8);
+    out[index] = high < 2 ** 21 ? high * 2 ** 32 + view.getUint32(index * 8 + 4) : Number.NaN;
+  }
+  return out;
 }
 
 function str(node: FdtNode, name: string, where: string): string {
@@ -266,6 +279,13 @@ function node(parent: FdtNode, name: string): FdtNode {
   return found;
 }
 
+/** The generation, a 64-bit counter: exact, as a decimal string. */
+function generationOf(root: FdtNode): string {
+  u64s(root, 'generation', '/guestmemfs', 1); // its size checked as every u64 property's
+  const value = prop(root, 'generation', '/guestmemfs');
+  return new DataView(value.buffer, value.byteOffset, value.byteLength).getBigUint64(0).toString();
+}
+
 const toNumber = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : Number.NaN);
 
 /** Decodes a blob without judging it against a pool (for inspect, and as restore's first step). */
@@ -279,8 +299,8 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
   const inodes = node(root, 'inodes');
   const mappings = node(root, 'mappings_blocks');
   const owners = node(root, 'mappings_to_inode');
-  const regionValues = u64s(sb, 'mem', '/guestmemfs/superblock', REGION_NAMES.length * 2).map(toNumber);
-  const pageMem = u64s(mappings, 'mem', '/guestmemfs/mappings_blocks').map(toNumber);
+  const regionValues = u64s(sb, 'mem', '/guestmemfs/superblock', REGION_NAMES.length * 2);
+  const pageMem = u64s(mappings, 'mem', '/guestmemfs/mappings_blocks');
   const pageOwners = u32s(owners, 'inodes', '/guestmemfs/mappings_to_inode');
   if (pageOwners.length * 2 !== pageMem.length) {
     throw new BlobReject(
@@ -289,18 +309,18 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
       `mappings_blocks lists ${pageMem.length / 2} pages but mappings_to_inode names ${pageOwners.length} owners`,
     );
   }
-  const poolMem = u64s(fsMem, 'mem', '/guestmemfs/fs_mem', 2).map(toNumber);
+  const poolMem = u64s(fsMem, 'mem', '/guestmemfs/fs_mem', 2);
   const description: HandoverDescription = {
     compatible,
     handoverVersion: u32s(root, 'handover-version', '/guestmemfs', 1)[0]!,
     formatVersion: u32s(root, 'format-version', '/guestmemfs', 2) as [number, number],
-    generation: u64s(root, 'generation', '/guestmemfs', 1)[0]!.toString(),
+    generation: generationOf(root),
     uuid: str(fsMem, 'uuid', '/guestmemfs/fs_mem'),
     fsMem: {
       backend: str(fsMem, 'backend', '/guestmemfs/fs_mem'),
       size: poolMem[1]!,
-      pageSize: toNumber(u64s(fsMem, 'page-size', '/guestmemfs/fs_mem', 1)[0]!),
-      blockSize: toNumber(u64s(fsMem, 'block-size', '/guestmemfs/fs_mem', 1)[0]!),
+      pageSize: u64s(fsMem, 'page-size', '/guestmemfs/fs_mem', 1)[0]!,
+      blockSize: u64s(fsMem, 'block-size', '/guestmemfs/fs_mem', 1)[0]!,
       blockCount: u32s(fsMem, 'block-count', '/guestmemfs/fs_mem', 1)[0]!,
     },
     regions: REGION_NAMES.map((name, index) => ({ name, offset: regionValues[index * 2]!, length: regionValues[index * 2 + 1]! })),

@@ -51,10 +51,42 @@ function utf8(text: string): Uint8Array {
   return out;
 }
 
+/** Bytes appended at a cursor, growing by doubling: a blob of 100,000 inodes is one buffer, not 400,000 pushes. */
+class ByteSink {
+  #bytes = new Uint8Array(4096);
+  #length = 0;
+
+  get length(): number {
+    return this.#length;
+  }
+
+  /** Room for `count` more bytes; returns where they go. */
+  reserve(count: number): number {
+    const at = this.#length;
+    if (at + count > this.#bytes.length) {
+      let size = this.#bytes.length * 2;
+      while (size < at + count) size *= 2;
+      const grown = new Uint8Array(size);
+      grown.set(this.#bytes.subarray(0, at));
+      this.#bytes = grown;
+    }
+    this.#length = at + count;
+    return at;
+  }
+
+  get bytes(): Uint8Array {
+    return this.#bytes;
+  }
+
+  contents(): Uint8Array {
+    return this.#bytes.subarray(0, this.#length);
+  }
+}
+
 /** Builds a DTB with nodes and properties in the order they are added. */
 export class FdtWriter {
-  readonly #struct: number[] = [];
-  readonly #strings: number[] = [];
+  readonly #struct = new ByteSink();
+  readonly #strings = new ByteSink();
   readonly #stringOffsets = new Map<string, number>();
   readonly #reservations: FdtReservation[] = [];
   #depth = 0;
@@ -66,7 +98,7 @@ export class FdtWriter {
 
   beginNode(name: string): this {
     this.#u32(TOKEN.BEGIN_NODE);
-    this.#bytes(utf8(name), true);
+    this.#append(utf8(name), true);
     this.#depth++;
     return this;
   }
@@ -81,15 +113,16 @@ export class FdtWriter {
   prop(name: string, value: Uint8Array): this {
     let nameOffset = this.#stringOffsets.get(name);
     if (nameOffset === undefined) {
-      nameOffset = this.#strings.length;
+      const bytes = utf8(name);
+      nameOffset = this.#strings.reserve(bytes.length + 1);
+      this.#strings.bytes.set(bytes, nameOffset);
+      this.#strings.bytes[nameOffset + bytes.length] = 0;
       this.#stringOffsets.set(name, nameOffset);
-      for (const byte of utf8(name)) this.#strings.push(byte);
-      this.#strings.push(0);
     }
     this.#u32(TOKEN.PROP);
     this.#u32(value.length);
     this.#u32(nameOffset);
-    this.#bytes(value, false);
+    this.#append(value, false);
     return this;
   }
 
@@ -110,6 +143,15 @@ export class FdtWriter {
   }
 
   propU64(name: string, ...values: Array<bigint | number>): this {
+    return this.prop(name, cellsU64(values));
+  }
+
+  /** A list of any length (a spread argument list overflows the stack past about 100,000 values). */
+  propU32List(name: string, values: ArrayLike<number>): this {
+    return this.prop(name, cellsU32(values));
+  }
+
+  propU64List(name: string, values: ArrayLike<bigint | number>): this {
     return this.prop(name, cellsU64(values));
   }
 
@@ -137,33 +179,49 @@ export class FdtWriter {
       view.setBigUint64(offRsv + index * 16, entry.address);
       view.setBigUint64(offRsv + index * 16 + 8, entry.size);
     });
-    blob.set(this.#struct, offStruct);
-    blob.set(this.#strings, offStrings);
+    blob.set(this.#struct.contents(), offStruct);
+    blob.set(this.#strings.contents(), offStrings);
     return blob;
   }
 
   #u32(value: number): void {
-    this.#struct.push((value >>> 24) & 0xff, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff);
+    const at = this.#struct.reserve(4);
+    const bytes = this.#struct.bytes;
+    bytes[at] = (value >>> 24) & 0xff;
+    bytes[at + 1] = (value >>> 16) & 0xff;
+    bytes[at + 2] = (value >>> 8) & 0xff;
+    bytes[at + 3] = value & 0xff;
   }
 
-  #bytes(bytes: Uint8Array, nulTerminate: boolean): void {
-    for (const byte of bytes) this.#struct.push(byte);
-    if (nulTerminate) this.#struct.push(0);
-    while (this.#struct.length % 4 !== 0) this.#struct.push(0);
+  /** The bytes, a NUL if asked, then zeroes up to the next 4-byte boundary (a fresh reservation is already zero). */
+  #append(value: Uint8Array, nulTerminate: boolean): void {
+    const length = value.length + (nulTerminate ? 1 : 0);
+    const at = this.#struct.reserve((length + 3) & ~3);
+    this.#struct.bytes.set(value, at);
   }
 }
 
-export function cellsU32(values: readonly number[]): Uint8Array {
+export function cellsU32(values: ArrayLike<number>): Uint8Array {
   const out = new Uint8Array(values.length * 4);
   const view = new DataView(out.buffer);
-  values.forEach((value, index) => view.setUint32(index * 4, value));
+  for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!);
   return out;
 }
 
-export function cellsU64(values: ReadonlyArray<bigint | number>): Uint8Array {
+export function cellsU64(values: ArrayLike<bigint | number>): Uint8Array {
   const out = new Uint8Array(values.length * 8);
   const view = new DataView(out.buffer);
-  values.forEach((value, index) => view.setBigUint64(index * 8, BigInt(value)));
+  for (let index = 0; index < values.length; index++) {
+    const value = values[index]!;
+    if (typeof value === 'bigint') {
+      view.setBigUint64(index * 8, value);
+    } else {
+      if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`${value} is not a u64 cell value`);
+      // Offsets and lengths are below 2^53: two cells, without a BigInt per value.
+      view.setUint32(index * 8, Math.floor(value / 2 ** 32));
+      view.setUint32(index * 8 + 4, value >>> 0);
+    }
+  }
   return out;
 }
 
