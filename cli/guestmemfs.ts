@@ -23,6 +23,7 @@ import { register as mv } from './commands/mv';
 import { register as pin } from './commands/pin';
 import { register as qemuArgs } from './commands/qemu-args';
 import { register as quota } from './commands/quota';
+import { register as badblock } from './commands/badblock';
 import { register as rm } from './commands/rm';
 import { register as serialise } from './commands/serialise';
 import { register as stat } from './commands/stat';
@@ -61,6 +62,7 @@ for (const register of [
   serialise,
   abort,
   check,
+  badblock,
   inspect,
   kexec,
   demo,

@@ -62,7 +62,7 @@ function expectDataIntact(): void {
 describe('check', () => {
   it('a cleanly unmounted pool is consistent, and checking changes nothing', () => {
     const before = digest();
-    expect(check(pool)).toEqual({ state: 'consistent', fixes: [], problems: [], repairable: true, poolState: 'clean' });
+    expect(check(pool)).toEqual({ state: 'consistent', fixes: [], problems: [], repairable: true, poolState: 'clean', quarantined: [] });
     expect(check(pool, { repair: true }).state).toBe('consistent');
     expect(digest()).toBe(before);
   });

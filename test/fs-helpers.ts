@@ -1,4 +1,6 @@
 // Helpers for filesystem tests: small formatted pools on the 4 KiB fallback (no huge pages needed) with small blocks.
+import { readPoolSuperblock } from '../lib/fs/format';
+import { type Superblock, writeSuperblockSlot } from '../lib/fs/layout';
 import { type Filesystem, KiB, mkfs, type MkfsOptions, mount, type MountOptions, Pool } from '../lib/index';
 
 export interface TestFs {
@@ -23,4 +25,17 @@ export function smallFs(options: { size?: number; blockSize?: number; inodes?: n
       pool.close();
     },
   };
+}
+
+/** Rewrites both superblock copies of an unmounted pool with `change` applied (what a stray writer or another release could leave). */
+export function rewriteSuperblock(pool: Pool, change: Partial<Superblock>): void {
+  const sb = readPoolSuperblock(pool);
+  const header = pool.map([{ offset: 0, length: Math.max(pool.pageSize, 16384) }], { populate: true });
+  try {
+    const bytes = header.bytes(0, 8192);
+    writeSuperblockSlot(bytes, 1 - sb.slot, { ...sb, ...change, sequence: sb.sequence + 1n });
+    writeSuperblockSlot(bytes, sb.slot, { ...sb, ...change, sequence: sb.sequence + 2n });
+  } finally {
+    header.unmap();
+  }
 }

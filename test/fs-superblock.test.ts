@@ -110,7 +110,7 @@ describe('mount refuses what it does not understand, leaving the pool untouched'
     withHeader(pool, (_bytes, view) => {
       for (const base of [0, 4096]) {
         view.setUint32(base + 20, 0, true);
-        view.setUint32(base + 24, 0x4, true);
+        view.setUint32(base + 24, 0x80, true);
       }
     });
     refreshChecksums(pool);

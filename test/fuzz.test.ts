@@ -93,6 +93,7 @@ beforeAll(() => {
     isLive: () => true,
     chainOf: () => [],
     blobCrc: 0,
+    badBlocks: [],
   };
 });
 afterAll(() => pool.close());

@@ -5,10 +5,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readPoolSuperblock } from '../lib/fs/format';
-import { COMPAT_NUMA_NODE, writeSuperblockSlot, type Superblock } from '../lib/fs/layout';
+import { COMPAT_NUMA_NODE } from '../lib/fs/layout';
 import { check, decodeHandoverBlob, memoryNodes, MiB, mkfs, mount, Pool, reserveHugePages } from '../lib/index';
 import { native } from '../lib/native';
 import { nodeHugePages } from '../lib/pool/hugepages';
+import { rewriteSuperblock } from './fs-helpers';
 import { captureError, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -24,19 +25,6 @@ function numaMapsLine(address: bigint): string {
     .find((entry) => entry.startsWith(`${address.toString(16)} `));
   if (!line) throw new Error(`no numa_maps line for ${address.toString(16)}`);
   return line;
-}
-
-/** Rewrites both superblock copies with `change` applied (what a stray writer or another release could leave). */
-function rewriteSuperblock(pool: Pool, change: Partial<Superblock>): void {
-  const sb = readPoolSuperblock(pool);
-  const header = pool.map([{ offset: 0, length: Math.max(pool.pageSize, 16384) }], { populate: true });
-  try {
-    const bytes = header.bytes(0, 8192);
-    writeSuperblockSlot(bytes, 1 - sb.slot, { ...sb, ...change, sequence: sb.sequence + 1n });
-    writeSuperblockSlot(bytes, sb.slot, { ...sb, ...change, sequence: sb.sequence + 2n });
-  } finally {
-    header.unmap();
-  }
 }
 
 describe('a pool bound to a NUMA node', () => {

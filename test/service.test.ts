@@ -159,6 +159,11 @@ describe('guestmemfs mount', () => {
       ['unlink', () => gfs.request('POST', 'unlink', { path: '/d/g' })],
       ['rmdir', () => gfs.request('POST', 'rmdir', { path: '/d' })],
       ['reclaim', () => gfs.request('POST', 'reclaim')],
+      [
+        'badblock',
+        async () =>
+          gfs.request('POST', 'badblock', { block: (await gfs.request<{ totalBlocks: number }>('GET', 'statfs')).totalBlocks - 1 }),
+      ],
       ['serialise', () => gfs.request('POST', 'serialise')],
       ['abort', () => gfs.request('POST', 'abort')],
     ];

@@ -18,6 +18,8 @@ export function register(program: Command): void {
         if (result.state !== 'repaired') for (const problem of result.problems) lines.push(`  ${problem}`);
         if (result.state === 'inconsistent')
           lines.push(result.repairable ? '  (repairable: run with --repair)' : '  (cannot be repaired: the pool was left as it was)');
+        for (const { block, ino } of result.quarantined)
+          lines.push(`  quarantined: block ${block}, ${ino === null ? 'out of service' : `held by inode ${ino}, which is flagged`}`);
         return lines.join('\n');
       });
       process.exitCode = { consistent: EXIT.ok, repaired: EXIT.repaired, inconsistent: EXIT.inconsistent }[result.state];

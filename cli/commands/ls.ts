@@ -26,11 +26,18 @@ export function register(program: Command): void {
                 ? `${modeString(entry)} ${String(entry.nlink).padStart(2)} ${String(entry.uid).padEnd(5)} ` +
                   `${String(entry.gid).padEnd(5)} ${size(entry.size, options.humanReadable).padStart(10)} ` +
                   `${(entry.fileType ?? 'dir').padEnd(5)} ` +
-                  `${new Date(Number(entry.mtimeNs / 1_000_000n)).toISOString().slice(0, 16).replace('T', ' ')} ${entry.name}`
-                : entry.name,
+                  `${new Date(Number(entry.mtimeNs / 1_000_000n)).toISOString().slice(0, 16).replace('T', ' ')} ${entry.name}` +
+                  badBlockNote(entry)
+                : entry.name + badBlockNote(entry),
             )
             .join('\n'),
         );
       }),
     );
+}
+
+/** A file holding quarantined blocks is flagged wherever it is listed. */
+export function badBlockNote(stat: { quarantinedBlocks?: number }): string {
+  const count = stat.quarantinedBlocks ?? 0;
+  return count > 0 ? `   [holds ${count} quarantined block${count === 1 ? '' : 's'}]` : '';
 }

@@ -1,5 +1,6 @@
 // guestmemfs stat: show an inode.
 import type { Command } from 'commander';
+import { badBlockNote } from './ls';
 import { formatSize } from '../../lib/units';
 import { command, type Common, describeStat, modeString, pinLines, print } from '../common';
 import { withReader } from '../pools';
@@ -19,7 +20,8 @@ export function register(program: Command): void {
               `${formatSize(stat.blockSize)}   Extents: ${stat.extents}`,
             ` Inode: ${stat.ino}   Links: ${stat.nlink}   Access: (${stat.mode.toString(8).padStart(4, '0')}/${modeString(stat)}) ` +
               `  Uid: ${stat.uid}   Gid: ${stat.gid}`,
-            `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}${stat.contiguous ? '   (contiguous)' : ''}`,
+            `Modify: ${new Date(Number(stat.mtimeNs / 1_000_000n)).toISOString()}${stat.contiguous ? '   (contiguous)' : ''}` +
+              badBlockNote(stat),
             ...pinLines(pins),
           ].join('\n'),
         );

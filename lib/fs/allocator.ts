@@ -21,8 +21,11 @@ export class BlockAllocator {
   readonly #allocated: Uint32Array;
   readonly #dirty: Uint32Array;
   readonly #hints: Hints;
+  /** Quarantined blocks (the superblock's bad-block list): allocated for good, never freed, never dirty. */
+  readonly #quarantined: Set<number>;
 
-  constructor(source: MetadataSource, geometry: Geometry, hints: Hints) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Hints, quarantined: readonly number[] = []) {
+    this.#quarantined = new Set(quarantined);
     this.blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
     const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
@@ -60,6 +63,33 @@ export class BlockAllocator {
     this.#setRange(this.#allocated, this.blockCount, this.#allocated.length * 32 - this.blockCount, true);
     this.#hints.freeBlocks = this.dataBlocks;
     this.#hints.dirtyBlocks = 0;
+  }
+
+  isQuarantined(block: number): boolean {
+    return this.#quarantined.has(block);
+  }
+
+  /**
+   * Takes a block out of service: allocated from now on, whoever holds it, and never dirty (nothing will zero it).
+   * The caller records it in the superblock first: that is the commit point, and the bitmap is derived.
+   */
+  quarantine(block: number): void {
+    this.#quarantined.add(block);
+    if (!this.isAllocated(block)) this.markAllocated([{ start: block, length: 1 }]);
+    if (this.isDirty(block)) {
+      this.#setRange(this.#dirty, block, 1, false);
+      this.#hints.dirtyBlocks = this.dirtyBlocks - 1;
+    }
+  }
+
+  /** Runs without their quarantined blocks: what a file that lets go of them really frees. */
+  #withoutQuarantined(runs: readonly BlockRun[]): readonly BlockRun[] {
+    if (this.#quarantined.size === 0) return runs;
+    const kept: BlockRun[] = [];
+    for (const run of runs) {
+      for (let block = run.start; block < run.start + run.length; block++) if (!this.#quarantined.has(block)) appendRun(kept, block);
+    }
+    return kept;
   }
 
   isAllocated(block: number): boolean {
@@ -128,7 +158,9 @@ export class BlockAllocator {
     this.#hints.freeBlocks = this.freeBlocks - total;
   }
 
-  markFree(runs: readonly BlockRun[]): void {
+  /** Marks runs free, but for quarantined blocks, which stay allocated. */
+  markFree(given: readonly BlockRun[]): void {
+    const runs = this.#withoutQuarantined(given);
     let total = 0;
     for (const run of runs) {
       this.#setRange(this.#allocated, run.start, run.length, false);
@@ -137,8 +169,9 @@ export class BlockAllocator {
     this.#hints.freeBlocks = this.freeBlocks + total;
   }
 
-  /** Marks runs dirty (their bytes belonged to a file) or clean (zeroed), keeping the dirty count. */
-  markDirty(runs: readonly BlockRun[], dirty: boolean): void {
+  /** Marks runs dirty (their bytes belonged to a file) or clean (zeroed), keeping the dirty count; never a quarantined block dirty. */
+  markDirty(given: readonly BlockRun[], dirty: boolean): void {
+    const runs = dirty ? this.#withoutQuarantined(given) : given;
     let changed = 0;
     for (const run of runs) changed += this.#setRange(this.#dirty, run.start, run.length, dirty);
     this.#hints.dirtyBlocks = this.dirtyBlocks + (dirty ? changed : -changed);

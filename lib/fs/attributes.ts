@@ -1,6 +1,7 @@
 // Inode attributes: what stat and statfs report, and the changes chmod, chown and utimes make.
 import { GuestmemfsError } from '../errors';
 import { nowNs } from '../units';
+import { quarantinedIn } from './badblocks';
 import { checkMode, type MountContext } from './context';
 import { FILE_TYPE_NAMES, FLAG_CONTIGUOUS, InodeType } from './inodes';
 import { resolve } from './names';
@@ -21,6 +22,7 @@ export function statInode(ctx: MountContext, ino: number): Stat {
     blockSize: ctx.geometry.blockSize,
     extents: inodes.extentCount(ino),
     contiguous: (inodes.flags(ino) & FLAG_CONTIGUOUS) !== 0,
+    quarantinedBlocks: isDir ? 0 : quarantinedIn(ctx.views, ctx.superblock, ino),
     mode: inodes.mode(ino),
     uid: inodes.uid(ino),
     gid: inodes.gid(ino),
@@ -45,6 +47,7 @@ export function statfs(ctx: MountContext): StatFs {
     totalInodes: ctx.geometry.inodeCount - 1,
     freeInodes: hints.freeInodes,
     ...allocator.fragmentation(),
+    quarantinedBlocks: ctx.superblock.badBlocks.length,
   };
 }
 

@@ -58,15 +58,17 @@ export function auditMetadata(views: AuditViews): AuditReport {
     if (type === InodeType.Directory && runs.length > 0) problems.push(`directory ${ino} has data blocks`);
   }
 
-  // Bitmaps: allocated == union of extents + metadata; live blocks are never dirty.
+  // Bitmaps: allocated == union of extents + metadata + quarantined blocks; live and quarantined blocks are never dirty.
   for (let block = 0; block < geometry.blockCount; block++) {
-    const used = owner[block] !== -1;
+    const quarantined = allocator.isQuarantined(block);
+    const used = owner[block] !== -1 || quarantined;
     if (allocator.isAllocated(block) !== used)
       problems.push(
-        `block ${block}: bitmap says ${allocator.isAllocated(block) ? 'allocated' : 'free'}, extents say ${used ? 'used' : 'free'}`,
+        `block ${block}: bitmap says ${allocator.isAllocated(block) ? 'allocated' : 'free'}, ` +
+          `${quarantined ? 'the bad-block list says quarantined' : `extents say ${used ? 'used' : 'free'}`}`,
       );
-    if (used && owner[block]! > 0 && allocator.isDirty(block))
-      problems.push(`block ${block}: in use by inode ${owner[block]} but marked dirty`);
+    if (used && (owner[block]! > 0 || quarantined) && allocator.isDirty(block))
+      problems.push(`block ${block}: ${quarantined ? 'quarantined' : `in use by inode ${owner[block]}`} but marked dirty`);
   }
   const counts = allocator.count();
   if (allocator.freeBlocks !== geometry.blockCount - counts.allocated)

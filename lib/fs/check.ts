@@ -24,6 +24,7 @@ import { blockRange } from './runs';
 import { isPinned } from '../pool/pins';
 import { misplacedPages } from '../pool/numa';
 import { openViews } from './views';
+import { quarantineReport } from './badblocks';
 
 export type CheckState = 'consistent' | 'repaired' | 'inconsistent';
 
@@ -35,6 +36,8 @@ export interface CheckResult {
   problems: string[];
   /** For 'inconsistent': whether check with repair would fix it. */
   repairable: boolean;
+  /** Quarantined blocks and the inode holding each (null: none holds it); empty when the superblock is unreadable. */
+  quarantined: Array<{ block: number; ino: number | null }>;
   /** The pool state the superblock recorded before the check. */
   poolState: 'clean' | 'mounted' | 'serialised' | 'unreadable';
 }
@@ -68,7 +71,14 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     try {
       sb = readSuperblock(headerBytes, pool);
     } catch (error) {
-      return { state: 'inconsistent', fixes, problems: [(error as Error).message], repairable: false, poolState: 'unreadable' };
+      return {
+        state: 'inconsistent',
+        fixes,
+        problems: [(error as Error).message],
+        repairable: false,
+        poolState: 'unreadable',
+        quarantined: [],
+      };
     }
     const poolState = stateNames[sb.state] ?? 'unreadable';
     // Each superblock copy on its own: the newer one was used; a damaged older one is rewritten from it.
@@ -78,7 +88,9 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     if (!otherValid) problems.push(`superblock copy ${other === 0 ? 'A' : 'B'} is damaged (copy ${sb.slot === 0 ? 'A' : 'B'} is intact)`);
 
     meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
-    const views = openViews(new MappedMetadata(meta.id), sb.geometry);
+    const views = openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks);
+    // Read before any repair: a repair keeps every quarantined block where it is.
+    const quarantined = quarantineReport(views, sb);
     const { header: metaHeader, inodes, intent } = views;
 
     let handoverValid = false; // only meaningful when serialised
@@ -106,15 +118,22 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     const unrepairable = [...damaged, ...placementProblems(pool, sb)];
     problems.push(...unrepairable, ...derived);
 
-    if (problems.length === 0) return { state: 'consistent', fixes, problems, repairable: true, poolState };
-    if (unrepairable.length > 0) return { state: 'inconsistent', fixes, problems, repairable: false, poolState };
-    if (!options.repair) return { state: 'inconsistent', fixes, problems, repairable: true, poolState };
+    if (problems.length === 0) return { state: 'consistent', fixes, problems, repairable: true, poolState, quarantined };
+    if (unrepairable.length > 0) return { state: 'inconsistent', fixes, problems, repairable: false, poolState, quarantined };
+    if (!options.repair) return { state: 'inconsistent', fixes, problems, repairable: true, poolState, quarantined };
 
     // A torn superblock copy alone (a kill while one was being written) needs only that copy rewritten from the intact
     // one; rebuilding derived state here would reorder free lists and invalidate a handover that is still good.
     if (!otherValid && problems.length === 1) {
       writeSuperblockSlot(metaHeader, other, { ...sb, sequence: sb.sequence + 1n });
-      return { state: 'repaired', fixes: [`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`], problems, repairable: true, poolState };
+      return {
+        state: 'repaired',
+        fixes: [`rewrote superblock copy ${other === 0 ? 'A' : 'B'}`],
+        problems,
+        repairable: true,
+        poolState,
+        quarantined,
+      };
     }
     // Repair. Everything below is idempotent: a kill part-way leaves a pool the next check repairs again.
     const result = repairDerived({
@@ -127,7 +146,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     });
     fixes.push(...result.fixes);
     const after = auditMetadata(views).problems;
-    if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState };
+    if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState, quarantined };
     // The repair rewrote derived metadata the blob's checksum covers: a handover cannot survive it and becomes stale.
     if (sb.state === PoolState.Serialised)
       fixes.push(`marked the handover blob stale${handoverValid ? '' : ' (it was not valid)'}: the next mount uses the metadata itself`);
@@ -141,7 +160,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
       handoverBytes: 0,
       handoverCrc: 0,
     });
-    return { state: 'repaired', fixes, problems, repairable: true, poolState };
+    return { state: 'repaired', fixes, problems, repairable: true, poolState, quarantined };
   } finally {
     header?.unmap();
     meta?.unmap();

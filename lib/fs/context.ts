@@ -216,6 +216,12 @@ export class MountContext {
     }
   }
 
+  /** Only root may (set quota limits, quarantine memory): as the kernel asks CAP_SYS_ADMIN for either. */
+  requireRoot(syscall: string, path: string, what: string): void {
+    if (this.credentials.uid === 0) return;
+    throw new GuestmemfsError('EPERM', `operation not permitted, ${syscall} '${path}': only root (uid 0) may ${what}`, { syscall, path });
+  }
+
   requireNotBusy(ino: number, syscall: string, path: string): void {
     if (this.busy.has(ino)) {
       throw new GuestmemfsError('EBUSY', `an asynchronous truncate of this file is in flight, ${syscall} '${path}': await it first`, {

@@ -5,6 +5,7 @@ import { overlaps, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { chmod, chown, statfs, statInode, utimes } from './attributes';
 import { type AuditReport, auditMetadata } from './audit';
+import { quarantine, type QuarantineResult } from './badblocks';
 import type { MountContext } from './context';
 import * as data from './data';
 import type { Geometry, Superblock } from './layout';
@@ -184,6 +185,20 @@ export class Filesystem {
   quotas(): QuotaReport[] {
     this.#ctx.requireMounted('quotactl');
     return quota.quotaReport(this.#ctx);
+  }
+
+  /**
+   * Quarantines a block (root only; `guestmemfs badblock`): it is never allocated again, and a file holding it keeps
+   * it and is flagged (stat's quarantinedBlocks). Memory failure cannot be detected here, so this is its entry point.
+   */
+  quarantineBlock(block: number): QuarantineResult {
+    return quarantine(this.#ctx, block);
+  }
+
+  /** The quarantined blocks, ascending (the superblock's bad-block list). */
+  badBlocks(): number[] {
+    this.#ctx.requireMounted('badblock');
+    return [...this.#ctx.superblock.badBlocks];
   }
 
   // ---------------------------------------------------------------- data

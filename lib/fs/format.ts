@@ -146,6 +146,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       handoverCrc: 0,
       handoverGeneration: 0n,
       quotas: [],
+      badBlocks: [],
     };
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });

@@ -35,7 +35,12 @@ export const KNOWN_INCOMPAT = 0;
 export const RO_COMPAT_CONTIGUOUS = 1;
 /** Set once a block limit exists (as ext4's RO_COMPAT_QUOTA): a release that ignores limits may only read the pool. */
 export const RO_COMPAT_QUOTA = 2;
-export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS | RO_COMPAT_QUOTA;
+/**
+ * Set once a block is quarantined (the userspace analogue of memory failure handling): a release that does not know
+ * the list would hand the block out again, so it may only mount the pool read-only.
+ */
+export const RO_COMPAT_BADBLOCKS = 4;
+export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS | RO_COMPAT_QUOTA | RO_COMPAT_BADBLOCKS;
 
 /** Each of the four records of the fixed header (two superblock slots, intent, hints) is one 4 KiB page. */
 export const HEADER_RECORD_BYTES = 4096;
@@ -100,6 +105,8 @@ export interface SuperblockState {
   handoverGeneration: bigint;
   /** Block limits per uid and per directory (the quota table, valid when roCompat has RO_COMPAT_QUOTA). */
   quotas: readonly QuotaLimit[];
+  /** Quarantined blocks, ascending: never allocated again (valid when roCompat has RO_COMPAT_BADBLOCKS). */
+  badBlocks: readonly number[];
 }
 
 export interface Superblock extends SuperblockState {
@@ -252,6 +259,12 @@ const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
 ];
 /** The slot's own CRC32, over its first SLOT_CHECKED_BYTES bytes. */
 const SLOT_CRC_OFFSET = SLOT_CHECKED_BYTES;
+/**
+ * The bad-block list: a u32 count, then that many u32 block numbers, ascending, in the rest of the checked bytes, so
+ * that a quarantine commits with the slot it is written in.
+ */
+const BAD_BLOCKS_OFFSET = 224;
+export const MAX_BAD_BLOCKS = (SLOT_CHECKED_BYTES - BAD_BLOCKS_OFFSET - 4) / 4;
 const MAGIC_BYTES = 8;
 
 type FieldValue = number | bigint | string;
@@ -329,6 +342,9 @@ export function writeSuperblockSlot(metadata: Uint8Array, slot: number, sb: Omit
     writeField(view, field, field.fixed ?? (field.in === 'geometry' ? geometry : source)[field.name]!);
   }
   writeQuotaTable(view, sb.quotas);
+  if (sb.badBlocks.length > MAX_BAD_BLOCKS) throw new RangeError(`at most ${MAX_BAD_BLOCKS} bad blocks fit in the superblock`);
+  view.setUint32(BAD_BLOCKS_OFFSET, sb.badBlocks.length, true);
+  for (let index = 0; index < MAX_BAD_BLOCKS; index++) view.setUint32(BAD_BLOCKS_OFFSET + 4 + index * 4, sb.badBlocks[index] ?? 0, true);
   view.setUint32(SLOT_CRC_OFFSET, slotChecksums(metadata, slot).actual, true);
 }
 
@@ -364,8 +380,20 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
     if (!table.ok) return { ok: false, code: 'EUCLEAN', reason: table.reason };
     quotas = table.limits;
   }
-  const fields = sb as unknown as Omit<Superblock, 'geometry' | 'slot' | 'quotas'>;
-  return { ok: true, sb: { ...fields, quotas, geometry: geometry as unknown as Geometry, slot } };
+  const badBlocks: number[] = [];
+  if ((sb.roCompat as number) & RO_COMPAT_BADBLOCKS) {
+    const count = view.getUint32(BAD_BLOCKS_OFFSET, true);
+    if (count > MAX_BAD_BLOCKS)
+      return { ok: false, code: 'EUCLEAN', reason: `bad-block list holds ${count} entries, at most ${MAX_BAD_BLOCKS} fit` };
+    for (let index = 0; index < count; index++) {
+      const block = view.getUint32(BAD_BLOCKS_OFFSET + 4 + index * 4, true);
+      if (block < (geometry.metadataBlocks as number) || block >= (geometry.blockCount as number) || block <= (badBlocks.at(-1) ?? -1))
+        return { ok: false, code: 'EUCLEAN', reason: `bad-block list entry ${index} (block ${block}) is not an ascending data block` };
+      badBlocks.push(block);
+    }
+  }
+  const fields = sb as unknown as Omit<Superblock, 'geometry' | 'slot' | 'quotas' | 'badBlocks'>;
+  return { ok: true, sb: { ...fields, quotas, badBlocks, geometry: geometry as unknown as Geometry, slot } };
 }
 
 /** True when either slot carries the guestmemfs magic (a formatted pool, whatever its state). */

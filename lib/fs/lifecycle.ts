@@ -87,6 +87,7 @@ export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: 
     isLive: (ino) => views.inodes.type(ino) !== InodeType.Free,
     chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
     blobCrc: sb.handoverCrc,
+    badBlocks: sb.badBlocks,
   };
 }
 
@@ -193,6 +194,7 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
       liveInodes: live,
       pages,
       pageOwners: owners,
+      badBlocks: ctx.superblock.badBlocks,
     });
     if (blob.length > area.length) {
       throw new GuestmemfsError(

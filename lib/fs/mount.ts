@@ -70,7 +70,7 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
     // No pre-faulting and no view of the whole region: a mount (above all a restore) touches a few metadata pages.
     const ctx = new MountContext(
       pool,
-      openViews(new MappedMetadata(meta.id), sb.geometry),
+      openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks),
       sb,
       currentCredentials(options),
       key,
@@ -187,7 +187,7 @@ function mountReadOnly(pool: Pool, options: MountOptions, key: string): Filesyst
     }
     const ctx = new MountContext(
       pool,
-      openViews(new BufferMetadata(snapshot), sb.geometry),
+      openViews(new BufferMetadata(snapshot), sb.geometry, sb.badBlocks),
       sb,
       currentCredentials(options),
       key,

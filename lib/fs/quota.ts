@@ -211,14 +211,6 @@ export function chowned(ctx: MountContext, ino: number, from: number, to: number
   known.byUid.set(to, (known.byUid.get(to) ?? 0) + blocks);
 }
 
-function requireRoot(ctx: MountContext, path: string): void {
-  if (ctx.credentials.uid === 0) return;
-  throw new GuestmemfsError('EPERM', `operation not permitted, quotactl '${path}': only root (uid 0) may set quota limits`, {
-    syscall: 'quotactl',
-    path,
-  });
-}
-
 /**
  * Sets (or with null removes) a block limit. The limit is rounded down to whole blocks; one below current usage is
  * allowed, and refuses further growth. The first limit marks the pool RO_COMPAT_QUOTA in the same superblock write.
@@ -246,7 +238,7 @@ export function setQuota(ctx: MountContext, target: QuotaTarget, limitBytes: num
     }
     generation = ctx.inodes.generation(id);
   }
-  requireRoot(ctx, label);
+  ctx.requireRoot('quotactl', label, 'set quota limits');
   if (limitBytes !== null && (!Number.isSafeInteger(limitBytes) || limitBytes < 0)) {
     throw new GuestmemfsError('EINVAL', `limit ${limitBytes} must be a non-negative number of bytes, or null to remove it`, {
       syscall: 'quotactl',

@@ -78,13 +78,16 @@ export function repairDerived(views: RepairViews): RepairResult {
   // Who holds each block now that the files hold only what their sizes need.
   const { owner } = scanOwnership(views);
 
-  // 2. Bitmaps: allocated = metadata + extents; blocks in use are not dirty; leaked blocks keep their dirty bit.
+  // 2. Bitmaps: allocated = metadata + extents + quarantined blocks; blocks in use are not dirty; leaked blocks keep
+  // their dirty bit.
   const used: BlockRun[] = [];
   const free: BlockRun[] = [];
   let leaked = 0;
+  let unmarked = 0;
   for (let block = 0; block < geometry.blockCount; block++) {
-    const inUse = owner[block] !== -1;
+    const inUse = owner[block] !== -1 || allocator.isQuarantined(block);
     if (!inUse && allocator.isAllocated(block)) leaked++;
+    if (inUse && !allocator.isAllocated(block)) unmarked++;
     appendRun(inUse ? used : free, block);
   }
   allocator.markFree(free);
@@ -97,6 +100,7 @@ export function repairDerived(views: RepairViews): RepairResult {
   hints.freeBlocks = geometry.blockCount - counts.allocated;
   hints.dirtyBlocks = counts.dirty;
   if (leaked) fixes.push(`freed ${leaked} allocated blocks no file held`);
+  if (unmarked) fixes.push(`marked allocated ${unmarked} blocks a file or the bad-block list holds`);
 
   // 3. Extent pages: those in a chain belong to it, the rest form the free list.
   const pageUsed = new Uint8Array(extents.pageCount);

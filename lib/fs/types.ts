@@ -123,6 +123,8 @@ export interface Stat {
   extents: number;
   /** Created contiguous: always one extent. */
   contiguous: boolean;
+  /** Quarantined blocks the file holds (see Filesystem.quarantineBlock): its memory there has failed. */
+  quarantinedBlocks: number;
   mode: number;
   uid: number;
   gid: number;
@@ -148,6 +150,8 @@ export interface StatFs {
   freeRuns: number;
   /** Blocks in the longest free run: the largest contiguous file that still fits. */
   largestFreeRun: number;
+  /** Blocks quarantined as bad: out of service, whether a file still holds them or not. */
+  quarantinedBlocks: number;
 }
 
 export interface DirEntry {

@@ -20,7 +20,7 @@ export interface MetadataViews {
 }
 
 /** Builds every view over a metadata source; nothing is read until a view is used. */
-export function openViews(source: MetadataSource, geometry: Geometry): MetadataViews {
+export function openViews(source: MetadataSource, geometry: Geometry, badBlocks: readonly number[] = []): MetadataViews {
   const header = source.window(0, FIXED_HEADER_BYTES);
   const { hints, intent, intentBytes } = headerRecords(header);
   const inodes = new InodeTable(source, geometry);
@@ -32,7 +32,7 @@ export function openViews(source: MetadataSource, geometry: Geometry): MetadataV
     intent,
     intentBytes,
     inodes,
-    allocator: new BlockAllocator(source, geometry, hints),
+    allocator: new BlockAllocator(source, geometry, hints, badBlocks),
     extents: new ExtentStore(source, geometry, hints, inodes),
   };
 }

@@ -25,6 +25,8 @@
 //       mem                       6 ranges: header, allocated bitmap, dirty bitmap, inode table, extent pages, handover area
 //       mem-names                 stringlist naming those 6 ranges in order
 //       inode-count, inode-size, extent-page-count, extent-page-size, metadata-blocks   u32 each
+//       bad-blocks                u32 list, only once a block is quarantined: the quarantined blocks, ascending
+//                                 (restore requires the superblock's list)
 //       crc32                     u32: CRC-32 (IEEE) over, in order: intent+hints [8192, 16384), both bitmaps, the
 //                                 512-byte record of every live inode in `inodes/live` order, and every extent page in
 //                                 `mappings_blocks` order. Free inodes and pages are not covered: they are rewritten
@@ -98,6 +100,8 @@ export interface HandoverInput {
   liveInodes: ArrayLike<number>;
   /** Extent pages in use and their owners, in the same order. */
   pages: readonly number[];
+  /** Quarantined blocks, ascending. */
+  badBlocks: readonly number[];
   pageOwners: readonly number[];
 }
 
@@ -121,6 +125,8 @@ export interface HandoverDescription {
   };
   regions: Array<{ name: string; offset: number; length: number }>;
   crc32: number;
+  /** Quarantined blocks (empty when the blob has no bad-blocks property). */
+  badBlocks: number[];
   liveInodes: number[];
   mappingsBlocks: Array<{ offset: number; length: number; inode: number }>;
   reservations: Array<{ offset: number; length: number }>;
@@ -184,6 +190,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU32('extent-page-count', g.extentPageCount);
   w.propU32('extent-page-size', g.extentPageSize);
   w.propU32('metadata-blocks', g.metadataBlocks);
+  if (input.badBlocks.length > 0) w.propU32List('bad-blocks', input.badBlocks);
   w.propU32('crc32', liveMetadataCrc(input.metadata, input.liveInodes, input.pages));
   w.endNode();
 
@@ -325,6 +332,7 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
     },
     regions: REGION_NAMES.map((name, index) => ({ name, offset: regionValues[index * 2]!, length: regionValues[index * 2 + 1]! })),
     crc32: u32s(sb, 'crc32', '/guestmemfs/superblock', 1)[0]!,
+    badBlocks: sb.props.has('bad-blocks') ? u32s(sb, 'bad-blocks', '/guestmemfs/superblock') : [],
     liveInodes: u32s(inodes, 'live', '/guestmemfs/inodes'),
     mappingsBlocks: pageOwners.map((inode, index) => ({ offset: pageMem[index * 2]!, length: pageMem[index * 2 + 1]!, inode })),
     reservations: parsed.reservations.map((entry) => ({ offset: toNumber(entry.address), length: toNumber(entry.size) })),
@@ -348,6 +356,8 @@ export interface RestoreExpectations {
   chainOf: (ino: number) => number[];
   /** CRC-32 of the whole blob, recorded in the superblock when it was written. */
   blobCrc: number;
+  /** The superblock's quarantined blocks. */
+  badBlocks: readonly number[];
 }
 
 /**
@@ -388,6 +398,12 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
         `blob describes a pool on ${node(d.fsMem.numaNode)}, the superblock one on ${node(expect.pool.numaNode)}`,
       );
     }
+    if (d.badBlocks.join() !== expect.badBlocks.join())
+      reject(
+        'EUCLEAN',
+        'bad-blocks',
+        `blob quarantines blocks [${d.badBlocks.join(', ')}], the superblock [${expect.badBlocks.join(', ')}]`,
+      );
     if (d.fsMem.blockSize !== g.blockSize || d.fsMem.blockCount !== g.blockCount) {
       reject(
         'EINVAL',

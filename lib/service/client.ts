@@ -2,6 +2,7 @@
 // direct data path: the pool descriptor received as SCM_RIGHTS, mapped here and pinned on a description of its own.
 import { GuestmemfsError } from '../errors';
 import type { AuditReport } from '../fs/audit';
+import type { QuarantineResult } from '../fs/badblocks';
 import type { QuotaReport, QuotaTarget } from '../fs/quota';
 import type { CreateOptions, DirEntry, MappableFile, MkdirOptions, Stat, StatFs } from '../fs/types';
 import { native } from '../native';
@@ -251,6 +252,10 @@ export class ServiceClient {
 
   async setQuota(target: QuotaTarget, limitBytes: number | null): Promise<void> {
     await this.request('POST', 'quota', { ...target, limitBytes });
+  }
+
+  quarantineBlock(block: number): Promise<QuarantineResult> {
+    return this.request<QuarantineResult>('POST', 'badblock', { block });
   }
 
   /**
