@@ -2,7 +2,8 @@
 // a block named bad is recorded in the superblock, never allocated again, and the file that holds it is flagged.
 import { GuestmemfsError } from '../errors';
 import type { MountContext } from './context';
-import { type Superblock, MAX_BAD_BLOCKS, RO_COMPAT_BADBLOCKS } from './layout';
+import { MAX_BAD_BLOCKS } from './bad-block-list';
+import { type Superblock, RO_COMPAT_BADBLOCKS } from './layout';
 import { pathOf } from './names';
 import { FLAG_ORPHAN } from './inodes';
 import { scanOwnership } from './ownership';

@@ -15,6 +15,7 @@ import type { randomUUID } from 'node:crypto';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
+import { readBadBlockList, writeBadBlockList } from './bad-block-list';
 import { type QuotaLimit, readQuotaTable, writeQuotaTable } from './quota-table';
 
 export const FORMAT_MAGIC = 'GMFSPOOL';
@@ -259,12 +260,6 @@ const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
 ];
 /** The slot's own CRC32, over its first SLOT_CHECKED_BYTES bytes. */
 const SLOT_CRC_OFFSET = SLOT_CHECKED_BYTES;
-/**
- * The bad-block list: a u32 count, then that many u32 block numbers, ascending, in the rest of the checked bytes, so
- * that a quarantine commits with the slot it is written in.
- */
-const BAD_BLOCKS_OFFSET = 224;
-export const MAX_BAD_BLOCKS = (SLOT_CHECKED_BYTES - BAD_BLOCKS_OFFSET - 4) / 4;
 const MAGIC_BYTES = 8;
 
 type FieldValue = number | bigint | string;
@@ -342,9 +337,7 @@ export function writeSuperblockSlot(metadata: Uint8Array, slot: number, sb: Omit
     writeField(view, field, field.fixed ?? (field.in === 'geometry' ? geometry : source)[field.name]!);
   }
   writeQuotaTable(view, sb.quotas);
-  if (sb.badBlocks.length > MAX_BAD_BLOCKS) throw new RangeError(`at most ${MAX_BAD_BLOCKS} bad blocks fit in the superblock`);
-  view.setUint32(BAD_BLOCKS_OFFSET, sb.badBlocks.length, true);
-  for (let index = 0; index < MAX_BAD_BLOCKS; index++) view.setUint32(BAD_BLOCKS_OFFSET + 4 + index * 4, sb.badBlocks[index] ?? 0, true);
+  writeBadBlockList(view, sb.badBlocks);
   view.setUint32(SLOT_CRC_OFFSET, slotChecksums(metadata, slot).actual, true);
 }
 
@@ -380,17 +373,11 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
     if (!table.ok) return { ok: false, code: 'EUCLEAN', reason: table.reason };
     quotas = table.limits;
   }
-  const badBlocks: number[] = [];
+  let badBlocks: number[] = [];
   if ((sb.roCompat as number) & RO_COMPAT_BADBLOCKS) {
-    const count = view.getUint32(BAD_BLOCKS_OFFSET, true);
-    if (count > MAX_BAD_BLOCKS)
-      return { ok: false, code: 'EUCLEAN', reason: `bad-block list holds ${count} entries, at most ${MAX_BAD_BLOCKS} fit` };
-    for (let index = 0; index < count; index++) {
-      const block = view.getUint32(BAD_BLOCKS_OFFSET + 4 + index * 4, true);
-      if (block < (geometry.metadataBlocks as number) || block >= (geometry.blockCount as number) || block <= (badBlocks.at(-1) ?? -1))
-        return { ok: false, code: 'EUCLEAN', reason: `bad-block list entry ${index} (block ${block}) is not an ascending data block` };
-      badBlocks.push(block);
-    }
+    const list = readBadBlockList(view, geometry.metadataBlocks as number, geometry.blockCount as number);
+    if (!list.ok) return { ok: false, code: 'EUCLEAN', reason: list.reason };
+    badBlocks = list.blocks;
   }
   const fields = sb as unknown as Omit<Superblock, 'geometry' | 'slot' | 'quotas' | 'badBlocks'>;
   return { ok: true, sb: { ...fields, quotas, badBlocks, geometry: geometry as unknown as Geometry, slot } };
