@@ -48,6 +48,8 @@ const opArb = fc.oneof(
       fill: fc.integer({ min: 1, max: 255 }),
     }),
   },
+  // A free block, picked on the filesystem by index, quarantined: never allocated again.
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('quarantine' as const), target: pathRef, pick: fc.nat() }) },
 );
 type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
 
@@ -72,6 +74,7 @@ interface Step {
   size?: number;
   position?: number;
   bytes?: Uint8Array;
+  pick?: number;
 }
 
 function resolveStep(model: Model, op: Op): Step {
@@ -79,6 +82,7 @@ function resolveStep(model: Model, op: Op): Step {
   if (op.op === 'create') step.type = op.type;
   if (op.op === 'rename') step.to = concrete(model, op.to);
   if (op.op === 'truncate') step.size = op.size;
+  if (op.op === 'quarantine') step.pick = op.pick;
   if (op.op === 'write') {
     step.position = op.position;
     step.bytes = new Uint8Array(op.length).fill(op.fill);
@@ -105,7 +109,27 @@ function apply(target: 'fs' | 'model', gfs: Filesystem, model: Model, step: Step
       return onFs ? gfs.truncate(step.path, step.size!) : model.resize(step.path, step.size!);
     case 'write':
       return onFs ? void gfs.write(step.path, step.bytes!, step.position) : model.write(step.path, step.position!, step.bytes!);
+    case 'quarantine': {
+      if (!onFs) return model.quarantineFree();
+      const free = freeBlocksOf(gfs, model);
+      if (free.length > 0) gfs.quarantineBlock(free[step.pick! % free.length]!);
+      return;
+    }
   }
+}
+
+/** The filesystem's free data blocks, found from its files' extents and its bad-block list (not from its counters). */
+function freeBlocksOf(gfs: Filesystem, model: Model): number[] {
+  const { metadataBlocks, blockCount } = gfs.geometry;
+  const taken = new Set(gfs.badBlocks());
+  for (const [path, node] of model.nodes) {
+    if (node.kind !== 'file') continue;
+    for (const { offset, length } of gfs.extents(path))
+      for (let block = offset / B; block < (offset + length) / B; block++) taken.add(block);
+  }
+  const free: number[] = [];
+  for (let block = metadataBlocks; block < blockCount; block++) if (!taken.has(block)) free.push(block);
+  return free;
 }
 
 function outcome(run: () => void): string {
@@ -145,7 +169,8 @@ function compare(gfs: Filesystem, model: Model): void {
   const report = gfs.audit();
   expect(report.problems).toEqual([]);
   const statfs = gfs.statfs();
-  expect(statfs.freeBlocks).toBe(statfs.dataBlocks - model.usedBlocks());
+  expect(statfs.freeBlocks).toBe(model.freeBlocks());
+  expect(statfs.quarantinedBlocks).toBe(gfs.badBlocks().length);
   expect(statfs.freeInodes).toBe(INODES - model.nodes.size - 1);
 }
 
@@ -178,7 +203,7 @@ describe('filesystem against a model (fast-check)', () => {
     }
     process.stdout.write(`[model] outcomes: ${JSON.stringify(Object.fromEntries([...outcomes].sort()))}\n`);
     // The sequences must really exercise the filesystem: every operation succeeds often, and ENOSPC is reached.
-    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write'])
+    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write', 'quarantine'])
       expect(outcomes.get(`${op}:ok`) ?? 0).toBeGreaterThan(50);
     expect(outcomes.get('truncate:ENOSPC') ?? 0).toBeGreaterThan(10);
     for (const errorCode of ['EEXIST', 'ENOTEMPTY', 'EISDIR', 'ENOTDIR', 'EINVAL', 'EPERM']) {

@@ -5,6 +5,8 @@ export class Model {
   readonly nodes = new Map<string, Node>([['/', { kind: 'dir' }]]);
   /** Set between serialise and abort: metadata changes fail with EBUSY. */
   frozen = false;
+  /** Free blocks quarantined (never allocated again): the capacity is that many blocks smaller. */
+  quarantined = 0;
 
   constructor(
     readonly dataBlocks: number,
@@ -17,11 +19,22 @@ export class Model {
     copy.nodes.clear();
     for (const [key, node] of this.nodes) copy.nodes.set(key, node.kind === 'dir' ? node : { ...node, data: node.data.slice() });
     copy.frozen = this.frozen;
+    copy.quarantined = this.quarantined;
     return copy;
   }
 
   #writable(): void {
     if (this.frozen) throw code('EBUSY');
+  }
+
+  freeBlocks(): number {
+    return this.dataBlocks - this.quarantined - this.usedBlocks();
+  }
+
+  /** Quarantines a free block, if there is one: the pool holds one block less from now on. */
+  quarantineFree(): void {
+    this.#writable();
+    if (this.freeBlocks() > 0) this.quarantined++;
   }
 
   usedBlocks(): number {
@@ -111,7 +124,7 @@ export class Model {
     this.#writable();
     const node = this.file(path);
     const extra = Math.ceil(size / this.blockSize) - Math.ceil(node.data.length / this.blockSize);
-    if (extra > 0 && extra > this.dataBlocks - this.usedBlocks()) throw code('ENOSPC');
+    if (extra > 0 && extra > this.freeBlocks()) throw code('ENOSPC');
     const data = new Uint8Array(size);
     data.set(node.data.subarray(0, Math.min(size, node.data.length)));
     node.data = data;
