@@ -311,6 +311,7 @@ describe('guestmemfs mount', () => {
     expect(text).toContain('guestmemfs_operations_total{operation="stat",result="ENOENT"} 1');
     expect(text).toMatch(/guestmemfs_operation_duration_seconds_count\{operation="create"\} 1/);
     expect(text).toContain('guestmemfs_blocks{state="used"} 2');
+    expect(text).toContain('guestmemfs_blocks{state="quarantined"} 0');
     expect(text).toContain(`guestmemfs_quota_limit_bytes{kind="uid",id="0"} ${10 * B}`);
     expect(text).toContain(`guestmemfs_quota_used_bytes{kind="uid",id="0"} ${2 * B}`);
     expect(text).toMatch(/guestmemfs_pins \d+/);

@@ -157,6 +157,8 @@ export class ServiceMetrics {
       this.#blocks.set({ state: 'used' }, stat.dataBlocks - stat.freeBlocks);
       this.#blocks.set({ state: 'free' }, stat.freeBlocks);
       this.#blocks.set({ state: 'dirty_free' }, stat.dirtyFreeBlocks);
+      // Counted in "used" too (a quarantined block is never free): an alert on memory failing in a pool.
+      this.#blocks.set({ state: 'quarantined' }, stat.quarantinedBlocks);
       this.#inodes.set({ state: 'used' }, stat.totalInodes - stat.freeInodes);
       this.#inodes.set({ state: 'free' }, stat.freeInodes);
       const holders = fs.pins();
