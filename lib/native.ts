@@ -115,6 +115,10 @@ export interface NativeBinding {
   fdDuplicate(fd: number): number;
   /** One datagram to a UNIX datagram socket ('@name': abstract), as sd_notify sends. */
   datagramSend(path: string, message: string): void;
+  /** A connected pair of UNIX stream sockets, both close-on-exec. */
+  socketPair(): [number, number];
+  /** Whether every copy of the other end of a stream socket has closed (a hang-up), without waiting. */
+  socketPeerClosed(fd: number): boolean;
   // Pagemap family
   pagemapEntries(id: number, offset: number, length: number, stride: number): BigUint64Array;
   // NUMA family

@@ -3,6 +3,7 @@
 // and a duplicate of a listening socket to keep across a live update.
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -224,6 +225,29 @@ Napi::Value FdDuplicate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), duplicate);
 }
 
+// socketPair(): a connected pair of UNIX stream sockets, both close-on-exec: a lifeline between processes, whose
+// holder learns through socketPeerClosed() when every copy of the other end has closed (its owners all exited).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) throw ErrnoError(info.Env(), errno, "socketpair");
+  Napi::Array pair = Napi::Array::New(info.Env(), 2);
+  pair.Set(0u, Napi::Number::New(info.Env(), fds[0]));
+  pair.Set(1u, Napi::Number::New(info.Env(), fds[1]));
+  return pair;
+}
+
+// socketPeerClosed(fd): whether every copy of the other end of a stream socket has closed (hang-up), without waiting.
+Napi::Value SocketPeerClosed(const Napi::CallbackInfo& info) {
+  pollfd entry{ArgFd(info, 0), POLLRDHUP, 0};
+  int ready;
+  do {
+    ready = poll(&entry, 1, 0);
+  } while (ready < 0 && errno == EINTR);
+  if (ready < 0) throw ErrnoError(info.Env(), errno, "poll");
+  if (entry.revents & POLLNVAL) throw CodeError(info.Env(), "EBADF", EBADF, "poll", "fd " + std::to_string(entry.fd) + " is not open");
+  return Napi::Boolean::New(info.Env(), (entry.revents & (POLLRDHUP | POLLHUP)) != 0);
+}
+
 }  // namespace
 
 void RegisterSocketFamily(Napi::Env env, Napi::Object exports) {
@@ -234,6 +258,8 @@ void RegisterSocketFamily(Napi::Env env, Napi::Object exports) {
   exports.Set("receiveWithFds", Napi::Function::New(env, ReceiveWithFds, "receiveWithFds"));
   exports.Set("fdDuplicate", Napi::Function::New(env, FdDuplicate, "fdDuplicate"));
   exports.Set("datagramSend", Napi::Function::New(env, DatagramSend, "datagramSend"));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
+  exports.Set("socketPeerClosed", Napi::Function::New(env, SocketPeerClosed, "socketPeerClosed"));
 }
 
 }  // namespace gmfs

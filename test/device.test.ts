@@ -1,6 +1,7 @@
 // The demo device (pkernfs's case): a backend process DMAs records into guest buffers through an IOMMU-like table in
 // a state file, and keeps doing so while the VMM is live-updated in either mode; the guest's driver checks every
 // record. Also the table's and the device state's formats, and what they refuse.
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KiB, MiB, mount, Pool } from '../lib/index';
@@ -14,10 +15,11 @@ import {
   readDeviceState,
   recordChecksum,
 } from '../lib/vmm/device';
-import { runUpdatesAsync, type UpdateMode } from '../lib/vmm/launch';
+import { runUpdatesAsync, type UpdateMode, updateArgv } from '../lib/vmm/launch';
 import { demoGuestChecksum, kvmUnavailableReason } from '../lib/vmm/machine';
 import { DEVICE_FILES } from '../lib/vmm/update-common';
-import { captureError, machine, skipReason, uniquePath } from './helpers';
+import { captureError, machine, signalled, skipReason, uniquePath } from './helpers';
+import { Lines } from './service-helpers';
 import { smallFs, type TestFs } from './fs-helpers';
 
 const m = machine();
@@ -133,6 +135,49 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('a device whose 
     180_000,
   );
 
+  it.each(['exec', 'transfer'] as const)(
+    '%s mode: a backend whose VMMs are all gone (killed after an update) stops and exits by itself',
+    async (mode: UpdateMode) => {
+      const poolPath = uniquePath(m.hugetlbfs2M!, 'device-orphan');
+      Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 96 * MiB }).close();
+      let backend: number | undefined;
+      try {
+        // A guest that runs until it is stopped, updated once: then the VMM that runs it is killed, and nobody stops the device.
+        const [node, ...args] = updateArgv({
+          mode,
+          poolPath,
+          ramBytes,
+          steps: 2 ** 40,
+          seed: 5,
+          updates: 1,
+          maxDelayMs: 50,
+          vcpus: 2,
+          device: { records: 10_000_000, recordsPerSecond: 2_500 },
+        });
+        const vmm = spawn(node!, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, GUESTMEMFS_REHEARSAL_ROUNDS: '1' } });
+        const lines = new Lines(vmm.stdout);
+        const ready = JSON.parse(await lines.next((line) => line.includes('"device-ready"'))) as { pid: number };
+        backend = ready.pid;
+        const update = JSON.parse(await lines.next((line) => line.includes('"event":"update"'))) as { pid: number; device: object };
+        expect(update.device).toMatchObject({ backendPid: ready.pid, stopped: false });
+        expect(running(ready.pid)).toBe(true);
+        process.kill(update.pid, 'SIGKILL'); // the VMM running the guest now (in transfer mode, the successor)
+        await signalled(() => !running(update.pid));
+        // Its lifeline's last copy closed with it: the backend notices within a few turns and exits. (The bound only
+        // ends a failing wait, so that the finally below still runs.)
+        let exited = false;
+        const giveUpAt = Date.now() + 60_000;
+        await signalled(() => (exited = !running(ready.pid)) || Date.now() > giveUpAt);
+        expect(exited, `the backend (pid ${ready.pid}) still runs with no VMM left`).toBe(true);
+      } finally {
+        // Should it fail, a backend left running would keep its huge pages, and the hugetlbfs mount busy, for good.
+        if (backend !== undefined && running(backend)) process.kill(backend, 'SIGKILL');
+        fs.rmSync(poolPath, { force: true });
+      }
+    },
+    120_000,
+  );
+
   it('refuses a device on a guest with no vCPU to drive it', async () => {
     const poolPath = uniquePath(m.hugetlbfs2M!, 'device-1');
     Pool.create({ backend: 'hugetlbfs', path: poolPath, size: 64 * MiB }).close();
@@ -158,3 +203,12 @@ describe.skipIf(skipReason(m.skip2M || kvmUnavailableReason()))('a device whose 
     }
   });
 });
+
+/** Whether a process still runs: its /proc entry is there and it is not a zombie (init here reaps late). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}

@@ -3,7 +3,7 @@
 // posted, translates their device addresses through the IOMMU table and writes a record into each (sequence number,
 // payload, checksum), then hands them back on the used ring. Its progress lives in the device state file, so a VMM
 // that takes over the guest adopts the device as it is. It never stops for a live update; it stops when asked (the
-// device state's stop word) and exits.
+// device state's stop word), or when no VMM holds the other end of its lifeline (fd 3) any more, and exits.
 //
 //   node device-backend.js <pool> <ramPath> <iommuPath> <devicePath> <recordsPerSecond>
 import * as fs from 'node:fs';
@@ -19,6 +19,10 @@ const TURN_US = 100;
  * turns, never holding a CPU for long at its real-time priority.
  */
 const MAX_BATCH = 32;
+/** Its end of the lifeline whose other end every VMM of the run holds (update-common.ts, DEVICE_OWNER_FD_ENV). */
+const LIFELINE_FD = 3;
+/** Turns between looks at the lifeline: a few milliseconds, one poll(2) each. */
+const LIFELINE_TURNS = 32;
 
 function main(): void {
   const [poolPath, ramPath, iommuPath, devicePath, rateText] = process.argv.slice(2);
@@ -62,7 +66,9 @@ function main(): void {
     return Number(entry & ~0xfffn) + Number(deviceAddress & 0xfffn);
   };
 
-  while (Atomics.load(stopWord, 0) === 0) {
+  for (let turn = 0; Atomics.load(stopWord, 0) === 0; turn++) {
+    // Every VMM is gone (crashed, or killed): nobody will run this guest or stop this device, so stop now.
+    if (turn % LIFELINE_TURNS === 0 && native.socketPeerClosed(LIFELINE_FD)) break;
     const now = process.hrtime.bigint();
     const due = Math.floor((Number(now - startedNs) / 1e9) * rate) - written;
     const posted = (Atomics.load(availIndex, 0) - nextAvail) >>> 0;

@@ -26,6 +26,7 @@ import {
   updateDelay,
   adoptedDevice,
   collectGarbageBeforeBlackout,
+  lifelineFds,
 } from './update-common';
 import { type CodeCacheHandoff, dropCodeCache, handOverCodeCache } from './code-cache';
 import { EARLY_RESUME_ENV } from './early-resume';
@@ -83,7 +84,7 @@ async function drive(vmm: Vmm, plan: Plan, onRunning?: (at: bigint) => void, run
     gfs.kexec(
       [failThisOne ? '/nonexistent/guestmemfs-vmm' : process.execPath, ...process.execArgv, launcher?.entry ?? __filename, 'resume'],
       // The old image's address space (80 to 100 MB of Node) is torn down by a holder while the guest runs again.
-      { env, keepFds: codeCache?.fds ?? [], deferTeardown: true },
+      { env, keepFds: [...(codeCache?.fds ?? []), ...lifelineFds()], deferTeardown: true },
     );
   } catch (error) {
     dropCodeCache(codeCache);

@@ -61,9 +61,10 @@ function resultOf(status: number | null, stdout: string, stderr: string): Update
 }
 
 /**
- * The device backend outlives every VMM process of a run by design, and the last one stops it. A run that ended
- * otherwise (a VMM crashed, or was killed at the timeout) leaves it DMAing into a guest nobody runs, pinning its RAM:
- * it is killed, if that pid is still a device backend.
+ * The device backend outlives every VMM process of a run by design, and the last one stops it; a run that ended
+ * otherwise (a VMM crashed, or was killed at the timeout) leaves it to notice that its lifeline closed, which takes it
+ * a few milliseconds. A caller that goes on at once (the next benchmark run) must not share the host with it, so it is
+ * killed here, if that pid is still a device backend.
  */
 function stopOrphanedBackend(events: UpdateEvent[]): void {
   const ready = events.find((event) => event.event === 'device-ready');

@@ -36,6 +36,8 @@ import {
   ramPinners,
   updateDelay,
   adoptedDevice,
+  DEVICE_OWNER_FD_ENV,
+  deviceLifeline,
 } from './update-common';
 import { lineReader } from './line-reader';
 import { type PreparedResume, Vmm } from './vmm';
@@ -49,6 +51,8 @@ const REFUSE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_REFUSE_FIRST';
 const DIE_FIRST_ENV = 'GUESTMEMFS_TRANSFER_DIE_FIRST';
 /** The successor's end of the pipe on which it reports (fd 0 brings the sender's news, fd 1 and 2 are shared). */
 const REPORT_FD = 3;
+/** Where a successor finds the device lifeline (deviceLifeline()), when the guest has the demo device. */
+const SUCCESSOR_LIFELINE_FD = 4;
 /** Sender to successor: the pool is serialised and released; restore it, attach, and wait for the saved state. */
 const HANDED_OVER = 'handover';
 /**
@@ -73,9 +77,11 @@ interface SenderTimings {
 
 /** Starts the successor and resolves once it has prepared everything it can before the update (or rejects if it died). */
 async function startSuccessor(poolPath: string, env: NodeJS.ProcessEnv, vcpus: number) {
+  // The device lifeline goes along as the successor's fd 4: with it, the successor keeps the backend alive.
+  const lifeline = deviceLifeline();
   const child = spawn(process.execPath, [...process.execArgv, __filename, 'successor', poolPath, String(vcpus)], {
-    stdio: ['pipe', 'inherit', 'inherit', 'pipe'],
-    env,
+    stdio: ['pipe', 'inherit', 'inherit', 'pipe', ...(lifeline === undefined ? [] : [lifeline])],
+    env: lifeline === undefined ? env : { ...env, [DEVICE_OWNER_FD_ENV]: String(SUCCESSOR_LIFELINE_FD) },
   });
   child.stdin!.on('error', () => {}); // a successor that already died cannot be told; the exit below handles it
   const nextReport = lineReader(child.stdio[REPORT_FD] as Readable);

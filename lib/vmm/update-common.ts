@@ -19,6 +19,32 @@ export const CONFIG: VmmFiles = { ramPath: '/vm0/ram', statePath: '/vm0/state' }
 export const DEVICE_FILES: DeviceFiles = { iommuPath: '/vm0/iommu', devicePath: '/vm0/device' };
 /** How long the last VMM waits for the device backend to stop when the run ends. */
 const DEVICE_STOP_TIMEOUT_MS = 10_000;
+/**
+ * The VMM's end of its lifeline to the device backend (a socket pair): every VMM of the run holds it, across execve
+ * and into a transfer successor, and the backend exits when the last copy closes, as a vhost-user backend does when
+ * its frontend's socket closes. Without it, a VMM that crashed would leave the backend DMAing into a guest nobody runs.
+ */
+export const DEVICE_OWNER_FD_ENV = 'GUESTMEMFS_DEVICE_OWNER_FD';
+let deviceOwnerFd: number | undefined;
+
+/** The fds an execve must keep for the device: the lifeline, when there is one. */
+export function lifelineFds(): number[] {
+  const fd = deviceLifeline();
+  return fd === undefined ? [] : [fd];
+}
+
+/**
+ * This VMM's end of the device lifeline, taken from the environment once (it arrives inheritable, through execve or
+ * as a transfer successor's extra stdio, and is made close-on-exec again here); undefined without a device.
+ */
+export function deviceLifeline(): number | undefined {
+  if (deviceOwnerFd !== undefined) return deviceOwnerFd;
+  const text = process.env[DEVICE_OWNER_FD_ENV];
+  if (text === undefined || !/^\d+$/.test(text)) return undefined;
+  deviceOwnerFd = Number(text);
+  native.fdSetInherit(deviceOwnerFd, false);
+  return deviceOwnerFd;
+}
 /** Guest RAM's physical frames at boot, kept for the proof at the end of the run (read outside any blackout). */
 const BOOT_FRAMES_PATH = '/vm0/boot-frames';
 
@@ -84,10 +110,18 @@ export function bootGuest(pool: Pool, args: string[]): { vmm: Vmm; plan: Plan } 
 function startDeviceBackend(pool: Pool, recordsPerSecond: number): void {
   const program = path.join(__dirname, 'device-backend.js');
   const args = [program, pool.path!, CONFIG.ramPath, DEVICE_FILES.iommuPath, DEVICE_FILES.devicePath, String(recordsPerSecond)];
-  const ready = childProcess().spawnSync(process.execPath, ['-e', READY_WAITER, ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    encoding: 'utf8',
-  });
+  const [owner, backendEnd] = native.socketPair();
+  let ready;
+  try {
+    ready = childProcess().spawnSync(process.execPath, ['-e', READY_WAITER, ...args], {
+      stdio: ['ignore', 'pipe', 'inherit', backendEnd],
+      encoding: 'utf8',
+    });
+  } finally {
+    native.fdClose(backendEnd);
+  }
+  deviceOwnerFd = owner;
+  process.env[DEVICE_OWNER_FD_ENV] = String(owner);
   const line = ready.stdout.trim();
   if (ready.status !== 0 || !line.includes('device-ready')) throw new Error(`the device backend did not start: ${line || ready.status}`);
   emit(JSON.parse(line) as Record<string, unknown>);
@@ -95,11 +129,12 @@ function startDeviceBackend(pool: Pool, recordsPerSecond: number): void {
 
 /**
  * Starts the backend detached and relays its ready line: a child of a throwaway process, so that no VMM process is
- * its parent (it is reparented to init when the waiter exits) and none waits on it.
+ * its parent (it is reparented to init when the waiter exits) and none waits on it. Its fd 3, the backend's end of
+ * the lifeline, is the backend's fd 3 too.
  */
 const READY_WAITER = `
 const { spawn } = require('node:child_process');
-const child = spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
+const child = spawn(process.execPath, process.argv.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'inherit', 3] });
 let out = '';
 child.stdout.on('data', (chunk) => {
   out += chunk;
@@ -114,6 +149,8 @@ child.on('exit', (code) => process.exit(code || 1));
  */
 export function adoptedDevice(vmm: Vmm, plan: Plan): Record<string, unknown> {
   if (!plan.device) return {};
+  deviceLifeline(); // close-on-exec again, now that it has come through
+
   const device = adoptDevice(vmm.fs, DEVICE_FILES);
   return { device: { ...device, startedNs: device.startedNs.toString() } };
 }
