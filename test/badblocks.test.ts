@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { readPoolSuperblock } from '../lib/fs/format';
 import { MAX_BAD_BLOCKS } from '../lib/fs/bad-block-list';
 import { RO_COMPAT_BADBLOCKS } from '../lib/fs/layout';
-import { check, decodeHandoverBlob, type Filesystem, KiB, mount, type Pool } from '../lib/index';
+import { check, decodeHandoverBlob, type Filesystem, KiB, mkfs, mount, type Pool } from '../lib/index';
 import { rewriteSuperblock, smallFs } from './fs-helpers';
 import { captureError, repoRoot, uniquePath } from './helpers';
 
@@ -129,6 +129,35 @@ describe('quarantining a block', () => {
       expect(again.audit().problems).toEqual([]);
       expect(fillPool(again, '/all')).not.toContain(bad);
       again.unmount();
+    } finally {
+      t.close();
+    }
+  });
+
+  it('a reformat keeps quarantined memory out of service, in the new block size, or is refused', () => {
+    const t = smallFs({ size: 4 * 1024 * KiB, blockSize: B });
+    try {
+      const bad = t.fs.geometry.metadataBlocks + 1;
+      t.fs.quarantineBlock(bad);
+      t.fs.unmount();
+      // Metadata of 4,000 inodes would reach past that block: refused, and the pool keeps its filesystem and list.
+      const refused = captureError(() => mkfs(t.pool, { blockSize: B, inodes: 4000, force: true }));
+      expect(refused).toMatchObject({ code: 'EINVAL', syscall: 'mkfs' });
+      expect(refused.message).toContain(`would hold quarantined memory (block ${bad})`);
+      expect(readPoolSuperblock(t.pool).badBlocks).toEqual([bad]);
+      // Half the block size: the same 64 KiB are two blocks now, both out of service.
+      mkfs(t.pool, { blockSize: B / 2, force: true });
+      expect(readPoolSuperblock(t.pool).badBlocks).toEqual([2 * bad, 2 * bad + 1]);
+      const again = mount(t.pool);
+      expect(again.statfs().quarantinedBlocks).toBe(2);
+      again.create('/all');
+      again.truncate('/all', again.statfs().freeBlocks * (B / 2));
+      const held = again.extents('/all').flatMap(({ offset, length }) => [offset, offset + length]);
+      for (let at = 0; at < held.length; at += 2) expect(held[at + 1]! <= bad * B || held[at]! >= (bad + 1) * B).toBe(true);
+      expect(again.audit().problems).toEqual([]);
+      again.unmount();
+      mkfs(t.pool, { blockSize: B, force: true, forgetBadBlocks: true });
+      expect(readPoolSuperblock(t.pool).badBlocks).toEqual([]);
     } finally {
       t.close();
     }

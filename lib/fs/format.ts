@@ -15,10 +15,13 @@ import {
   newUuid,
   PoolState,
   readSuperblock,
+  RO_COMPAT_BADBLOCKS,
   ROOT_INO,
+  type Geometry,
   type Superblock,
   writeSuperblockSlot,
 } from './layout';
+import { MAX_BAD_BLOCKS } from './bad-block-list';
 import { BufferMetadata } from './metadata';
 import { lockOrExplain, poolKey, requireNotMountedHere, unlock } from './registry';
 import type { FormatInfo, MkfsOptions } from './types';
@@ -106,11 +109,13 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
         path: pool.label,
       });
     }
+    const badBlocks = hasMagic(bytes) && !options.forgetBadBlocks ? inheritedBadBlocks(bytes, pool, geometry) : [];
     bytes.fill(0);
     const { inodes, allocator, extents, hints } = openViews(new BufferMetadata(metadata), geometry);
     allocator.format();
     // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
     if (!zeroed) allocator.markDirty([{ start: geometry.metadataBlocks, length: allocator.dataBlocks }], true);
+    for (const block of badBlocks) allocator.quarantine(block);
     extents.format();
     for (let ino = 2; ino < geometry.inodeCount; ino++) inodes.setNextFree(ino, ino + 1 < geometry.inodeCount ? ino + 1 : 0);
     hints.freeInodeHead = geometry.inodeCount > 2 ? 2 : 0;
@@ -131,7 +136,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       // A pool bound to a node when it was created says so: its successors and the checker keep to it.
       compat: pool.node === undefined ? 0 : COMPAT_NUMA_NODE,
       incompat: 0,
-      roCompat: 0,
+      roCompat: badBlocks.length > 0 ? RO_COMPAT_BADBLOCKS : 0,
       uuid,
       numaNode: pool.node ?? 0,
       createdNs: now,
@@ -146,7 +151,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       handoverCrc: 0,
       handoverGeneration: 0n,
       quotas: [],
-      badBlocks: [],
+      badBlocks,
     };
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
@@ -155,4 +160,43 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     mapping.unmap();
     unlock(pool);
   }
+}
+
+/**
+ * The memory a reformat must keep out of service: the old superblock's quarantined blocks, as blocks of the new
+ * geometry (a different block size covers the same bytes with other numbers). Refuses a format whose metadata would
+ * sit on quarantined memory, or whose list could not hold it, leaving the pool as it was.
+ */
+function inheritedBadBlocks(bytes: Uint8Array, pool: Pool, geometry: Geometry): number[] {
+  let old: Superblock;
+  try {
+    old = readSuperblock(bytes.subarray(0, FIXED_HEADER_BYTES), pool);
+  } catch {
+    return []; // no readable superblock: no list to keep
+  }
+  const blocks = new Set<number>();
+  for (const block of old.badBlocks) {
+    const start = block * old.geometry.blockSize;
+    for (let at = Math.floor(start / geometry.blockSize); at * geometry.blockSize < start + old.geometry.blockSize; at++) blocks.add(at);
+  }
+  const list = [...blocks].sort((a, b) => a - b);
+  const fields = { syscall: 'mkfs', path: pool.label };
+  const underMetadata = list.filter((block) => block < geometry.metadataBlocks);
+  if (underMetadata.length > 0) {
+    throw new GuestmemfsError(
+      'EINVAL',
+      `the new metadata region (blocks 0 to ${geometry.metadataBlocks - 1}) would hold quarantined memory (block ` +
+        `${underMetadata.join(', ')}): this pool cannot hold a filesystem of that geometry; retire it`,
+      fields,
+    );
+  }
+  if (list.length > MAX_BAD_BLOCKS) {
+    throw new GuestmemfsError(
+      'ENOSPC',
+      `the quarantined memory spans ${list.length} blocks of ${geometry.blockSize} bytes, more than the ${MAX_BAD_BLOCKS} the ` +
+        `bad-block list holds: use a larger block size`,
+      fields,
+    );
+  }
+  return list;
 }

@@ -12,6 +12,11 @@ export interface MkfsOptions {
   blockSize?: number;
   /** Reformat a pool that already holds a guestmemfs filesystem. */
   force?: boolean;
+  /**
+   * A reformat keeps the old bad-block list (its blocks, in the new block size, stay out of service); this starts with
+   * an empty one instead, for memory that is known good again.
+   */
+  forgetBadBlocks?: boolean;
 }
 
 export interface FormatInfo {
