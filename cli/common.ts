@@ -65,6 +65,12 @@ export function describeStat(stat: Stat): Record<string, unknown> {
   return { ...stat, modeOctal: stat.mode.toString(8).padStart(4, '0') };
 }
 
+/** A file holding quarantined blocks is flagged wherever it is shown (ls, stat). */
+export function badBlockNote(stat: { quarantinedBlocks?: number }): string {
+  const count = stat.quarantinedBlocks ?? 0;
+  return count > 0 ? `   [holds ${count} quarantined block${count === 1 ? '' : 's'}]` : '';
+}
+
 /** "  Pins: pid 123 on [offset, +length)" lines, or one saying there are none. */
 export function pinLines(pins: readonly PinHolder[]): string[] {
   if (pins.length === 0) return ['  Pins: none'];

@@ -14,6 +14,5 @@ void RegisterLocksFamily(Napi::Env env, Napi::Object exports);    // OFD byte-ra
 void RegisterSocketFamily(Napi::Env env, Napi::Object exports);   // UNIX sockets: listen, peer credentials, SCM_RIGHTS, datagrams
 void RegisterFutexFamily(Napi::Env env, Napi::Object exports);    // futex wait/wake on a word of a mapping, across processes
 void RegisterNumaFamily(Napi::Env env, Napi::Object exports);     // mbind of a mapping to one node, and which node each page is on
-void RegisterNumaFamily(Napi::Env env, Napi::Object exports);     // mbind of a mapping to a node, and the node of each page
 
 }  // namespace gmfs

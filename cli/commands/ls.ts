@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import * as path from 'node:path';
 import type { Stat } from '../../lib/fs/types';
-import { command, type Common, describeStat, modeString, print, size } from '../common';
+import { badBlockNote, command, type Common, describeStat, modeString, print, size } from '../common';
 import { withReader } from '../pools';
 
 export function register(program: Command): void {
@@ -34,10 +34,4 @@ export function register(program: Command): void {
         );
       }),
     );
-}
-
-/** A file holding quarantined blocks is flagged wherever it is listed. */
-export function badBlockNote(stat: { quarantinedBlocks?: number }): string {
-  const count = stat.quarantinedBlocks ?? 0;
-  return count > 0 ? `   [holds ${count} quarantined block${count === 1 ? '' : 's'}]` : '';
 }

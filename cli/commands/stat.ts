@@ -1,8 +1,7 @@
 // guestmemfs stat: show an inode.
 import type { Command } from 'commander';
-import { badBlockNote } from './ls';
 import { formatSize } from '../../lib/units';
-import { command, type Common, describeStat, modeString, pinLines, print } from '../common';
+import { badBlockNote, command, type Common, describeStat, modeString, pinLines, print } from '../common';
 import { withReader } from '../pools';
 
 export function register(program: Command): void {

@@ -7,6 +7,7 @@ import { type Superblock, RO_COMPAT_BADBLOCKS } from './layout';
 import { pathOf } from './names';
 import { FLAG_ORPHAN } from './inodes';
 import { scanOwnership } from './ownership';
+import type { BlockRun } from './runs';
 import type { MetadataViews } from './views';
 
 /** What quarantining a block found and did. */
@@ -68,12 +69,19 @@ function holderOf(ctx: MountContext, block: number): { ino: number; path: string
 }
 
 function holds(views: Pick<MetadataViews, 'extents'>, ino: number, block: number): boolean {
-  return views.extents.read(ino).some((run) => block >= run.start && block < run.start + run.length);
+  return heldAmong(views.extents.read(ino), block);
+}
+
+function heldAmong(runs: readonly BlockRun[], block: number): boolean {
+  return runs.some((run) => block >= run.start && block < run.start + run.length);
 }
 
 /** How many quarantined blocks a file holds (what stat and ls flag). */
 export function quarantinedIn(views: Pick<MetadataViews, 'extents'>, sb: Pick<Superblock, 'badBlocks'>, ino: number): number {
-  return sb.badBlocks.reduce((count, block) => (holds(views, ino, block) ? count + 1 : count), 0);
+  if (sb.badBlocks.length === 0) return 0;
+  // Read once: stat runs this for every file ls lists.
+  const runs = views.extents.read(ino);
+  return sb.badBlocks.reduce((count, block) => (heldAmong(runs, block) ? count + 1 : count), 0);
 }
 
 /** Every quarantined block with the inode that holds it (null: none, it is out of service), for the checker. */

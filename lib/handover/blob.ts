@@ -235,33 +235,30 @@ function prop(node: FdtNode, name: string, where: string): Uint8Array {
   return value;
 }
 
-function u32s(node: FdtNode, name: string, where: string, count?: number): number[] {
+/** A property's bytes as cells of `width` bytes, refused unless it holds whole cells (and `count` of them, if given). */
+function cells(node: FdtNode, name: string, where: string, width: 4 | 8, count?: number): DataView {
   const value = prop(node, name, where);
-  if (value.length % 4 !== 0 || (count !== undefined && value.length !== count * 4)) {
+  if (value.length % width !== 0 || (count !== undefined && value.length !== count * width)) {
     throw new BlobReject(
       'EUCLEAN',
       'property-size',
-      `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 32-bit cells`,
+      `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} ${width === 4 ? '32-bit cells' : '64-bit values'}`,
     );
   }
-  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  const out = new Array<number>(value.length / 4);
+  return new DataView(value.buffer, value.byteOffset, value.byteLength);
+}
+
+function u32s(node: FdtNode, name: string, where: string, count?: number): number[] {
+  const view = cells(node, name, where, 4, count);
+  const out = new Array<number>(view.byteLength / 4);
   for (let index = 0; index < out.length; index++) out[index] = view.getUint32(index * 4);
   return out;
 }
 
 /** 64-bit values as numbers: exact below 2^53, NaN above (no offset or length of a pool is that large). */
 function u64s(node: FdtNode, name: string, where: string, count?: number): number[] {
-  const value = prop(node, name, where);
-  if (value.length % 8 !== 0 || (count !== undefined && value.length !== count * 8)) {
-    throw new BlobReject(
-      'EUCLEAN',
-      'property-size',
-      `${where}/${name} is ${value.length} bytes, not ${count ?? 'a multiple of'} 64-bit values`,
-    );
-  }
-  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
-  const out = new Array<number>(value.length / 8);
+  const view = cells(node, name, where, 8, count);
+  const out = new Array<number>(view.byteLength / 8);
   for (let index = 0; index < out.length; index++) {
     const high = view.getUint32(index * 8);
     out[index] = high < 2 ** 21 ? high * 2 ** 32 + view.getUint32(index * 8 + 4) : Number.NaN;
@@ -288,9 +285,7 @@ function node(parent: FdtNode, name: string): FdtNode {
 
 /** The generation, a 64-bit counter: exact, as a decimal string. */
 function generationOf(root: FdtNode): string {
-  u64s(root, 'generation', '/guestmemfs', 1); // its size checked as every u64 property's
-  const value = prop(root, 'generation', '/guestmemfs');
-  return new DataView(value.buffer, value.byteOffset, value.byteLength).getBigUint64(0).toString();
+  return cells(root, 'generation', '/guestmemfs', 8, 1).getBigUint64(0).toString();
 }
 
 const toNumber = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : Number.NaN);
