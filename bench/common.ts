@@ -20,7 +20,20 @@ export const childEnv: NodeJS.ProcessEnv = { ...process.env };
 delete childEnv.NODE_EXTRA_CA_CERTS;
 
 /** Every benchmark of the suite, in the order `npm run bench` runs them (bench/NAME.ts, bench/results/NAME.json). */
-export const BENCHMARKS = ['map', 'alloc', 'access', 'zero', 'fs', 'handover', 'vmm', 'device', 'pins', 'qemu', 'service'] as const;
+export const BENCHMARKS = [
+  'map',
+  'alloc',
+  'access',
+  'zero',
+  'fs',
+  'handover',
+  'resize',
+  'vmm',
+  'device',
+  'pins',
+  'qemu',
+  'service',
+] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export interface Stats {

@@ -133,6 +133,19 @@ export function headlinesOf(all: Partial<Record<BenchmarkName, Results>>): Headl
       met: null,
     });
   }
+  const resize = all.resize;
+  if (resize) {
+    const largest = resize.byAmount.at(-1);
+    rows.push({
+      benchmark: 'resize',
+      measure: `grow a mounted pool by ${formatSize(largest.amountBytes)} (shrink back: ${fixed(largest.shrinkMs.median, 3)} ms)`,
+      value: `${fixed(largest.growMs.median)} ms`,
+      baseline: `bare ftruncate + fallocate: ${fixed(largest.floorGrowMs.median)} ms`,
+      ratio: `${fixed(largest.growMs.median / largest.floorGrowMs.median)}x`,
+      target: 'report',
+      met: null,
+    });
+  }
   const fsResults = all.fs;
   if (fsResults) {
     for (const op of ['create', 'lookup', 'unlink'] as const) {

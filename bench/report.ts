@@ -4,8 +4,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { formatSize, TiB } from '../lib/units';
-import { renderBarChart, renderLineChart, writeChart } from './charts';
-import { BENCHMARKS, type BenchmarkName, stats, type Stats } from './common';
+import { charts } from './report-charts';
+import { BENCHMARKS, stats, type Stats } from './common';
 import { configLabel, fixed, type Headline, headlines, headlinesOf, loadAll, type Results, spread } from './headlines';
 
 export { headlines } from './headlines';
@@ -21,130 +21,6 @@ export interface ReportOptions {
   /** Where BENCHMARKS.md goes; charts go to <outDir>/bench/charts (the report links them relative to itself). */
   outDir: string;
 }
-function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: string): Record<string, string> {
-  fs.mkdirSync(chartDir, { recursive: true });
-  const made: Record<string, string> = {};
-  const vmm = all.vmm;
-  if (vmm) {
-    const startup = vmm.nodeStartupMs.median as number;
-    const points = (pick: (result: any) => number) => vmm.results.map((result: any) => ({ x: result.ramBytes, y: pick(result) }));
-    writeChart(
-      path.join(chartDir, 'blackout'),
-      renderLineChart({
-        title: 'Live-update blackout against guest RAM (median)',
-        xLabel: 'guest RAM',
-        yLabel: 'blackout (ms, log scale)',
-        logX: true,
-        logY: true,
-        formatX: (bytes) => formatSize(bytes),
-        series: [
-          { name: 'transfer mode', points: points((r) => r.transferMs.median) },
-          { name: 'exec mode', points: points((r) => r.execMs.median) },
-          { name: 'copy save + load', points: points((r) => r.copyBaselineMs.median), dashed: true },
-          { name: 'bare Node start-up', points: points(() => startup), dashed: true },
-          { name: 'transfer target (2 ms)', points: points(() => 2), dashed: true },
-        ],
-      }),
-    );
-    made.blackout = 'blackout';
-  }
-  const device = all.device;
-  if (device) {
-    const timeline = (mode: 'exec' | 'transfer') =>
-      (device[mode].timelineAroundFirstUpdate as number[]).map((count, ms) => ({ x: ms - 2 * device.windowMs, y: count }));
-    writeChart(
-      path.join(chartDir, 'device-dma'),
-      renderLineChart({
-        title: 'Device DMA around a live update (records per ms; the blackout starts at 0)',
-        xLabel: 'ms from the pause',
-        yLabel: 'records written per ms',
-        formatX: (ms) => `${ms}`,
-        series: [
-          { name: `exec mode (blackout ${fixed(device.exec.perUpdate[0].blackoutMs, 1)} ms)`, points: timeline('exec') },
-          { name: `transfer mode (blackout ${fixed(device.transfer.perUpdate[0].blackoutMs)} ms)`, points: timeline('transfer') },
-        ],
-      }),
-    );
-    made.deviceDma = 'device-dma';
-  }
-  const handover = all.handover;
-  if (handover) {
-    writeChart(
-      path.join(chartDir, 'handover-size'),
-      renderLineChart({
-        title: 'Handover (serialise + restore) against memory described',
-        xLabel: 'guest memory described by the handover',
-        yLabel: 'ms',
-        logX: true,
-        formatX: (bytes) => formatSize(bytes),
-        series: [
-          { name: 'serialise + restore', points: handover.byDescribedSize.map((p: any) => ({ x: p.describedBytes, y: p.totalMs.median })) },
-          { name: 'serialise', points: handover.byDescribedSize.map((p: any) => ({ x: p.describedBytes, y: p.serialiseMs.median })) },
-          { name: 'restore', points: handover.byDescribedSize.map((p: any) => ({ x: p.describedBytes, y: p.restoreMs.median })) },
-        ],
-      }),
-    );
-    writeChart(
-      path.join(chartDir, 'handover-files'),
-      renderLineChart({
-        title: 'Handover (serialise + restore) against number of files',
-        xLabel: 'files',
-        yLabel: 'ms (log scale)',
-        logX: true,
-        logY: true,
-        formatX: (files) => files.toLocaleString('en'),
-        series: [{ name: 'serialise + restore', points: handover.byFileCount.map((p: any) => ({ x: p.files, y: p.totalMs.median })) }],
-      }),
-    );
-    made.handoverSize = 'handover-size';
-    made.handoverFiles = 'handover-files';
-  }
-  const access = all.access;
-  if (access) {
-    const groups = access.results
-      .filter((result: any) => !result.skipped)
-      .map((result: any) => ({
-        label: `${formatSize(result.pageSize)} pages`,
-        bars: [
-          { name: 'raw mmap', value: 1000 / result.raw.throughputNsPerRead.median },
-          ...(result.guestmemfs ? [{ name: 'guestmemfs mapping', value: 1000 / result.guestmemfs.throughputNsPerRead.median }] : []),
-        ],
-      }));
-    writeChart(
-      path.join(chartDir, 'access'),
-      renderBarChart({
-        title: `Random 8-byte reads over ${formatSize(access.size)}: throughput by page size`,
-        yLabel: 'million reads per second',
-        groups,
-      }),
-    );
-    made.access = 'access';
-  }
-  const qemu = all.qemu;
-  if (qemu) {
-    const points = (variant: string) => qemu.results.map((entry: any) => ({ x: entry.ramBytes, y: entry[variant].updateMs.median }));
-    writeChart(
-      path.join(chartDir, 'qemu'),
-      renderLineChart({
-        title: 'QEMU live update time against guest RAM (median)',
-        xLabel: 'guest RAM',
-        yLabel: 'update (ms, log scale)',
-        logX: true,
-        logY: true,
-        formatX: (bytes) => formatSize(bytes),
-        series: [
-          { name: 'cpr-transfer, gmfs', points: points('gmfs-cpr-transfer') },
-          { name: 'cpr-reboot, gmfs', points: points('gmfs-cpr-reboot') },
-          { name: 'migration, anon RAM', points: points('anonymous-migration'), dashed: true },
-          { name: 'cpr-reboot, anon RAM', points: points('anonymous-cpr-reboot'), dashed: true },
-        ],
-      }),
-    );
-    made.qemu = 'qemu';
-  }
-  return made;
-}
-
 function machineLine(results: Results): string {
   const m = results.machine;
   return (
@@ -486,6 +362,29 @@ export function writeReport(options: ReportOptions): string {
         `${formatSize(Math.max(...handover.byDescribedSize.map((p: any) => p.describedBytes)) || TiB)}).`,
       '',
     );
+  }
+  const resizeResults = all.resize;
+  if (resizeResults) {
+    lines.push(
+      '## Online resize (`bench:resize`)',
+      '',
+      image('resize', 'resize time against the amount'),
+      `A mounted pool of ${formatSize(resizeResults.pageSize)} pages with a file mapped, grown by an amount and shrunk back, ` +
+        `${resizeResults.runs} runs; the floor is the same ftruncate and fallocate on a bare hugetlbfs file, in the same run.`,
+      '',
+      '| pool | amount | grow (ms) | floor (ms) | ratio | shrink (ms) | floor (ms) |',
+      '|---|---|---|---|---|---|---|',
+    );
+    for (const p of resizeResults.byAmount)
+      lines.push(
+        `| ${formatSize(p.poolBytes)} | ${formatSize(p.amountBytes)} | ${spread(p.growMs, 2)} | ${spread(p.floorGrowMs, 2)} | ` +
+          `${fixed(p.growMs.median / p.floorGrowMs.median)}x | ${spread(p.shrinkMs, 3)} | ${spread(p.floorShrinkMs, 3)} |`,
+      );
+    for (const p of resizeResults.byPoolSize)
+      lines.push(
+        `| ${formatSize(p.poolBytes)} | ${formatSize(p.amountBytes)} | ${spread(p.growMs, 2)} | - | - | ${spread(p.shrinkMs, 3)} | - |`,
+      );
+    lines.push('');
   }
   if (access) {
     lines.push('## Random access (`bench:access`)', '', image('access', 'random-read throughput by page size'));

@@ -24,6 +24,7 @@ import { register as pin } from './commands/pin';
 import { register as qemuArgs } from './commands/qemu-args';
 import { register as quota } from './commands/quota';
 import { register as badblock } from './commands/badblock';
+import { register as resize } from './commands/resize';
 import { register as rm } from './commands/rm';
 import { register as serialise } from './commands/serialise';
 import { register as stat } from './commands/stat';
@@ -63,6 +64,7 @@ for (const register of [
   abort,
   check,
   badblock,
+  resize,
   inspect,
   kexec,
   demo,

@@ -48,6 +48,7 @@ export { connect, ServiceClient, type ConnectOptions, type ServiceInfo } from '.
 export { MountService, type ServeOptions } from './service/server';
 export { defaultSocketPath, poolIdentityOf, runtimeDir } from './service/discovery';
 export type { QuotaReport, QuotaTarget } from './fs/quota';
+export type { ResizeOptions, ResizeResult } from './fs/resize';
 export { MemfileNotifier, type PageFrame } from './fs/memfile';
 export {
   MEMFILE_F_ALLOWED_MASK,

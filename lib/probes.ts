@@ -49,3 +49,21 @@ export function allocateRange(pool: Pool, offset: number, length: number): void 
 export function liveMappings(): number {
   return native.liveMappings();
 }
+
+/**
+ * The floor of a pool resize, for bench:resize: the same two syscalls on a bare file, nothing else. Growing is
+ * ftruncate then fallocate of the new range (the kernel allocating and zeroing the pages); shrinking is ftruncate.
+ */
+export function resizeBareFile(fd: number, from: number, to: number): void {
+  native.fileResize(fd, to);
+  if (to > from) native.fileAllocate(fd, from, to - from);
+}
+
+/** A bare file for resizeBareFile: created (mode 0600, never an existing one) at `path`; close it with closeBareFile. */
+export function createBareFile(path: string): number {
+  return native.fileOpen(path, true, true, 0o600);
+}
+
+export function closeBareFile(fd: number): void {
+  native.fdClose(fd);
+}

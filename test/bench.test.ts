@@ -20,6 +20,7 @@ const needs: Record<(typeof BENCHMARKS)[number], string> = {
   zero: m.skip2M,
   fs: m.skip2M,
   handover: '',
+  resize: m.skip2M,
   vmm: m.skip2M || kvmUnavailableReason(),
   device: m.skip2M || kvmUnavailableReason(),
   pins: m.skip2M,

@@ -8,7 +8,8 @@ const B = 64 * KiB;
 let pool: Pool;
 beforeAll(() => {
   pool = Pool.create({ backend: 'shm-4k', path: uniquePath('/dev/shm', 'guestmemfs-crash'), size: 4 * MiB });
-  mkfs(pool, { blockSize: B, inodes: 24 });
+  // Room to grow: the child resizes the pool between 1 and 6 MiB.
+  mkfs(pool, { blockSize: B, inodes: 24, maxSize: 6 * MiB });
 });
 afterAll(() => pool.destroy());
 

@@ -11,10 +11,13 @@ export interface TestFs {
 }
 
 /** A memfd-4k pool of `size` bytes formatted with `blockSize` blocks (64 KiB by default) and mounted. */
-export function smallFs(options: { size?: number; blockSize?: number; inodes?: number; mount?: MountOptions } = {}): TestFs {
+export function smallFs(
+  options: { size?: number; blockSize?: number; inodes?: number; maxSize?: number; mount?: MountOptions } = {},
+): TestFs {
   const pool = Pool.create({ backend: 'memfd-4k', size: options.size ?? 4 * 1024 * KiB });
   const format: MkfsOptions = { blockSize: options.blockSize ?? 64 * KiB };
   if (options.inodes) format.inodes = options.inodes;
+  if (options.maxSize) format.maxSize = options.maxSize;
   mkfs(pool, format);
   const fs = mount(pool, options.mount);
   return {

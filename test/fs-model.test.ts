@@ -7,6 +7,7 @@ import { Model } from './model';
 
 const B = 16 * KiB;
 const POOL_SIZE = 1024 * KiB; // 64 blocks of 16 KiB, a few of them metadata
+const MAX_BLOCKS = 96; // what resize may grow it to
 const INODES = 14;
 
 const names = ['a', 'b', 'c', 'd'];
@@ -50,6 +51,11 @@ const opArb = fc.oneof(
   },
   // A free block, picked on the filesystem by index, quarantined: never allocated again.
   { weight: 1, arbitrary: fc.record({ op: fc.constant('quarantine' as const), target: pathRef, pick: fc.nat() }) },
+  // The pool resized to this many blocks in all: shrinks below what is in use, and past the capacity, fail.
+  {
+    weight: 1,
+    arbitrary: fc.record({ op: fc.constant('resize' as const), target: pathRef, blocks: fc.integer({ min: 1, max: MAX_BLOCKS + 8 }) }),
+  },
 );
 type Op = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
 
@@ -75,6 +81,7 @@ interface Step {
   position?: number;
   bytes?: Uint8Array;
   pick?: number;
+  blocks?: number;
 }
 
 function resolveStep(model: Model, op: Op): Step {
@@ -83,6 +90,7 @@ function resolveStep(model: Model, op: Op): Step {
   if (op.op === 'rename') step.to = concrete(model, op.to);
   if (op.op === 'truncate') step.size = op.size;
   if (op.op === 'quarantine') step.pick = op.pick;
+  if (op.op === 'resize') step.blocks = op.blocks;
   if (op.op === 'write') {
     step.position = op.position;
     step.bytes = new Uint8Array(op.length).fill(op.fill);
@@ -114,6 +122,14 @@ function apply(target: 'fs' | 'model', gfs: Filesystem, model: Model, step: Step
       const free = freeBlocksOf(gfs, model);
       if (free.length > 0) gfs.quarantineBlock(free[step.pick! % free.length]!);
       return;
+    }
+    case 'resize': {
+      if (onFs) return void gfs.resize(step.blocks! * B);
+      const { metadataBlocks, blockCount, maxBlockCount } = gfs.geometry;
+      const free = new Set(freeBlocksOf(gfs, model));
+      let tailInUse = false;
+      for (let block = Math.max(step.blocks!, metadataBlocks); block < blockCount; block++) if (!free.has(block)) tailInUse = true;
+      return model.resizePool(step.blocks!, { metadataBlocks, maxBlocks: maxBlockCount, tailInUse });
     }
   }
 }
@@ -181,7 +197,9 @@ describe('filesystem against a model (fast-check)', () => {
       fc.assert(
         fc.property(fc.array(opArb, { minLength: 1, maxLength: 50, size: 'max' }), (ops) => {
           // Each sequence starts from an empty pool: the last one's quarantined blocks are forgotten.
-          mkfs(pool, { blockSize: B, inodes: INODES, force: true, forgetBadBlocks: true });
+          // The last sequence may have resized the pool.
+          pool.resize(POOL_SIZE);
+          mkfs(pool, { blockSize: B, inodes: INODES, force: true, forgetBadBlocks: true, maxSize: MAX_BLOCKS * B });
           const gfs = mount(pool);
           try {
             const model = new Model(gfs.statfs().dataBlocks, INODES - 1, B);
@@ -204,9 +222,11 @@ describe('filesystem against a model (fast-check)', () => {
     }
     process.stdout.write(`[model] outcomes: ${JSON.stringify(Object.fromEntries([...outcomes].sort()))}\n`);
     // The sequences must really exercise the filesystem: every operation succeeds often, and ENOSPC is reached.
-    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write', 'quarantine'])
+    for (const op of ['create', 'mkdir', 'unlink', 'rmdir', 'rename', 'truncate', 'write', 'quarantine', 'resize'])
       expect(outcomes.get(`${op}:ok`) ?? 0).toBeGreaterThan(50);
     expect(outcomes.get('truncate:ENOSPC') ?? 0).toBeGreaterThan(10);
+    // Shrinks refused for blocks in use at the end, and grows past the capacity, both happen.
+    for (const refused of ['resize:EBUSY', 'resize:EFBIG', 'resize:EINVAL']) expect(outcomes.get(refused) ?? 0, refused).toBeGreaterThan(5);
     for (const errorCode of ['EEXIST', 'ENOTEMPTY', 'EISDIR', 'ENOTDIR', 'EINVAL', 'EPERM']) {
       expect(
         [...outcomes.keys()].some((key) => key.endsWith(`:${errorCode}`)),
@@ -225,5 +245,6 @@ function describeStep(step: Step): string {
   const to = step.to ? ` -> ${step.to}` : '';
   const size = step.size !== undefined ? ` size=${step.size}` : '';
   const bytes = step.bytes ? ` @${step.position}+${step.bytes.length}` : '';
-  return `${step.op} ${step.path}${to}${size}${bytes}`;
+  const blocks = step.blocks !== undefined ? ` blocks=${step.blocks}` : '';
+  return `${step.op} ${step.path}${to}${size}${bytes}${blocks}`;
 }

@@ -1,6 +1,6 @@
 // Shared test helpers: machine context from the global setup, unique pool paths, child processes running compiled code,
 // captured errors, and waiting for the garbage collector to unmap a mapping.
-import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { inject } from 'vitest';
@@ -97,3 +97,48 @@ export async function signalled(check: () => boolean): Promise<void> {
  * which gives up on it after a minute of silence (a long spawnSync did that under ASan).
  */
 export const runAsync = runToEnd;
+
+/** What the pinner fixture says once it maps a file: its pid and the pool ranges it pins. */
+export interface Pinned {
+  pid: number;
+  extents: Array<{ offset: number; length: number }>;
+}
+
+export interface StartedPinner {
+  child: ChildProcessWithoutNullStreams;
+  pinned: Pinned;
+  lines: string[];
+}
+
+/**
+ * Starts a process that maps `file` of the pool at `poolPath` (pinned), as a second VMM or a device backend would, and
+ * resolves once it says it holds it. It lets go on a line on its stdin.
+ */
+export async function startPinner(poolPath: string, file: string, mode?: 'exec' | 'exec-child'): Promise<StartedPinner> {
+  const script = path.join(repoRoot, 'dist', 'test', 'fixtures', 'pinner.js');
+  const child = spawn(process.execPath, [script, poolPath, file, ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const lines: string[] = [];
+  let pending = '';
+  const wanted = mode ? 2 : 1;
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      const parts = pending.split('\n');
+      pending = parts.pop()!;
+      lines.push(...parts);
+      if (lines.length >= wanted) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`pinner exited ${code}: ${stderr}`)));
+  });
+  return { child, pinned: JSON.parse(lines[0]!) as Pinned, lines };
+}
+
+/** SIGKILLs a child and resolves once it has exited. */
+export async function killChild(child: ChildProcessWithoutNullStreams): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}

@@ -9,7 +9,8 @@ export class Model {
   quarantined = 0;
 
   constructor(
-    readonly dataBlocks: number,
+    /** Blocks files may use; a resize of the pool changes it. */
+    public dataBlocks: number,
     readonly inodes: number,
     readonly blockSize: number,
   ) {}
@@ -35,6 +36,18 @@ export class Model {
   quarantineFree(): void {
     this.#writable();
     if (this.freeBlocks() > 0) this.quarantined++;
+  }
+
+  /**
+   * Resizes the pool to `blocks` blocks in all, `metadataBlocks` of them metadata, within its capacity; a shrink is
+   * refused while a block past the new end is in use (`tailInUse`, read from the files' extents and the bad-block list).
+   */
+  resizePool(blocks: number, limits: { metadataBlocks: number; maxBlocks: number; tailInUse: boolean }): void {
+    this.#writable();
+    if (blocks > limits.maxBlocks) throw code('EFBIG');
+    if (blocks <= limits.metadataBlocks) throw code('EINVAL');
+    if (limits.tailInUse) throw code('EBUSY');
+    this.dataBlocks = blocks - limits.metadataBlocks;
   }
 
   usedBlocks(): number {

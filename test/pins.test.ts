@@ -4,48 +4,18 @@ import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { check, type Filesystem, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
-import { captureError, repoRoot, uniquePath } from './helpers';
+import { captureError, killChild, repoRoot, startPinner, type StartedPinner, uniquePath } from './helpers';
 
 const B = 64 * KiB;
 let pool: Pool;
 let gfs: Filesystem;
 const pinners: ChildProcessWithoutNullStreams[] = [];
 
-interface Pinned {
-  pid: number;
-  extents: Array<{ offset: number; length: number }>;
-}
-
-/** Starts a process that maps `file` of the pool (pinned) and resolves once it says it holds it. */
-async function pinner(
-  file: string,
-  mode?: 'exec' | 'exec-child',
-): Promise<{ child: ChildProcessWithoutNullStreams; pinned: Pinned; lines: string[] }> {
-  const script = path.join(repoRoot, 'dist', 'test', 'fixtures', 'pinner.js');
-  const child = spawn(process.execPath, [script, pool.path!, file, ...(mode ? [mode] : [])], { stdio: ['pipe', 'pipe', 'pipe'] });
-  pinners.push(child);
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const lines: string[] = [];
-  let pending = '';
-  const wanted = mode ? 2 : 1;
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      pending += chunk.toString();
-      const parts = pending.split('\n');
-      pending = parts.pop()!;
-      lines.push(...parts);
-      if (lines.length >= wanted) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`pinner exited ${code}: ${stderr}`)));
-  });
-  return { child, pinned: JSON.parse(lines[0]!) as Pinned, lines };
-}
-
-async function kill(child: ChildProcessWithoutNullStreams): Promise<void> {
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGKILL');
-  await exited;
+/** A pinner of `file` of this test's pool, killed after the test if it is still running. */
+async function pinner(file: string, mode?: 'exec' | 'exec-child'): Promise<StartedPinner> {
+  const started = await startPinner(pool.path!, file, mode);
+  pinners.push(started.child);
+  return started;
 }
 
 /** A next owner mounts the (unmounted) pool and is SIGKILLed with it mounted: what recovery then finds. */
@@ -70,7 +40,7 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
-  for (const child of pinners.splice(0)) if (child.exitCode === null && child.signalCode === null) await kill(child);
+  for (const child of pinners.splice(0)) if (child.exitCode === null && child.signalCode === null) await killChild(child);
   if (gfs.mounted) gfs.unmount();
   pool.destroy();
 });
@@ -96,7 +66,7 @@ describe('pins held by another process', () => {
     }
     expect(captureError(() => gfs.truncate('/other', (free + 1) * B))).toMatchObject({ code: 'ENOSPC' });
     gfs.unlink('/other');
-    await kill(child); // SIGKILL: the kernel drops the pin with the process
+    await killChild(child); // SIGKILL: the kernel drops the pin with the process
     expect(gfs.reclaim()).toBe(1);
     expect(gfs.statfs().freeBlocks).toBe(free + 3);
     expect(gfs.pinnedOrphans()).toEqual([]);
@@ -143,7 +113,7 @@ describe('pins held by another process', () => {
     gfs = mount(pool);
     expect(gfs.pinnedOrphans()).toHaveLength(1);
     expect(gfs.audit().problems).toEqual([]);
-    await kill(child);
+    await killChild(child);
     expect(gfs.reclaim()).toBe(1);
   });
 
@@ -168,7 +138,7 @@ describe('pins held by another process', () => {
     expect(repaired.fixes.join('\n')).toMatch(/kept unlinked inode \d+ \(3 blocks\): a live process still pins it/);
     gfs = mount(pool);
     expect(gfs.pinnedOrphans()).toHaveLength(1);
-    await kill(child);
+    await killChild(child);
     expect(gfs.reclaim()).toBe(1);
     expect(gfs.audit().problems).toEqual([]);
   });
@@ -184,7 +154,7 @@ describe('recovery by mount', () => {
     expect(gfs.recovery?.fixes.join('\n')).toMatch(/kept unlinked inode \d+ \(3 blocks\): a live process still pins it/);
     expect(gfs.pinnedOrphans()).toHaveLength(1);
     expect(gfs.audit().problems).toEqual([]);
-    await kill(child);
+    await killChild(child);
     expect(gfs.reclaim()).toBe(1);
   });
 });

@@ -23,7 +23,7 @@ const clients: ServiceClient[] = [];
 beforeEach(() => {
   poolPath = uniquePath('/dev/shm', 'guestmemfs-service');
   const pool = Pool.create({ backend: 'shm-4k', path: poolPath, size: 8 * MiB });
-  mkfs(pool, { blockSize: B });
+  mkfs(pool, { blockSize: B, maxSize: 12 * MiB });
   pool.close();
   runtime = runtimeDirectory();
 });
@@ -159,6 +159,7 @@ describe('guestmemfs mount', () => {
       ['unlink', () => gfs.request('POST', 'unlink', { path: '/d/g' })],
       ['rmdir', () => gfs.request('POST', 'rmdir', { path: '/d' })],
       ['reclaim', () => gfs.request('POST', 'reclaim')],
+      ['resize', () => gfs.request('POST', 'resize', { size: 10 * MiB })],
       [
         'badblock',
         async () =>
@@ -312,6 +313,8 @@ describe('guestmemfs mount', () => {
     expect(text).toMatch(/guestmemfs_operation_duration_seconds_count\{operation="create"\} 1/);
     expect(text).toContain('guestmemfs_blocks{state="used"} 2');
     expect(text).toContain('guestmemfs_blocks{state="quarantined"} 0');
+    expect(text).toContain(`guestmemfs_pool_bytes{kind="size"} ${8 * MiB}`);
+    expect(text).toContain(`guestmemfs_pool_bytes{kind="max_size"} ${12 * MiB}`);
     expect(text).toContain(`guestmemfs_quota_limit_bytes{kind="uid",id="0"} ${10 * B}`);
     expect(text).toContain(`guestmemfs_quota_used_bytes{kind="uid",id="0"} ${2 * B}`);
     expect(text).toMatch(/guestmemfs_pins \d+/);

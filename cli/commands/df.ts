@@ -31,6 +31,11 @@ export function register(program: Command): void {
                 `${name!.padEnd(spec.length)} ${columns.map((column, index) => column.padStart([11, 11, 11, 5, 7, 6][index]!)).join(' ')}`,
             )
             .concat(`Free space: ${fragmentationLine(s, options.humanReadable)}`)
+            .concat(
+              s.maxBlocks > s.totalBlocks
+                ? [`Growth:     up to ${size(s.maxBlocks * s.blockSize, options.humanReadable)} (guestmemfs resize)`]
+                : [],
+            )
             .concat(quotas.length > 0 ? quotaLines(quotas) : [])
             .join('\n'),
         );

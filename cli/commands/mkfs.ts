@@ -22,6 +22,7 @@ export function register(program: Command): void {
     .requiredOption('--size <size>', 'pool size (K/M/G/T suffixes)')
     .addOption(new Option('--page-size <size>', 'page size').choices(['2M', '1G', '4K']))
     .option('--inodes <n>', 'inodes in the table')
+    .option('--max-size <size>', 'the size the pool may later grow to (guestmemfs resize): its metadata is sized for that now')
     .option('--reserve', 'as root: raise nr_hugepages and mount a private hugetlbfs at the pool directory when needed')
     .option('--force', 'reformat a pool file that exists')
     .option('--node <n>', 'NUMA node to allocate every page on (with --reserve, its huge pages are reserved on that node)')
@@ -29,9 +30,21 @@ export function register(program: Command): void {
       (
         poolPath: string,
         handTo: string[],
-        options: Common & { size: string; pageSize?: string; inodes?: string; reserve?: boolean; force?: boolean; node?: string },
+        options: Common & {
+          size: string;
+          pageSize?: string;
+          inodes?: string;
+          maxSize?: string;
+          reserve?: boolean;
+          force?: boolean;
+          node?: string;
+        },
       ) => {
         const bytes = parseSize(options.size);
+        const formatOptions = {
+          ...(options.inodes ? { inodes: Number(options.inodes) } : {}),
+          ...(options.maxSize ? { maxSize: parseSize(options.maxSize) } : {}),
+        };
         const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
         const node = options.node === undefined ? undefined : parseNode(options.node);
         if (poolPath.startsWith('memfd:')) {
@@ -46,7 +59,7 @@ export function register(program: Command): void {
             pageSize,
             node,
           });
-          mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
+          mkfs(pool, formatOptions);
           withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
           return;
         }
@@ -70,7 +83,7 @@ export function register(program: Command): void {
         const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress, node });
         if (onProgress) process.stderr.write('\n');
         try {
-          const info = mkfs(pool, options.inodes ? { inodes: Number(options.inodes) } : {});
+          const info = mkfs(pool, formatOptions);
           for (const change of changes) note(options, `changed: ${change}`);
           const result = {
             pool: pool.path,
@@ -85,7 +98,11 @@ export function register(program: Command): void {
               ? ''
               : `${pool.path}: ${pool.describe()}${info.node === undefined ? '' : ` on NUMA node ${info.node}`}, ` +
                 `${info.geometry.blockCount - info.geometry.metadataBlocks} blocks of ` +
-                `${formatSize(info.geometry.blockSize)}, ${info.geometry.inodeCount - 1} inodes, uuid ${info.uuid}`,
+                `${formatSize(info.geometry.blockSize)}, ${info.geometry.inodeCount - 1} inodes, ` +
+                (info.geometry.maxBlockCount > info.geometry.blockCount
+                  ? `may grow to ${formatSize(info.geometry.maxBlockCount * info.geometry.blockSize)}, `
+                  : '') +
+                `uuid ${info.uuid}`,
           );
         } finally {
           pool.close();

@@ -84,6 +84,9 @@ export function register(program: Command): void {
         [
           `pool:       ${spec}`,
           `backend:    ${usage.backend}, ${formatSize(usage.pageSize)} pages, ${formatSize(usage.size)}` +
+            (sb.geometry.maxBlockCount > sb.geometry.blockCount
+              ? ` (may grow to ${formatSize(sb.geometry.maxBlockCount * sb.geometry.blockSize)})`
+              : '') +
             (result.numaNode === null ? '' : `, on NUMA node ${result.numaNode}`),
           usage.statfs
             ? `blocks:     ${usage.statfs.dataBlocks - usage.statfs.freeBlocks} used, ` +

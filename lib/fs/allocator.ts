@@ -5,7 +5,7 @@
 // chooses; the caller orders the stores (see data.ts).
 import { type Geometry, type Hints } from './layout';
 import type { MetadataSource } from './metadata';
-import { appendRun, type BlockRun } from './runs';
+import { appendRun, type BlockRun, totalBlocks } from './runs';
 
 const FULL = 0xffffffff;
 
@@ -16,7 +16,8 @@ function popcount32(word: number): number {
 }
 
 export class BlockAllocator {
-  readonly blockCount: number;
+  /** Blocks the filesystem spans now; the bits past it, up to the bitmaps' capacity, are always allocated. */
+  #blockCount: number;
   readonly metadataBlocks: number;
   readonly #allocated: Uint32Array;
   readonly #dirty: Uint32Array;
@@ -26,7 +27,7 @@ export class BlockAllocator {
 
   constructor(source: MetadataSource, geometry: Geometry, hints: Hints, quarantined: readonly number[] = []) {
     this.#quarantined = new Set(quarantined);
-    this.blockCount = geometry.blockCount;
+    this.#blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
     const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
     const dirty = source.window(geometry.dirtyOffset, geometry.bitmapLength);
@@ -43,6 +44,10 @@ export class BlockAllocator {
     ];
   }
 
+  get blockCount(): number {
+    return this.#blockCount;
+  }
+
   get freeBlocks(): number {
     return this.#hints.freeBlocks;
   }
@@ -51,7 +56,7 @@ export class BlockAllocator {
   }
   /** Blocks files can use: all but the metadata region. */
   get dataBlocks(): number {
-    return this.blockCount - this.metadataBlocks;
+    return this.#blockCount - this.metadataBlocks;
   }
 
   /** mkfs: metadata blocks allocated, every data block free and clean (fallocate hands out zeroed pages). */
@@ -60,9 +65,46 @@ export class BlockAllocator {
     this.#dirty.fill(0);
     this.#setRange(this.#allocated, 0, this.metadataBlocks, true);
     // Bits past the last block stay set so no search can return them.
-    this.#setRange(this.#allocated, this.blockCount, this.#allocated.length * 32 - this.blockCount, true);
+    this.#setRange(this.#allocated, this.#blockCount, this.#allocated.length * 32 - this.#blockCount, true);
     this.#hints.freeBlocks = this.dataBlocks;
     this.#hints.dirtyBlocks = 0;
+  }
+
+  // ---------------------------------------------------------------- resizing (resize.ts orders these steps)
+
+  /** One past the last allocated data block, quarantined ones included: the fewest blocks the pool could shrink to. */
+  usedEnd(): number {
+    for (let block = this.#blockCount - 1; block >= this.metadataBlocks; block--) if (this.isAllocated(block)) return block + 1;
+    return this.metadataBlocks;
+  }
+
+  /** Shrinking, before the commit: the free blocks from `count` on are taken so nothing is allocated there. */
+  closeTail(count: number): void {
+    this.#setRange(this.#allocated, count, this.#blockCount - count, true);
+  }
+
+  /**
+   * The commit of a resize: the filesystem spans `count` blocks. Blocks that leave were closed first and no longer
+   * count as free or dirty; blocks that join stay allocated until openTail().
+   */
+  setBlockCount(count: number): void {
+    if (count < this.#blockCount) {
+      const leaving = [{ start: count, length: this.#blockCount - count }];
+      this.#hints.freeBlocks = this.freeBlocks - (this.#blockCount - count);
+      this.#hints.dirtyBlocks = this.dirtyBlocks - totalBlocks(this.dirtyWithin(leaving));
+    }
+    this.#blockCount = count;
+  }
+
+  /** Growing, after the commit: the blocks from `from` to the end become free. */
+  openTail(from: number): void {
+    const opened = this.#setRange(this.#allocated, from, this.#blockCount - from, false);
+    this.#hints.freeBlocks = this.freeBlocks + opened;
+  }
+
+  /** Blocks past the end hold no bytes worth zeroing: their memory was given back, and a grow brings in zeroed pages. */
+  forgetDirtyBeyondEnd(): void {
+    this.#setRange(this.#dirty, this.#blockCount, this.#dirty.length * 32 - this.#blockCount, false);
   }
 
   isQuarantined(block: number): boolean {
@@ -220,9 +262,9 @@ export class BlockAllocator {
   count(): { allocated: number; dirty: number } {
     let allocated = 0;
     let dirty = 0;
-    for (let block = 0; block < this.blockCount; block += 32) {
+    for (let block = 0; block < this.#blockCount; block += 32) {
       const word = block >>> 5;
-      const valid = Math.min(32, this.blockCount - block);
+      const valid = Math.min(32, this.#blockCount - block);
       const mask = valid === 32 ? FULL : (1 << valid) - 1;
       allocated += popcount32(this.#allocated[word]! & mask);
       dirty += popcount32(this.#dirty[word]! & mask);
@@ -231,7 +273,7 @@ export class BlockAllocator {
   }
 
   #isFreeRange(start: number, count: number): boolean {
-    if (start < this.metadataBlocks || start + count > this.blockCount) return false;
+    if (start < this.metadataBlocks || start + count > this.#blockCount) return false;
     for (let block = start; block < start + count;) {
       if ((block & 31) === 0 && block + 32 <= start + count) {
         if (this.#allocated[block >>> 5] !== 0) return false;

@@ -48,6 +48,7 @@ export function statfs(ctx: MountContext): StatFs {
     freeInodes: hints.freeInodes,
     ...allocator.fragmentation(),
     quarantinedBlocks: ctx.superblock.badBlocks.length,
+    maxBlocks: ctx.geometry.maxBlockCount,
   };
 }
 

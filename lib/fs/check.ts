@@ -8,6 +8,7 @@ import { FLAG_ORPHAN, InodeType } from './inodes';
 import { renameInFlight } from './intent';
 import {
   COMPAT_NUMA_NODE,
+  excessBytes,
   FIXED_HEADER_BYTES,
   PoolState,
   readSuperblock,
@@ -20,6 +21,8 @@ import { MappedMetadata } from './metadata';
 import { findUnrepairable } from './ownership';
 import { isMountedHere, tryLock, unlock } from './registry';
 import { repairDerived } from './repair';
+import { trimExcess } from './resize';
+import { formatSize } from '../units';
 import { blockRange } from './runs';
 import { isPinned } from '../pool/pins';
 import { misplacedPages } from '../pool/numa';
@@ -65,6 +68,8 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
   let header: Mapping | undefined;
   let meta: Mapping | undefined;
   try {
+    // Another process may have resized the pool since this object was opened.
+    pool.refreshSize();
     header = pool.map([{ offset: 0, length: Math.min(pool.size, Math.max(pool.pageSize, FIXED_HEADER_BYTES)) }], { populate: false });
     const headerBytes = header.bytes(0, FIXED_HEADER_BYTES);
     let sb: Superblock;
@@ -112,6 +117,8 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
           problems.push(`inode ${ino} was unlinked while mapped and still holds ${inodes.blockCount(ino)} blocks`);
       }
     }
+    const excess = excessBytes(sb, pool);
+    if (excess > 0) problems.push(`the pool file is ${formatSize(excess)} larger than the filesystem: a resize was interrupted`);
     const damaged = findUnrepairable(views);
     const derived = damaged.length === 0 ? auditMetadata(views).problems : [];
     // Pages off the pool's node are not metadata damage, and nothing here can move them back.
@@ -145,6 +152,8 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
         ),
     });
     fixes.push(...result.fixes);
+    const trimmed = trimExcess(pool, views);
+    if (trimmed) fixes.push(trimmed);
     const after = auditMetadata(views).problems;
     if (after.length > 0) return { state: 'inconsistent', fixes, problems: after, repairable: false, poolState, quarantined };
     // The repair rewrote derived metadata the blob's checksum covers: a handover cannot survive it and becomes stale.

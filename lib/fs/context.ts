@@ -131,6 +131,12 @@ export class MountContext {
     return this.#data;
   }
 
+  /** Lets go of the mapping of the whole pool (a resize changed the pool's extent): the next data access maps it anew. */
+  dropDataMapping(): void {
+    this.#data?.unmap();
+    this.#data = undefined;
+  }
+
   writeSuperblock(changes: Partial<Superblock>): void {
     const next = { ...this.superblock, ...changes, sequence: this.superblock.sequence + 1n };
     // Overwrite the copy that is not the newest: a kill mid-write leaves the newest one intact.
@@ -142,8 +148,7 @@ export class MountContext {
   /** Ends the mount: unmaps the metadata and data, forgets the pool, lets go of the lock (a view holds none). */
   release(): void {
     this.mounted = false;
-    this.#data?.unmap();
-    this.#data = undefined;
+    this.dropDataMapping();
     if (this.readOnly) return;
     this.meta?.unmap();
     markMountedHere(this.key, false);

@@ -5,6 +5,7 @@ import { overlaps, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { chmod, chown, statfs, statInode, utimes } from './attributes';
 import { type AuditReport, auditMetadata } from './audit';
+import { resize, resizeLimits, type ResizeOptions, type ResizeResult } from './resize';
 import { quarantine, type QuarantineResult } from './badblocks';
 import type { MountContext } from './context';
 import * as data from './data';
@@ -199,6 +200,21 @@ export class Filesystem {
   badBlocks(): number[] {
     this.#ctx.requireMounted('badblock');
     return [...this.#ctx.superblock.badBlocks];
+  }
+
+  /**
+   * Grows the pool into more memory (reserved and allocated now, up to the maxSize it was formatted for) or gives the
+   * free blocks at its end back to the kernel (root only). Works while files are mapped or pinned; crash-safe: a kill
+   * part-way is recovered by the next mount. EBUSY names what holds the end of the pool when it cannot shrink that far.
+   */
+  resize(size: number, options: ResizeOptions = {}): ResizeResult {
+    return resize(this.#ctx, size, options);
+  }
+
+  /** The sizes resize() accepts now: from just past the last block in use up to the pool's capacity. */
+  resizeLimits(): { minSize: number; maxSize: number } {
+    this.#ctx.requireMounted('resize');
+    return resizeLimits(this.#ctx.views);
   }
 
   // ---------------------------------------------------------------- data

@@ -12,6 +12,7 @@ import {
   FORMAT_MAJOR,
   FORMAT_MINOR,
   hasMagic,
+  INCOMPAT_RESIZABLE,
   newUuid,
   PoolState,
   readSuperblock,
@@ -54,8 +55,9 @@ export function readPoolHeader(pool: Pool, syscall = 'mount'): Uint8Array {
   }
 }
 
-/** Reads and checks the pool's superblock through a mapping of just its header. */
+/** Reads and checks the pool's superblock through a mapping of just its header, against the file's size now. */
 export function readPoolSuperblock(pool: Pool): Superblock {
+  pool.refreshSize();
   return readSuperblock(readPoolHeader(pool), pool);
 }
 
@@ -82,8 +84,16 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     throw new GuestmemfsError('EINVAL', `block size ${blockSize} must be a power of two`, { syscall: 'mkfs', path: pool.label });
   }
   requireHeaderRoom(pool, 'mkfs');
-  const blockCount = pool.size / blockSize;
-  const geometry = computeGeometry(pool.size, pool.pageSize, blockSize, options.inodes ?? defaultInodeCount(Math.floor(blockCount)));
+  const maxSize = options.maxSize ?? pool.size;
+  if (options.maxSize !== undefined && (typeof maxSize !== 'number' || !Number.isSafeInteger(maxSize) || maxSize < pool.size)) {
+    throw new GuestmemfsError('EINVAL', `maxSize ${String(maxSize)} must be an integer number of bytes, at least the pool's ${pool.size}`, {
+      syscall: 'mkfs',
+      path: pool.label,
+    });
+  }
+  // Inodes for the pool at its largest: a pool grown for more tenants needs room for their files.
+  const maxBlocks = Math.floor(maxSize / blockSize);
+  const geometry = computeGeometry(pool.size, pool.pageSize, blockSize, options.inodes ?? defaultInodeCount(maxBlocks), maxSize);
   requireNotMountedHere(pool, poolKey(pool), 'mkfs', 'pool is mounted by this process: unmount it before mkfs');
   lockPool(pool, 'mkfs');
   const whole = [{ offset: 0, length: pool.size }];
@@ -135,7 +145,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       minor: FORMAT_MINOR,
       // A pool bound to a node when it was created says so: its successors and the checker keep to it.
       compat: pool.node === undefined ? 0 : COMPAT_NUMA_NODE,
-      incompat: 0,
+      incompat: options.maxSize === undefined ? 0 : INCOMPAT_RESIZABLE,
       roCompat: badBlocks.length > 0 ? RO_COMPAT_BADBLOCKS : 0,
       uuid,
       numaNode: pool.node ?? 0,

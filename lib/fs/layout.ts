@@ -16,6 +16,7 @@ import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { formatSize } from '../units';
 import { readBadBlockList, writeBadBlockList } from './bad-block-list';
+import { computeGeometry, EXTENT_PAGE_SIZE, type Geometry, HEADER_RECORD_BYTES, INODE_SIZE } from './geometry';
 import { type QuotaLimit, readQuotaTable, writeQuotaTable } from './quota-table';
 
 export const FORMAT_MAGIC = 'GMFSPOOL';
@@ -28,7 +29,13 @@ export const FORMAT_MINOR = 0;
  */
 export const COMPAT_NUMA_NODE = 1;
 export const KNOWN_COMPAT = COMPAT_NUMA_NODE;
-export const KNOWN_INCOMPAT = 0;
+/**
+ * The pool may be resized: the superblock's block-count field holds its capacity (what the metadata is sized for) and
+ * the blocks it spans now follow from its size. A release that does not know the flag would take the capacity for
+ * blocks that exist, so it must not mount the pool at all.
+ */
+export const INCOMPAT_RESIZABLE = 1;
+export const KNOWN_INCOMPAT = INCOMPAT_RESIZABLE;
 /**
  * Set once a contiguous file exists: a release that does not know the flag could grow such a file into a second
  * extent, so it may only mount the pool read-only.
@@ -43,52 +50,33 @@ export const RO_COMPAT_QUOTA = 2;
 export const RO_COMPAT_BADBLOCKS = 4;
 export const KNOWN_RO_COMPAT = RO_COMPAT_CONTIGUOUS | RO_COMPAT_QUOTA | RO_COMPAT_BADBLOCKS;
 
-/** Each of the four records of the fixed header (two superblock slots, intent, hints) is one 4 KiB page. */
-export const HEADER_RECORD_BYTES = 4096;
+export {
+  computeGeometry,
+  defaultInodeCount,
+  EXTENT_PAGE_SIZE,
+  extentPagesFor,
+  EXTENTS_PER_PAGE,
+  FIXED_HEADER_BYTES,
+  type Geometry,
+  HEADER_RECORD_BYTES,
+  INLINE_EXTENTS,
+  INODE_SIZE,
+  REGION_ALIGNMENT,
+} from './geometry';
 export const HEADER_RECORD_WORDS = HEADER_RECORD_BYTES / 4;
 export const SLOT_SIZE = HEADER_RECORD_BYTES;
 export const SLOT_A_OFFSET = 0;
 export const SLOT_B_OFFSET = SLOT_SIZE;
 export const INTENT_OFFSET = 2 * HEADER_RECORD_BYTES;
 export const HINTS_OFFSET = 3 * HEADER_RECORD_BYTES;
-export const FIXED_HEADER_BYTES = 4 * HEADER_RECORD_BYTES;
 /** Bytes of a superblock slot covered by its CRC32 (the CRC sits right after them). */
 export const SLOT_CHECKED_BYTES = 508;
-/** Every region after the fixed header starts on a 4 KiB boundary, so each can be mapped and checked on its own. */
-export const REGION_ALIGNMENT = 4096;
-/** The handover area's room for the blob's fixed nodes; per-inode and per-extent-page entries come on top. */
-const HANDOVER_FIXED_BYTES = 65536;
-
-export const INODE_SIZE = 512;
-export const EXTENT_PAGE_SIZE = 512;
-export const INLINE_EXTENTS = 4;
-export const EXTENTS_PER_PAGE = 62;
 export const ROOT_INO = 1;
 
 export enum PoolState {
   Clean = 0,
   Mounted = 1,
   Serialised = 2,
-}
-
-/** Pool geometry fixed at mkfs. */
-export interface Geometry {
-  poolSize: number;
-  pageSize: number;
-  blockSize: number;
-  blockCount: number;
-  metadataBlocks: number;
-  inodeCount: number;
-  extentPageCount: number;
-  bitmapOffset: number;
-  bitmapLength: number;
-  dirtyOffset: number;
-  inodeOffset: number;
-  extentOffset: number;
-  handoverOffset: number;
-  handoverLength: number;
-  /** Bytes of the metadata region (metadataBlocks x blockSize). */
-  metadataBytes: number;
 }
 
 /** The mutable part of the superblock. */
@@ -123,76 +111,6 @@ export interface Superblock extends SuperblockState {
   geometry: Geometry;
   /** Which slot (0 = A, 1 = B) this copy came from. */
   slot: number;
-}
-
-const align = (value: number, to: number) => Math.ceil(value / to) * to;
-
-const DEFAULT_MIN_INODES = 1024;
-const DEFAULT_MAX_INODES = 65536;
-
-/** Default inode count: two per block, at least 1024 and at most 65536. */
-export function defaultInodeCount(blockCount: number): number {
-  return Math.min(DEFAULT_MAX_INODES, Math.max(DEFAULT_MIN_INODES, blockCount * 2));
-}
-
-/**
- * Extent pages needed so that the extent store can never run out: a file with E > 4 extents uses at most
- * ceil((E - 4) / 62) pages, every extent holds at least one block, so at most blockCount / 5 files overflow.
- */
-export function extentPagesFor(blockCount: number): number {
-  return Math.ceil(blockCount / 5) + Math.ceil(blockCount / EXTENTS_PER_PAGE) + 8;
-}
-
-export function computeGeometry(poolSize: number, pageSize: number, blockSize: number, inodeCount: number): Geometry {
-  if (blockSize % pageSize !== 0) {
-    throw new GuestmemfsError(
-      'EINVAL',
-      `block size ${formatSize(blockSize)} must be a multiple of the pool's ${formatSize(pageSize)} pages`,
-    );
-  }
-  if (poolSize % blockSize !== 0) {
-    throw new GuestmemfsError('EINVAL', `pool size ${formatSize(poolSize)} is not a multiple of the ${formatSize(blockSize)} block size`);
-  }
-  const blockCount = poolSize / blockSize;
-  if (blockCount > 0xffffffff)
-    throw new GuestmemfsError('EINVAL', `pool has ${blockCount} blocks; at most 2^32 are supported: use a larger block size`);
-  if (!Number.isSafeInteger(inodeCount) || inodeCount < 2 || inodeCount > 0x7fffffff) {
-    throw new GuestmemfsError('EINVAL', `inode count ${inodeCount} must be an integer between 2 and 2^31`);
-  }
-  const extentPageCount = extentPagesFor(blockCount);
-  const bitmapLength = align(Math.ceil(blockCount / 8), 8);
-  const bitmapOffset = FIXED_HEADER_BYTES;
-  const dirtyOffset = align(bitmapOffset + bitmapLength, REGION_ALIGNMENT);
-  const inodeOffset = align(dirtyOffset + bitmapLength, REGION_ALIGNMENT);
-  const extentOffset = align(inodeOffset + inodeCount * INODE_SIZE, REGION_ALIGNMENT);
-  const handoverOffset = align(extentOffset + extentPageCount * EXTENT_PAGE_SIZE, REGION_ALIGNMENT);
-  // Room for the handover blob: fixed nodes plus per-inode and per-extent-page entries.
-  const handoverLength = align(HANDOVER_FIXED_BYTES + 8 * inodeCount + 8 * extentPageCount, REGION_ALIGNMENT);
-  const metadataBlocks = Math.ceil((handoverOffset + handoverLength) / blockSize);
-  if (metadataBlocks >= blockCount) {
-    throw new GuestmemfsError(
-      'ENOSPC',
-      `pool of ${formatSize(poolSize)} is too small: its metadata (${inodeCount} inodes) ` +
-        `needs ${metadataBlocks} of its ${blockCount} ${formatSize(blockSize)} blocks; use a larger pool or fewer inodes`,
-    );
-  }
-  return {
-    poolSize,
-    pageSize,
-    blockSize,
-    blockCount,
-    metadataBlocks,
-    inodeCount,
-    extentPageCount,
-    bitmapOffset,
-    bitmapLength,
-    dirtyOffset,
-    inodeOffset,
-    extentOffset,
-    handoverOffset,
-    handoverLength,
-    metadataBytes: metadataBlocks * blockSize,
-  };
 }
 
 export function newUuid(): string {
@@ -233,7 +151,8 @@ const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
   { name: 'poolSize', offset: 48, type: 'u64', in: 'geometry' },
   { name: 'pageSize', offset: 56, type: 'u64', in: 'geometry' },
   { name: 'blockSize', offset: 64, type: 'u64', in: 'geometry' },
-  { name: 'blockCount', offset: 72, type: 'u32', in: 'geometry' },
+  // Named blockCount in pools without INCOMPAT_RESIZABLE, where the two are equal.
+  { name: 'maxBlockCount', offset: 72, type: 'u32', in: 'geometry' },
   { name: 'metadataBlocks', offset: 76, type: 'u32', in: 'geometry' },
   { name: 'inodeCount', offset: 80, type: 'u32', in: 'geometry' },
   { name: 'inodeSize', offset: 84, type: 'u32', fixed: INODE_SIZE },
@@ -366,6 +285,8 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
     if (field.type !== 'magic' && field.fixed === undefined) (field.in === 'geometry' ? geometry : sb)[field.name] = value;
   }
   geometry.metadataBytes = (geometry.metadataBlocks as number) * (geometry.blockSize as number);
+  // Not an integer for a damaged slot: checkGeometry refuses that.
+  geometry.blockCount = (geometry.poolSize as number) / (geometry.blockSize as number);
   // Pools from before the table have zeros there, without a checksum: only a pool that says it has limits is read.
   let quotas: QuotaLimit[] = [];
   if ((sb.roCompat as number) & RO_COMPAT_QUOTA) {
@@ -375,7 +296,7 @@ function readSlot(metadata: Uint8Array, slot: number): SlotResult {
   }
   let badBlocks: number[] = [];
   if ((sb.roCompat as number) & RO_COMPAT_BADBLOCKS) {
-    const list = readBadBlockList(view, geometry.metadataBlocks as number, geometry.blockCount as number);
+    const list = readBadBlockList(view, geometry.metadataBlocks as number, geometry.blockCount);
     if (!list.ok) return { ok: false, code: 'EUCLEAN', reason: list.reason };
     badBlocks = list.blocks;
   }
@@ -435,23 +356,49 @@ export function readSuperblock(header: Uint8Array, pool: { size: number; pageSiz
       fields,
     );
   }
-  checkGeometry(sb.geometry, pool, fields);
+  checkGeometry(sb, pool, fields);
   return sb;
 }
 
+/** The NUMA node a bound pool's pages are all on (undefined for a pool bound to none). */
+export function numaNodeOf(sb: Pick<Superblock, 'compat' | 'numaNode'>): number | undefined {
+  return sb.compat & COMPAT_NUMA_NODE ? sb.numaNode : undefined;
+}
+
+/** True for a pool formatted for growth, or resized since: its capacity and its size may differ. */
+export function isResizable(sb: Pick<Superblock, 'incompat'>): boolean {
+  return (sb.incompat & INCOMPAT_RESIZABLE) !== 0;
+}
+
+/**
+ * The pool file is larger than the filesystem only when a resize was interrupted (a grow before its commit, a shrink
+ * after it): the excess is outside the filesystem, and the next writable mount gives it back.
+ */
+export function excessBytes(sb: Superblock, pool: { size: number }): number {
+  return pool.size - sb.geometry.poolSize;
+}
+
 function checkGeometry(
-  g: Geometry,
+  sb: Superblock,
   pool: { size: number; pageSize: number; label: string },
   fields: { syscall: string; path: string },
 ): void {
+  const g = sb.geometry;
   const fail = (what: string) => {
     throw new GuestmemfsError('EUCLEAN', `superblock geometry does not fit this pool: ${what}; the pool was left untouched`, fields);
   };
-  if (g.poolSize !== pool.size) fail(`it describes ${g.poolSize} bytes, the pool has ${pool.size}`);
+  if (isResizable(sb)) {
+    if (pool.size < g.poolSize) fail(`it describes ${g.poolSize} bytes, the pool file has only ${pool.size}`);
+    if (pool.size > g.maxBlockCount * g.blockSize)
+      fail(`the pool file has ${pool.size} bytes, more than the ${g.maxBlockCount * g.blockSize} it was formatted for`);
+  } else {
+    if (g.poolSize !== pool.size) fail(`it describes ${g.poolSize} bytes, the pool has ${pool.size}`);
+    if (g.maxBlockCount !== g.blockCount) fail(`it records ${g.maxBlockCount} blocks for a ${g.poolSize}-byte pool`);
+  }
   if (g.pageSize !== pool.pageSize) fail(`it describes ${formatSize(g.pageSize)} pages, the pool has ${formatSize(pool.pageSize)}`);
   let expected: Geometry;
   try {
-    expected = computeGeometry(g.poolSize, g.pageSize, g.blockSize, g.inodeCount);
+    expected = computeGeometry(g.poolSize, g.pageSize, g.blockSize, g.inodeCount, g.maxBlockCount * g.blockSize);
   } catch (error) {
     return fail((error as Error).message);
   }

@@ -21,7 +21,6 @@ import { elapsedMs } from '../units';
 import type { MountContext } from './context';
 import { InodeType } from './inodes';
 import {
-  COMPAT_NUMA_NODE,
   EXTENT_PAGE_SIZE,
   FIXED_HEADER_BYTES,
   FORMAT_MAJOR,
@@ -29,6 +28,7 @@ import {
   type Geometry,
   INODE_SIZE,
   INTENT_OFFSET,
+  numaNodeOf,
   PoolState,
   ROOT_INO,
   type Superblock,
@@ -44,6 +44,7 @@ export function blobLayout(g: Geometry): BlobLayout {
     formatVersion: [FORMAT_MAJOR, FORMAT_MINOR],
     blockSize: g.blockSize,
     blockCount: g.blockCount,
+    maxBlockCount: g.maxBlockCount,
     inodeCount: g.inodeCount,
     inodeSize: INODE_SIZE,
     extentPageCount: g.extentPageCount,
@@ -73,7 +74,8 @@ function liveMetadata(views: MetadataViews): LiveMetadata {
 
 /** The superblock's NUMA node, as the blob carries it: only for a pool bound to one. */
 function boundNode(sb: Superblock): { numaNode?: number } {
-  return sb.compat & COMPAT_NUMA_NODE ? { numaNode: sb.numaNode } : {};
+  const node = numaNodeOf(sb);
+  return node === undefined ? {} : { numaNode: node };
 }
 
 /** What a blob must match to be adopted: this pool, this superblock, and these metadata views. */

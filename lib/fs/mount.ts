@@ -5,13 +5,13 @@ import { GuestmemfsError } from '../errors';
 import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
 import { processStartTime } from '../process';
-import { elapsedMs } from '../units';
+import { elapsedMs, formatSize } from '../units';
 import { auditMetadata } from './audit';
 import { MountContext } from './context';
 import { Filesystem } from './filesystem';
 import { lockPool, readPoolSuperblock, requireHeaderRoom } from './format';
 import { renameInFlight } from './intent';
-import { PoolState, type Superblock } from './layout';
+import { excessBytes, PoolState, type Superblock } from './layout';
 import { verifyRecordedBlob } from './lifecycle';
 import { BufferMetadata, MappedMetadata } from './metadata';
 import { buildIndex } from './names';
@@ -20,6 +20,7 @@ import { findUnrepairable } from './ownership';
 import type { Credentials } from './permissions';
 import { lockIsHeldByOther, markMountedHere, poolKey, requireNotMountedHere, unlock } from './registry';
 import { repairDerived } from './repair';
+import { trimExcess } from './resize';
 import { blockRange } from './runs';
 import type { MountOptions, Recovery, Restore } from './types';
 import { openViews } from './views';
@@ -127,6 +128,7 @@ function recoverIfNeeded(ctx: MountContext, sb: Superblock, options: MountOption
   const fields = { syscall: 'mount', path: ctx.pool.label };
   const views = ctx.views;
   let cause: string | undefined;
+  const excess = excessBytes(sb, ctx.pool);
   if (sb.state === PoolState.Serialised) cause = 'its handover was discarded';
   else if (sb.state !== PoolState.Clean || renameInFlight(views.intent)) cause = `its owner (pid ${sb.ownerPid}) died while it was mounted`;
   else {
@@ -140,6 +142,7 @@ function recoverIfNeeded(ctx: MountContext, sb: Superblock, options: MountOption
     }
     const derived = auditMetadata(views).problems;
     if (derived.length > 0) cause = `its derived metadata is damaged (${derived.slice(0, 3).join('; ')})`;
+    else if (excess > 0) cause = `its pool file is ${formatSize(excess)} larger than the filesystem (a resize was interrupted)`;
   }
   if (cause === undefined) return undefined;
   if (options.repair === false) {
@@ -158,6 +161,8 @@ function recoverIfNeeded(ctx: MountContext, sb: Superblock, options: MountOption
       fields,
     );
   }
+  const trimmed = trimExcess(ctx.pool, views);
+  if (trimmed) result.fixes.push(trimmed);
   const remaining = auditMetadata(views).problems;
   if (remaining.length > 0) {
     throw new GuestmemfsError(

@@ -17,6 +17,11 @@ export interface MkfsOptions {
    * an empty one instead, for memory that is known good again.
    */
   forgetBadBlocks?: boolean;
+  /**
+   * Bytes the pool may later grow to (Filesystem.resize): the metadata is sized for that many blocks now. Without it
+   * the pool keeps the size it has (it may still shrink and grow back).
+   */
+  maxSize?: number;
 }
 
 export interface FormatInfo {
@@ -157,6 +162,8 @@ export interface StatFs {
   largestFreeRun: number;
   /** Blocks quarantined as bad: out of service, whether a file still holds them or not. */
   quarantinedBlocks: number;
+  /** The most blocks the pool may grow to (resize()); totalBlocks for a pool formatted without room to grow. */
+  maxBlocks: number;
 }
 
 export interface DirEntry {

@@ -18,7 +18,9 @@
 //       fd-env                    string (memfd backends): the environment variable that carries that fd number
 //       mem                       (0, pool size)
 //       page-size, block-size     u64 each
-//       block-count               u32
+//       block-count               u32: the blocks the filesystem spans now
+//       max-block-count           u32, only for a pool whose capacity is larger: the blocks its metadata is sized for
+//                                 (what the bitmaps' length follows from; restore requires the superblock's)
 //       numa-node                 u32, only for a pool bound to a NUMA node: the node all its pages are on
 //                                 (readers that do not know it may ignore it; restore requires the superblock's)
 //     superblock                  where the metadata lives
@@ -62,6 +64,8 @@ export interface BlobLayout {
   formatVersion: readonly [major: number, minor: number];
   blockSize: number;
   blockCount: number;
+  /** The most blocks the pool may grow to (its bitmaps and extent pages are sized for this many). */
+  maxBlockCount: number;
   inodeCount: number;
   inodeSize: number;
   extentPageCount: number;
@@ -121,6 +125,7 @@ export interface HandoverDescription {
     pageSize: number;
     blockSize: number;
     blockCount: number;
+    maxBlockCount: number;
     numaNode?: number;
   };
   regions: Array<{ name: string; offset: number; length: number }>;
@@ -179,6 +184,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU64('page-size', input.pool.pageSize);
   w.propU64('block-size', g.blockSize);
   w.propU32('block-count', g.blockCount);
+  if (g.maxBlockCount !== g.blockCount) w.propU32('max-block-count', g.maxBlockCount);
   if (input.pool.numaNode !== undefined) w.propU32('numa-node', input.pool.numaNode);
   w.endNode();
 
@@ -324,6 +330,7 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
       pageSize: u64s(fsMem, 'page-size', '/guestmemfs/fs_mem', 1)[0]!,
       blockSize: u64s(fsMem, 'block-size', '/guestmemfs/fs_mem', 1)[0]!,
       blockCount: u32s(fsMem, 'block-count', '/guestmemfs/fs_mem', 1)[0]!,
+      maxBlockCount: 0,
     },
     regions: REGION_NAMES.map((name, index) => ({ name, offset: regionValues[index * 2]!, length: regionValues[index * 2 + 1]! })),
     crc32: u32s(sb, 'crc32', '/guestmemfs/superblock', 1)[0]!,
@@ -335,6 +342,9 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
   if (fsMem.props.has('path')) description.fsMem.path = str(fsMem, 'path', '/guestmemfs/fs_mem');
   if (fsMem.props.has('inherited-fd')) description.fsMem.inheritedFd = u32s(fsMem, 'inherited-fd', '/guestmemfs/fs_mem', 1)[0]!;
   if (fsMem.props.has('fd-env')) description.fsMem.fdEnv = str(fsMem, 'fd-env', '/guestmemfs/fs_mem');
+  description.fsMem.maxBlockCount = fsMem.props.has('max-block-count')
+    ? u32s(fsMem, 'max-block-count', '/guestmemfs/fs_mem', 1)[0]!
+    : description.fsMem.blockCount;
   if (fsMem.props.has('numa-node')) description.fsMem.numaNode = u32s(fsMem, 'numa-node', '/guestmemfs/fs_mem', 1)[0]!;
   return description;
 }
@@ -405,6 +415,9 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
         'geometry',
         `blob describes ${d.fsMem.blockCount} blocks of ${d.fsMem.blockSize} bytes, the superblock ${g.blockCount} of ${g.blockSize}`,
       );
+    }
+    if (d.fsMem.maxBlockCount !== g.maxBlockCount) {
+      reject('EINVAL', 'geometry', `blob sizes the metadata for ${d.fsMem.maxBlockCount} blocks, the superblock for ${g.maxBlockCount}`);
     }
     g.regions.forEach(([offset, length], index) => {
       const region = d.regions[index]!;

@@ -60,7 +60,7 @@ export class Pool {
   readonly fd: number;
   readonly backend: PoolBackend;
   readonly path: string | undefined;
-  readonly size: number;
+  #size: number;
   readonly pageSize: number;
   /** The NUMA node this object bound the pool to when it created it (an opened pool's node is in its format). */
   readonly node: number | undefined;
@@ -81,8 +81,20 @@ export class Pool {
     this.fd = fd;
     this.backend = backend;
     this.path = poolPath;
-    this.size = size;
+    this.#size = size;
     this.pageSize = pageSize;
+  }
+
+  /** Bytes in the pool file, as this object last set or found them (refreshSize() asks the file). */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Reads the pool file's size again: its owner, in another process, may have resized it since this object looked. */
+  refreshSize(): number {
+    this.#requireOpen('fstat');
+    this.#size = native.fdInfo(this.fd).size;
+    return this.#size;
   }
 
   /** True for the 4 KiB-page fallback, which works anywhere but gives guests no huge pages. */
@@ -168,6 +180,48 @@ export class Pool {
       throw error;
     }
     return pool;
+  }
+
+  /**
+   * Resizes the pool file. Growing reserves every new page now, as create() does (on `node` when given), so no later
+   * fault can fail; short of pages, the file is left at its old size and the error names the remedy. Shrinking gives
+   * the pages past the new end back to the kernel: the caller makes sure nobody maps them.
+   */
+  resize(size: number, options: { node?: number; onProgress?: (done: number, total: number) => void } = {}): void {
+    this.#requireOpen('ftruncate');
+    if (!Number.isSafeInteger(size) || size <= 0 || size % this.pageSize !== 0) {
+      throw new GuestmemfsError('EINVAL', `pool size ${size} must be a positive multiple of the ${formatSize(this.pageSize)} page size`, {
+        syscall: 'ftruncate',
+        path: this.path,
+      });
+    }
+    const old = this.#size;
+    if (size <= old) {
+      native.fileResize(this.fd, size);
+      this.#size = size;
+      return;
+    }
+    const { node } = options;
+    if (isHugetlbBackend(this.backend)) requireFreeHugePages(this.pageSize, (size - old) / this.pageSize, { path: this.path, node });
+    native.fileResize(this.fd, size);
+    this.#size = size;
+    // Binding maps the new pages writable, which would clear the mark; the old pages are as fresh as they were.
+    const fresh = this.#fresh;
+    try {
+      for (let offset = old; offset < size; offset += ALLOCATE_CHUNK) {
+        const length = Math.min(ALLOCATE_CHUNK, size - offset);
+        if (node === undefined) native.fileAllocate(this.fd, offset, length);
+        else this.#allocateOnNode(offset, length, node);
+        options.onProgress?.(offset + length - old, size - old);
+      }
+    } catch (error) {
+      // The pages taken so far go back with the tail: the pool is as it was.
+      native.fileResize(this.fd, old);
+      this.#size = old;
+      throw explainAllocateFailure(error, this.backend, this.pageSize, size - old, this.path, node);
+    } finally {
+      this.#fresh = fresh;
+    }
   }
 
   /**
@@ -354,7 +408,9 @@ export class Pool {
           { syscall: 'mmap', path: this.path },
         );
       }
-      if (offset + length > this.size) {
+      // The owner may have grown the pool since this object learned its size: ask the file before refusing.
+      if (offset + length > this.#size) this.refreshSize();
+      if (offset + length > this.#size) {
         throw new GuestmemfsError('EINVAL', `extent ${index} ends at ${offset + length}, beyond the ${formatSize(this.size)} pool`, {
           syscall: 'mmap',
           path: this.path,

@@ -137,6 +137,7 @@ export const OPERATIONS: readonly Operation[] = [
         freeRuns: integer,
         largestFreeRun: integer,
         quarantinedBlocks: integer,
+        maxBlocks: integer,
       },
     },
     mutates: false,
@@ -427,6 +428,21 @@ export const OPERATIONS: readonly Operation[] = [
     },
     mutates: true,
     run: (fs, p) => fs.quarantineBlock(p.block as number),
+  },
+  {
+    name: 'resize',
+    method: 'POST',
+    summary:
+      'Grows the pool (new pages reserved now, up to the size it was formatted for) or gives free blocks at its end back (root); ' +
+      'files stay mapped',
+    params: { size: { type: 'integer', required: true, description: 'bytes, a multiple of the block size' } },
+    response: {
+      type: 'object',
+      required: ['from', 'to', 'blocks', 'ms'],
+      properties: { from: integer, to: integer, blocks: { type: 'integer' }, ms: { type: 'number' } },
+    },
+    mutates: true,
+    run: (fs, p) => fs.resize(p.size as number),
   },
   {
     name: 'serialise',

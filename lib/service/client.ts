@@ -3,6 +3,7 @@
 import { GuestmemfsError } from '../errors';
 import type { AuditReport } from '../fs/audit';
 import type { QuarantineResult } from '../fs/badblocks';
+import type { ResizeResult } from '../fs/resize';
 import type { QuotaReport, QuotaTarget } from '../fs/quota';
 import type { CreateOptions, DirEntry, MappableFile, MkdirOptions, Stat, StatFs } from '../fs/types';
 import { native } from '../native';
@@ -256,6 +257,10 @@ export class ServiceClient {
 
   quarantineBlock(block: number): Promise<QuarantineResult> {
     return this.request<QuarantineResult>('POST', 'badblock', { block });
+  }
+
+  resize(size: number): Promise<ResizeResult> {
+    return this.request<ResizeResult>('POST', 'resize', { size });
   }
 
   /**

@@ -136,6 +136,11 @@ export class ServiceMetrics {
   );
   readonly #blocks = new Values('guestmemfs_blocks', 'Data blocks by state', 'gauge');
   readonly #blockSize = new Values('guestmemfs_block_size_bytes', 'Bytes per allocation block', 'gauge');
+  readonly #poolBytes = new Values(
+    'guestmemfs_pool_bytes',
+    'Bytes the pool spans now (size) and may grow to (max_size): what a resize can take from the host reservation',
+    'gauge',
+  );
   readonly #inodes = new Values('guestmemfs_inodes', 'Inodes by state', 'gauge');
   readonly #pins = new Values('guestmemfs_pins', 'Pinned ranges of the pool (each held by one open file description)', 'gauge');
   readonly #pinnedBytes = new Values('guestmemfs_pinned_bytes', 'Bytes of the pool under a pin', 'gauge');
@@ -154,6 +159,8 @@ export class ServiceMetrics {
     if (fs?.mounted) {
       const stat = fs.statfs();
       this.#blockSize.set({}, stat.blockSize);
+      this.#poolBytes.set({ kind: 'size' }, stat.blockSize * stat.totalBlocks);
+      this.#poolBytes.set({ kind: 'max_size' }, stat.blockSize * stat.maxBlocks);
       this.#blocks.set({ state: 'used' }, stat.dataBlocks - stat.freeBlocks);
       this.#blocks.set({ state: 'free' }, stat.freeBlocks);
       this.#blocks.set({ state: 'dirty_free' }, stat.dirtyFreeBlocks);
@@ -184,6 +191,7 @@ export class ServiceMetrics {
       this.handoverPause,
       this.#blocks,
       this.#blockSize,
+      this.#poolBytes,
       this.#inodes,
       this.#pins,
       this.#pinnedBytes,

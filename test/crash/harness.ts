@@ -49,6 +49,10 @@ type Op = {
   length?: number;
   fill?: number;
   value?: number;
+  blocks?: number;
+  metadataBlocks?: number;
+  maxBlocks?: number;
+  tailInUse?: boolean;
 };
 
 function applyToModel(model: Model, op: Op): void {
@@ -79,6 +83,8 @@ function applyToModel(model: Model, op: Op): void {
       if (!model.frozen) throw code('EINVAL');
       model.frozen = false;
       return;
+    case 'resize':
+      return model.resizePool(op.blocks!, { metadataBlocks: op.metadataBlocks!, maxBlocks: op.maxBlocks!, tailInUse: op.tailInUse! });
   }
   throw new Error(`unknown op ${op.op}`);
 }
@@ -92,6 +98,12 @@ function outcome(model: Model, op: Op): string {
     if (!errorCode) throw error;
     return errorCode;
   }
+}
+
+/** The model after `op` succeeds, or undefined when the model refuses it. */
+function outcomeModel(model: Model, op: Op): Model | undefined {
+  const after = model.clone();
+  return outcome(after, op) === 'ok' ? after : undefined;
 }
 
 /** Namespace, sizes and every byte, as seen through the filesystem. */
@@ -288,6 +300,17 @@ export async function runCrashes(options: CrashOptions): Promise<CrashStats> {
       }
     }
     const statfs = gfs.statfs();
+    // A resize changes no file: killed in flight, it has happened or not, and the pool file is exactly its new extent.
+    const resized = inFlight?.op === 'resize' ? outcomeModel(model, inFlight) : undefined;
+    if (statfs.dataBlocks !== model.dataBlocks && statfs.dataBlocks !== resized?.dataBlocks) {
+      gfs.unmount();
+      throw new Error(`${context()}\nthe pool has ${statfs.dataBlocks} data blocks, the model ${model.dataBlocks}`);
+    }
+    model.dataBlocks = statfs.dataBlocks;
+    if (options.pool.refreshSize() !== statfs.totalBlocks * statfs.blockSize) {
+      gfs.unmount();
+      throw new Error(`${context()}\nthe pool file has ${options.pool.size} bytes, the filesystem spans ${statfs.totalBlocks} blocks`);
+    }
     if (statfs.freeBlocks !== statfs.dataBlocks - model.usedBlocks()) {
       throw new Error(`kill ${kill}: ${statfs.freeBlocks} free blocks, the model's files leave ${statfs.dataBlocks - model.usedBlocks()}`);
     }

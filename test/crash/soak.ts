@@ -13,7 +13,8 @@ const seed = arg('seed', Date.now() % 100000);
 const B = 64 * KiB;
 const scratch = scratchDirectory('/dev/shm', 'guestmemfs-soak');
 const pool = Pool.create({ backend: 'shm-4k', path: path.join(scratch.path, 'pool'), size: 4 * MiB });
-mkfs(pool, { blockSize: B, inodes: 24 });
+// Room to grow: the child resizes the pool between 1 and 6 MiB.
+mkfs(pool, { blockSize: B, inodes: 24, maxSize: 6 * MiB });
 const started = Date.now();
 runCrashes({
   pool,
