@@ -148,9 +148,9 @@ export function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: s
         formatX: (bytes) => formatSize(bytes),
         series: [
           { name: 'grow', points: amountPoints((point) => point.growMs.median) },
-          { name: 'bare file: ftruncate + fallocate', points: amountPoints((point) => point.floorGrowMs.median), dashed: true },
+          { name: 'floor: fallocate', points: amountPoints((point) => point.floorGrowMs.median), dashed: true },
           { name: 'shrink', points: amountPoints((point) => point.shrinkMs.median) },
-          { name: 'bare file: ftruncate', points: amountPoints((point) => point.floorShrinkMs.median), dashed: true },
+          { name: 'floor: ftruncate', points: amountPoints((point) => point.floorShrinkMs.median), dashed: true },
         ],
       }),
     );
