@@ -1,7 +1,9 @@
 // npm run bench:handover — serialise + restore time against the number of files (1 to 100,000) and against the
 // amount of guest memory described (up to 1 TiB of 2 MiB blocks, on sparse pools so the pages need not exist).
 import * as path from 'node:path';
+import { crc32 } from '../lib/checksum';
 import type { Filesystem } from '../lib/fs/filesystem';
+import { INODE_SIZE } from '../lib/fs/geometry';
 import { mkfs } from '../lib/fs/format';
 import { mount } from '../lib/fs/mount';
 import { Pool } from '../lib/pool/pool';
@@ -13,6 +15,12 @@ const runs = runsArg(7);
 interface Point {
   label: string;
   files: number;
+  /**
+   * The checksum floor: CRC-32 (zlib.crc32, the fastest checksum Node has) over as many bytes as the live-metadata
+   * checksum covers (every live inode's 512-byte record), twice: a handover that verifies its metadata reads them
+   * on each side. Timed in the same run, over resident memory.
+   */
+  checksumFloorMs?: Stats;
   describedBytes: number;
   blobBytes: number;
   serialiseMs: Stats;
@@ -61,7 +69,7 @@ function byFileCount(): Point[] {
       }
       const { point, fs: next } = measure(pool, fs, `${count} files`, count, 0);
       fs = next;
-      points.push(point);
+      points.push({ ...point, checksumFloorMs: checksumFloor((count + 1) * INODE_SIZE) });
     }
     fs.unmount();
   } finally {
@@ -89,6 +97,18 @@ function byDescribedSize(): Point[] {
     }
   }
   return points;
+}
+
+/** The checksum floor for `bytes` of live records (see Point.checksumFloorMs), `runs` times after a warm-up. */
+function checksumFloor(bytes: number): Stats {
+  const records = new Uint8Array(bytes).fill(0x5a);
+  const samples: number[] = [];
+  for (let round = 0; round <= runs; round++) {
+    const started = process.hrtime.bigint();
+    crc32(records, crc32(records));
+    if (round > 0) samples.push(Number(process.hrtime.bigint() - started) / 1e6);
+  }
+  return stats(samples);
 }
 
 /** Least-squares slope of y over x. */
@@ -127,7 +147,8 @@ for (const point of [...files, ...sizes]) {
   out(
     `  ${point.label.padEnd(22)} blob ${String(point.blobBytes).padStart(8)} B  serialise ` +
       `${point.serialiseMs.median.toFixed(3).padStart(8)} ms  restore ${point.restoreMs.median.toFixed(3).padStart(8)} ms  total ` +
-      `${point.totalMs.median.toFixed(3).padStart(8)} ms`,
+      `${point.totalMs.median.toFixed(3).padStart(8)} ms` +
+      (point.checksumFloorMs ? `  (checksum floor ${point.checksumFloorMs.median.toFixed(3)} ms)` : ''),
   );
 }
 if (hundredGiB)

@@ -349,12 +349,20 @@ export function writeReport(options: ReportOptions): string {
       image('handoverSize', 'handover time against memory described'),
       image('handoverFiles', 'handover time against number of files'),
     );
-    lines.push('| described | files | serialise (ms) | restore (ms) | total (ms) |', '|---|---|---|---|---|');
+    lines.push(
+      '| described | files | serialise (ms) | restore (ms) | total (ms) | checksum floor (ms) |',
+      '|---|---|---|---|---|---|',
+    );
     for (const p of [...handover.byDescribedSize, ...handover.byFileCount])
       lines.push(
         `| ${formatSize(p.describedBytes)} | ${p.files.toLocaleString('en')} | ${spread(p.serialiseMs, 3)} | ${spread(p.restoreMs, 3)} ` +
-          `| ${spread(p.totalMs, 3)} |`,
+          `| ${spread(p.totalMs, 3)} | ${p.checksumFloorMs ? spread(p.checksumFloorMs, 3) : '-'} |`,
       );
+    lines.push(
+      '',
+      'The checksum floor is CRC-32 (zlib.crc32) over as many bytes as the live-metadata checksum covers (each live ' +
+        "inode's 512-byte record), twice: a handover that verifies its metadata reads them on each side.",
+    );
     lines.push(
       '',
       `Slopes (least squares): ${fixed(handover.slopes.msPerThousandFiles)} ms per 1,000 files, ` +

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, PoolState, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import {
+  check,
   type Filesystem,
   decodeHandoverBlob,
   KiB,
@@ -24,6 +25,11 @@ import { native } from '../lib/native';
 import { EXEC_HOLDER_ENV, reapExecHolder, takeExecHolder } from '../lib/process';
 import { scratchDirectory } from '../lib/scratch';
 import { readPoolSuperblock } from '../lib/fs/format';
+import { blobLayout, restoreExpectations } from '../lib/fs/lifecycle';
+import { BufferMetadata } from '../lib/fs/metadata';
+import { openViews } from '../lib/fs/views';
+import { buildHandoverBlob } from '../lib/handover/blob';
+import { crc32 } from '../lib/checksum';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -647,6 +653,41 @@ describe('a damaged handover is refused with its own error, and the pool is left
       'generation',
       /the blob was made at generation \d+, the superblock is at \d+/,
     );
+  });
+
+  it('a blob that lists a free inode as live, its checksums consistent: refused by mount and by the checker', () => {
+    const mapping = pool.map([{ offset: 0, length: 2 * MiB }]);
+    const metadata = mapping.bytes();
+    const sb = readSuperblock(metadata.subarray(0, FIXED_HEADER_BYTES), pool);
+    const views = openViews(new BufferMetadata(metadata.buffer as ArrayBuffer), sb.geometry, sb.badBlocks);
+    const old = decodeHandoverBlob(metadata.subarray(blobOffset, blobOffset + blobLength));
+    // What a serialiser that got its live list wrong would write: inode 9 is free, yet listed, and every CRC agrees.
+    const live = [...old.liveInodes, 9];
+    const forged = buildHandoverBlob({
+      pool: { backend: pool.backend, path: undefined, fd: pool.fd, size: pool.size, pageSize: pool.pageSize },
+      layout: blobLayout(sb.geometry),
+      uuid: sb.uuid,
+      generation: sb.generation,
+      metadata: restoreExpectations(views, sb, pool).metadata,
+      liveInodes: live,
+      pages: [],
+      pageOwners: [],
+      badBlocks: [],
+    });
+    metadata.set(forged, blobOffset);
+    writeSuperblockSlot(metadata, 1 - sb.slot, {
+      ...sb,
+      sequence: sb.sequence + 1n,
+      handoverBytes: forged.length,
+      handoverCrc: crc32(forged),
+    });
+    mapping.unmap();
+    const refused = captureError(() => mount(pool));
+    expect(refused).toMatchObject({ code: 'EUCLEAN', syscall: 'mount' });
+    expect(refused.message).toBe(
+      'EUCLEAN: handover refused (inodes): blob lists inode 9 as live, the inode table has it free; the pool was left untouched',
+    );
+    expect(check(pool).problems.join('; ')).toContain('blob lists inode 9 as live, the inode table has it free');
   });
 
   it('a damaged blob can still be discarded explicitly: the pool is then recovered from its metadata', () => {

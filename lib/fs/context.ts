@@ -7,47 +7,12 @@ import type { Pool } from '../pool/pool';
 import { nowNs } from '../units';
 import { InodeType } from './inodes';
 import { type Geometry, type Superblock, writeSuperblockSlot } from './layout';
+import { NameIndex } from './name-index';
 import { NotifierRegistry } from './notifier';
 import { describeWant, permits, type Credentials } from './permissions';
 import { markMountedHere, unlock } from './registry';
 import { blockRange } from './runs';
 import type { MetadataViews } from './views';
-
-/** Volatile name index, rebuilt at mount: directory ino -> name -> ino. */
-export class NameIndex {
-  readonly #dirs = new Map<number, Map<string, number>>();
-
-  get(dir: number, name: string): number | undefined {
-    return this.#dirs.get(dir)?.get(name);
-  }
-
-  has(dir: number, name: string): boolean {
-    return this.#dirs.get(dir)?.has(name) ?? false;
-  }
-
-  set(dir: number, name: string, ino: number): void {
-    let names = this.#dirs.get(dir);
-    if (!names) {
-      names = new Map();
-      this.#dirs.set(dir, names);
-    }
-    names.set(name, ino);
-  }
-
-  delete(dir: number, name: string): void {
-    this.#dirs.get(dir)?.delete(name);
-  }
-
-  /** Forgets a directory with no entries left (it was removed). */
-  dropIfEmpty(dir: number): void {
-    if (this.#dirs.get(dir)?.size === 0) this.#dirs.delete(dir);
-  }
-
-  /** Every named inode, in no particular order. */
-  *inodes(): IterableIterator<number> {
-    for (const names of this.#dirs.values()) yield* names.values();
-  }
-}
 
 export class MountContext {
   readonly pool: Pool;
@@ -64,7 +29,7 @@ export class MountContext {
   /** The generation this filesystem was serialised at, while frozen for handover. */
   frozenAt: bigint | undefined;
   mounted = true;
-  readonly names = new NameIndex();
+  readonly names: NameIndex;
   /** Unlinked inodes some process still maps (here, or pinned elsewhere): live, but in no directory. */
   readonly orphans = new Set<number>();
   /** Live mappings per inode in this process. */
@@ -88,6 +53,7 @@ export class MountContext {
   ) {
     this.pool = pool;
     this.views = views;
+    this.names = new NameIndex(views.inodes);
     this.geometry = sb.geometry;
     this.uuid = sb.uuid;
     this.#credentials = credentials;

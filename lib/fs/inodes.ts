@@ -10,6 +10,7 @@
 //   104 four inline extents (start u32, length u32)   256 name (up to 255 bytes of UTF-8)
 import { INODE_SIZE, INLINE_EXTENTS, type Geometry } from './layout';
 import { ChunkedRecords, type MetadataSource } from './metadata';
+import { hashNameBytes } from './name-index';
 
 export enum InodeType {
   Free = 0,
@@ -220,6 +221,12 @@ export class InodeTable {
     this.#set(ino, W.nameLength, encoded.length);
   }
 
+  /** The name index's hash of the name (hashNameBytes of its bytes), read in place. */
+  nameHash(ino: number): number {
+    const start = this.#records.local(ino) * INODE_SIZE + NAME_OFFSET;
+    return hashNameBytes(this.#records.u8(ino), start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
+  }
+
   /** Name bytes for comparison with an intent record, without decoding. */
   nameBytes(ino: number): Uint8Array {
     const start = this.#records.local(ino) * INODE_SIZE + NAME_OFFSET;
@@ -235,6 +242,37 @@ export class InodeTable {
   /** The 512-byte records of `count` inodes from `first` (for the handover checksum), one view per stored chunk. */
   records(first: number, count: number): Uint8Array[] {
     return this.#records.run(first, count);
+  }
+
+  /**
+   * Calls visit(ino, parent, flags, nameHash) for each of `inos` that is in use, reading the records a chunk's typed
+   * arrays at a time rather than field by field: how a mount indexes 100,000 inodes in a few milliseconds.
+   */
+  scanInUse(
+    inos: ArrayLike<number>,
+    visit: (ino: number, parent: number, flags: number, nameHash: number) => void,
+    onFree?: (ino: number) => void,
+  ): void {
+    const records = this.#records;
+    let chunk = -1;
+    let words: Uint32Array = new Uint32Array(0);
+    let bytes: Uint8Array = new Uint8Array(0);
+    for (let index = 0; index < inos.length; index++) {
+      const ino = inos[index]!;
+      if (ino >>> records.shift !== chunk) {
+        chunk = ino >>> records.shift;
+        words = records.u32(ino);
+        bytes = records.u8(ino);
+      }
+      const base = records.local(ino) * 128;
+      if ((words[base]! & 0xffff) === (InodeType.Free as number)) {
+        onFree?.(ino);
+        continue;
+      }
+      const nameStart = base * 4 + NAME_OFFSET;
+      const nameLength = Math.min(words[base + W.nameLength]!, NAME_MAX);
+      visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashNameBytes(bytes, nameStart, nameStart + nameLength));
+    }
   }
 
   /** Byte offset of an inode inside the metadata region (for the handover blob and the checker). */

@@ -78,15 +78,18 @@ function boundNode(sb: Superblock): { numaNode?: number } {
   return node === undefined ? {} : { numaNode: node };
 }
 
-/** What a blob must match to be adopted: this pool, this superblock, and these metadata views. */
-export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool): RestoreExpectations {
+/**
+ * What a blob must match to be adopted: this pool, this superblock, and these metadata views. With `livenessLater`
+ * the caller checks that every listed inode is in use itself, in the pass it reads them in anyway (a restore's index).
+ */
+export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool, livenessLater = false): RestoreExpectations {
   return {
     layout: blobLayout(sb.geometry),
     uuid: sb.uuid,
     generation: sb.generation,
     pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label, ...boundNode(sb) },
     metadata: liveMetadata(views),
-    isLive: (ino) => views.inodes.type(ino) !== InodeType.Free,
+    isLive: livenessLater ? () => true : (ino) => views.inodes.type(ino) !== InodeType.Free,
     chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
     blobCrc: sb.handoverCrc,
     badBlocks: sb.badBlocks,
@@ -103,6 +106,7 @@ export function verifyRecordedBlob(
   pool: Pool,
   area: Uint8Array,
   fields: { syscall: string; path: string },
+  livenessLater = false,
 ): HandoverDescription {
   if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
     throw new GuestmemfsError(
@@ -120,7 +124,7 @@ export function verifyRecordedBlob(
       fields,
     );
   }
-  return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool));
+  return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool, livenessLater));
 }
 
 /**
@@ -168,8 +172,7 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     mappingBlocks = description.mappingsBlocks.length;
   } else {
     if (ctx.busy.size > 0) throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before serialising', fields);
-    // A typed array sorts numerically without a comparator call per comparison.
-    const live = Uint32Array.from([ROOT_INO, ...ctx.orphans, ...ctx.names.inodes()]).sort();
+    const live = ctx.names.sortedWith([ROOT_INO, ...ctx.orphans], ctx.inodes.count);
     const pages: number[] = [];
     const owners: number[] = [];
     for (const ino of live) {

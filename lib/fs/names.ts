@@ -83,19 +83,28 @@ export function resolveFileForWrite(ctx: MountContext, path: string, syscall: st
  * Builds the name index from every inode in the table, or from a handover's list of live inodes. Returns the orphans
  * found (unlinked files whose mapping process is gone), for the caller to free or keep.
  */
-export function buildIndex(ctx: MountContext, live?: readonly number[]): number[] {
-  const inodes = ctx.inodes;
+export function buildIndex(ctx: MountContext, live?: ArrayLike<number>, refuseFree?: { syscall: string; path: string }): number[] {
   const orphans: number[] = [];
-  const candidates = live ?? Array.from({ length: inodes.count - 1 }, (_, index) => index + 1);
-  for (const ino of candidates) {
-    const type = inodes.type(ino);
-    if (type === InodeType.Free || ino === ROOT_INO) continue;
-    if (inodes.flags(ino) & FLAG_ORPHAN) {
-      orphans.push(ino);
-      continue;
-    }
-    ctx.names.set(inodes.parent(ino), inodes.name(ino), ino);
-  }
+  const candidates = live ?? Uint32Array.from({ length: ctx.inodes.count - 1 }, (_, index) => index + 1);
+  const names = ctx.names;
+  names.reserve(names.size + candidates.length);
+  // Hashed in place: not one name is decoded, however many files there are.
+  ctx.inodes.scanInUse(
+    candidates,
+    (ino, parent, flags, nameHash) => {
+      if (ino === ROOT_INO) return;
+      if (flags & FLAG_ORPHAN) orphans.push(ino);
+      else names.setHashed(parent, nameHash, ino);
+    },
+    refuseFree &&
+      ((ino) => {
+        throw new GuestmemfsError(
+          'EUCLEAN',
+          `handover refused (inodes): blob lists inode ${ino} as live, the inode table has it free; the pool was left untouched`,
+          refuseFree,
+        );
+      }),
+  );
   return orphans;
 }
 

@@ -150,7 +150,7 @@ export function rename(ctx: MountContext, from: string, to: string): void {
     if (inodes.type(victim) === InodeType.Directory) inodes.setNlink(target.parent, inodes.nlink(target.parent) - 1);
   }
   unlinkChild(ctx, source.parent, source.ino);
-  ctx.names.delete(source.parent, source.name);
+  ctx.names.delete(source.parent, source.name, source.ino);
   inodes.setName(source.ino, target.nameBytes);
   inodes.setParent(source.ino, target.parent);
   linkChild(ctx, target.parent, source.ino);
@@ -235,8 +235,7 @@ function detach(ctx: MountContext, parent: number, name: string, ino: number): v
   inodes.setFlags(ino, inodes.flags(ino) | FLAG_ORPHAN); // commit point: the name is gone
   ctx.orphans.add(ino);
   unlinkChild(ctx, parent, ino);
-  ctx.names.delete(parent, name);
-  ctx.names.dropIfEmpty(ino);
+  ctx.names.delete(parent, name, ino);
   const now = nowNs();
   inodes.setTime(parent, 'mtime', now);
   inodes.setTime(parent, 'ctime', now);
