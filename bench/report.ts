@@ -349,10 +349,7 @@ export function writeReport(options: ReportOptions): string {
       image('handoverSize', 'handover time against memory described'),
       image('handoverFiles', 'handover time against number of files'),
     );
-    lines.push(
-      '| described | files | serialise (ms) | restore (ms) | total (ms) | checksum floor (ms) |',
-      '|---|---|---|---|---|---|',
-    );
+    lines.push('| described | files | serialise (ms) | restore (ms) | total (ms) | checksum floor (ms) |', '|---|---|---|---|---|---|');
     for (const p of [...handover.byDescribedSize, ...handover.byFileCount])
       lines.push(
         `| ${formatSize(p.describedBytes)} | ${p.files.toLocaleString('en')} | ${spread(p.serialiseMs, 3)} | ${spread(p.restoreMs, 3)} ` +
