@@ -310,6 +310,37 @@ describe('serialise, freeze and abort', () => {
   });
 });
 
+describe('the mapping blocks of a handover', () => {
+  it('lists every extent page in use, with its owner, whichever live inodes hold them', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: 8 * MiB });
+    try {
+      mkfs(pool, { blockSize: B });
+      const gfs = mount(pool);
+      // Two files of six extents each (more than the four an inode holds): one extent page apiece.
+      for (let i = 0; i < 24; i++) {
+        gfs.create(`/s${i}`);
+        gfs.truncate(`/s${i}`, B);
+      }
+      gfs.create('/filler');
+      gfs.truncate('/filler', gfs.statfs().freeBlocks * B);
+      for (let i = 0; i < 24; i += 2) gfs.unlink(`/s${i}`);
+      for (const name of ['/many-a', '/plain', '/many-b']) gfs.create(name);
+      gfs.truncate('/many-a', 6 * B);
+      gfs.truncate('/many-b', 6 * B);
+      expect([gfs.extents('/many-a').length, gfs.extents('/many-b').length]).toEqual([6, 6]);
+      const description = decodeHandoverBlob(gfs.serialise().blob);
+      const owners = description.mappingsBlocks.map((block) => block.inode);
+      // In live-inode order, ascending.
+      expect(owners).toEqual([gfs.stat('/many-a').ino, gfs.stat('/many-b').ino].sort((a, b) => a - b));
+      for (const block of description.mappingsBlocks) expect(block.length).toBe(512);
+      gfs.unmount();
+      expect(mount(pool, { requireHandover: true }).extents('/many-b')).toHaveLength(6);
+    } finally {
+      pool.close();
+    }
+  });
+});
+
 describe('a handover of many files', () => {
   it('150,000 files, more than a spread argument list holds, serialise and restore', () => {
     const files = 150_000;

@@ -2,7 +2,7 @@
 // growth and long probe runs, with non-ASCII names and names whose hashes collide.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { hashNameBytes, NameIndex } from '../lib/fs/name-index';
+import { hashStoredName, NameIndex } from '../lib/fs/name-index';
 
 const encoder = new TextEncoder();
 
@@ -46,7 +46,7 @@ describe('name index', () => {
             inodes.names.set(ino, encoder.encode(step.name));
             // Half the inserts come the way a mount makes them: by the hash of the stored bytes.
             if (ino % 2) index.set(step.dir, step.name, ino);
-            else index.setHashed(step.dir, hashNameBytes(encoder.encode(step.name)), ino);
+            else index.setHashed(step.dir, hashStoredName(encoder.encode(step.name)), ino);
             model.set(key, ino);
           } else if (step.op === 'delete') {
             const keys = [...model.keys()];
@@ -77,7 +77,7 @@ describe('name index', () => {
     const inodes = new FakeInodes();
     const index = new NameIndex(inodes);
     // Every inode's name bytes say "x", but they are indexed under one hash: only the confirmation tells them apart.
-    const hash = hashNameBytes(encoder.encode('x'));
+    const hash = hashStoredName(encoder.encode('x'));
     for (let ino = 2; ino < 40; ino++) {
       inodes.parents.set(ino, 1 + (ino % 3));
       inodes.names.set(ino, encoder.encode(ino < 5 ? 'x' : `other-${ino}`));
@@ -89,5 +89,16 @@ describe('name index', () => {
     expect(index.get(1, 'x')).toBeUndefined();
     expect(index.get(2, 'x')).toBe(4);
     expect(index.size).toBe(37);
+  });
+
+  it('finds a name whose stored bytes are not UTF-8 (damage) by the string readdir shows for it', () => {
+    const inodes = new FakeInodes();
+    const index = new NameIndex(inodes);
+    const stored = Uint8Array.of(0x80, 0x39);
+    inodes.parents.set(2, 1);
+    inodes.names.set(2, stored);
+    index.setHashed(1, hashStoredName(stored), 2);
+    expect(index.get(1, new TextDecoder().decode(stored))).toBe(2);
+    expect(index.get(1, '9')).toBeUndefined();
   });
 });

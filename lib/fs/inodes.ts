@@ -10,7 +10,7 @@
 //   104 four inline extents (start u32, length u32)   256 name (up to 255 bytes of UTF-8)
 import { INODE_SIZE, INLINE_EXTENTS, type Geometry } from './layout';
 import { ChunkedRecords, type MetadataSource } from './metadata';
-import { hashNameBytes } from './name-index';
+import { hashStoredName } from './name-index';
 
 export enum InodeType {
   Free = 0,
@@ -221,10 +221,10 @@ export class InodeTable {
     this.#set(ino, W.nameLength, encoded.length);
   }
 
-  /** The name index's hash of the name (hashNameBytes of its bytes), read in place. */
+  /** The name index's hash of the name (hashStoredName of its bytes), read in place. */
   nameHash(ino: number): number {
     const start = this.#records.local(ino) * INODE_SIZE + NAME_OFFSET;
-    return hashNameBytes(this.#records.u8(ino), start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
+    return hashStoredName(this.#records.u8(ino), start, start + Math.min(this.#get(ino, W.nameLength), NAME_MAX));
   }
 
   /** Name bytes for comparison with an intent record, without decoding. */
@@ -271,7 +271,7 @@ export class InodeTable {
       }
       const nameStart = base * 4 + NAME_OFFSET;
       const nameLength = Math.min(words[base + W.nameLength]!, NAME_MAX);
-      visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashNameBytes(bytes, nameStart, nameStart + nameLength));
+      visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashStoredName(bytes, nameStart, nameStart + nameLength));
     }
   }
 

@@ -175,10 +175,15 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     const live = ctx.names.sortedWith([ROOT_INO, ...ctx.orphans], ctx.inodes.count);
     const pages: number[] = [];
     const owners: number[] = [];
-    for (const ino of live) {
-      for (const page of ctx.views.extents.chain(ino)) {
+    const extents = ctx.views.extents;
+    // Most files keep their extents inline: once every page in use is listed, the other records need not be read.
+    let unlisted = extents.pageCount - 1 - extents.freePages;
+    for (let index = 0; index < live.length && unlisted > 0; index++) {
+      const ino = live[index]!;
+      for (const page of extents.chain(ino)) {
         pages.push(page);
         owners.push(ino);
+        unlisted--;
       }
     }
     const generation = ctx.superblock.generation + 1n;
