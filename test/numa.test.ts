@@ -77,6 +77,21 @@ describe('a pool bound to a NUMA node', () => {
     }
   });
 
+  it('a bound pool that grows takes its new pages on its node too', () => {
+    const pool = Pool.create({ backend: 'memfd-4k', size: 8 * MiB, node: 0 });
+    try {
+      mkfs(pool, { maxSize: 16 * MiB });
+      const gfs = mount(pool);
+      gfs.resize(16 * MiB);
+      gfs.unmount();
+      // The 2048 pages added by the grow were bound before they existed, as create() binds its own.
+      expect(pool.placement()).toEqual({ pagesByNode: { 0: 4096 }, missing: 0 });
+      expect(check(pool).state).toBe('consistent');
+    } finally {
+      pool.close();
+    }
+  });
+
   it('a pool created without a node records none, and its blob carries none', () => {
     const pool = Pool.create({ backend: 'memfd-4k', size: 16 * MiB });
     try {
