@@ -23,6 +23,7 @@ export interface ResizeResult {
   to: number;
   /** Blocks that joined (positive) or left (negative) the free space. */
   blocks: number;
+  /** How long the resize took, most of it the kernel allocating and zeroing new pages. */
   ms: number;
 }
 
