@@ -377,13 +377,14 @@ export function writeReport(options: ReportOptions): string {
       `A mounted pool of ${formatSize(resizeResults.pageSize)} pages with a file mapped, grown by an amount and shrunk back, ` +
         `${resizeResults.runs} runs; the floor is the same ftruncate and fallocate on a bare hugetlbfs file, in the same run.`,
       '',
-      '| pool | amount | grow (ms) | floor (ms) | ratio | shrink (ms) | floor (ms) |',
-      '|---|---|---|---|---|---|---|',
+      '| pool | amount | grow (ms) | floor (ms) | ratio | async grow (ms) | shrink (ms) | floor (ms) |',
+      '|---|---|---|---|---|---|---|---|',
     );
     for (const p of resizeResults.byAmount)
       lines.push(
         `| ${formatSize(p.poolBytes)} | ${formatSize(p.amountBytes)} | ${spread(p.growMs, 2)} | ${spread(p.floorGrowMs, 2)} | ` +
-          `${fixed(p.growMs.median / p.floorGrowMs.median)}x | ${spread(p.shrinkMs, 3)} | ${spread(p.floorShrinkMs, 3)} |`,
+          `${fixed(p.growMs.median / p.floorGrowMs.median)}x | ${p.growAsyncMs ? spread(p.growAsyncMs, 2) : '-'} | ` +
+          `${spread(p.shrinkMs, 3)} | ${spread(p.floorShrinkMs, 3)} |`,
       );
     for (const p of resizeResults.byPoolSize)
       lines.push(

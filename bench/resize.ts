@@ -35,18 +35,28 @@ interface Point {
   shrinkMs: Stats;
   floorGrowMs?: Stats;
   floorShrinkMs?: Stats;
+  /** resizeAsync's grow: the pages faulted in by a worker thread, this one free meanwhile. */
+  growAsyncMs?: Stats;
 }
 
-/** One round: the pool grown by `amount` and shrunk back; with a bare file, its grow and shrink of `amount` too. */
-function round(gfs: Filesystem, poolBytes: number, amount: number, bareFile: string | undefined): number[] {
+/**
+ * One round: the pool grown by `amount` and shrunk back; with a bare file, its grow and shrink of `amount` too, and
+ * the pool's asynchronous grow.
+ */
+async function round(gfs: Filesystem, poolBytes: number, amount: number, bareFile: string | undefined): Promise<number[]> {
   const times = [timeMs(() => gfs.resize(poolBytes + amount)), timeMs(() => gfs.resize(poolBytes))];
   if (bareFile === undefined) return times;
+  const started = process.hrtime.bigint();
+  await gfs.resizeAsync(poolBytes + amount);
+  const asyncMs = Number(process.hrtime.bigint() - started) / 1e6;
+  gfs.resize(poolBytes);
   // The bare file takes the pages the pool has just given back: the two never need them at once.
   const fd = createBareFile(bareFile);
   try {
     times.push(
       timeMs(() => resizeBareFile(fd, 0, amount)),
       timeMs(() => resizeBareFile(fd, amount, 0)),
+      asyncMs,
     );
   } finally {
     closeBareFile(fd);
@@ -59,9 +69,9 @@ function round(gfs: Filesystem, poolBytes: number, amount: number, bareFile: str
  * Grows a mounted pool of `poolBytes` (with a file mapped, as a VM's memory would be) by `amount` and shrinks it
  * back, `runs` times after a warm-up; with `floor`, the bare file's grow and shrink alternate with them.
  */
-function measure(poolBytes: number, amount: number, floor: boolean): Point {
+async function measure(poolBytes: number, amount: number, floor: boolean): Promise<Point> {
   const pool = Pool.create({ backend: 'hugetlbfs', path: path.join(dir, 'bench-resize'), size: poolBytes });
-  const samples: number[][] = [[], [], [], []];
+  const samples: number[][] = [[], [], [], [], []];
   try {
     mkfs(pool, { maxSize: poolBytes + amount, inodes: 64 });
     const gfs = mount(pool);
@@ -71,7 +81,7 @@ function measure(poolBytes: number, amount: number, floor: boolean): Point {
       const ram = gfs.map('/ram');
       try {
         for (let index = 0; index <= runs; index++) {
-          const times = round(gfs, poolBytes, amount, floor ? path.join(dir, 'bench-resize-floor') : undefined);
+          const times = await round(gfs, poolBytes, amount, floor ? path.join(dir, 'bench-resize-floor') : undefined);
           if (index > 0) times.forEach((time, at) => samples[at]!.push(time));
         }
       } finally {
@@ -85,28 +95,29 @@ function measure(poolBytes: number, amount: number, floor: boolean): Point {
   } finally {
     pool.destroy();
   }
-  const [grow, shrink, floorGrow, floorShrink] = samples as [number[], number[], number[], number[]];
+  const [grow, shrink, floorGrow, floorShrink, growAsync] = samples as [number[], number[], number[], number[], number[]];
   return {
     poolBytes,
     amountBytes: amount,
     growMs: stats(grow),
     shrinkMs: stats(shrink),
-    ...(floor ? { floorGrowMs: stats(floorGrow), floorShrinkMs: stats(floorShrink) } : {}),
+    ...(floor ? { floorGrowMs: stats(floorGrow), floorShrinkMs: stats(floorShrink), growAsyncMs: stats(growAsync) } : {}),
   };
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const byAmount: Point[] = [];
   const byPoolSize: Point[] = [];
   try {
-    for (const amount of amounts) byAmount.push(measure(basePool, amount, true));
-    for (const size of poolSizes) byPoolSize.push(measure(size, FIXED_AMOUNT, false));
+    for (const amount of amounts) byAmount.push(await measure(basePool, amount, true));
+    for (const size of poolSizes) byPoolSize.push(await measure(size, FIXED_AMOUNT, false));
   } finally {
     reservation.release();
   }
   const ratios = byAmount.map((point) => ({
     amountBytes: point.amountBytes,
     growVsFloor: point.growMs.median / point.floorGrowMs!.median,
+    growAsyncVsFloor: point.growAsyncMs!.median / point.floorGrowMs!.median,
     shrinkVsFloor: point.shrinkMs.median / point.floorShrinkMs!.median,
   }));
   const file = writeResults('resize', { pageSize, runs, basePoolBytes: basePool, byAmount, byPoolSize, ratios }, quickMode);
@@ -118,7 +129,7 @@ function main(): void {
       `  ${formatSize(point.poolBytes)} +${formatSize(point.amountBytes).padEnd(8)} ` +
         `grow ${point.growMs.median.toFixed(2).padStart(8)} ms ` +
         `(floor ${point.floorGrowMs!.median.toFixed(2)})   shrink ${point.shrinkMs.median.toFixed(3).padStart(7)} ms ` +
-        `(floor ${point.floorShrinkMs!.median.toFixed(3)})\n`,
+        `(floor ${point.floorShrinkMs!.median.toFixed(3)})   async grow ${point.growAsyncMs!.median.toFixed(2)} ms\n`,
     );
   }
   for (const point of byPoolSize) {
@@ -130,4 +141,4 @@ function main(): void {
   process.stdout.write(`results: ${path.relative(repoRoot, file)}\n`);
 }
 
-main();
+void main();

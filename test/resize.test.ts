@@ -205,6 +205,54 @@ describe('resizing a mounted pool', () => {
     }
   });
 
+  it('resizeAsync grows off the JS thread: other calls are served meanwhile, and what would race it is refused', async () => {
+    const t = smallFs({ size: 4 * MiB, blockSize: B, maxSize: 16 * MiB });
+    try {
+      const gfs = t.fs;
+      // Blocks a file let go of are dirty: a truncate onto them zeroes off the thread too, and both are in flight at once.
+      gfs.create('/old');
+      gfs.truncate('/old', 2 * MiB);
+      gfs.unlink('/old');
+      gfs.create('/served');
+      // Written before the grow: the mapping of the whole pool that data goes through is of the 4 MiB pool.
+      gfs.write('/served', pattern(B, 3), 0);
+      let zeroing: Promise<void> | undefined;
+      let duringGrow: Record<string, string> | undefined;
+      const grown = gfs.resizeAsync(16 * MiB, {
+        onProgress: () => {
+          if (duringGrow) return;
+          // The grow is not committed yet: the pool is still 4 MiB, and only what cannot race it is refused.
+          duringGrow = {
+            totalBlocks: String(gfs.statfs().totalBlocks),
+            resize: captureError(() => gfs.resize(8 * MiB)).code!,
+            serialise: captureError(() => gfs.serialise()).code!,
+            unmount: captureError(() => gfs.unmount()).code!,
+          };
+          zeroing = gfs.truncateAsync('/served', 2 * MiB);
+        },
+      });
+      const result = await grown;
+      await zeroing;
+      expect(duringGrow).toEqual({ totalBlocks: '64', resize: 'EBUSY', serialise: 'EBUSY', unmount: 'EBUSY' });
+      expect(result).toMatchObject({ from: 4 * MiB, to: 16 * MiB, blocks: 192 });
+      expect(t.pool.size).toBe(16 * MiB);
+      expect(gfs.statfs().totalBlocks).toBe(256);
+      // The new blocks are usable at once, through a mapping of the whole pool made anew for them.
+      gfs.create('/new');
+      gfs.truncate('/new', gfs.statfs().freeBlocks * B);
+      gfs.write('/new', pattern(B, 9), gfs.stat('/new').size - B);
+      expect(Buffer.from(gfs.read('/new', gfs.stat('/new').size - B, B)).equals(Buffer.from(pattern(B, 9)))).toBe(true);
+      expect(Buffer.from(gfs.read('/served', 0, B)).equals(Buffer.from(pattern(B, 3)))).toBe(true);
+      expect(gfs.read('/served', B, 2 * MiB - B).every((byte) => byte === 0)).toBe(true);
+      expect(gfs.audit().problems).toEqual([]);
+      // A shrink or no change takes the synchronous path, and its refusals are the same.
+      expect(await gfs.resizeAsync(16 * MiB)).toMatchObject({ blocks: 0 });
+      await expect(gfs.resizeAsync(16 * MiB + B)).rejects.toMatchObject({ code: 'EFBIG' });
+    } finally {
+      t.close();
+    }
+  });
+
   it('a pool formatted without room to grow may shrink and grow back to its size; the first resize marks the format', () => {
     const t = smallFs({ size: 4 * MiB, blockSize: B });
     try {

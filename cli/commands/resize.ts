@@ -1,7 +1,7 @@
 // guestmemfs resize: grow a pool into more memory, or give the free blocks at its end back, while it is in use.
 import type { Command } from 'commander';
 import { formatSize, parseSize } from '../../lib/units';
-import { command, type Common, print, usageError } from '../common';
+import { command, type Common, print, progressBar, usageError } from '../common';
 import { withFilesystem } from '../pools';
 
 export function register(program: Command): void {
@@ -18,7 +18,9 @@ export function register(program: Command): void {
         const { blockSize, totalBlocks } = await gfs.statfs();
         const current = totalBlocks * blockSize;
         const size = newSize(sizeSpec, current);
-        const result = await gfs.resize(size);
+        const onProgress = progressBar(options, 'allocating pages');
+        const result = await ('resizeAsync' in gfs ? gfs.resizeAsync(size, { onProgress }) : gfs.resize(size));
+        if (onProgress) process.stderr.write('\n');
         print(options, { pool: spec, ...result }, () =>
           options.quiet
             ? ''

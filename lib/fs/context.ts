@@ -14,6 +14,9 @@ import { markMountedHere, unlock } from './registry';
 import { blockRange } from './runs';
 import type { MetadataViews } from './views';
 
+/** The key in MountContext.busy that stands for the pool itself (no inode is numbered 0): a resize in flight. */
+export const POOL_BUSY = 0;
+
 export class MountContext {
   readonly pool: Pool;
   readonly views: MetadataViews;
@@ -34,13 +37,15 @@ export class MountContext {
   readonly orphans = new Set<number>();
   /** Live mappings per inode in this process. */
   readonly mapped = new Map<number, number>();
-  /** Inodes with asynchronous work in flight. */
+  /** Inodes with asynchronous work in flight (POOL_BUSY: the pool itself, growing). */
   readonly busy = new Set<number>();
   /** The consumers of files' memory (the memfile notifier), volatile like the name index. */
   readonly notifiers = new NotifierRegistry();
   #handoverWindow: Uint8Array | undefined;
   /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
   #data: Mapping | undefined;
+  /** Mappings of the whole pool from before it grew, unmapped once no asynchronous work can be using them. */
+  readonly #retired: Mapping[] = [];
 
   constructor(
     pool: Pool,
@@ -93,14 +98,31 @@ export class MountContext {
   }
 
   dataMapping(): Mapping {
+    // The pool grew since it was mapped: a zeroing in flight may still be using the old mapping.
+    if (this.#data && this.#data.length < this.pool.size) {
+      this.#retired.push(this.#data);
+      this.#data = undefined;
+      this.#unmapRetired();
+    }
     this.#data ??= this.pool.mapAll({ populate: false, dontDump: true, dontFork: true, writable: !this.readOnly });
     return this.#data;
   }
 
-  /** Lets go of the mapping of the whole pool (a resize changed the pool's extent): the next data access maps it anew. */
+  /** Lets go of every mapping of the whole pool: a shrink, or the end of the mount, with nothing in flight. */
   dropDataMapping(): void {
     this.#data?.unmap();
     this.#data = undefined;
+    for (const mapping of this.#retired.splice(0)) mapping.unmap();
+  }
+
+  /** Ends an inode's (or the pool's) asynchronous work. */
+  endBusy(ino: number): void {
+    this.busy.delete(ino);
+    this.#unmapRetired();
+  }
+
+  #unmapRetired(): void {
+    if (this.busy.size === 0) for (const mapping of this.#retired.splice(0)) mapping.unmap();
   }
 
   writeSuperblock(changes: Partial<Superblock>): void {

@@ -159,7 +159,7 @@ export async function truncateAsync(ctx: MountContext, path: string, size: numbe
     quota.charge(ctx, ino, -totalBlocks(plan.runs));
     throw error;
   } finally {
-    ctx.busy.delete(ino);
+    ctx.endBusy(ino);
   }
   commitGrow(ctx, ino, plan);
   options.onProgress?.(total, total);

@@ -5,7 +5,7 @@ import { overlaps, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
 import { chmod, chown, statfs, statInode, utimes } from './attributes';
 import { type AuditReport, auditMetadata } from './audit';
-import { resize, resizeLimits, type ResizeOptions, type ResizeResult } from './resize';
+import { resize, resizeAsync, resizeLimits, type ResizeOptions, type ResizeResult } from './resize';
 import { quarantine, type QuarantineResult } from './badblocks';
 import type { MountContext } from './context';
 import * as data from './data';
@@ -209,6 +209,14 @@ export class Filesystem {
    */
   resize(size: number, options: ResizeOptions = {}): ResizeResult {
     return resize(this.#ctx, size, options);
+  }
+
+  /**
+   * resize(), with a grow's new pages allocated off the JS thread, so a mount service answers other calls meanwhile
+   * (a grow by 64 GiB takes seconds). Until it settles, another resize, serialise and unmount fail with EBUSY.
+   */
+  resizeAsync(size: number, options: ResizeOptions = {}): Promise<ResizeResult> {
+    return resizeAsync(this.#ctx, size, options);
   }
 
   /** The sizes resize() accepts now: from just past the last block in use up to the pool's capacity. */

@@ -274,6 +274,6 @@ export async function invalidateAndSettle(
     }
   } finally {
     clearTimeout(timer);
-    ctx.busy.delete(ino);
+    ctx.endBusy(ino);
   }
 }

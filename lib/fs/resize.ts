@@ -9,8 +9,8 @@
 import { GuestmemfsError } from '../errors';
 import { describeHolders, isPinned, pinHolders } from '../pool/pins';
 import type { Pool } from '../pool/pool';
-import { formatSize } from '../units';
-import type { MountContext } from './context';
+import { elapsedMs, formatSize } from '../units';
+import { type MountContext, POOL_BUSY } from './context';
 import { excessBytes, INCOMPAT_RESIZABLE, numaNodeOf } from './layout';
 import { pathOf } from './names';
 import { FLAG_ORPHAN } from './inodes';
@@ -41,6 +41,37 @@ export function resizeLimits(views: MetadataViews): { minSize: number; maxSize: 
 /** Resizes the filesystem (root only) to `size` bytes, a multiple of the block size within resizeLimits(). */
 export function resize(ctx: MountContext, size: number, options: ResizeOptions = {}): ResizeResult {
   const started = process.hrtime.bigint();
+  const { from, target, blockCount } = planResize(ctx, size);
+  if (target > blockCount) {
+    prepareGrow(ctx);
+    ctx.pool.resize(target * ctx.geometry.blockSize, { node: numaNodeOf(ctx.superblock), onProgress: options.onProgress });
+    commitGrow(ctx, target);
+  } else if (target < blockCount) shrink(ctx, target);
+  return { from, to: size, blocks: target - blockCount, ms: elapsedMs(started) };
+}
+
+/**
+ * resize(), with a grow's new pages allocated by a worker thread: this thread (a mount service) serves other calls
+ * meanwhile. Until it settles the pool counts as busy: no other resize, serialise or unmount, and a kill leaves the
+ * uncommitted state the next mount recovers from.
+ */
+export async function resizeAsync(ctx: MountContext, size: number, options: ResizeOptions = {}): Promise<ResizeResult> {
+  const started = process.hrtime.bigint();
+  const { from, target, blockCount } = planResize(ctx, size);
+  if (target <= blockCount) return resize(ctx, size, options);
+  prepareGrow(ctx);
+  ctx.busy.add(POOL_BUSY);
+  try {
+    await ctx.pool.resizeAsync(target * ctx.geometry.blockSize, { node: numaNodeOf(ctx.superblock), onProgress: options.onProgress });
+  } finally {
+    ctx.endBusy(POOL_BUSY);
+  }
+  commitGrow(ctx, target);
+  return { from, to: size, blocks: target - blockCount, ms: elapsedMs(started) };
+}
+
+/** Checks a resize to `size` bytes before anything changes. */
+function planResize(ctx: MountContext, size: number): { from: number; target: number; blockCount: number } {
   const syscall = 'resize';
   const label = ctx.pool.label;
   const fields = { syscall, path: label };
@@ -66,12 +97,9 @@ export function resize(ctx: MountContext, size: number, options: ResizeOptions =
       fields,
     );
   }
-  // Zeroing in flight uses the mapping of the whole pool that a resize replaces.
+  // Zeroing in flight uses the mapping of the whole pool that a shrink takes away; another resize would race this one.
   if (ctx.busy.size > 0) throw new GuestmemfsError('EBUSY', 'asynchronous work is in flight: await it before resizing', fields);
-  const from = ctx.geometry.poolSize;
-  if (target > blockCount) grow(ctx, target, options);
-  else if (target < blockCount) shrink(ctx, target);
-  return { from, to: size, blocks: target - blockCount, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+  return { from: ctx.geometry.poolSize, target, blockCount };
 }
 
 /** Commits the filesystem's new extent: the superblock's size, and the flag that says capacity and size may differ. */
@@ -82,15 +110,17 @@ function commitSize(ctx: MountContext, blocks: number): void {
   ctx.writeSuperblock({ incompat: ctx.superblock.incompat | INCOMPAT_RESIZABLE });
 }
 
-function grow(ctx: MountContext, target: number, options: ResizeOptions): void {
-  const { blockSize, blockCount } = ctx.geometry;
+/** Pages past the filesystem left by an interrupted resize may hold old bytes: they go back before fresh ones come. */
+function prepareGrow(ctx: MountContext): void {
+  if (excessBytes(ctx.superblock, ctx.pool) > 0) ctx.pool.resize(ctx.geometry.poolSize);
+}
+
+/** After the new pages are allocated: they hold zeroes, the new size commits, then their blocks become free. */
+function commitGrow(ctx: MountContext, target: number): void {
+  const { blockCount } = ctx.geometry;
   const allocator = ctx.views.allocator;
-  // Pages past the filesystem left by an interrupted resize may hold old bytes: give them back before taking fresh ones.
-  if (excessBytes(ctx.superblock, ctx.pool) > 0) ctx.pool.resize(blockCount * blockSize);
-  ctx.pool.resize(target * blockSize, { node: numaNodeOf(ctx.superblock), onProgress: options.onProgress });
   allocator.forgetDirtyBeyondEnd();
   commitSize(ctx, target);
-  ctx.dropDataMapping();
   allocator.openTail(blockCount);
 }
 

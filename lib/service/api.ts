@@ -442,7 +442,8 @@ export const OPERATIONS: readonly Operation[] = [
       properties: { from: integer, to: integer, blocks: { type: 'integer' }, ms: { type: 'number' } },
     },
     mutates: true,
-    run: (fs, p) => fs.resize(p.size as number),
+    // Off the service's thread: its other clients are answered while new pages are allocated.
+    run: (fs, p) => fs.resizeAsync(p.size as number),
   },
   {
     name: 'serialise',
