@@ -1,7 +1,7 @@
 // guestmemfs status: backend, sizes, used and free blocks and inodes, owner, handover state.
 import type { Command } from 'commander';
 import { readPoolSuperblock } from '../../lib/fs/format';
-import { COMPAT_NUMA_NODE, PoolState } from '../../lib/fs/layout';
+import { numaNodeOf, PoolState } from '../../lib/fs/layout';
 import { lockIsHeldByOther } from '../../lib/fs/registry';
 import type { QuotaReport } from '../../lib/fs/quota';
 import type { StatFs } from '../../lib/fs/types';
@@ -71,7 +71,7 @@ export function register(program: Command): void {
         pins,
         ...usage,
         uuid: sb.uuid,
-        numaNode: sb.compat & COMPAT_NUMA_NODE ? sb.numaNode : null,
+        numaNode: numaNodeOf(sb) ?? null,
         badBlocks: sb.badBlocks,
         generation: sb.generation,
         state: PoolState[sb.state],

@@ -58,8 +58,8 @@ export function quarantine(ctx: MountContext, block: number): QuarantineResult {
   return { block, alreadyQuarantined: false, heldBy };
 }
 
-/** The live file whose extents hold `block`, if any (a scan of every file: quarantining is rare). */
-function holderOf(ctx: MountContext, block: number): { ino: number; path: string } | null {
+/** The live file whose extents hold `block`, if any (a scan of every file: for quarantining and for messages). */
+export function holderOf(ctx: MountContext, block: number): { ino: number; path: string } | null {
   const inodes = ctx.inodes;
   for (let ino = 2; ino < inodes.count; ino++) {
     if (inodes.blockCount(ino) === 0 || !holds(ctx.views, ino, block)) continue;

@@ -7,9 +7,9 @@ import { auditMetadata } from './audit';
 import { FLAG_ORPHAN, InodeType } from './inodes';
 import { renameInFlight } from './intent';
 import {
-  COMPAT_NUMA_NODE,
   excessBytes,
   FIXED_HEADER_BYTES,
+  numaNodeOf,
   PoolState,
   readSuperblock,
   slotChecksums,
@@ -179,13 +179,14 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
 
 /** For a pool bound to a NUMA node: its pages that are elsewhere (move_pages on every page, or a sample of them). */
 function placementProblems(pool: Pool, sb: Superblock): string[] {
-  if ((sb.compat & COMPAT_NUMA_NODE) === 0) return [];
+  const node = numaNodeOf(sb);
+  if (node === undefined) return [];
   const placement = pool.placement();
-  const misplaced = misplacedPages(placement, sb.numaNode);
+  const misplaced = misplacedPages(placement, node);
   if (misplaced === 0) return [];
   const found = Object.entries(placement.pagesByNode)
     .map(([node, pages]) => `${pages} on node ${node}`)
     .concat(placement.missing > 0 ? [`${placement.missing} not allocated`] : [])
     .join(', ');
-  return [`the pool is bound to NUMA node ${sb.numaNode}, but ${misplaced} of the pages checked are not there (${found})`];
+  return [`the pool is bound to NUMA node ${node}, but ${misplaced} of the pages checked are not there (${found})`];
 }

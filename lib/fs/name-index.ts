@@ -76,12 +76,11 @@ export class NameIndex {
   /** Slot i is [2i] the inode (0: empty) and [2i + 1] its key, side by side: a probe reads one cache line. */
   #slots = new Int32Array(2 * INITIAL_SLOTS);
   #used = 0;
-  readonly #nameOf: (ino: number) => Uint8Array;
-  readonly #parentOf: (ino: number) => number;
+  /** The inode table a hit is confirmed against: each inode's parent and name bytes as they are now. */
+  readonly #inodes: { nameBytes(ino: number): Uint8Array; parent(ino: number): number };
 
-  constructor(inodes: { nameBytes: (ino: number) => Uint8Array; parent: (ino: number) => number }) {
-    this.#nameOf = (ino) => inodes.nameBytes(ino);
-    this.#parentOf = (ino) => inodes.parent(ino);
+  constructor(inodes: { nameBytes(ino: number): Uint8Array; parent(ino: number): number }) {
+    this.#inodes = inodes;
   }
 
   get size(): number {
@@ -95,7 +94,7 @@ export class NameIndex {
     for (let slot = key & mask; ; slot = (slot + 1) & mask) {
       const ino = slots[2 * slot]!;
       if (ino === 0) return undefined;
-      if (slots[2 * slot + 1] === key && this.#parentOf(ino) === dir && sameName(this.#nameOf(ino), name)) return ino;
+      if (slots[2 * slot + 1] === key && this.#inodes.parent(ino) === dir && sameName(this.#inodes.nameBytes(ino), name)) return ino;
     }
   }
 

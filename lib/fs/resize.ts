@@ -12,9 +12,8 @@ import type { Pool } from '../pool/pool';
 import { elapsedMs, formatSize } from '../units';
 import { type MountContext, POOL_BUSY } from './context';
 import { excessBytes, INCOMPAT_RESIZABLE, numaNodeOf } from './layout';
-import { pathOf } from './names';
+import { holderOf } from './badblocks';
 import { FLAG_ORPHAN } from './inodes';
-import { scanOwnership } from './ownership';
 import type { MetadataViews } from './views';
 
 export interface ResizeResult {
@@ -58,7 +57,9 @@ export function resize(ctx: MountContext, size: number, options: ResizeOptions =
 export async function resizeAsync(ctx: MountContext, size: number, options: ResizeOptions = {}): Promise<ResizeResult> {
   const started = process.hrtime.bigint();
   const { from, target, blockCount } = planResize(ctx, size);
-  if (target <= blockCount) return resize(ctx, size, options);
+  // A shrink, or no change, has nothing to wait for: done at once, as resize() does it.
+  if (target < blockCount) shrink(ctx, target);
+  if (target <= blockCount) return { from, to: size, blocks: target - blockCount, ms: elapsedMs(started) };
   prepareGrow(ctx);
   ctx.busy.add(POOL_BUSY);
   try {
@@ -157,10 +158,9 @@ function shrink(ctx: MountContext, target: number): void {
 /** What holds a block, for a message: a file (its path), the bad-block list, or nothing. */
 function describeUse(ctx: MountContext, block: number): string {
   if (ctx.views.allocator.isQuarantined(block)) return 'quarantined (bad memory is never given back to the kernel)';
-  const { owner } = scanOwnership(ctx.views);
-  const ino = owner[block]!;
-  if (ino <= 0) return 'in use';
-  return `held by ${ctx.inodes.flags(ino) & FLAG_ORPHAN ? `unlinked inode ${ino}, still mapped` : `'${pathOf(ctx, ino)}'`}`;
+  const holder = holderOf(ctx, block);
+  if (!holder) return 'in use';
+  return `held by ${ctx.inodes.flags(holder.ino) & FLAG_ORPHAN ? `unlinked inode ${holder.ino}, still mapped` : `'${holder.path}'`}`;
 }
 
 /**

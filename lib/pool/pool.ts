@@ -171,15 +171,10 @@ export class Pool {
     const pool = new Pool(fd, backend, poolPath, size, pageSize, true, node);
     try {
       native.fileResize(fd, size);
-      for (let offset = 0; offset < (options.sparse ? 0 : size); offset += ALLOCATE_CHUNK) {
-        const length = Math.min(ALLOCATE_CHUNK, size - offset);
-        try {
-          if (node === undefined) native.fileAllocate(fd, offset, length);
-          else pool.#allocateOnNode(offset, length, node);
-        } catch (error) {
-          throw explainAllocateFailure(error, backend, pageSize, size, poolPath, node);
-        }
-        options.onProgress?.(offset + length, size);
+      try {
+        if (!options.sparse) pool.#allocate(0, size, node, options.onProgress);
+      } catch (error) {
+        throw explainAllocateFailure(error, backend, pageSize, size, poolPath, node);
       }
     } catch (error) {
       native.fdClose(fd);
@@ -199,12 +194,7 @@ export class Pool {
     if (old === undefined) return;
     const fresh = this.#fresh;
     try {
-      for (let offset = old; offset < size; offset += ALLOCATE_CHUNK) {
-        const length = Math.min(ALLOCATE_CHUNK, size - offset);
-        if (options.node === undefined) native.fileAllocate(this.fd, offset, length);
-        else this.#allocateOnNode(offset, length, options.node);
-        options.onProgress?.(offset + length - old, size - old);
-      }
+      this.#allocate(old, size, options.node, options.onProgress);
     } catch (error) {
       throw this.#abortGrow(old, size, error, options.node);
     } finally {
@@ -262,6 +252,19 @@ export class Pool {
     native.fileResize(this.fd, old);
     this.#size = old;
     return explainAllocateFailure(error, this.backend, this.pageSize, size - old, this.path, node);
+  }
+
+  /**
+   * Allocates every page of [start, end) now, a chunk at a time (on `node` when given), reporting bytes done of
+   * end - start after each chunk.
+   */
+  #allocate(start: number, end: number, node: number | undefined, onProgress?: (done: number, total: number) => void): void {
+    for (let offset = start; offset < end; offset += ALLOCATE_CHUNK) {
+      const length = Math.min(ALLOCATE_CHUNK, end - offset);
+      if (node === undefined) native.fileAllocate(this.fd, offset, length);
+      else this.#allocateOnNode(offset, length, node);
+      onProgress?.(offset + length - start, end - start);
+    }
   }
 
   /**
