@@ -253,6 +253,27 @@ describe('resizing a mounted pool', () => {
     }
   });
 
+  it('a grow over memory past the filesystem that a process still maps is refused, and that memory stays', () => {
+    const t = smallFs({ size: 4 * MiB, blockSize: B, maxSize: 16 * MiB });
+    try {
+      // What an interrupted resize leaves (a pool file larger than the filesystem), with part of it mapped and pinned.
+      t.pool.resize(8 * MiB);
+      const held = t.pool.map([{ offset: 6 * MiB, length: B }], { pin: true });
+      held.bytes(0, B).fill(0x5c);
+      const refused = captureError(() => t.fs.resize(12 * MiB));
+      expect(refused).toMatchObject({ code: 'EBUSY', syscall: 'resize' });
+      expect(refused.message).toMatch(/cannot grow over it: left 4 MiB past the end of the filesystem: it is pinned by pid \d+/);
+      expect(t.pool.refreshSize()).toBe(8 * MiB);
+      expect(held.bytes(0, B).every((byte) => byte === 0x5c)).toBe(true);
+      expect(t.fs.statfs().totalBlocks).toBe(64);
+      held.unmap();
+      expect(t.fs.resize(12 * MiB)).toMatchObject({ from: 4 * MiB, to: 12 * MiB });
+      expect(t.fs.audit().problems).toEqual([]);
+    } finally {
+      t.close();
+    }
+  });
+
   it('a pool formatted without room to grow may shrink and grow back to its size; the first resize marks the format', () => {
     const t = smallFs({ size: 4 * MiB, blockSize: B });
     try {

@@ -111,9 +111,18 @@ function commitSize(ctx: MountContext, blocks: number): void {
   ctx.writeSuperblock({ incompat: ctx.superblock.incompat | INCOMPAT_RESIZABLE });
 }
 
-/** Pages past the filesystem left by an interrupted resize may hold old bytes: they go back before fresh ones come. */
+/**
+ * Pages past the filesystem left by an interrupted resize may hold old bytes: they go back before fresh ones come,
+ * through the same check as the mount's recovery, so that memory a process still maps is never given back.
+ */
 function prepareGrow(ctx: MountContext): void {
-  if (excessBytes(ctx.superblock, ctx.pool) > 0) ctx.pool.resize(ctx.geometry.poolSize);
+  const outcome = trimExcess(ctx.pool, ctx.views);
+  if (excessBytes(ctx.superblock, ctx.pool) > 0) {
+    throw new GuestmemfsError('EBUSY', `cannot grow over it: ${outcome}; those processes must unmap it first`, {
+      syscall: 'resize',
+      path: ctx.pool.label,
+    });
+  }
 }
 
 /** After the new pages are allocated: they hold zeroes, the new size commits, then their blocks become free. */
