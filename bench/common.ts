@@ -28,6 +28,7 @@ export const BENCHMARKS = [
   'fs',
   'handover',
   'resize',
+  'hybrid',
   'vmm',
   'device',
   'pins',

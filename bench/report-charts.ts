@@ -134,6 +134,28 @@ export function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: s
     );
     made.qemu = 'qemu';
   }
+  const hybrid = all.hybrid;
+  if (hybrid?.hybrid) {
+    writeChart(
+      path.join(chartDir, 'hybrid'),
+      renderBarChart({
+        title: `A ${formatSize(hybrid.fileBytes)} guest file: hybrid pages against 2 MiB pages only (median)`,
+        yLabel: 'ns per read / ms per map',
+        groups: [
+          { label: 'dependent read (ns)', pick: 'latencyNsPerRead' },
+          { label: 'independent read (ns)', pick: 'throughputNsPerRead' },
+          { label: 'map, pre-faulted (ms)', pick: 'mapMs' },
+        ].map(({ label, pick }) => ({
+          label,
+          bars: [
+            { name: 'hybrid', value: hybrid.hybrid[pick].median },
+            { name: '2 MiB only', value: hybrid.pure[pick].median },
+          ],
+        })),
+      }),
+    );
+    made.hybrid = 'hybrid';
+  }
   const resize = all.resize;
   if (resize) {
     const amountPoints = (pick: (point: any) => number) => resize.byAmount.map((point: any) => ({ x: point.amountBytes, y: pick(point) }));

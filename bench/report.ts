@@ -368,6 +368,25 @@ export function writeReport(options: ReportOptions): string {
       '',
     );
   }
+  const hybridResults = all.hybrid;
+  if (hybridResults?.hybrid) {
+    const row = (side: any) =>
+      `| ${side.layout} | ${side.mapMs.median.toFixed(1)} | ${side.throughputNsPerRead.median.toFixed(2)} | ` +
+      `${side.latencyNsPerRead.median.toFixed(1)} |`;
+    lines.push(
+      '## Hybrid pages (`bench:hybrid`)',
+      '',
+      image('hybrid', 'hybrid against 2 MiB pages'),
+      `A ${formatSize(hybridResults.fileBytes)} guest file, ${formatSize(hybridResults.largeBytes)} of it on 1 GiB pages and the rest on ` +
+        `2 MiB pages, against the same file in a pool of 2 MiB pages only, ${hybridResults.runs} runs each in the same run.`,
+      '',
+      '| layout | map (ms) | independent read (ns) | dependent read (ns) |',
+      '| --- | --- | --- | --- |',
+      row(hybridResults.hybrid),
+      row(hybridResults.pure),
+      '',
+    );
+  }
   const resizeResults = all.resize;
   if (resizeResults) {
     lines.push(

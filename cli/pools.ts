@@ -14,12 +14,13 @@ import { type CreatePoolOptions, Pool, SMALL_PAGE_SIZE } from '../lib/pool/pool'
 import { connect, type ServiceClient } from '../lib/service/client';
 import { servedSocket } from '../lib/service/discovery';
 
-/** `fd:N` for an inherited pool fd (as kexec passes one), otherwise a path. */
+/** `fd:N` for an inherited pool fd (as kexec passes one; `fd:N+M` with a hybrid pool's 1 GiB-page fd), otherwise a path. */
 export function openPool(spec: string): Pool {
   if (spec.startsWith('fd:')) {
-    const fd = Number(spec.slice(3));
-    if (!Number.isInteger(fd) || fd < 0) throw new GuestmemfsError('EINVAL', `"${spec}" is not fd:N`);
-    return Pool.fromFd(fd);
+    const [fd, largeFd] = spec.slice(3).split('+').map(Number);
+    const valid = (value: number | undefined) => Number.isInteger(value) && value! >= 0;
+    if (!valid(fd) || (spec.includes('+') && !valid(largeFd))) throw new GuestmemfsError('EINVAL', `"${spec}" is not fd:N or fd:N+M`);
+    return Pool.fromFd(fd!, spec.includes('+') ? largeFd : undefined);
   }
   return Pool.open(spec);
 }

@@ -52,7 +52,17 @@ export interface NativeBinding {
    * the address congruent to the first extent's offset modulo it, so that the kernel can share page tables with other
    * mappings of the file placed alike. Fills `result` (slots named by `mapResult`).
    */
-  mapExtents(fd: number, extents: Float64Array, flags: number, alignment: number, congruence: number, result: Float64Array): void;
+  /** With largeFd, the extents from pool offset largeFrom on are in that file (of 1 GiB pages), at offset - largeFrom. */
+  mapExtents(
+    fd: number,
+    extents: Float64Array,
+    flags: number,
+    alignment: number,
+    congruence: number,
+    result: Float64Array,
+    largeFd?: number,
+    largeFrom?: number,
+  ): void;
   /** deferIfBusy: leave the munmap to the last in-flight worker instead of throwing EBUSY (used by the GC path). */
   unmap(id: number, deferIfBusy?: boolean): void;
   /** An external ArrayBuffer over part of a mapping; unmap detaches it. */

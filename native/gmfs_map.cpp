@@ -106,9 +106,13 @@ enum MapResultSlot : size_t {
 };
 
 struct Extent {
-  int64_t offset;
+  int64_t offset;  // in the file `fd` names
   int64_t length;
+  int fd;
 };
+
+// A hybrid pool's 1 GiB-page file: extents from `largeFrom` on are in it, at their offset minus largeFrom.
+constexpr int64_t kLargePage = 1LL << 30;
 
 Napi::Value MapExtents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -121,7 +125,14 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
   };
   if (!isFloat64Array(1) || !isFloat64Array(5) || info[5].As<Napi::Float64Array>().ElementLength() < kMapResultSlots) {
     throw CodeError(env, "EINVAL", EINVAL, "mmap",
-                    "mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result)");
+                    "mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result"
+                    "[, largeFd, largeFrom])");
+  }
+  // A hybrid pool's second file, of 1 GiB pages, holding the pool offsets from largeFrom on (none: -1).
+  int largeFd = info.Length() > 6 && !info[6].IsUndefined() ? ArgFd(info, 6) : -1;
+  int64_t largeFrom = largeFd >= 0 ? ArgInt64(info, 7, "largeFrom", kLargePage, kMaxBytes) : kMaxBytes;
+  if (largeFd >= 0 && largeFrom % kLargePage != 0) {
+    throw CodeError(env, "EINVAL", EINVAL, "mmap", "largeFrom must be a multiple of 1 GiB");
   }
   Napi::Float64Array flat = info[1].As<Napi::Float64Array>();
   int64_t flags = ArgInt64(info, 2, "flags", 0, kMapFlagsAll);
@@ -147,6 +158,11 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
 
   struct stat st;
   if (fstat(fd, &st) < 0) throw ErrnoError(env, errno, "fstat");
+  struct stat largeSt {};
+  if (largeFd >= 0 && fstat(largeFd, &largeSt) < 0) throw ErrnoError(env, errno, "fstat");
+  if (largeFd >= 0 && congruence != 0) {
+    throw CodeError(env, "EINVAL", EINVAL, "mmap", "congruence is for pools of 2 MiB pages only, not a hybrid pool");
+  }
 
   // Re-check what JS validated: a bad extent here would map the wrong memory or SIGBUS later.
   std::vector<Extent> runs;
@@ -165,16 +181,24 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
       throw CodeError(env, "EINVAL", EINVAL, "mmap",
                       "extent " + std::to_string(i / 2) + " is not aligned to " + std::to_string(alignment) + " bytes");
     }
-    if (offset + length > st.st_size) {
+    bool large = offset >= largeFrom;
+    int64_t fileOffset = large ? offset - largeFrom : offset;
+    int64_t fileSize = large ? largeSt.st_size : std::min<int64_t>(st.st_size, largeFrom);
+    if (large && (fileOffset % kLargePage != 0 || length % kLargePage != 0)) {
+      throw CodeError(env, "EINVAL", EINVAL, "mmap",
+                      "extent " + std::to_string(i / 2) + " is in the 1 GiB-page file but not aligned to 1 GiB");
+    }
+    if (fileOffset + length > fileSize) {
       throw CodeError(env, "EINVAL", EINVAL, "mmap",
                       "extent " + std::to_string(i / 2) + " ends at " + std::to_string(offset + length) +
-                          ", beyond the pool's " + std::to_string(st.st_size) + " bytes");
+                          ", beyond the pool's " + std::to_string(large ? largeFrom + fileSize : fileSize) + " bytes");
     }
-    // One mmap per run of adjacent extents: per-call VMA setup dominates stitching cost.
-    if (!runs.empty() && runs.back().offset + runs.back().length == offset) {
+    int runFd = large ? largeFd : fd;
+    // One mmap per run of adjacent extents of one file: per-call VMA setup dominates stitching cost.
+    if (!runs.empty() && runs.back().fd == runFd && runs.back().offset + runs.back().length == fileOffset) {
       runs.back().length += length;
     } else {
-      runs.push_back({offset, length});
+      runs.push_back({fileOffset, length, runFd});
     }
     total += length;
     if (total > kMaxBytes) throw CodeError(env, "EINVAL", EINVAL, "mmap", "extents add up to more than 2^53 bytes");
@@ -188,10 +212,29 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
     return ErrnoError(env, err, syscall);
   };
 
+  // Where the first run of 1 GiB pages sits in the range: each must start at a 1 GiB-aligned address, so every one
+  // must sit a whole number of GiB after the first, and the range is placed to put that one on a GiB boundary.
+  int64_t firstLargeAt = -1;
+  {
+    int64_t position = 0;
+    for (const Extent& run : runs) {
+      if (run.fd == largeFd && largeFd >= 0) {
+        if (firstLargeAt < 0) firstLargeAt = position;
+        if ((position - firstLargeAt) % kLargePage != 0) {
+          throw CodeError(env, "EINVAL", EINVAL, "mmap",
+                          "the extents put 1 GiB pages at " + std::to_string(position) +
+                              " bytes into the range, not a whole number of GiB after the first at " +
+                              std::to_string(firstLargeAt));
+        }
+      }
+      position += run.length;
+    }
+  }
+
   if (runs.size() == 1 && congruence == 0) {
     // One run needs no reservation: the kernel aligns hugetlbfs mappings to their page size itself, and every
     // extra mmap/munmap costs a TLB shootdown across this (multithreaded) process.
-    void* piece = mmap(nullptr, static_cast<size_t>(total), prot, mapFlags, fd, runs[0].offset);
+    void* piece = mmap(nullptr, static_cast<size_t>(total), prot, mapFlags, runs[0].fd, runs[0].offset);
     if (piece == MAP_FAILED) throw failWith(errno, "mmap");
     base = static_cast<uint8_t*>(piece);
     if (reinterpret_cast<uintptr_t>(base) % static_cast<uintptr_t>(alignment) != 0) {
@@ -202,12 +245,13 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
     // where the first extent's file offset asks: hugetlb MAP_FIXED needs a huge-page-aligned address, and with a
     // congruence the address is the file offset modulo it, which lets the kernel share page tables with other
     // processes mapping the same file that way (hugetlb PMD sharing, per whole GiB).
-    uintptr_t placement = static_cast<uintptr_t>(std::max(alignment, congruence));
+    uintptr_t placement = static_cast<uintptr_t>(std::max(firstLargeAt >= 0 ? kLargePage : alignment, congruence));
     size_t reserveLength = static_cast<size_t>(total) + placement;
     void* reserved = mmap(nullptr, reserveLength, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (reserved == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
     uintptr_t start = reinterpret_cast<uintptr_t>(reserved);
-    uintptr_t residue = static_cast<uintptr_t>(runs[0].offset) & (placement - 1);
+    uintptr_t residue = firstLargeAt >= 0 ? (placement - static_cast<uintptr_t>(firstLargeAt) % placement) % placement
+                                          : static_cast<uintptr_t>(runs[0].offset) & (placement - 1);
     uintptr_t aligned = start + ((residue - start) & (placement - 1));  // the first address >= start with that residue
     if (aligned > start) munmap(reserved, aligned - start);
     uintptr_t end = start + reserveLength;
@@ -216,7 +260,7 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
     base = reinterpret_cast<uint8_t*>(aligned);
     size_t position = 0;
     for (const Extent& run : runs) {
-      void* piece = mmap(base + position, static_cast<size_t>(run.length), prot, mapFlags | MAP_FIXED, fd, run.offset);
+      void* piece = mmap(base + position, static_cast<size_t>(run.length), prot, mapFlags | MAP_FIXED, run.fd, run.offset);
       if (piece == MAP_FAILED) throw failWith(errno, "mmap");
       position += static_cast<size_t>(run.length);
     }

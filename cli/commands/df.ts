@@ -36,6 +36,14 @@ export function register(program: Command): void {
                 ? [`Growth:     up to ${size(s.maxBlocks * s.blockSize, options.humanReadable)} (guestmemfs resize)`]
                 : [],
             )
+            .concat(
+              s.largePages.total > 0
+                ? [
+                    `1 GiB pages: ${s.largePages.free} of ${s.largePages.total} free` +
+                      (s.largeFallbacks > 0 ? `; ${s.largeFallbacks} GiB fell back to 2 MiB pages since mount` : ''),
+                  ]
+                : [],
+            )
             .concat(quotas.length > 0 ? quotaLines(quotas) : [])
             .join('\n'),
         );

@@ -26,6 +26,11 @@ export function register(program: Command): void {
     .option('--reserve', 'as root: raise nr_hugepages and mount a private hugetlbfs at the pool directory when needed')
     .option('--force', 'reformat a pool file that exists')
     .option('--node <n>', 'NUMA node to allocate every page on (with --reserve, its huge pages are reserved on that node)')
+    .option(
+      '--large-size <size>',
+      'a hybrid pool: this much more in 1 GiB pages, in a second file (the pool itself: whole GiB of 2 MiB pages)',
+    )
+    .option('--large-path <path>', "a hybrid hugetlbfs pool's 1 GiB-page file, on a hugetlbfs mount of 1 GiB pages (made with --reserve)")
     .action(
       (
         poolPath: string,
@@ -38,6 +43,8 @@ export function register(program: Command): void {
           reserve?: boolean;
           force?: boolean;
           node?: string;
+          largeSize?: string;
+          largePath?: string;
         },
       ) => {
         const bytes = parseSize(options.size);
@@ -47,6 +54,8 @@ export function register(program: Command): void {
         };
         const pageSize = options.pageSize ? parseSize(options.pageSize) : undefined;
         const node = options.node === undefined ? undefined : parseNode(options.node);
+        if (options.largePath !== undefined && options.largeSize === undefined) throw usageError('--large-path needs --large-size');
+        const large = options.largeSize === undefined ? undefined : { size: parseSize(options.largeSize), path: options.largePath };
         if (poolPath.startsWith('memfd:')) {
           // A memfd pool lives as long as some process holds it: format it, then hand it over to the command at once.
           if (handTo.length === 0) {
@@ -58,9 +67,10 @@ export function register(program: Command): void {
             size: bytes,
             pageSize,
             node,
+            large,
           });
           mkfs(pool, formatOptions);
-          withMount(`fd:${pool.fd}`, (gfs) => gfs.kexec(handTo));
+          withMount(`fd:${pool.fd}${pool.large ? `+${pool.large.fd}` : ''}`, (gfs) => gfs.kexec(handTo));
           return;
         }
         if (handTo.length > 0) throw usageError('only a memfd: pool takes a command to hand it to');
@@ -76,11 +86,23 @@ export function register(program: Command): void {
             node,
           });
           changes.push(...reservation.changes);
+          if (large) {
+            const largeDir = path.dirname(path.resolve(large.path ?? poolPath));
+            const largeOnHugetlbfs = fs.existsSync(largeDir) && fs.statfsSync(largeDir).type === HUGETLBFS_MAGIC;
+            const largeReservation = reserveHugePages({
+              pageSize: 1 << 30,
+              pages: Math.ceil(large.size / (1 << 30)),
+              mount: largeOnHugetlbfs ? undefined : largeDir,
+              node,
+            });
+            changes.push(...largeReservation.changes);
+          }
         }
         if (options.force) fs.rmSync(poolPath, { force: true });
         const backend = backendFor(poolPath, pageSize);
         const onProgress = progressBar(options, 'reserving pages');
-        const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress, node });
+        if (options.force && large?.path) fs.rmSync(large.path, { force: true });
+        const pool = Pool.create({ backend, path: poolPath, size: bytes, pageSize, onProgress, node, large });
         if (onProgress) process.stderr.write('\n');
         try {
           const info = mkfs(pool, formatOptions);

@@ -96,6 +96,12 @@ export function register(program: Command): void {
             ? `inodes:     ${usage.statfs.totalInodes - usage.statfs.freeInodes} used, ${usage.statfs.freeInodes} free`
             : 'inodes:     unknown until recovered',
           ...(usage.statfs ? [`free space: ${fragmentationLine(usage.statfs)}`] : []),
+          ...(usage.statfs && usage.statfs.largePages.total > 0
+            ? [
+                `1 GiB:      ${usage.statfs.largePages.free} of ${usage.statfs.largePages.total} pages free (a hybrid pool: ` +
+                  `${formatSize(sb.largeFromBlock * sb.geometry.blockSize)} of ${formatSize(usage.pageSize)} pages, then 1 GiB pages)`,
+              ]
+            : []),
           `state:      ${state}`,
           ...(held && socket ? [`served on:  ${socket}`] : []),
           `uuid:       ${sb.uuid}`,

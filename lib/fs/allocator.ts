@@ -3,6 +3,9 @@
 // Allocation prefers, in order: growing the file's last extent in place, one contiguous run, the smallest that fits
 // (so the file maps with a single mmap, and large runs stay for large files), then several runs first-fit. It only
 // chooses; the caller orders the stores (see data.ts).
+//
+// In a hybrid pool the blocks from `largeFrom` on are 1 GiB pages: those are handed out only as whole groups (one
+// page each, chooseGroups), and every other choice keeps below them.
 import { type Geometry, type Hints } from './layout';
 import type { MetadataSource } from './metadata';
 import { appendRun, type BlockRun, totalBlocks } from './runs';
@@ -24,9 +27,15 @@ export class BlockAllocator {
   readonly #hints: Hints;
   /** Quarantined blocks (the superblock's bad-block list): allocated for good, never freed, never dirty. */
   readonly #quarantined: Set<number>;
+  /** A hybrid pool's first block of 1 GiB pages (undefined for a pool of one page size). */
+  readonly largeFrom: number | undefined;
+  /** Blocks per 1 GiB page. */
+  readonly groupBlocks: number;
 
-  constructor(source: MetadataSource, geometry: Geometry, hints: Hints, quarantined: readonly number[] = []) {
+  constructor(source: MetadataSource, geometry: Geometry, hints: Hints, quarantined: readonly number[] = [], largeFrom?: number) {
     this.#quarantined = new Set(quarantined);
+    this.largeFrom = largeFrom;
+    this.groupBlocks = (1 << 30) / geometry.blockSize;
     this.#blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
     const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
@@ -46,6 +55,47 @@ export class BlockAllocator {
 
   get blockCount(): number {
     return this.#blockCount;
+  }
+
+  /** One past the last block of 2 MiB pages: every choice but chooseGroups() keeps below it. */
+  get #smallEnd(): number {
+    return this.largeFrom ?? this.#blockCount;
+  }
+
+  /** Free blocks of 2 MiB pages (all free blocks, in a pool of one page size). */
+  get freeSmallBlocks(): number {
+    if (this.largeFrom === undefined) return this.freeBlocks;
+    let freeLarge = 0;
+    for (let word = this.largeFrom >>> 5; word < this.#blockCount >>> 5; word++) freeLarge += 32 - popcount32(this.#allocated[word]!);
+    return this.freeBlocks - freeLarge;
+  }
+
+  /** A hybrid pool's 1 GiB pages: how many there are and how many are wholly free. */
+  largeGroups(): { total: number; free: number } {
+    if (this.largeFrom === undefined) return { total: 0, free: 0 };
+    let free = 0;
+    for (let group = this.largeFrom; group < this.#blockCount; group += this.groupBlocks) if (this.#groupFree(group)) free++;
+    return { total: (this.#blockCount - this.largeFrom) / this.groupBlocks, free };
+  }
+
+  /** Up to `count` wholly free 1 GiB pages, first-fit, as runs (adjacent ones merged); fewer when fewer are free. */
+  chooseGroups(count: number): BlockRun[] {
+    const runs: BlockRun[] = [];
+    if (this.largeFrom === undefined) return runs;
+    let found = 0;
+    for (let group = this.largeFrom; group < this.#blockCount && found < count; group += this.groupBlocks) {
+      if (!this.#groupFree(group)) continue;
+      found++;
+      const last = runs.at(-1);
+      if (last && last.start + last.length === group) last.length += this.groupBlocks;
+      else runs.push({ start: group, length: this.groupBlocks });
+    }
+    return runs;
+  }
+
+  #groupFree(group: number): boolean {
+    for (let word = group >>> 5; word < (group + this.groupBlocks) >>> 5; word++) if (this.#allocated[word] !== 0) return false;
+    return true;
   }
 
   get freeBlocks(): number {
@@ -144,7 +194,7 @@ export class BlockAllocator {
   /** Picks blocks for `count` more blocks of a file whose data currently ends at block `after` (or -1). Null when short. */
   choose(count: number, after: number): BlockRun[] | null {
     if (count === 0) return [];
-    if (count > this.freeBlocks) return null;
+    if (count > this.freeSmallBlocks) return null;
     if (after >= 0 && this.#isFreeRange(after, count)) return [{ start: after, length: count }];
     const run = this.#bestRun(count);
     if (run >= 0) return [{ start: run, length: count }];
@@ -157,7 +207,7 @@ export class BlockAllocator {
    */
   chooseContiguous(count: number, after: number): BlockRun[] | null {
     if (count === 0) return [];
-    if (count > this.freeBlocks) return null;
+    if (count > this.freeSmallBlocks) return null;
     if (after >= 0) return this.#isFreeRange(after, count) ? [{ start: after, length: count }] : null;
     const run = this.#bestRun(count);
     return run >= 0 ? [{ start: run, length: count }] : null;
@@ -173,12 +223,15 @@ export class BlockAllocator {
     return runs;
   }
 
-  /** The longest run of free blocks (what the largest contiguous file could still get). */
+  /** The longest run of free blocks of 2 MiB pages (what the largest contiguous file could still get). */
   largestFreeRun(): number {
     return this.fragmentation().largestFreeRun;
   }
 
-  /** How broken up free space is: the number of free runs and the longest (in blocks), in one pass. */
+  /**
+   * How broken up free space is: the number of free runs and the longest (in blocks), in one pass; in a hybrid pool,
+   * of its 2 MiB pages (its 1 GiB pages are whole or taken: largeGroups() counts them).
+   */
   fragmentation(): { freeRuns: number; largestFreeRun: number } {
     let freeRuns = 0;
     let largestFreeRun = 0;
@@ -186,7 +239,7 @@ export class BlockAllocator {
       freeRuns++;
       largestFreeRun = Math.max(largestFreeRun, length);
       return false;
-    });
+    }, this.#smallEnd);
     return { freeRuns, largestFreeRun };
   }
 
@@ -273,7 +326,7 @@ export class BlockAllocator {
   }
 
   #isFreeRange(start: number, count: number): boolean {
-    if (start < this.metadataBlocks || start + count > this.#blockCount) return false;
+    if (start < this.metadataBlocks || start + count > this.#smallEnd) return false;
     for (let block = start; block < start + count;) {
       if ((block & 31) === 0 && block + 32 <= start + count) {
         if (this.#allocated[block >>> 5] !== 0) return false;
@@ -298,18 +351,18 @@ export class BlockAllocator {
       bestStart = start;
       bestLength = length;
       return length === count;
-    });
+    }, this.#smallEnd);
     return bestStart;
   }
 
   /**
    * Calls visit(start, length) for each maximal run of free blocks in order, a word at a time where words are all-free
-   * or all-used, until it returns true.
+   * or all-used, until it returns true; only below block `end` (a multiple of 32) when given.
    */
-  #forEachFreeRun(visit: (start: number, length: number) => boolean): void {
+  #forEachFreeRun(visit: (start: number, length: number) => boolean, end?: number): void {
     let runStart = -1;
     let runLength = 0;
-    const words = this.#allocated.length;
+    const words = end === undefined ? this.#allocated.length : Math.ceil(end / 32);
     for (let word = 0; word < words; word++) {
       const bits = this.#allocated[word]!;
       if (bits === 0) {
@@ -335,7 +388,8 @@ export class BlockAllocator {
   #gather(count: number): BlockRun[] | null {
     const runs: BlockRun[] = [];
     let needed = count;
-    for (let word = 0; word < this.#allocated.length && needed > 0; word++) {
+    const words = Math.ceil(this.#smallEnd / 32);
+    for (let word = 0; word < words && needed > 0; word++) {
       const bits = this.#allocated[word]!;
       if (bits === FULL) continue;
       for (let bit = 0; bit < 32 && needed > 0; bit++) {

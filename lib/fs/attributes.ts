@@ -49,6 +49,8 @@ export function statfs(ctx: MountContext): StatFs {
     ...allocator.fragmentation(),
     quarantinedBlocks: ctx.superblock.badBlocks.length,
     maxBlocks: ctx.geometry.maxBlockCount,
+    largePages: allocator.largeGroups(),
+    largeFallbacks: ctx.largeFallbacks,
   };
 }
 

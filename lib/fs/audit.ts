@@ -2,6 +2,7 @@
 // state (inode types, parents, names, extents, sizes) and lists every disagreement. The checker builds on it.
 import { ExtentStore } from './extents';
 import { FLAG_CONTIGUOUS, FLAG_ORPHAN, InodeType } from './inodes';
+import { blocksToKeep, largeGroupProblems } from './large-region';
 import { ROOT_INO } from './layout';
 import { scanOwnership } from './ownership';
 import { totalBlocks } from './runs';
@@ -44,8 +45,9 @@ export function auditMetadata(views: AuditViews): AuditReport {
     usedBlocks += blocks;
     if (blocks !== inodes.blockCount(ino)) problems.push(`inode ${ino}: blockCount ${inodes.blockCount(ino)} but extents hold ${blocks}`);
     const size = inodes.size(ino);
-    if (Math.ceil(size / geometry.blockSize) !== blocks)
-      problems.push(`inode ${ino}: size ${size} needs ${Math.ceil(size / geometry.blockSize)} blocks, has ${blocks}`);
+    const needs = blocksToKeep(runs, size, geometry.blockSize, allocator.largeFrom);
+    if (needs !== blocks) problems.push(`inode ${ino}: size ${size} needs ${needs} blocks, has ${blocks}`);
+    if (allocator.largeFrom !== undefined) problems.push(...largeGroupProblems(ino, runs, geometry.blockSize, allocator.largeFrom));
     const chain = extents.chain(ino);
     if (chain.length !== ExtentStore.pagesFor(runs.length))
       problems.push(`inode ${ino}: ${chain.length} extent pages for ${runs.length} extents`);

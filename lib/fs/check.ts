@@ -1,5 +1,6 @@
 // The consistency checker (pmempool check's model): verify a pool that nobody has mounted, optionally repair it,
 // and answer consistent, repaired (with the fixes) or inconsistent (with the reasons).
+import { attachRecordedLarge } from './large-region';
 import { GuestmemfsError } from '../errors';
 import type { Mapping } from '../pool/mapping';
 import type { Pool } from '../pool/pool';
@@ -9,6 +10,7 @@ import { renameInFlight } from './intent';
 import {
   excessBytes,
   FIXED_HEADER_BYTES,
+  largeFromBlockOf,
   numaNodeOf,
   PoolState,
   readSuperblock,
@@ -74,6 +76,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     const headerBytes = header.bytes(0, FIXED_HEADER_BYTES);
     let sb: Superblock;
     try {
+      attachRecordedLarge(pool, headerBytes);
       sb = readSuperblock(headerBytes, pool);
     } catch (error) {
       return {
@@ -93,7 +96,7 @@ export function check(pool: Pool, options: CheckOptions = {}): CheckResult {
     if (!otherValid) problems.push(`superblock copy ${other === 0 ? 'A' : 'B'} is damaged (copy ${sb.slot === 0 ? 'A' : 'B'} is intact)`);
 
     meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
-    const views = openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks);
+    const views = openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks, largeFromBlockOf(sb));
     // Read before any repair: a repair keeps every quarantined block where it is.
     const quarantined = quarantineReport(views, sb);
     const { header: metaHeader, inodes, intent } = views;

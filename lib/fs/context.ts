@@ -41,6 +41,8 @@ export class MountContext {
   readonly busy = new Set<number>();
   /** The consumers of files' memory (the memfile notifier), volatile like the name index. */
   readonly notifiers = new NotifierRegistry();
+  /** GiBs of files that got 2 MiB blocks because no 1 GiB page was free (a hybrid pool's fallbacks, since mount). */
+  largeFallbacks = 0;
   #handoverWindow: Uint8Array | undefined;
   /** The whole pool, mapped on first data access (zeroing, read, write): a restore never needs it. */
   #data: Mapping | undefined;

@@ -17,6 +17,7 @@ import { invalidateAndSettle, requireSettled, requireUserAccessible } from './no
 import * as quota from './quota';
 import { R_OK, W_OK } from './permissions';
 import { type BlockRun, blockRange, cutAfter, totalBlocks } from './runs';
+import { blocksToKeep, chooseHybrid } from './large-region';
 import type { FileMapOptions } from './types';
 
 interface ResizePlan {
@@ -259,7 +260,7 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   const last = existing.at(-1);
   const after = last ? last.start + last.length : -1;
   const contiguous = (inodes.flags(ino) & FLAG_CONTIGUOUS) !== 0;
-  const runs = contiguous ? allocator.chooseContiguous(needed, after) : allocator.choose(needed, after);
+  const runs = contiguous ? allocator.chooseContiguous(needed, after) : chooseForFile(ctx, have, want, after, path);
   if (!runs && contiguous) {
     const largest = allocator.largestFreeRun();
     throw new GuestmemfsError(
@@ -271,10 +272,12 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
     );
   }
   if (!runs) {
+    const free = allocator.freeSmallBlocks;
+    const large = allocator.largeFrom === undefined ? '' : ' of 2 MiB pages, besides whole free 1 GiB pages,';
     throw new GuestmemfsError(
       'ENOSPC',
-      `pool has ${allocator.freeBlocks} free ${formatSize(blockSize)} blocks, truncate needs ${needed} of them ` +
-        `(${formatSize(needed * blockSize)}, ${formatSize(allocator.freeBlocks * blockSize)} free), ftruncate '${path}': ` +
+      `pool has ${free} free ${formatSize(blockSize)} blocks${large} truncate needs ${needed} more ` +
+        `(${formatSize(needed * blockSize)}, ${formatSize(free * blockSize)} free), ftruncate '${path}': ` +
         `delete files or use a larger pool`,
       { syscall: 'ftruncate', path },
     );
@@ -291,6 +294,26 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   // Counted from the claim on, so that a grow still zeroing off the JS thread holds its share of the limit.
   quota.charge(ctx, ino, needed);
   return { grow: true, runs, dirty: allocator.dirtyWithin(runs), size };
+}
+
+/**
+ * A file's new blocks: in a hybrid pool, 1 GiB pages where they fit and 2 MiB blocks for the rest. A GiB that gets
+ * 2 MiB blocks because no 1 GiB page is free is counted and warned of (GUESTMEMFS_LARGE_FALLBACK): the guest loses
+ * the TLB reach it was formatted for, but keeps running.
+ */
+function chooseForFile(ctx: MountContext, have: number, want: number, after: number, path: string): BlockRun[] | null {
+  const allocator = ctx.views.allocator;
+  if (allocator.largeFrom === undefined) return allocator.choose(want - have, after);
+  const chosen = chooseHybrid(allocator, have, want, after);
+  if (chosen && chosen.fellBack > 0) {
+    ctx.largeFallbacks += chosen.fellBack;
+    process.emitWarning(
+      `${chosen.fellBack} GiB of '${path}' got 2 MiB pages: no 1 GiB page is free (${allocator.largeGroups().total} in the pool); ` +
+        'free some, or make the pool with more 1 GiB pages',
+      { code: 'GUESTMEMFS_LARGE_FALLBACK' },
+    );
+  }
+  return chosen?.runs ?? null;
 }
 
 function zeroRun(ctx: MountContext, run: BlockRun): void {
@@ -341,8 +364,9 @@ function commitGrow(ctx: MountContext, ino: number, plan: ResizePlan, publishSiz
 /** The blocks past a new, smaller size, refused with EBUSY while any process maps them. */
 function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): BlockRun[] {
   const { inodes, extents } = ctx.views;
-  const keep = Math.ceil(size / ctx.geometry.blockSize);
-  const cut = keep < inodes.blockCount(ino) ? cutAfter(extents.read(ino), keep) : [];
+  const runs = extents.read(ino);
+  const keep = blocksToKeep(runs, size, ctx.geometry.blockSize, ctx.views.allocator.largeFrom);
+  const cut = keep < inodes.blockCount(ino) ? cutAfter(runs, keep) : [];
   if (cut.length > 0) {
     const ranges = cut.map((run) => blockRange(ctx.geometry, run));
     if (ctx.inUse(ino, ranges)) {
@@ -363,7 +387,7 @@ function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): 
  */
 function shrink(ctx: MountContext, ino: number, size: number, path: string, told = false): void {
   const { inodes, extents, allocator } = ctx.views;
-  const keep = Math.ceil(size / ctx.geometry.blockSize);
+  const keep = blocksToKeep(extents.read(ino), size, ctx.geometry.blockSize, allocator.largeFrom);
   const cut = shrinkCut(ctx, ino, size, path);
   if (!told) {
     ctx.notifiers.invalidate(ino, size, inodes.size(ino));

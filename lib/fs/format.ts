@@ -12,6 +12,7 @@ import {
   FORMAT_MAJOR,
   FORMAT_MINOR,
   hasMagic,
+  INCOMPAT_HYBRID,
   INCOMPAT_RESIZABLE,
   newUuid,
   PoolState,
@@ -23,6 +24,7 @@ import {
   writeSuperblockSlot,
 } from './layout';
 import { MAX_BAD_BLOCKS } from './bad-block-list';
+import { attachRecordedLarge, writeLargeRecord } from './large-region';
 import { BufferMetadata } from './metadata';
 import { lockOrExplain, poolKey, requireNotMountedHere, unlock } from './registry';
 import type { FormatInfo, MkfsOptions } from './types';
@@ -58,7 +60,9 @@ export function readPoolHeader(pool: Pool, syscall = 'mount'): Uint8Array {
 /** Reads and checks the pool's superblock through a mapping of just its header, against the file's size now. */
 export function readPoolSuperblock(pool: Pool): Superblock {
   pool.refreshSize();
-  return readSuperblock(readPoolHeader(pool), pool);
+  const header = readPoolHeader(pool);
+  attachRecordedLarge(pool, header);
+  return readSuperblock(header, pool);
 }
 
 /** Takes the mount lock, naming the holder's pid from the superblock when someone else has it. */
@@ -84,6 +88,12 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     throw new GuestmemfsError('EINVAL', `block size ${blockSize} must be a power of two`, { syscall: 'mkfs', path: pool.label });
   }
   requireHeaderRoom(pool, 'mkfs');
+  if (pool.large && options.maxSize !== undefined) {
+    throw new GuestmemfsError('EINVAL', 'a hybrid pool (2 MiB and 1 GiB pages) cannot be formatted for growth: drop maxSize', {
+      syscall: 'mkfs',
+      path: pool.label,
+    });
+  }
   const maxSize = options.maxSize ?? pool.size;
   if (options.maxSize !== undefined && (typeof maxSize !== 'number' || !Number.isSafeInteger(maxSize) || maxSize < pool.size)) {
     throw new GuestmemfsError('EINVAL', `maxSize ${String(maxSize)} must be an integer number of bytes, at least the pool's ${pool.size}`, {
@@ -121,7 +131,12 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     }
     const badBlocks = hasMagic(bytes) && !options.forgetBadBlocks ? inheritedBadBlocks(bytes, pool, geometry) : [];
     bytes.fill(0);
-    const { inodes, allocator, extents, hints } = openViews(new BufferMetadata(metadata), geometry);
+    const { inodes, allocator, extents, hints } = openViews(
+      new BufferMetadata(metadata),
+      geometry,
+      [],
+      pool.large ? pool.large.from / blockSize : undefined,
+    );
     allocator.format();
     // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
     if (!zeroed) allocator.markDirty([{ start: geometry.metadataBlocks, length: allocator.dataBlocks }], true);
@@ -145,10 +160,11 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       minor: FORMAT_MINOR,
       // A pool bound to a node when it was created says so: its successors and the checker keep to it.
       compat: pool.node === undefined ? 0 : COMPAT_NUMA_NODE,
-      incompat: options.maxSize === undefined ? 0 : INCOMPAT_RESIZABLE,
+      incompat: (options.maxSize === undefined ? 0 : INCOMPAT_RESIZABLE) | (pool.large ? INCOMPAT_HYBRID : 0),
       roCompat: badBlocks.length > 0 ? RO_COMPAT_BADBLOCKS : 0,
       uuid,
       numaNode: pool.node ?? 0,
+      largeFromBlock: pool.large ? pool.large.from / blockSize : 0,
       createdNs: now,
       geometry,
       sequence: 1n,
@@ -163,6 +179,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       quotas: [],
       badBlocks,
     };
+    if (pool.large) writeLargeRecord(bytes, { path: pool.large.path, size: pool.large.size });
     writeSuperblockSlot(bytes, 1, sb);
     writeSuperblockSlot(bytes, 0, { ...sb, sequence: 2n });
     return { uuid, geometry, ...(pool.node === undefined ? {} : { node: pool.node }) };

@@ -35,7 +35,13 @@ export const KNOWN_COMPAT = COMPAT_NUMA_NODE;
  * blocks that exist, so it must not mount the pool at all.
  */
 export const INCOMPAT_RESIZABLE = 1;
-export const KNOWN_INCOMPAT = INCOMPAT_RESIZABLE;
+/**
+ * A hybrid pool: the blocks from `largeFromBlock` on are in a second file, of 1 GiB pages (its record is in the intent
+ * page's second half, large-region.ts), and are allocated only as whole, GiB-aligned groups. A release that does not
+ * know the flag would map them from the first file, so it must not mount the pool at all.
+ */
+export const INCOMPAT_HYBRID = 2;
+export const KNOWN_INCOMPAT = INCOMPAT_RESIZABLE | INCOMPAT_HYBRID;
 /**
  * Set once a contiguous file exists: a release that does not know the flag could grow such a file into a second
  * extent, so it may only mount the pool read-only.
@@ -107,6 +113,8 @@ export interface Superblock extends SuperblockState {
   uuid: string;
   /** The NUMA node every page of the pool was allocated on (valid when compat has COMPAT_NUMA_NODE). */
   numaNode: number;
+  /** A hybrid pool's first block of 1 GiB pages (valid when incompat has INCOMPAT_HYBRID; 0 otherwise). */
+  largeFromBlock: number;
   createdNs: bigint;
   geometry: Geometry;
   /** Which slot (0 = A, 1 = B) this copy came from. */
@@ -176,6 +184,7 @@ const SUPERBLOCK_FIELDS: readonly FieldSpec[] = [
   { name: 'handoverCrc', offset: 204, type: 'u32' },
   { name: 'handoverGeneration', offset: 208, type: 'bigint' },
   { name: 'numaNode', offset: 216, type: 'u32' },
+  { name: 'largeFromBlock', offset: 220, type: 'u32' },
 ];
 /** The slot's own CRC32, over its first SLOT_CHECKED_BYTES bytes. */
 const SLOT_CRC_OFFSET = SLOT_CHECKED_BYTES;
@@ -313,7 +322,7 @@ export function hasMagic(header: Uint8Array): boolean {
  * Reads the newest valid superblock copy and checks that this code understands it and that it describes this pool.
  * Refuses (never reformats) anything else, naming the check that failed.
  */
-export function readSuperblock(header: Uint8Array, pool: { size: number; pageSize: number; label: string }): Superblock {
+export function readSuperblock(header: Uint8Array, pool: PoolShape): Superblock {
   const slots = [readSlot(header, 0), readSlot(header, 1)];
   const valid = slots.filter((slot): slot is { ok: true; sb: Superblock } => slot.ok).map((slot) => slot.sb);
   const fields = { syscall: 'mount', path: pool.label };
@@ -365,6 +374,11 @@ export function numaNodeOf(sb: Pick<Superblock, 'compat' | 'numaNode'>): number 
   return sb.compat & COMPAT_NUMA_NODE ? sb.numaNode : undefined;
 }
 
+/** A hybrid pool's first block of 1 GiB pages; undefined for a pool of one page size. */
+export function largeFromBlockOf(sb: Pick<Superblock, 'incompat' | 'largeFromBlock'>): number | undefined {
+  return sb.incompat & INCOMPAT_HYBRID ? sb.largeFromBlock : undefined;
+}
+
 /** True for a pool formatted for growth, or resized since: its capacity and its size may differ. */
 export function isResizable(sb: Pick<Superblock, 'incompat'>): boolean {
   return (sb.incompat & INCOMPAT_RESIZABLE) !== 0;
@@ -378,11 +392,16 @@ export function excessBytes(sb: Superblock, pool: { size: number }): number {
   return pool.size - sb.geometry.poolSize;
 }
 
-function checkGeometry(
-  sb: Superblock,
-  pool: { size: number; pageSize: number; label: string },
-  fields: { syscall: string; path: string },
-): void {
+/** What the superblock is checked against: the pool as it is open here. */
+export interface PoolShape {
+  size: number;
+  pageSize: number;
+  label: string;
+  /** A hybrid pool's 1 GiB-page file: where its bytes start in pool offsets. */
+  large?: { from: number } | undefined;
+}
+
+function checkGeometry(sb: Superblock, pool: PoolShape, fields: { syscall: string; path: string }): void {
   const g = sb.geometry;
   const fail = (what: string) => {
     throw new GuestmemfsError('EUCLEAN', `superblock geometry does not fit this pool: ${what}; the pool was left untouched`, fields);
@@ -394,6 +413,15 @@ function checkGeometry(
   } else {
     if (g.poolSize !== pool.size) fail(`it describes ${g.poolSize} bytes, the pool has ${pool.size}`);
     if (g.maxBlockCount !== g.blockCount) fail(`it records ${g.maxBlockCount} blocks for a ${g.poolSize}-byte pool`);
+  }
+  const largeFrom = largeFromBlockOf(sb);
+  if (largeFrom === undefined && pool.large) fail('the pool has a 1 GiB-page file, the superblock describes none');
+  if (largeFrom !== undefined) {
+    if (isResizable(sb)) fail('a hybrid pool cannot be resizable');
+    if (!pool.large) fail(`it describes 1 GiB pages from block ${largeFrom} on, but the pool has no 1 GiB-page file`);
+    else if (pool.large.from !== largeFrom * g.blockSize)
+      fail(`its 1 GiB pages start at block ${largeFrom}, the pool's at byte ${pool.large.from}`);
+    if ((largeFrom * g.blockSize) % (1 << 30) !== 0 || largeFrom <= g.metadataBlocks) fail(`block ${largeFrom} cannot start 1 GiB pages`);
   }
   if (g.pageSize !== pool.pageSize) fail(`it describes ${formatSize(g.pageSize)} pages, the pool has ${formatSize(pool.pageSize)}`);
   let expected: Geometry;

@@ -10,6 +10,7 @@ import {
   type HandoverDescription,
   type LiveMetadata,
   POOL_FD_ENV,
+  POOL_LARGE_FD_ENV,
   POOL_PATH_ENV,
   type RestoreExpectations,
   verifyHandoverBlob,
@@ -87,7 +88,7 @@ export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: 
     layout: blobLayout(sb.geometry),
     uuid: sb.uuid,
     generation: sb.generation,
-    pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label, ...boundNode(sb) },
+    pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label, ...boundNode(sb), large: pool.large },
     metadata: liveMetadata(views),
     isLive: livenessLater ? () => true : (ino) => views.inodes.type(ino) !== InodeType.Free,
     chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
@@ -196,6 +197,16 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
         size: pool.size,
         pageSize: pool.pageSize,
         ...boundNode(ctx.superblock),
+        ...(pool.large
+          ? {
+              large: {
+                offset: pool.large.from,
+                size: pool.large.size,
+                path: pool.large.path,
+                fd: pool.large.path === undefined ? pool.large.fd : undefined,
+              },
+            }
+          : {}),
       },
       layout: blobLayout(ctx.geometry),
       uuid: ctx.uuid,
@@ -274,6 +285,7 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   if (!wasFrozen) serialise(ctx, {});
   const env: NodeJS.ProcessEnv = { ...(options.env ?? process.env) };
   delete env[POOL_FD_ENV];
+  delete env[POOL_LARGE_FD_ENV];
   delete env[POOL_PATH_ENV];
   delete env[EXEC_HOLDER_ENV];
   // Exactly the pool's fd and the caller's survive (a path pool is found again by path; its fd and lock go with the exec).
@@ -281,6 +293,10 @@ export function kexec(ctx: MountContext, argv: readonly string[], options: Kexec
   if (ctx.pool.path === undefined) {
     keepFds.push(ctx.pool.fd);
     env[POOL_FD_ENV] = String(ctx.pool.fd);
+    if (ctx.pool.large) {
+      keepFds.push(ctx.pool.large.fd);
+      env[POOL_LARGE_FD_ENV] = String(ctx.pool.large.fd);
+    }
   } else {
     env[POOL_PATH_ENV] = ctx.pool.path;
   }

@@ -11,7 +11,7 @@ import { MountContext } from './context';
 import { Filesystem } from './filesystem';
 import { lockPool, readPoolSuperblock, requireHeaderRoom } from './format';
 import { renameInFlight } from './intent';
-import { excessBytes, PoolState, type Superblock } from './layout';
+import { excessBytes, largeFromBlockOf, PoolState, type Superblock } from './layout';
 import { verifyRecordedBlob } from './lifecycle';
 import { BufferMetadata, MappedMetadata } from './metadata';
 import { buildIndex } from './names';
@@ -71,7 +71,7 @@ export function mount(pool: Pool, options: MountOptions = {}): Filesystem {
     // No pre-faulting and no view of the whole region: a mount (above all a restore) touches a few metadata pages.
     const ctx = new MountContext(
       pool,
-      openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks),
+      openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks, largeFromBlockOf(sb)),
       sb,
       currentCredentials(options),
       key,
@@ -193,7 +193,7 @@ function mountReadOnly(pool: Pool, options: MountOptions, key: string): Filesyst
     }
     const ctx = new MountContext(
       pool,
-      openViews(new BufferMetadata(snapshot), sb.geometry, sb.badBlocks),
+      openViews(new BufferMetadata(snapshot), sb.geometry, sb.badBlocks, largeFromBlockOf(sb)),
       sb,
       currentCredentials(options),
       key,

@@ -4,6 +4,7 @@
 import { ExtentStore } from './extents';
 import { replayRename } from './intent';
 import { InodeType, FLAG_ORPHAN } from './inodes';
+import { blocksToKeep } from './large-region';
 import { ROOT_INO } from './layout';
 import { findUnrepairable, scanOwnership } from './ownership';
 import { appendRun, type BlockRun, cutAfter, totalBlocks } from './runs';
@@ -49,7 +50,7 @@ export function repairDerived(views: RepairViews): RepairResult {
       fixes.push(`freed unlinked inode ${ino} (${totalBlocks(runs)} blocks) left by the dead owner`);
       continue;
     }
-    const needed = type === InodeType.File ? Math.ceil(inodes.size(ino) / geometry.blockSize) : 0;
+    const needed = type === InodeType.File ? blocksToKeep(runs, inodes.size(ino), geometry.blockSize, allocator.largeFrom) : 0;
     const held = totalBlocks(runs);
     let kept = Math.min(held, needed);
     if (held > needed && views.isPinned?.(cutAfter(runs, needed))) {

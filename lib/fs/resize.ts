@@ -79,6 +79,14 @@ function planResize(ctx: MountContext, size: number): { from: number; target: nu
   if (typeof size !== 'number') throw new TypeError(`size must be a number of bytes, got ${typeof size}`);
   ctx.requireWritable(syscall);
   ctx.requireRoot(syscall, label, 'resize the pool');
+  if (ctx.views.allocator.largeFrom !== undefined) {
+    throw new GuestmemfsError(
+      'ENOTSUP',
+      'a hybrid pool (2 MiB and 1 GiB pages) cannot be resized: its 1 GiB pages follow the 2 MiB ones; ' +
+        'use pools of one page size to resize',
+      fields,
+    );
+  }
   const { blockSize, blockCount, maxBlockCount, metadataBlocks } = ctx.geometry;
   if (!Number.isSafeInteger(size) || size <= 0 || size % blockSize !== 0)
     throw new RangeError(`size must be a positive multiple of the ${formatSize(blockSize)} block size, got ${size}`);

@@ -1,7 +1,7 @@
 // The successor's side of a handover: find the pool the previous owner passed on, map its files ahead of the handover,
 // and wait or spin until the owner has serialised and let go of it.
 import { GuestmemfsError } from '../errors';
-import { POOL_FD_ENV, POOL_PATH_ENV } from '../handover/blob';
+import { POOL_FD_ENV, POOL_LARGE_FD_ENV, POOL_PATH_ENV } from '../handover/blob';
 import type { MapOptions, Mapping } from '../pool/mapping';
 import type { NativeMapResult } from '../native';
 import { Pool } from '../pool/pool';
@@ -25,7 +25,10 @@ export function openHandedOverPool(env: NodeJS.ProcessEnv = process.env): Pool {
   const fd = env[POOL_FD_ENV];
   if (fd !== undefined) {
     if (!/^\d+$/.test(fd)) throw new GuestmemfsError('EINVAL', `${POOL_FD_ENV}="${fd}" is not an fd number`);
-    return Pool.fromFd(Number(fd));
+    const largeFd = env[POOL_LARGE_FD_ENV];
+    if (largeFd !== undefined && !/^\d+$/.test(largeFd))
+      throw new GuestmemfsError('EINVAL', `${POOL_LARGE_FD_ENV}="${largeFd}" is not an fd number`);
+    return Pool.fromFd(Number(fd), largeFd === undefined ? undefined : Number(largeFd));
   }
   const poolPath = env[POOL_PATH_ENV];
   if (poolPath) return Pool.open(poolPath);

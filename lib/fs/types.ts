@@ -164,6 +164,10 @@ export interface StatFs {
   quarantinedBlocks: number;
   /** The most blocks the pool may grow to (resize()); totalBlocks for a pool formatted without room to grow. */
   maxBlocks: number;
+  /** A hybrid pool's 1 GiB pages, all and wholly free (both 0 for a pool of one page size). */
+  largePages: { total: number; free: number };
+  /** GiBs of files that got 2 MiB blocks since mount because no 1 GiB page was free. */
+  largeFallbacks: number;
 }
 
 export interface DirEntry {

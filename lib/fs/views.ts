@@ -20,7 +20,12 @@ export interface MetadataViews {
 }
 
 /** Builds every view over a metadata source; nothing is read until a view is used. */
-export function openViews(source: MetadataSource, geometry: Geometry, badBlocks: readonly number[] = []): MetadataViews {
+export function openViews(
+  source: MetadataSource,
+  geometry: Geometry,
+  badBlocks: readonly number[] = [],
+  largeFromBlock?: number,
+): MetadataViews {
   const header = source.window(0, FIXED_HEADER_BYTES);
   const { hints, intent, intentBytes } = headerRecords(header);
   const inodes = new InodeTable(source, geometry);
@@ -32,7 +37,7 @@ export function openViews(source: MetadataSource, geometry: Geometry, badBlocks:
     intent,
     intentBytes,
     inodes,
-    allocator: new BlockAllocator(source, geometry, hints, badBlocks),
+    allocator: new BlockAllocator(source, geometry, hints, badBlocks, largeFromBlock),
     extents: new ExtentStore(source, geometry, hints, inodes),
   };
 }

@@ -92,7 +92,19 @@ export interface PoolIdentity {
   pageSize: number;
   /** The NUMA node the pool is bound to, if any. */
   numaNode?: number;
+  /** A hybrid pool's file of 1 GiB pages: the pool offsets it holds, and where a successor finds it. */
+  large?: LargeIdentity;
 }
+
+export interface LargeIdentity {
+  offset: number;
+  size: number;
+  path?: string | undefined;
+  fd?: number | undefined;
+}
+
+/** Where an exec'd successor finds an inherited 1 GiB-page memfd of a hybrid pool. */
+export const POOL_LARGE_FD_ENV = 'GUESTMEMFS_POOL_LARGE_FD';
 
 export interface HandoverInput {
   pool: PoolIdentity;
@@ -127,6 +139,8 @@ export interface HandoverDescription {
     blockCount: number;
     maxBlockCount: number;
     numaNode?: number;
+    /** A hybrid pool's 1 GiB pages (large-mem, large-page-size, and large-path or inherited-large-fd). */
+    large?: LargeIdentity & { pageSize: number };
   };
   regions: Array<{ name: string; offset: number; length: number }>;
   crc32: number;
@@ -186,6 +200,16 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   w.propU32('block-count', g.blockCount);
   if (g.maxBlockCount !== g.blockCount) w.propU32('max-block-count', g.maxBlockCount);
   if (input.pool.numaNode !== undefined) w.propU32('numa-node', input.pool.numaNode);
+  const large = input.pool.large;
+  if (large) {
+    w.propU64('large-mem', large.offset, large.size);
+    w.propU64('large-page-size', 1 << 30);
+    if (large.path !== undefined) w.propString('large-path', large.path);
+    if (large.fd !== undefined) {
+      w.propU32('inherited-large-fd', large.fd);
+      w.propString('large-fd-env', POOL_LARGE_FD_ENV);
+    }
+  }
   w.endNode();
 
   w.beginNode('superblock');
@@ -346,6 +370,13 @@ export function decodeHandoverBlob(blob: Uint8Array): HandoverDescription {
     ? u32s(fsMem, 'max-block-count', '/guestmemfs/fs_mem', 1)[0]!
     : description.fsMem.blockCount;
   if (fsMem.props.has('numa-node')) description.fsMem.numaNode = u32s(fsMem, 'numa-node', '/guestmemfs/fs_mem', 1)[0]!;
+  if (fsMem.props.has('large-mem')) {
+    const [offset, size] = u64s(fsMem, 'large-mem', '/guestmemfs/fs_mem', 2);
+    const [pageSize] = u64s(fsMem, 'large-page-size', '/guestmemfs/fs_mem', 1);
+    description.fsMem.large = { offset: offset!, size: size!, pageSize: pageSize! };
+    if (fsMem.props.has('large-path')) description.fsMem.large.path = str(fsMem, 'large-path', '/guestmemfs/fs_mem');
+    if (fsMem.props.has('inherited-large-fd')) description.fsMem.large.fd = u32s(fsMem, 'inherited-large-fd', '/guestmemfs/fs_mem', 1)[0]!;
+  }
   return description;
 }
 
@@ -353,7 +384,7 @@ export interface RestoreExpectations {
   layout: BlobLayout;
   uuid: string;
   generation: bigint;
-  pool: { size: number; pageSize: number; label: string; numaNode?: number };
+  pool: { size: number; pageSize: number; label: string; numaNode?: number; large?: { from: number; size: number } | undefined };
   metadata: LiveMetadata;
   /** Whether an inode number is in use (for checking the blob's live list against the table). */
   isLive: (ino: number) => boolean;
@@ -403,6 +434,11 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
         `blob describes a pool on ${node(d.fsMem.numaNode)}, the superblock one on ${node(expect.pool.numaNode)}`,
       );
     }
+    const describe = (large?: { offset: number; size: number }) =>
+      large ? `1 GiB pages at [${large.offset}, +${large.size})` : 'no 1 GiB pages';
+    const expectedLarge = expect.pool.large && { offset: expect.pool.large.from, size: expect.pool.large.size };
+    if (describe(d.fsMem.large) !== describe(expectedLarge) || (d.fsMem.large && d.fsMem.large.pageSize !== 1 << 30))
+      reject('EINVAL', 'geometry', `blob describes ${describe(d.fsMem.large)}, this pool has ${describe(expectedLarge)}`);
     if (d.badBlocks.join() !== expect.badBlocks.join())
       reject(
         'EUCLEAN',

@@ -4,11 +4,21 @@ import * as path from 'node:path';
 import { GuestmemfsError, hasCode } from '../errors';
 import { native, type NativeMapResult } from '../native';
 import { formatSize, GiB } from '../units';
-import { defaultHugePageSize, HUGETLBFS_MAGIC, hugetlbfsMounts, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
+import { defaultHugePageSize, HUGETLBFS_MAGIC, requireFreeHugePages, TMPFS_MAGIC } from './hugepages';
 import { type Extent, type MapOptions, Mapping } from './mapping';
 import { misplacedPages, type Placement, placementOf, requireNode } from './numa';
 import { Pin } from './pins';
 import { extentsOfPairs, type MappingRecipe, pairsLength, readMapResult } from './remap';
+import {
+  checkDirectoryFilesystem,
+  checkLargeRegion,
+  explainAllocateFailure,
+  isHugetlbBackend,
+  LARGE_PAGE_SIZE,
+  splitAt,
+} from './pool-checks';
+
+export { LARGE_PAGE_SIZE } from './pool-checks';
 
 export type PoolBackend = 'hugetlbfs' | 'memfd-hugetlb' | 'shm-4k' | 'memfd-4k';
 
@@ -38,6 +48,26 @@ export interface CreatePoolOptions {
    * pool is not created. Not with `sparse`, whose later faults could land anywhere.
    */
   node?: number;
+  /**
+   * A second file of 1 GiB pages joined to this one (a hybrid pool): its bytes follow this file's in pool offsets, so
+   * one block numbering covers both. This file must then have 2 MiB pages and be a whole number of GiB.
+   */
+  large?: LargeRegionOptions;
+}
+
+export interface LargeRegionOptions {
+  /** Bytes of 1 GiB pages. */
+  size: number;
+  /** For the hugetlbfs backend: where the file goes, on a hugetlbfs mount of 1 GiB pages. */
+  path?: string;
+}
+
+/** A hybrid pool's file of 1 GiB pages, whose bytes are the pool offsets from `from` on. */
+export interface LargeRegion {
+  readonly fd: number;
+  readonly path: string | undefined;
+  readonly size: number;
+  readonly from: number;
 }
 
 export interface ResizeFileOptions {
@@ -49,8 +79,6 @@ export interface ResizeFileOptions {
 
 /** Most pages placement() asks the kernel about; larger pools are sampled at an even stride. */
 const PLACEMENT_SAMPLES = 1 << 20;
-
-const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || backend === 'memfd-hugetlb';
 
 /** Pre-allocation granularity: progress is reported once per chunk. */
 const ALLOCATE_CHUNK = 1 * GiB;
@@ -73,6 +101,7 @@ export class Pool {
   readonly node: number | undefined;
   #fresh: boolean;
   #open = true;
+  #large: LargeRegion | undefined;
 
   private constructor(
     fd: number,
@@ -92,16 +121,72 @@ export class Pool {
     this.pageSize = pageSize;
   }
 
-  /** Bytes in the pool file, as this object last set or found them (refreshSize() asks the file). */
+  /**
+   * Bytes of pool offsets, as this object last set or found them (refreshSize() asks the file): the pool file's, and
+   * for a hybrid pool its file of 1 GiB pages' after them.
+   */
   get size(): number {
-    return this.#size;
+    return this.#size + (this.#large?.size ?? 0);
   }
 
   /** Reads the pool file's size again: its owner, in another process, may have resized it since this object looked. */
   refreshSize(): number {
     this.#requireOpen('fstat');
     this.#size = native.fdInfo(this.fd).size;
-    return this.#size;
+    return this.size;
+  }
+
+  /** The file of 1 GiB pages a hybrid pool spans after its own (undefined for a pool of one page size). */
+  get large(): LargeRegion | undefined {
+    return this.#large;
+  }
+
+  /**
+   * Joins a file of 1 GiB pages to this pool (a hybrid pool's, opened by path or inherited as an fd), whose bytes
+   * become the pool offsets from this file's end on. Checked to be hugetlbfs of 1 GiB pages; this file must have
+   * 2 MiB pages and be a whole number of GiB.
+   */
+  attachLarge(file: string | number): LargeRegion {
+    this.#requireOpen('open');
+    if (this.#large)
+      throw new GuestmemfsError('EBUSY', `pool ${this.label} already has its 1 GiB-page file`, { syscall: 'open', path: this.path });
+    this.#requireHybridShape(this.#size, 'open');
+    const largePath = typeof file === 'string' ? path.resolve(file) : undefined;
+    let fd: number;
+    try {
+      fd = largePath === undefined ? (file as number) : native.fileOpen(largePath, false, false, 0);
+    } catch (error) {
+      throw GuestmemfsError.from(error, { path: largePath }).withRemedy(
+        "the hybrid pool's file of 1 GiB pages is missing: restore it, or mkfs the pool afresh",
+      );
+    }
+    try {
+      const info = native.fdInfo(fd);
+      if (info.fsType !== HUGETLBFS_MAGIC || info.fsBlockSize !== LARGE_PAGE_SIZE || info.size === 0 || info.size % LARGE_PAGE_SIZE) {
+        throw new GuestmemfsError(
+          'EINVAL',
+          `not a 1 GiB-page file: a hybrid pool's second file must be a non-empty hugetlbfs file of 1 GiB pages`,
+          { syscall: 'open', path: largePath ?? `fd ${fd}` },
+        );
+      }
+      this.#large = { fd, path: largePath, size: info.size, from: this.#size };
+      return this.#large;
+    } catch (error) {
+      if (largePath !== undefined) native.fdClose(fd);
+      throw error;
+    }
+  }
+
+  /** Refuses a hybrid pool whose 2 MiB-page file could not have 1 GiB pages after it (its end not on a GiB). */
+  #requireHybridShape(size: number, syscall: string): void {
+    if (this.pageSize >= LARGE_PAGE_SIZE || this.isFallback || size % LARGE_PAGE_SIZE !== 0) {
+      throw new GuestmemfsError(
+        'EINVAL',
+        `a hybrid pool's first file must hold huge pages smaller than 1 GiB and be a whole number of GiB; ${this.label} ` +
+          `has ${formatSize(size)} of ${formatSize(this.pageSize)} pages: make it a multiple of 1 GiB of 2 MiB pages`,
+        { syscall, path: this.path },
+      );
+    }
   }
 
   /** True for the 4 KiB-page fallback, which works anywhere but gives guests no huge pages. */
@@ -127,7 +212,8 @@ export class Pool {
     const pages = this.isFallback
       ? `${formatSize(SMALL_PAGE_SIZE)} pages (fallback: no huge pages, guests lose the TLB benefit)`
       : `${formatSize(this.pageSize)} huge pages`;
-    return `${this.backend} pool ${this.label}: ${formatSize(this.size)} of ${pages}`;
+    const large = this.#large ? ` and ${formatSize(this.#large.size)} of 1 GiB pages in ${this.#large.path ?? `fd ${this.#large.fd}`}` : '';
+    return `${this.backend} pool ${this.label}: ${formatSize(this.#size)} of ${pages}${large}`;
   }
 
   /**
@@ -163,7 +249,9 @@ export class Pool {
       });
     }
     if (poolPath) checkDirectoryFilesystem(backend, poolPath, pageSize);
+    const largePath = options.large ? checkLargeRegion(options, pageSize, poolPath) : undefined;
     if (isHugetlbBackend(backend)) requireFreeHugePages(pageSize, size / pageSize, { path: poolPath, node });
+    if (options.large) requireFreeHugePages(LARGE_PAGE_SIZE, options.large.size / LARGE_PAGE_SIZE, { path: largePath, node });
 
     const fd = poolPath
       ? native.fileOpen(poolPath, true, true, options.mode ?? 0o600)
@@ -171,17 +259,27 @@ export class Pool {
     const pool = new Pool(fd, backend, poolPath, size, pageSize, true, node);
     try {
       native.fileResize(fd, size);
+      if (options.large) pool.#createLarge(options.large.size, largePath, options.name);
+      const total = pool.size;
       try {
-        if (!options.sparse) pool.#allocate(0, size, node, options.onProgress);
+        if (!options.sparse) pool.#allocate(0, total, node, options.onProgress);
       } catch (error) {
-        throw explainAllocateFailure(error, backend, pageSize, size, poolPath, node);
+        throw explainAllocateFailure(error, backend, pool.#large ? LARGE_PAGE_SIZE : pageSize, total, poolPath, node);
       }
     } catch (error) {
-      native.fdClose(fd);
-      if (poolPath) fs.rmSync(poolPath, { force: true });
+      pool.destroy();
       throw error;
     }
     return pool;
+  }
+
+  /** Creates (empty) the file of 1 GiB pages of a hybrid pool being created. */
+  #createLarge(size: number, largePath: string | undefined, name: string | undefined): void {
+    const fd = largePath
+      ? native.fileOpen(largePath, true, true, 0o600)
+      : native.memfdCreate(`${name ?? 'guestmemfs-pool'}-1g`, LARGE_PAGE_SIZE);
+    this.#large = { fd, path: largePath, size, from: this.#size };
+    native.fileResize(fd, size);
   }
 
   /**
@@ -233,6 +331,16 @@ export class Pool {
    */
   #startResize(size: number, node: number | undefined): number | undefined {
     this.#requireOpen('ftruncate');
+    if (this.#large) {
+      throw new GuestmemfsError(
+        'ENOTSUP',
+        `${this.label} is a hybrid pool (2 MiB and 1 GiB pages): it cannot be resized; make a pool of one page size to resize`,
+        {
+          syscall: 'ftruncate',
+          path: this.path,
+        },
+      );
+    }
     if (!Number.isSafeInteger(size) || size <= 0 || size % this.pageSize !== 0) {
       throw new GuestmemfsError('EINVAL', `pool size ${size} must be a positive multiple of the ${formatSize(this.pageSize)} page size`, {
         syscall: 'ftruncate',
@@ -261,8 +369,9 @@ export class Pool {
   #allocate(start: number, end: number, node: number | undefined, onProgress?: (done: number, total: number) => void): void {
     for (let offset = start; offset < end; offset += ALLOCATE_CHUNK) {
       const length = Math.min(ALLOCATE_CHUNK, end - offset);
-      if (node === undefined) native.fileAllocate(this.fd, offset, length);
-      else this.#allocateOnNode(offset, length, node);
+      if (node !== undefined) this.#allocateOnNode(offset, length, node);
+      else if (this.#large && offset >= this.#large.from) native.fileAllocate(this.#large.fd, offset - this.#large.from, length);
+      else native.fileAllocate(this.fd, offset, length);
       onProgress?.(offset + length - start, end - start);
     }
   }
@@ -332,9 +441,14 @@ export class Pool {
     return Pool.#adopt(fd, resolved, 'open');
   }
 
-  /** Adopts an inherited pool fd (a memfd passed across execve, as QEMU's cpr-exec does). */
-  static fromFd(fd: number): Pool {
-    return Pool.#adopt(fd, undefined, 'fromFd');
+  /**
+   * Adopts an inherited pool fd (a memfd passed across execve, as QEMU's cpr-exec does), and for a hybrid pool the fd
+   * of its 1 GiB-page file.
+   */
+  static fromFd(fd: number, largeFd?: number): Pool {
+    const pool = Pool.#adopt(fd, undefined, 'fromFd');
+    if (largeFd !== undefined) pool.attachLarge(largeFd);
+    return pool;
   }
 
   static #adopt(fd: number, poolPath: string | undefined, syscall: string): Pool {
@@ -380,7 +494,11 @@ export class Pool {
     const total = pairsLength(flat);
     // Only 2 MiB pages have shareable PMD tables (1 GiB pages sit in the level above), and only whole GiBs share.
     const shareable =
-      options.sharePageTables === true && isHugetlbBackend(this.backend) && this.pageSize < PMD_SHARE_SPAN && total >= PMD_SHARE_SPAN;
+      options.sharePageTables === true &&
+      isHugetlbBackend(this.backend) &&
+      this.#large === undefined &&
+      this.pageSize < PMD_SHARE_SPAN &&
+      total >= PMD_SHARE_SPAN;
     if (options.writable ?? true) this.#fresh = false;
     const flag = native.mapFlags;
     const flags =
@@ -395,14 +513,15 @@ export class Pool {
     // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
     const pin = options.pin ? Pin.take(this, extents, options.pinDescription) : undefined;
     try {
-      native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult);
+      if (this.#large) native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult, this.#large.fd, this.#large.from);
+      else native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult);
     } catch (error) {
       pin?.release();
       throw error;
     }
     // The mapping owns the pin from here on: it goes right after the munmap, whoever unmaps.
     if (pin) native.mappingAttachPin(mapResult[native.mapResult.id]!, pin.handOff());
-    const recipe = { extents: [...flat], flags, alignment: this.pageSize, congruence };
+    const recipe = { extents: [...flat], flags, alignment: this.pageSize, congruence, largeFrom: this.#large?.from };
     return new Mapping(readMapResult(mapResult), recipe, this.path, options.onUnmap, pin !== undefined);
   }
 
@@ -433,7 +552,7 @@ export class Pool {
     if (!Array.isArray(given) || extents.length === 0) {
       throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
     }
-    const flat = new Float64Array(extents.length * 2);
+    const pairs: number[] = [];
     extents.forEach((extent, index) => {
       const { offset, length }: Partial<Extent> = extent ?? {};
       if (
@@ -457,17 +576,28 @@ export class Pool {
         );
       }
       // The owner may have grown the pool since this object learned its size: ask the file before refusing.
-      if (offset + length > this.#size) this.refreshSize();
-      if (offset + length > this.#size) {
+      if (offset + length > this.size) this.refreshSize();
+      if (offset + length > this.size) {
         throw new GuestmemfsError('EINVAL', `extent ${index} ends at ${offset + length}, beyond the ${formatSize(this.size)} pool`, {
           syscall: 'mmap',
           path: this.path,
         });
       }
-      flat[index * 2] = offset;
-      flat[index * 2 + 1] = length;
+      const from = this.#large?.from ?? Infinity;
+      if (
+        offset + length > from &&
+        ((offset > from ? offset - from : 0) % LARGE_PAGE_SIZE !== 0 || (offset + length - from) % LARGE_PAGE_SIZE !== 0)
+      ) {
+        throw new GuestmemfsError(
+          'EINVAL',
+          `extent ${index} (offset ${offset}, length ${length}) reaches the pool's 1 GiB pages from ${from} on, but not in whole ` +
+            `GiB from there: map 1 GiB pages whole`,
+          { syscall: 'mmap', path: this.path },
+        );
+      }
+      pairs.push(offset, length);
     });
-    return flat;
+    return new Float64Array(this.#large ? splitAt(pairs, this.#large.from) : pairs);
   }
 
   /** Maps the whole pool as one range. */
@@ -475,85 +605,29 @@ export class Pool {
     return this.map([{ offset: 0, length: this.size }], options);
   }
 
-  /** Keeps (or stops keeping) the pool fd open across execve. */
+  /** Keeps (or stops keeping) the pool fds open across execve. */
   setInheritable(inherit: boolean): void {
     this.#requireOpen('fcntl');
     native.fdSetInherit(this.fd, inherit);
+    if (this.#large) native.fdSetInherit(this.#large.fd, inherit);
   }
 
-  /** Closes the fd. Existing mappings stay valid: they hold their own reference to the pages. */
+  /** Closes the fds. Existing mappings stay valid: they hold their own reference to the pages. */
   close(): void {
     if (!this.#open) return;
     this.#open = false;
     native.fdClose(this.fd);
+    if (this.#large) native.fdClose(this.#large.fd);
   }
 
-  /** Closes and deletes a path-backed pool, returning its pages to the kernel once no mapping holds them. */
+  /** Closes and deletes a path-backed pool (both files of a hybrid one), returning its pages to the kernel once no mapping holds them. */
   destroy(): void {
     this.close();
     if (this.path) fs.rmSync(this.path, { force: true });
+    if (this.#large?.path) fs.rmSync(this.#large.path, { force: true });
   }
 
   #requireOpen(syscall: string): void {
     if (!this.#open) throw new GuestmemfsError('EBADF', `pool ${this.label} is closed; open it again`, { syscall, path: this.path });
   }
-}
-
-/** Refuses a path whose directory is not on the right filesystem, naming mounts that would work. */
-function checkDirectoryFilesystem(backend: PoolBackend, poolPath: string, pageSize: number): void {
-  const dir = path.dirname(poolPath);
-  let stats: fs.StatsFs;
-  try {
-    stats = fs.statfsSync(dir);
-  } catch (error) {
-    throw GuestmemfsError.from(error, { path: dir }).withRemedy('create the directory (or mount hugetlbfs there) first');
-  }
-  if (backend === 'hugetlbfs') {
-    const candidates = hugetlbfsMounts()
-      .filter((mount) => mount.pageSize === pageSize)
-      .map((mount) => mount.mountpoint);
-    const suggestion = candidates.length
-      ? `put the pool under ${candidates.join(' or ')}`
-      : `mount one (mount -t hugetlbfs -o pagesize=${formatSize(pageSize).replace(' ', '').replace('iB', '')} none DIR, ` +
-        `or reserveHugePages({ mount: true }))`;
-    if (stats.type !== HUGETLBFS_MAGIC) {
-      throw new GuestmemfsError('EINVAL', `${dir} is not on a hugetlbfs mount: ${suggestion}`, { syscall: 'statfs', path: poolPath });
-    }
-    if (stats.bsize !== pageSize) {
-      throw new GuestmemfsError(
-        'EINVAL',
-        `${dir} is a hugetlbfs mount of ${formatSize(stats.bsize)} pages, not ${formatSize(pageSize)}: ${suggestion}`,
-        { syscall: 'statfs', path: poolPath },
-      );
-    }
-  } else if (stats.type !== TMPFS_MAGIC) {
-    throw new GuestmemfsError('EINVAL', `${dir} is not on tmpfs: put a 4k-fallback pool under /dev/shm`, {
-      syscall: 'statfs',
-      path: poolPath,
-    });
-  }
-}
-
-function explainAllocateFailure(
-  error: unknown,
-  backend: PoolBackend,
-  pageSize: number,
-  size: number,
-  poolPath?: string,
-  node?: number,
-): GuestmemfsError {
-  const converted = GuestmemfsError.from(error, { path: poolPath });
-  // Faulting in a bound range that its node cannot fill fails as the SIGBUS it would otherwise be: EFAULT.
-  const short = hasCode(converted, 'ENOSPC') || hasCode(converted, 'ENOMEM') || (node !== undefined && hasCode(converted, 'EFAULT'));
-  if (!short) return converted;
-  const where = node === undefined ? '' : ` on node ${node}`;
-  return isHugetlbBackend(backend)
-    ? converted.withRemedy(
-        `could not reserve ${size / pageSize} ${formatSize(pageSize)} huge pages${where} (another process took them, ` +
-          `or the hugetlbfs mount's size= limit is lower): raise nr_hugepages${node === undefined ? '' : ` of node ${node}`} or the ` +
-          `mount limit, or use the 4k fallback`,
-      )
-    : converted.withRemedy(
-        `could not reserve ${formatSize(size)} of shared memory${where}: free memory, enlarge /dev/shm, or use a smaller pool`,
-      );
 }

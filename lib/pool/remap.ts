@@ -14,6 +14,8 @@ export interface MappingRecipe {
   alignment: number;
   /** Page-table sharing placement (see MapOptions.sharePageTables): 0 for the kernel's own placement. */
   congruence: number;
+  /** A hybrid pool's: the pool offset its 1 GiB-page file starts at (mapFromRecipe needs that file's fd too). */
+  largeFrom?: number | undefined;
 }
 
 /** [offset, length] pairs as the Extent objects a Mapping lists. */
@@ -41,7 +43,10 @@ export function lockRanges(fd: number, flat: ArrayLike<number>): number {
 }
 
 /** Pins and maps a recipe's extents of the pool open on `poolFd`; the mapping owns the pin, as Pool.map's do. */
-export function mapFromRecipe(poolFd: number, recipe: MappingRecipe): NativeMapResult {
+export function mapFromRecipe(poolFd: number, recipe: MappingRecipe, largeFd?: number): NativeMapResult {
+  if (recipe.largeFrom !== undefined && largeFd === undefined) {
+    throw new GuestmemfsError('EINVAL', "the recipe maps a hybrid pool's 1 GiB pages: pass that file's fd too", { syscall: 'mmap' });
+  }
   const pin = native.fdReopen(poolFd);
   const result = new Float64Array(native.mapResult.slots);
   try {
@@ -51,7 +56,9 @@ export function mapFromRecipe(poolFd: number, recipe: MappingRecipe): NativeMapR
         syscall: 'fcntl',
       });
     }
-    native.mapExtents(poolFd, new Float64Array(recipe.extents), recipe.flags, recipe.alignment, recipe.congruence, result);
+    const pairs = new Float64Array(recipe.extents);
+    if (recipe.largeFrom === undefined) native.mapExtents(poolFd, pairs, recipe.flags, recipe.alignment, recipe.congruence, result);
+    else native.mapExtents(poolFd, pairs, recipe.flags, recipe.alignment, recipe.congruence, result, largeFd, recipe.largeFrom);
   } catch (error) {
     native.fdClose(pin);
     throw error;

@@ -138,6 +138,8 @@ export const OPERATIONS: readonly Operation[] = [
         largestFreeRun: integer,
         quarantinedBlocks: integer,
         maxBlocks: integer,
+        largePages: { type: 'object', required: ['total', 'free'], properties: { total: integer, free: integer } },
+        largeFallbacks: integer,
       },
     },
     mutates: false,

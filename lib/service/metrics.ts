@@ -141,6 +141,12 @@ export class ServiceMetrics {
     'Bytes the pool spans now (size) and may grow to (max_size): what a resize can take from the host reservation',
     'gauge',
   );
+  readonly #largePages = new Values('guestmemfs_large_pages', "A hybrid pool's 1 GiB pages by state (free: wholly free)", 'gauge');
+  readonly #largeFallbacks = new Values(
+    'guestmemfs_large_page_fallbacks_total',
+    'GiBs of files that got 2 MiB pages since mount because no 1 GiB page was free',
+    'counter',
+  );
   readonly #inodes = new Values('guestmemfs_inodes', 'Inodes by state', 'gauge');
   readonly #pins = new Values('guestmemfs_pins', 'Pinned ranges of the pool (each held by one open file description)', 'gauge');
   readonly #pinnedBytes = new Values('guestmemfs_pinned_bytes', 'Bytes of the pool under a pin', 'gauge');
@@ -161,6 +167,11 @@ export class ServiceMetrics {
       this.#blockSize.set({}, stat.blockSize);
       this.#poolBytes.set({ kind: 'size' }, stat.blockSize * stat.totalBlocks);
       this.#poolBytes.set({ kind: 'max_size' }, stat.blockSize * stat.maxBlocks);
+      if (stat.largePages.total > 0) {
+        this.#largePages.set({ state: 'used' }, stat.largePages.total - stat.largePages.free);
+        this.#largePages.set({ state: 'free' }, stat.largePages.free);
+        this.#largeFallbacks.set({}, stat.largeFallbacks);
+      }
       this.#blocks.set({ state: 'used' }, stat.dataBlocks - stat.freeBlocks);
       this.#blocks.set({ state: 'free' }, stat.freeBlocks);
       this.#blocks.set({ state: 'dirty_free' }, stat.dirtyFreeBlocks);
@@ -192,6 +203,8 @@ export class ServiceMetrics {
       this.#blocks,
       this.#blockSize,
       this.#poolBytes,
+      this.#largePages,
+      this.#largeFallbacks,
       this.#inodes,
       this.#pins,
       this.#pinnedBytes,

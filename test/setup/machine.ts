@@ -8,9 +8,9 @@ import { GiB, MiB } from '../../lib/units';
  * 2 MiB pages for all test files running in parallel (the handover proof alone takes 1 GiB + 64 MiB at a time, the
  * page-table sharing placement test 1 GiB + 4 MiB).
  */
-const TEST_2M_PAGES = 2048;
-/** Room for one 1 GiB-page pool. */
-const TEST_1G_PAGES = 1;
+const TEST_2M_PAGES = 3072;
+/** Room for one 1 GiB-page pool and the hybrid pool (2 GiB of 2 MiB pages and one 1 GiB page) beside it. */
+const TEST_1G_PAGES = 2;
 
 export interface MachineContext {
   /** Mountpoint of a private 2 MiB hugetlbfs, or null with the reason in skip2M. */
