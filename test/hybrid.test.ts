@@ -5,9 +5,13 @@ import { once } from 'node:events';
 import * as fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { readPoolSuperblock } from '../lib/fs/format';
-import { INCOMPAT_HYBRID } from '../lib/fs/layout';
+import { FIXED_HEADER_BYTES, INCOMPAT_HYBRID, largeFromBlockOf, readSuperblock } from '../lib/fs/layout';
+import { MappedMetadata } from '../lib/fs/metadata';
+import { type MetadataViews, openViews } from '../lib/fs/views';
 import { check, decodeHandoverBlob, GiB, MiB, mkfs, mount, Pool, type Mapping } from '../lib/index';
+import { connect } from '../lib/service/client';
 import { captureError, machine, skipReason, uniquePath } from './helpers';
+import { runtimeDirectory, startService } from './service-helpers';
 
 const m = machine();
 const skip = skipReason(m.skip2M || m.skip1G);
@@ -147,6 +151,63 @@ describe('hybrid pools', () => {
     again.unmap();
     gfs.unmount();
     expect(check(reopened).state).toBe('consistent');
+  });
+
+  it.skipIf(skip)('a client of the pool\'s service maps a hybrid file from both files it is passed', async () => {
+    const pool = hybridPool('hybrid-served');
+    mkfs(pool);
+    const runtime = runtimeDirectory();
+    const service = await startService(pool.path!, runtime);
+    const client = await connect(service.socket);
+    try {
+      await client.create('/ram', { type: 'guest' });
+      await client.truncate('/ram', 1 * GiB + 2 * MiB);
+      const ram = await client.map('/ram');
+      expect(pageSizes(ram).map(([, , size]) => size)).toEqual([1 * GiB, 2 * MiB]);
+      ram.bytes(1 * GiB, 1)[0] = 0x5a;
+      ram.unmap();
+      expect(client.pool().large).toMatchObject({ from: 2 * GiB, size: 1 * GiB });
+    } finally {
+      client.close();
+      service.child.kill('SIGTERM');
+      await service.exited;
+      fs.rmSync(runtime, { recursive: true, force: true });
+    }
+    const gfs = mount(pool, { readOnly: true });
+    const again = gfs.map('/ram', { writable: false });
+    expect(again.bytes(1 * GiB, 1)[0]).toBe(0x5a);
+    again.unmap();
+    gfs.unmount();
+  });
+
+  it.skipIf(skip)('the checker refuses a file that holds part of a 1 GiB page', () => {
+    const pool = hybridPool('hybrid-check');
+    mkfs(pool);
+    const gfs = mount(pool);
+    gfs.create('/ram');
+    gfs.truncate('/ram', 1 * GiB);
+    const ino = gfs.stat('/ram').ino;
+    gfs.unmount();
+    expect(check(pool).state).toBe('consistent');
+    // As a release that split 1 GiB pages would leave it: the file holds the first half of its page, the rest is free.
+    const edit = (fn: (views: MetadataViews) => void) => {
+      const header = pool.map([{ offset: 0, length: 2 * MiB }], { populate: false });
+      const sb = readSuperblock(header.bytes(0, FIXED_HEADER_BYTES), pool);
+      header.unmap();
+      const meta = pool.map([{ offset: 0, length: sb.geometry.metadataBytes }], { populate: false });
+      fn(openViews(new MappedMetadata(meta.id), sb.geometry, sb.badBlocks, largeFromBlockOf(sb)));
+      meta.unmap();
+    };
+    edit(({ inodes, extents, allocator }) => {
+      const [run] = extents.read(ino);
+      extents.truncate(ino, run!.length / 2);
+      inodes.setBlockCount(ino, run!.length / 2);
+      inodes.setSize(ino, 512 * MiB);
+      allocator.markFree([{ start: run!.start + run!.length / 2, length: run!.length / 2 }]);
+    });
+    const result = check(pool);
+    expect(result.state).not.toBe('consistent');
+    expect(result.problems.join('\n')).toContain('are 1 GiB pages, but not whole pages at a GiB of the file');
   });
 
   it.skipIf(skip)('refuses what a hybrid pool cannot be, and changes nothing', () => {

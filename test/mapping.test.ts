@@ -368,7 +368,10 @@ describe('native layer re-checks its arguments', () => {
           overrides.congruence ?? 0,
           (overrides.result ?? result) as Float64Array,
         );
-      const signature = 'mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result)';
+      const signature =
+        'mapExtents(fd, Float64Array [offset, length, ...], flags, alignment, congruence, Float64Array result[, largeFd, largeFrom])';
+      const mapHybrid = (largeFrom: number, congruence = 0) =>
+        native.mapExtents(pool.fd, new Float64Array([0, 4096]), native.mapFlags.writable, 4096, congruence, result, pool.fd, largeFrom);
       const bad: Array<[() => unknown, string]> = [
         [() => native.fileResize('3' as never, 1), 'fd must be a number'],
         [() => native.fileResize(pool.fd, 1.5), 'size must be an integer'],
@@ -386,6 +389,9 @@ describe('native layer re-checks its arguments', () => {
         [() => map(new Float64Array([0, 4096]), { congruence: 2048 }), 'congruence must be 0 or a power of two'],
         [() => map(new Float64Array([0, 4096]), { congruence: 3 * 4096 }), 'congruence must be 0 or a power of two'],
         [() => map(new Float64Array([0, 4096]), { congruence: 2 * GiB }), 'congruence must be an integer'],
+        [() => mapHybrid(GiB + 4096), 'largeFrom must be a multiple of 1 GiB'],
+        [() => mapHybrid(4096), 'largeFrom must be an integer'],
+        [() => mapHybrid(GiB, 2 * MiB), 'congruence is for pools of 2 MiB pages only'],
         [() => native.unmap(999_999), 'is not mapped'],
         [() => native.memfdCreate('x', 3 << 20), 'power of two'],
         [() => native.fileOpen('a\0b', false, false, 0), 'must not contain NUL'],

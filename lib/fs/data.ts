@@ -273,10 +273,10 @@ function planResize(ctx: MountContext, ino: number, size: number, path: string):
   }
   if (!runs) {
     const free = allocator.freeSmallBlocks;
-    const large = allocator.largeFrom === undefined ? '' : ' of 2 MiB pages, besides whole free 1 GiB pages,';
+    const large = allocator.largeFrom === undefined ? '' : ' of 2 MiB pages (whole free 1 GiB pages aside)';
     throw new GuestmemfsError(
       'ENOSPC',
-      `pool has ${free} free ${formatSize(blockSize)} blocks${large} truncate needs ${needed} more ` +
+      `pool has ${free} free ${formatSize(blockSize)} blocks${large}, truncate needs ${needed} of them ` +
         `(${formatSize(needed * blockSize)}, ${formatSize(free * blockSize)} free), ftruncate '${path}': ` +
         `delete files or use a larger pool`,
       { syscall: 'ftruncate', path },

@@ -268,6 +268,13 @@ export class ServiceClient {
    * service hands it out to whoever may connect, whatever the pool file's own mode: see the README on trust domains.
    */
   poolDescriptor(): number {
+    const [primary, ...rest] = this.#poolDescriptors();
+    for (const extra of rest) native.fdClose(extra);
+    return primary!;
+  }
+
+  /** The pool's descriptors as the service passes them: its file's, and a hybrid pool's 1 GiB-page file's after it. */
+  #poolDescriptors(): number[] {
     const fd = native.unixConnect(this.socketPath, this.#timeoutMs);
     const received: Buffer[] = [];
     const fds: number[] = [];
@@ -288,7 +295,7 @@ export class ServiceClient {
     }
     const text = Buffer.concat(received).toString('utf8');
     const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]);
-    if (status !== 200 || fds.length !== 1) {
+    if (status !== 200 || fds.length < 1 || fds.length > 2) {
       for (const passed of fds) native.fdClose(passed);
       const body = text.slice(text.indexOf('\r\n\r\n') + 4);
       let parsed: { code?: string; message?: string } = {};
@@ -302,12 +309,15 @@ export class ServiceClient {
         path: this.socketPath,
       });
     }
-    return fds[0]!;
+    return fds;
   }
 
-  /** The pool, from a descriptor the service passed (received once, kept for later mappings). */
+  /** The pool, from the descriptors the service passed (received once, kept for later mappings). */
   pool(): Pool {
-    this.#pool ??= Pool.fromFd(this.poolDescriptor());
+    if (!this.#pool) {
+      const [fd, largeFd] = this.#poolDescriptors();
+      this.#pool = Pool.fromFd(fd!, largeFd);
+    }
     return this.#pool;
   }
 

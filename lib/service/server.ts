@@ -295,20 +295,24 @@ export class MountService {
   }
 
   /**
-   * Hands the client a descriptor of the pool on a description of its own (to map from, and to hold its pins on),
-   * attached as SCM_RIGHTS to the whole response, written in one sendmsg; the connection then closes.
+   * Hands the client a descriptor of the pool on a description of its own (to map from, and to hold its pins on), and
+   * for a hybrid pool one of its 1 GiB-page file, attached as SCM_RIGHTS to the whole response, written in one sendmsg;
+   * the connection then closes.
    */
   #sendPoolFd(request: http.IncomingMessage): void {
     const socket = request.socket;
     const description = native.fdReopen(this.#fs.pool.fd);
+    // A hybrid pool's 1 GiB pages are in a second file: the client maps them from a descriptor of that.
+    const large = this.#fs.pool.large;
+    const descriptions = large ? [description, native.fdReopen(large.fd)] : [description];
     try {
       const body = encodeResult({ size: this.#fs.pool.size, pageSize: this.#fs.pool.pageSize, uuid: this.#fs.uuid });
       const head =
         'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n' + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
-      native.sendWithFds(socketFd(socket), Buffer.from(head + body), [description]);
+      native.sendWithFds(socketFd(socket), Buffer.from(head + body), descriptions);
       this.metrics.operations.inc({ operation: 'pool-fd', result: 'ok' });
     } finally {
-      native.fdClose(description);
+      for (const passed of descriptions) native.fdClose(passed);
       socket.destroy();
     }
   }
