@@ -8,7 +8,8 @@ import { readPoolSuperblock } from '../lib/fs/format';
 import { FIXED_HEADER_BYTES, INCOMPAT_HYBRID, largeFromBlockOf, readSuperblock } from '../lib/fs/layout';
 import { MappedMetadata } from '../lib/fs/metadata';
 import { type MetadataViews, openViews } from '../lib/fs/views';
-import { check, decodeHandoverBlob, GiB, MiB, mkfs, mount, Pool, type Mapping } from '../lib/index';
+import { describeFiles } from '../lib/fs/external';
+import { check, decodeHandoverBlob, GiB, MiB, mkfs, mount, Pool, qemuArgs, type Mapping } from '../lib/index';
 import { connect } from '../lib/service/client';
 import { captureError, machine, skipReason, uniquePath } from './helpers';
 import { runtimeDirectory, startService } from './service-helpers';
@@ -153,7 +154,7 @@ describe('hybrid pools', () => {
     expect(check(reopened).state).toBe('consistent');
   });
 
-  it.skipIf(skip)('a client of the pool\'s service maps a hybrid file from both files it is passed', async () => {
+  it.skipIf(skip)("a client of the pool's service maps a hybrid file from both files it is passed", async () => {
     const pool = hybridPool('hybrid-served');
     mkfs(pool);
     const runtime = runtimeDirectory();
@@ -178,6 +179,22 @@ describe('hybrid pools', () => {
     expect(again.bytes(1 * GiB, 1)[0]).toBe(0x5a);
     again.unmap();
     gfs.unmount();
+  });
+
+  it.skipIf(skip)("QEMU backs a file on 1 GiB pages with the 1 GiB-page file, at that file's own offset", () => {
+    const pool = hybridPool('hybrid-qemu');
+    mkfs(pool);
+    const gfs = mount(pool);
+    gfs.create('/big', { type: 'guest' });
+    gfs.truncate('/big', 1 * GiB);
+    gfs.create('/small', { contiguous: true, type: 'guest' });
+    gfs.truncate('/small', 64 * MiB);
+    gfs.unmount();
+    const [big, small] = describeFiles(pool, ['/big', '/small']);
+    expect(qemuArgs(pool.path!, big!, 0, pool.large)[1]).toBe(
+      `memory-backend-file,id=gmfs0-big,mem-path=${pool.large!.path},offset=0,size=${GiB},share=on`,
+    );
+    expect(qemuArgs(pool.path!, small!, 1, pool.large)[1]).toContain(`mem-path=${pool.path},offset=${small!.extents[0]!.offset},`);
   });
 
   it.skipIf(skip)('the checker refuses a file that holds part of a 1 GiB page', () => {

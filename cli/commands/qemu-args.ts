@@ -15,7 +15,7 @@ export function register(program: Command): void {
     .argument('<path>')
     .action((spec: string, target: string, options: Common) => {
       // Only looked up: the process that runs QEMU pins the file (guestmemfs pin).
-      const args = withPool(spec, (pool) => qemuArgs(pool.path ?? spec, describeFiles(pool, [target])[0]!));
+      const args = withPool(spec, (pool) => qemuArgs(pool.path ?? spec, describeFiles(pool, [target])[0]!, 0, pool.large));
       print(options, { args }, () => args.join(' '));
     });
 }

@@ -71,9 +71,10 @@ function backendId(file: PinnedFile, index: number): string {
 
 /**
  * QEMU's arguments for guest RAM in a guestmemfs file: a memory-backend-file over the file's one range of the pool
- * (shared, so the memory is the pool's), and the machine's RAM backed by it.
+ * (shared, so the memory is the pool's), and the machine's RAM backed by it. A hybrid pool's file that is one run of
+ * 1 GiB pages is backed by the 1 GiB-page file (`large`), at its own offset there, for the whole pages it holds.
  */
-export function qemuArgs(poolPath: string, file: PinnedFile, index = 0): string[] {
+export function qemuArgs(poolPath: string, file: PinnedFile, index = 0, large?: { from: number; path: string | undefined }): string[] {
   if (file.extents.length !== 1) {
     throw new GuestmemfsError(
       'EINVAL',
@@ -84,9 +85,19 @@ export function qemuArgs(poolPath: string, file: PinnedFile, index = 0): string[
   }
   const [extent] = file.extents as [Extent];
   const id = backendId(file, index);
+  const inLarge = large !== undefined && extent.offset >= large.from;
+  if (inLarge && large.path === undefined) {
+    throw new GuestmemfsError('EINVAL', `'${file.path}' is on the pool's 1 GiB pages, in a memfd QEMU cannot open by path`, {
+      path: file.path,
+    });
+  }
+  const memPath = inLarge ? large.path! : poolPath;
+  const offset = inLarge ? extent.offset - large.from : extent.offset;
+  // QEMU sizes a backend in whole pages of its file: 1 GiB pages are held whole, so the size is what the file holds.
+  const size = inLarge ? extent.length : file.size;
   return [
     '-object',
-    `memory-backend-file,id=${id},mem-path=${poolPath},offset=${extent.offset},size=${file.size},share=on`,
+    `memory-backend-file,id=${id},mem-path=${memPath},offset=${offset},size=${size},share=on`,
     '-machine',
     `memory-backend=${id}`,
   ];
