@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type Command, Option } from 'commander';
 import { mkfs } from '../../lib/fs/format';
-import { Pool, SMALL_PAGE_SIZE } from '../../lib/pool/pool';
+import { LARGE_PAGE_SIZE, Pool, SMALL_PAGE_SIZE } from '../../lib/pool/pool';
 import { reserveHugePages } from '../../lib/pool/reserve';
 import { HUGETLBFS_MAGIC } from '../../lib/pool/hugepages';
 import { formatSize, MiB, parseSize } from '../../lib/units';
@@ -90,8 +90,8 @@ export function register(program: Command): void {
             const largeDir = path.dirname(path.resolve(large.path ?? poolPath));
             const largeOnHugetlbfs = fs.existsSync(largeDir) && fs.statfsSync(largeDir).type === HUGETLBFS_MAGIC;
             const largeReservation = reserveHugePages({
-              pageSize: 1 << 30,
-              pages: Math.ceil(large.size / (1 << 30)),
+              pageSize: LARGE_PAGE_SIZE,
+              pages: Math.ceil(large.size / LARGE_PAGE_SIZE),
               mount: largeOnHugetlbfs ? undefined : largeDir,
               node,
             });

@@ -6,6 +6,7 @@
 //
 // In a hybrid pool the blocks from `largeFrom` on are 1 GiB pages: those are handed out only as whole groups (one
 // page each, chooseGroups), and every other choice keeps below them.
+import { groupBlocks } from './large-region';
 import { type Geometry, type Hints } from './layout';
 import type { MetadataSource } from './metadata';
 import { appendRun, type BlockRun, totalBlocks } from './runs';
@@ -35,7 +36,7 @@ export class BlockAllocator {
   constructor(source: MetadataSource, geometry: Geometry, hints: Hints, quarantined: readonly number[] = [], largeFrom?: number) {
     this.#quarantined = new Set(quarantined);
     this.largeFrom = largeFrom;
-    this.groupBlocks = (1 << 30) / geometry.blockSize;
+    this.groupBlocks = groupBlocks(geometry.blockSize);
     this.#blockCount = geometry.blockCount;
     this.metadataBlocks = geometry.metadataBlocks;
     const allocated = source.window(geometry.bitmapOffset, geometry.bitmapLength);
@@ -86,9 +87,7 @@ export class BlockAllocator {
     for (let group = this.largeFrom; group < this.#blockCount && found < count; group += this.groupBlocks) {
       if (!this.#groupFree(group)) continue;
       found++;
-      const last = runs.at(-1);
-      if (last && last.start + last.length === group) last.length += this.groupBlocks;
-      else runs.push({ start: group, length: this.groupBlocks });
+      appendRun(runs, group, this.groupBlocks);
     }
     return runs;
   }

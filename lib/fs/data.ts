@@ -361,8 +361,8 @@ function commitGrow(ctx: MountContext, ino: number, plan: ResizePlan, publishSiz
   inodes.setTime(ino, 'ctime', now);
 }
 
-/** The blocks past a new, smaller size, refused with EBUSY while any process maps them. */
-function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): BlockRun[] {
+/** The blocks a new, smaller size keeps, and those past them, refused with EBUSY while any process maps them. */
+function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): { keep: number; cut: BlockRun[] } {
   const { inodes, extents } = ctx.views;
   const runs = extents.read(ino);
   const keep = blocksToKeep(runs, size, ctx.geometry.blockSize, ctx.views.allocator.largeFrom);
@@ -378,7 +378,7 @@ function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): 
       );
     }
   }
-  return cut;
+  return { keep, cut };
 }
 
 /**
@@ -387,8 +387,7 @@ function shrinkCut(ctx: MountContext, ino: number, size: number, path: string): 
  */
 function shrink(ctx: MountContext, ino: number, size: number, path: string, told = false): void {
   const { inodes, extents, allocator } = ctx.views;
-  const keep = blocksToKeep(extents.read(ino), size, ctx.geometry.blockSize, allocator.largeFrom);
-  const cut = shrinkCut(ctx, ino, size, path);
+  const { keep, cut } = shrinkCut(ctx, ino, size, path);
   if (!told) {
     ctx.notifiers.invalidate(ino, size, inodes.size(ino));
     requireSettled(ctx, ino, 'ftruncate', path);

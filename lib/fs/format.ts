@@ -119,6 +119,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
     );
   }
   const zeroed = pool.freshlyAllocated;
+  const largeFromBlock = pool.large ? pool.large.from / blockSize : 0;
   const mapping = pool.map([{ offset: 0, length: geometry.metadataBytes }], { populate: true });
   try {
     const metadata = mapping.buffer;
@@ -135,7 +136,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       new BufferMetadata(metadata),
       geometry,
       [],
-      pool.large ? pool.large.from / blockSize : undefined,
+      pool.large ? largeFromBlock : undefined,
     );
     allocator.format();
     // A pool we did not just fallocate may hold old bytes in every block: mark them all dirty so none reaches a file unzeroed.
@@ -164,7 +165,7 @@ export function mkfs(pool: Pool, options: MkfsOptions = {}): FormatInfo {
       roCompat: badBlocks.length > 0 ? RO_COMPAT_BADBLOCKS : 0,
       uuid,
       numaNode: pool.node ?? 0,
-      largeFromBlock: pool.large ? pool.large.from / blockSize : 0,
+      largeFromBlock,
       createdNs: now,
       geometry,
       sequence: 1n,

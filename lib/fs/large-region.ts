@@ -14,7 +14,7 @@ import { GuestmemfsError } from '../errors';
 import { LARGE_PAGE_SIZE, type Pool } from '../pool/pool';
 import type { BlockAllocator } from './allocator';
 import { HEADER_RECORD_BYTES, INTENT_OFFSET } from './layout';
-import { type BlockRun, totalBlocks } from './runs';
+import { appendRun, type BlockRun, totalBlocks } from './runs';
 
 const RECORD_OFFSET = INTENT_OFFSET + 2048;
 const RECORD_MAGIC = 0x3147524c; // "LRG1"
@@ -138,7 +138,7 @@ export function chooseHybrid(
     while (count > 0) {
       const next = smallQueue[0]!;
       const taken = Math.min(count, next.length);
-      pushRun(runs, next.start, taken);
+      appendRun(runs, next.start, taken);
       next.start += taken;
       next.length -= taken;
       count -= taken;
@@ -146,15 +146,9 @@ export function chooseHybrid(
     }
   };
   takeSmall(head);
-  for (const run of groups) pushRun(runs, run.start, run.length);
+  for (const run of groups) appendRun(runs, run.start, run.length);
   takeSmall(totalBlocks(smallQueue));
   return { runs, fellBack: groupsWanted - granted };
-}
-
-function pushRun(runs: BlockRun[], start: number, length: number): void {
-  const last = runs.at(-1);
-  if (last && last.start + last.length === start) last.length += length;
-  else runs.push({ start, length });
 }
 
 /**

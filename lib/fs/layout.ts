@@ -11,6 +11,7 @@
 //   inodeOffset     inode table                inodeCount x 512 bytes; inode 0 is never used, inode 1 is the root
 //   extentOffset    extent pages               extentPageCount x 512 bytes; page 0 is never used
 //   handoverOffset  handover area              the KHO-style blob (issue: handover)
+import { LARGE_PAGE_SIZE } from '../pool/pool-checks';
 import type { randomUUID } from 'node:crypto';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
@@ -421,7 +422,8 @@ function checkGeometry(sb: Superblock, pool: PoolShape, fields: { syscall: strin
     if (!pool.large) fail(`it describes 1 GiB pages from block ${largeFrom} on, but the pool has no 1 GiB-page file`);
     else if (pool.large.from !== largeFrom * g.blockSize)
       fail(`its 1 GiB pages start at block ${largeFrom}, the pool's at byte ${pool.large.from}`);
-    if ((largeFrom * g.blockSize) % (1 << 30) !== 0 || largeFrom <= g.metadataBlocks) fail(`block ${largeFrom} cannot start 1 GiB pages`);
+    if ((largeFrom * g.blockSize) % LARGE_PAGE_SIZE !== 0 || largeFrom <= g.metadataBlocks)
+      fail(`block ${largeFrom} cannot start 1 GiB pages`);
   }
   if (g.pageSize !== pool.pageSize) fail(`it describes ${formatSize(g.pageSize)} pages, the pool has ${formatSize(pool.pageSize)}`);
   let expected: Geometry;

@@ -43,6 +43,7 @@
 //
 // This module is the format layer: it knows the blob, not the pool. What it says about the metadata (where each region
 // is, record sizes, the format version) the filesystem gives it as a BlobLayout.
+import { LARGE_PAGE_SIZE } from '../pool/pool-checks';
 import { crc32 } from '../checksum';
 import { GuestmemfsError } from '../errors';
 import { child, FdtError, type FdtNode, FdtWriter, parseFdt } from './fdt';
@@ -203,7 +204,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
   const large = input.pool.large;
   if (large) {
     w.propU64('large-mem', large.offset, large.size);
-    w.propU64('large-page-size', 1 << 30);
+    w.propU64('large-page-size', LARGE_PAGE_SIZE);
     if (large.path !== undefined) w.propString('large-path', large.path);
     if (large.fd !== undefined) {
       w.propU32('inherited-large-fd', large.fd);
@@ -437,7 +438,7 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
     const describe = (large?: { offset: number; size: number }) =>
       large ? `1 GiB pages at [${large.offset}, +${large.size})` : 'no 1 GiB pages';
     const expectedLarge = expect.pool.large && { offset: expect.pool.large.from, size: expect.pool.large.size };
-    if (describe(d.fsMem.large) !== describe(expectedLarge) || (d.fsMem.large && d.fsMem.large.pageSize !== 1 << 30))
+    if (describe(d.fsMem.large) !== describe(expectedLarge) || (d.fsMem.large && d.fsMem.large.pageSize !== LARGE_PAGE_SIZE))
       reject('EINVAL', 'geometry', `blob describes ${describe(d.fsMem.large)}, this pool has ${describe(expectedLarge)}`);
     if (d.badBlocks.join() !== expect.badBlocks.join())
       reject(

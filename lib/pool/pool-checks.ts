@@ -13,7 +13,7 @@ export const LARGE_PAGE_SIZE = 1 * GiB;
 export const isHugetlbBackend = (backend: PoolBackend) => backend === 'hugetlbfs' || backend === 'memfd-hugetlb';
 
 /** [offset, length] pairs with any pair that crosses `at` cut in two there (the two sides are different files). */
-export function splitAt(pairs: readonly number[], at: number): number[] {
+export function splitAt(pairs: ArrayLike<number>, at: number): number[] {
   const out: number[] = [];
   for (let pair = 0; pair < pairs.length; pair += 2) {
     const offset = pairs[pair]!;
@@ -24,17 +24,31 @@ export function splitAt(pairs: readonly number[], at: number): number[] {
   return out;
 }
 
+/**
+ * Refuses a hybrid pool whose first file could not have 1 GiB pages after it: not huge pages smaller than 1 GiB, or
+ * its end not on a GiB.
+ */
+export function requireHybridShape(
+  backend: PoolBackend,
+  pageSize: number,
+  size: number,
+  poolPath: string | undefined,
+  syscall?: string,
+): void {
+  if (!isHugetlbBackend(backend) || pageSize >= LARGE_PAGE_SIZE || size % LARGE_PAGE_SIZE !== 0) {
+    throw new GuestmemfsError(
+      'EINVAL',
+      `a hybrid pool needs a first file of 2 MiB huge pages that is a whole number of GiB (${poolPath ?? 'the memfd'}: ${backend}, ` +
+        `${formatSize(size)} of ${formatSize(pageSize)} pages): use size=1G or more, in whole GiB, of 2 MiB pages`,
+      { syscall, path: poolPath },
+    );
+  }
+}
+
 /** Checks a hybrid pool's options before anything is created; returns where its 1 GiB-page file goes (if a path). */
 export function checkLargeRegion(options: CreatePoolOptions, pageSize: number, poolPath: string | undefined): string | undefined {
   const large = options.large!;
-  if (!isHugetlbBackend(options.backend) || pageSize >= LARGE_PAGE_SIZE || options.size % LARGE_PAGE_SIZE !== 0) {
-    throw new GuestmemfsError(
-      'EINVAL',
-      `a hybrid pool needs a first file of 2 MiB huge pages that is a whole number of GiB (asked: ${options.backend}, ` +
-        `${formatSize(options.size)} of ${formatSize(pageSize)} pages): use size=1G or more, in whole GiB, of 2 MiB pages`,
-      { path: poolPath },
-    );
-  }
+  requireHybridShape(options.backend, pageSize, options.size, poolPath);
   if (!Number.isSafeInteger(large.size) || large.size <= 0 || large.size % LARGE_PAGE_SIZE !== 0) {
     throw new GuestmemfsError('EINVAL', `the 1 GiB-page region's size ${large.size} must be a positive whole number of GiB`, {
       path: poolPath,

@@ -15,6 +15,7 @@ import {
   explainAllocateFailure,
   isHugetlbBackend,
   LARGE_PAGE_SIZE,
+  requireHybridShape,
   splitAt,
 } from './pool-checks';
 
@@ -150,7 +151,7 @@ export class Pool {
     this.#requireOpen('open');
     if (this.#large)
       throw new GuestmemfsError('EBUSY', `pool ${this.label} already has its 1 GiB-page file`, { syscall: 'open', path: this.path });
-    this.#requireHybridShape(this.#size, 'open');
+    requireHybridShape(this.backend, this.pageSize, this.#size, this.path, 'open');
     const largePath = typeof file === 'string' ? path.resolve(file) : undefined;
     let fd: number;
     try {
@@ -174,18 +175,6 @@ export class Pool {
     } catch (error) {
       if (largePath !== undefined) native.fdClose(fd);
       throw error;
-    }
-  }
-
-  /** Refuses a hybrid pool whose 2 MiB-page file could not have 1 GiB pages after it (its end not on a GiB). */
-  #requireHybridShape(size: number, syscall: string): void {
-    if (this.pageSize >= LARGE_PAGE_SIZE || this.isFallback || size % LARGE_PAGE_SIZE !== 0) {
-      throw new GuestmemfsError(
-        'EINVAL',
-        `a hybrid pool's first file must hold huge pages smaller than 1 GiB and be a whole number of GiB; ${this.label} ` +
-          `has ${formatSize(size)} of ${formatSize(this.pageSize)} pages: make it a multiple of 1 GiB of 2 MiB pages`,
-        { syscall, path: this.path },
-      );
     }
   }
 
@@ -513,8 +502,7 @@ export class Pool {
     // Pinned before it is mapped: no instant where this process maps memory that the owner could free.
     const pin = options.pin ? Pin.take(this, extents, options.pinDescription) : undefined;
     try {
-      if (this.#large) native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult, this.#large.fd, this.#large.from);
-      else native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult);
+      native.mapExtents(this.fd, flat, flags, this.pageSize, congruence, mapResult, this.#large?.fd, this.#large?.from);
     } catch (error) {
       pin?.release();
       throw error;
@@ -552,7 +540,7 @@ export class Pool {
     if (!Array.isArray(given) || extents.length === 0) {
       throw new GuestmemfsError('EINVAL', 'map needs at least one extent { offset, length }', { syscall: 'mmap', path: this.path });
     }
-    const pairs: number[] = [];
+    const flat = new Float64Array(extents.length * 2);
     extents.forEach((extent, index) => {
       const { offset, length }: Partial<Extent> = extent ?? {};
       if (
@@ -595,9 +583,10 @@ export class Pool {
           { syscall: 'mmap', path: this.path },
         );
       }
-      pairs.push(offset, length);
+      flat[index * 2] = offset;
+      flat[index * 2 + 1] = length;
     });
-    return new Float64Array(this.#large ? splitAt(pairs, this.#large.from) : pairs);
+    return this.#large ? new Float64Array(splitAt(flat, this.#large.from)) : flat;
   }
 
   /** Maps the whole pool as one range. */

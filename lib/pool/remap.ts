@@ -57,8 +57,16 @@ export function mapFromRecipe(poolFd: number, recipe: MappingRecipe, largeFd?: n
       });
     }
     const pairs = new Float64Array(recipe.extents);
-    if (recipe.largeFrom === undefined) native.mapExtents(poolFd, pairs, recipe.flags, recipe.alignment, recipe.congruence, result);
-    else native.mapExtents(poolFd, pairs, recipe.flags, recipe.alignment, recipe.congruence, result, largeFd, recipe.largeFrom);
+    native.mapExtents(
+      poolFd,
+      pairs,
+      recipe.flags,
+      recipe.alignment,
+      recipe.congruence,
+      result,
+      recipe.largeFrom === undefined ? undefined : largeFd,
+      recipe.largeFrom,
+    );
   } catch (error) {
     native.fdClose(pin);
     throw error;
