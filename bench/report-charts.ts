@@ -79,13 +79,20 @@ export function charts(all: Partial<Record<BenchmarkName, Results>>, chartDir: s
     writeChart(
       path.join(chartDir, 'handover-files'),
       renderLineChart({
-        title: 'Handover (serialise + restore) against number of files',
+        title: 'Handover (serialise + restore) against number of files, 2 MiB pages',
         xLabel: 'files',
         yLabel: 'ms (log scale)',
         logX: true,
         logY: true,
         formatX: (files) => files.toLocaleString('en'),
-        series: [{ name: 'serialise + restore', points: handover.byFileCount.map((p: any) => ({ x: p.files, y: p.totalMs.median })) }],
+        series: [
+          { name: 'version 2', points: handover.byFileCount.map((p: any) => ({ x: p.files, y: p.totalMs.median })) },
+          { name: 'version 1', points: (handover.byFileCountVersion1 ?? []).map((p: any) => ({ x: p.files, y: p.totalMs.median })) },
+          {
+            name: 'record floor',
+            points: handover.byFileCount.filter((p: any) => p.recordFloorMs).map((p: any) => ({ x: p.files, y: p.recordFloorMs.median })),
+          },
+        ].filter((line) => line.points.length > 0),
       }),
     );
     made.handoverSize = 'handover-size';

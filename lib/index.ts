@@ -37,7 +37,16 @@ export type {
 export type { FileTypeName } from './fs/inodes';
 export type { Credentials } from './fs/permissions';
 export type { Geometry, Superblock } from './fs/layout';
-export { decodeHandoverBlob, HANDOVER_COMPATIBLE, POOL_FD_ENV, POOL_PATH_ENV, type HandoverDescription } from './handover/blob';
+export { decodeHandoverBlob } from './handover/blob-decode';
+export {
+  HANDOVER_COMPATIBLE,
+  HANDOVER_VERSION,
+  HANDOVER_VERSIONS,
+  type HandoverDescription,
+  type HandoverVersion,
+  POOL_FD_ENV,
+  POOL_PATH_ENV,
+} from './handover/blob';
 export { openHandedOverPool, premapFile, spinForHandover, waitForHandover, type WaitOptions } from './fs/successor';
 export { EXEC_HOLDER_ENV, takeExecHolder, type ExecHolder } from './process';
 export { parseFdt, FdtWriter, FdtError } from './handover/fdt';

@@ -63,6 +63,8 @@ export interface NativeBinding {
     largeFd?: number,
     largeFrom?: number,
   ): void;
+  /** Private anonymous memory of `length` bytes (a multiple of 4096), 2 MiB-aligned and THP-advised with hugepage. */
+  mapAnonymous(length: number, hugepage: boolean): number;
   /** deferIfBusy: leave the munmap to the last in-flight worker instead of throwing EBUSY (used by the GC path). */
   unmap(id: number, deferIfBusy?: boolean): void;
   /** An external ArrayBuffer over part of a mapping; unmap detaches it. */

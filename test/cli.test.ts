@@ -84,8 +84,12 @@ describe('the RFC usage flow through the CLI (4 KiB fallback pool under /dev/shm
       );
       expect(run('status', pool).stdout).toMatch(/^free space: 1 free run, the largest \d+M \(\d+ blocks\)$/m);
       expect(JSON.parse(run('status', '--json', pool).stdout)).toMatchObject({ backend: 'shm-4k', state: 'Clean' });
+      expect(run('serialise', pool, '--handover-version', '3').status).toBe(2); // and nothing serialised
       const serialised = run('serialise', pool, '--out', blob);
-      expect(serialised.stdout).toMatch(/serialised at generation \d+/);
+      expect(serialised.stdout).toMatch(/serialised at generation \d+ \(handover version 2,/);
+      // A rollback's handover: this command restores the pool and serialises it again, as version 1.
+      expect(run('serialise', pool, '--handover-version', '1').stdout).toMatch(/serialised at generation \d+ \(handover version 1,/);
+      expect(JSON.parse(run('inspect', pool).stdout)).toMatchObject({ handoverVersion: 1 });
       const frozen = run('touch', pool, '/x');
       expect(frozen.status).toBe(1);
       expect(frozen.stderr).toMatch(/^guestmemfs: EBUSY: pool is serialised for handover .*run `guestmemfs abort/);

@@ -4,7 +4,8 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GuestmemfsError } from '../lib/errors';
-import { decodeHandoverBlob, verifyHandoverBlob } from '../lib/handover/blob';
+import { decodeHandoverBlob } from '../lib/handover/blob-decode';
+import { verifyHandoverBlob } from '../lib/handover/blob-verify';
 import { FdtError, parseFdt } from '../lib/handover/fdt';
 import { FIXED_HEADER_BYTES, readSuperblock } from '../lib/fs/layout';
 import { blobLayout } from '../lib/fs/lifecycle';
@@ -89,6 +90,7 @@ beforeAll(() => {
       bitmaps: [new Uint8Array(0), new Uint8Array(0)],
       inodeRecords: (_first: number, count: number) => [new Uint8Array(512 * count)],
       pageRecords: (_first: number, count: number) => [new Uint8Array(512 * count)],
+      recordHash: () => [0, 0, 0, 0],
     },
     isLive: () => true,
     chainOf: () => [],

@@ -289,7 +289,8 @@ describe('serialise, freeze and abort', () => {
     expect(root.name).toBe('guestmemfs');
     expect(root.children.map((node) => node.name)).toEqual(['fs_mem', 'superblock', 'inodes', 'mappings_blocks', 'mappings_to_inode']);
     const description = decodeHandoverBlob(blob);
-    expect(description).toMatchObject({ compatible: 'guestmemfs-v1', handoverVersion: 1, formatVersion: [1, 0], uuid: gfs.uuid });
+    expect(description).toMatchObject({ compatible: 'guestmemfs-v1', handoverVersion: 2, formatVersion: [1, 0], uuid: gfs.uuid });
+    expect(description.liveHash).toHaveLength(4);
     expect(description.fsMem).toMatchObject({
       backend: 'memfd-4k',
       size: 4 * MiB,

@@ -393,6 +393,9 @@ describe('native layer re-checks its arguments', () => {
         [() => mapHybrid(4096), 'largeFrom must be an integer'],
         [() => mapHybrid(GiB, 2 * MiB), 'congruence is for pools of 2 MiB pages only'],
         [() => native.unmap(999_999), 'is not mapped'],
+        [() => native.mapAnonymous(4095, true), 'length must be an integer in [4096,'],
+        [() => native.mapAnonymous(4096 + 512, false), 'length must be a multiple of 4096'],
+        [() => native.mapAnonymous('4096' as never, false), 'length must be a number'],
         [() => native.memfdCreate('x', 3 << 20), 'power of two'],
         [() => native.fileOpen('a\0b', false, false, 0), 'must not contain NUL'],
       ];

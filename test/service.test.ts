@@ -94,7 +94,12 @@ describe('guestmemfs mount', () => {
     const status = await cli('status', poolPath);
     expect(status.stdout).toContain(`served on:  ${running.socket}`);
     // The handover freeze through the service: serialise, changes refused with EBUSY for every client, abort.
-    expect((await cli('serialise', poolPath)).stdout).toMatch(/serialised at generation \d+/);
+    expect((await cli('serialise', poolPath, '--handover-version', '1')).stdout).toMatch(
+      /serialised at generation \d+ \(handover version 1,/,
+    );
+    // The same version again is the same handover; another one waits for an abort.
+    expect(await gfs.serialise({ handoverVersion: 1 })).toMatchObject({ handoverVersion: 1 });
+    await expect(gfs.serialise({ handoverVersion: 2 })).rejects.toMatchObject({ code: 'EBUSY' });
     expect((await cli('touch', poolPath, '/frozen')).stderr).toContain('EBUSY');
     await expect(gfs.create('/frozen')).rejects.toMatchObject({ code: 'EBUSY' });
     expect((await cli('abort', poolPath)).stderr).toMatch(/handover of generation \d+ aborted/);

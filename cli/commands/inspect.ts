@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { GuestmemfsError } from '../../lib/errors';
 import { readPoolSuperblock } from '../../lib/fs/format';
 import { PoolState } from '../../lib/fs/layout';
-import { decodeHandoverBlob } from '../../lib/handover/blob';
+import { decodeHandoverBlob } from '../../lib/handover/blob-decode';
 import { FDT_MAGIC, parseFdt } from '../../lib/handover/fdt';
 import type { Pool } from '../../lib/pool/pool';
 import { command, type Common, print } from '../common';
@@ -88,7 +88,8 @@ export function register(program: Command): void {
         return;
       }
       try {
-        print({ ...options, json: true }, decodeHandoverBlob(blob), () => '');
+        const description = decodeHandoverBlob(blob);
+        print({ ...options, json: true }, { ...description, liveInodes: Array.from(description.liveInodes) }, () => '');
       } catch (error) {
         throw new GuestmemfsError('EUCLEAN', `not a valid guestmemfs handover blob: ${(error as Error).message}`, { path: source });
       }

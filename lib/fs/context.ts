@@ -139,6 +139,7 @@ export class MountContext {
   release(): void {
     this.mounted = false;
     this.dropDataMapping();
+    this.names.release();
     if (this.readOnly) return;
     this.meta?.unmap();
     markMountedHere(this.key, false);

@@ -1,5 +1,6 @@
 // The Filesystem facade: one mounted pool's operations, each delegated to the module that owns it (namespace,
 // attributes, data path, handover life cycle), with the state of the mount kept in its MountContext.
+import type { HandoverVersion } from '../handover/blob';
 import type { Mapping, ProgressOptions } from '../pool/mapping';
 import { overlaps, type PinHolder } from '../pool/pins';
 import type { Pool } from '../pool/pool';
@@ -360,9 +361,10 @@ export class Filesystem {
   /**
    * Serialises the metadata's description into a handover blob (an FDT) in the pool's handover area and freezes
    * the filesystem: every operation that would change metadata fails with EBUSY until abort(). Reads, stat,
-   * readdir and mapping keep working. Serialising again returns the same blob.
+   * readdir and mapping keep working. Serialising again returns the same blob. The blob is handover version 2
+   * unless `handoverVersion: 1` asks for the version a release before 2 reads (to hand over to it, as a rollback).
    */
-  serialise(options: { out?: string } = {}): SerialiseResult {
+  serialise(options: { out?: string; handoverVersion?: HandoverVersion } = {}): SerialiseResult {
     return lifecycle.serialise(this.#ctx, options);
   }
 

@@ -8,6 +8,7 @@
 //   64 parent u32  68 firstChild u32  72 nextSibling u32  76 prevSibling u32  80 nextFree u32  84 generation u32
 //   88 extentCount u32  92 firstExtentPage u32  96 blockCount u32  100 nameLength u32
 //   104 four inline extents (start u32, length u32)   256 name (up to 255 bytes of UTF-8)
+import { RECORD_HASH, type RecordHash } from '../checksum';
 import { INODE_SIZE, INLINE_EXTENTS, type Geometry } from './layout';
 import { ChunkedRecords, type MetadataSource } from './metadata';
 import { hashStoredName } from './name-index';
@@ -34,6 +35,8 @@ export const FLAG_CONTIGUOUS = 2;
 
 export const NAME_MAX = 255;
 const NAME_OFFSET = 256;
+const RECORD_WORDS = INODE_SIZE / 4;
+const NAME_WORD = NAME_OFFSET / 4;
 
 // 32-bit word offsets inside an inode.
 const W = {
@@ -54,6 +57,11 @@ const W = {
   nameLength: 25,
   inline: 26,
 } as const;
+/**
+ * The words the record hash covers besides the name: those that hold fields, the inline extents last (bytes [0, 136)),
+ * rounded up to a whole quad of words (bytes [0, 144)).
+ */
+const HASHED_FIELD_WORDS = Math.ceil((W.inline + INLINE_EXTENTS * 2) / 4) * 4;
 // 64-bit word offsets inside an inode.
 const Q = { size: 3, atime: 4, mtime: 5, ctime: 6, btime: 7 } as const;
 
@@ -245,15 +253,23 @@ export class InodeTable {
   }
 
   /**
-   * Calls visit(ino, parent, flags, nameHash) for each of `inos` that is in use, reading the records a chunk's typed
-   * arrays at a time rather than field by field: how a mount indexes 100,000 inodes in a few milliseconds.
+   * Reads each of `inos` once, as a restore must, and returns the record hash (handover version 2) of those in use:
+   * words [0, 36) of each (every field, inline extents included, and two words of padding to a whole quad), then its
+   * name's words, rounded up to a whole quad. With `visit`, also calls visit(ino, parent, flags, nameHash) for each in
+   * use, in the same pass: how a mount checks and indexes 100,000 inodes in a few milliseconds, reading each record's
+   * used bytes once and nothing else.
    */
   scanInUse(
     inos: ArrayLike<number>,
-    visit: (ino: number, parent: number, flags: number, nameHash: number) => void,
+    visit?: (ino: number, parent: number, flags: number, nameHash: number) => void,
     onFree?: (ino: number) => void,
-  ): void {
+  ): RecordHash {
     const records = this.#records;
+    const [multiplierA, multiplierB, multiplierC, multiplierD] = RECORD_HASH.multipliers;
+    let a: number = RECORD_HASH.seeds[0];
+    let b: number = RECORD_HASH.seeds[1];
+    let c: number = RECORD_HASH.seeds[2];
+    let d: number = RECORD_HASH.seeds[3];
     let chunk = -1;
     let words: Uint32Array = new Uint32Array(0);
     let bytes: Uint8Array = new Uint8Array(0);
@@ -264,15 +280,30 @@ export class InodeTable {
         words = records.u32(ino);
         bytes = records.u8(ino);
       }
-      const base = records.local(ino) * 128;
+      const base = records.local(ino) * RECORD_WORDS;
       if ((words[base]! & 0xffff) === (InodeType.Free as number)) {
         onFree?.(ino);
         continue;
       }
-      const nameStart = base * 4 + NAME_OFFSET;
       const nameLength = Math.min(words[base + W.nameLength]!, NAME_MAX);
-      visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashStoredName(bytes, nameStart, nameStart + nameLength));
+      for (let word = base, end = base + HASHED_FIELD_WORDS; word < end; word += 4) {
+        a = Math.imul(a ^ words[word]!, multiplierA);
+        b = Math.imul(b ^ words[word + 1]!, multiplierB);
+        c = Math.imul(c ^ words[word + 2]!, multiplierC);
+        d = Math.imul(d ^ words[word + 3]!, multiplierD);
+      }
+      for (let word = base + NAME_WORD, end = word + ((nameLength + 15) >>> 4) * 4; word < end; word += 4) {
+        a = Math.imul(a ^ words[word]!, multiplierA);
+        b = Math.imul(b ^ words[word + 1]!, multiplierB);
+        c = Math.imul(c ^ words[word + 2]!, multiplierC);
+        d = Math.imul(d ^ words[word + 3]!, multiplierD);
+      }
+      if (visit) {
+        const nameStart = base * 4 + NAME_OFFSET;
+        visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashStoredName(bytes, nameStart, nameStart + nameLength));
+      }
     }
+    return [a >>> 0, b >>> 0, c >>> 0, d >>> 0];
   }
 
   /** Byte offset of an inode inside the metadata region (for the handover blob and the checker). */

