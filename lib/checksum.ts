@@ -12,7 +12,8 @@ export function crc32(bytes: Uint8Array, previous?: number): number {
  * lane for a given word, so a change to any one word always changes the result, and a pair of changes cancels out
  * with odds of 2^-32 per lane. Four lanes: 128 bits of check, at no cost over two (both are bound by memory). It costs
  * about as much as reading the words: zlib's CRC-32 would cost a call per record, and reading whole records three
- * times the bytes (restore reads them from cold memory).
+ * times the bytes (restore reads them from cold memory). The lanes run per group of 2048 inode numbers, from the
+ * seeds XOR the group number, and the groups' lanes are summed (lib/handover/blob.ts has the exact words).
  */
 export const RECORD_HASH = {
   seeds: [0x811c9dc5, 0x050c5d1f, 0x1b873593, 0xcc9e2d51],

@@ -71,7 +71,7 @@ function liveMetadata(views: MetadataViews): LiveMetadata {
     checkedHeader: views.header.subarray(INTENT_OFFSET, FIXED_HEADER_BYTES),
     bitmaps: views.allocator.bitmapBytes(),
     inodeRecords: (first, count) => views.inodes.records(first, count),
-    recordHash: (liveInodes) => views.inodes.scanInUse(liveInodes),
+    recordHash: (liveInodes, serialising) => views.inodes.scanInUse(liveInodes, undefined, undefined, serialising),
     pageRecords: (first, count) => views.extents.pageRecords(first, count),
   };
 }

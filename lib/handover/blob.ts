@@ -35,12 +35,16 @@
 //                                 they are rewritten before reuse, and the superblock copies carry their own CRCs.
 //     inodes
 //       live                      u32 list: every inode in use, root (1) included, ascending
-//       live-hash                 u32 A, B, C, D (version 2): the record hash (lib/checksum.ts) of every live inode's
-//                                 used words in `inodes/live` order: words [0, 36) of its record (its fields, bytes
-//                                 [0, 136), and two words of padding to a whole quad), then words
-//                                 [64, 64 + 4 * ceil(n / 16)) where n = min(name length, 255), the name's bytes. What a
-//                                 record does not use (bytes [144, 256), the name's tail) is not covered: restore reads
-//                                 only the bytes it uses, once, in the pass that also indexes the names.
+//       live-hash                 u32 A, B, C, D (version 2): the record hash (lib/checksum.ts) of the live inodes. The
+//                                 live list is cut into groups of the inodes whose numbers share ino >> 11; each
+//                                 group's four lanes start at the seeds XOR the group number and take, for each of its
+//                                 inodes in order, words [0, 36) of its record (its fields, bytes [0, 136), and two
+//                                 words of padding to a whole quad), then words [64, 64 + 4 * ceil(n / 16)) where
+//                                 n = min(name length, 255), the name's bytes; live-hash is the groups' lanes summed,
+//                                 lane by lane, mod 2^32. What a record does not use (bytes [144, 256), the name's tail)
+//                                 is not covered: restore reads only the bytes it uses, once, in the pass that also
+//                                 indexes the names. Groups let a serialise rehash only the groups written since the
+//                                 last handover.
 //     mappings_blocks
 //       mem                       one (offset, 512) range per extent page in use
 //     mappings_to_inode
@@ -62,8 +66,12 @@ export interface LiveMetadata {
   bitmaps: [Uint8Array, Uint8Array];
   /** The records of `count` consecutive inodes from `first`, in order, in as many pieces as they are stored in. */
   inodeRecords: (first: number, count: number) => Uint8Array[];
-  /** The record hash of the inodes listed (version 2's `inodes/live-hash`). */
-  recordHash: (liveInodes: ArrayLike<number>) => RecordHash;
+  /**
+   * The record hash of the inodes listed (version 2's `inodes/live-hash`). `serialising`: the caller makes the blob,
+   * and a group of records not written since its hash was last computed need not be read again (the successor's
+   * restore reads them all); a verification reads every record.
+   */
+  recordHash: (liveInodes: ArrayLike<number>, serialising: boolean) => RecordHash;
   /** The same for extent pages. */
   pageRecords: (first: number, count: number) => Uint8Array[];
 }
@@ -249,7 +257,7 @@ export function buildHandoverBlob(input: HandoverInput): Uint8Array {
 
   w.beginNode('inodes');
   w.propU32List('live', input.liveInodes);
-  if (version >= 2) w.propU32('live-hash', ...input.metadata.recordHash(input.liveInodes));
+  if (version >= 2) w.propU32('live-hash', ...input.metadata.recordHash(input.liveInodes, true));
   w.endNode();
 
   w.beginNode('mappings_blocks');
