@@ -151,14 +151,19 @@ export class NameIndex {
   sortedWith(others: Iterable<number>, limit: number): Uint32Array {
     const marked = new Uint8Array(limit);
     const slots = this.#slots;
-    // Empty slots mark inode 0, unmarked below: no branch in the loop over half a million slots.
-    for (let at = 0; at < slots.length; at += 2) marked[slots[at]!] = 1;
-    for (const ino of others) marked[ino] = 1;
-    marked[0] = 0;
     let count = 0;
-    for (let ino = 1; ino < limit; ino++) count += marked[ino]!;
+    for (let at = 0; at < slots.length; at += 2) {
+      const ino = slots[at]!;
+      count += ino !== 0 && marked[ino] === 0 ? 1 : 0;
+      marked[ino] = 1;
+    }
+    for (const ino of others) {
+      count += marked[ino] === 0 ? 1 : 0;
+      marked[ino] = 1;
+    }
+    // Read up to the last marked inode only: a few files in a large table cost a few steps, not the whole table.
     const out = new Uint32Array(count);
-    for (let ino = 0, at = 0; at < count; ino++) if (marked[ino] === 1) out[at++] = ino;
+    for (let ino = 1, at = 0; at < count && ino < limit; ino++) if (marked[ino] === 1) out[at++] = ino;
     return out;
   }
 
