@@ -42,3 +42,18 @@ export function rewriteSuperblock(pool: Pool, change: Partial<Superblock>): void
     header.unmap();
   }
 }
+
+/**
+ * Leaves the free space as `holes` holes of one block each, every other block of a run of 2 x `holes` one-block files
+ * (`${prefix}0`, `${prefix}1`, ...), with the rest of the pool in '/filler': a file truncated next lands in pieces.
+ */
+export function leaveHoles(fs: Filesystem, holes: number, prefix: string): void {
+  const blockSize = fs.geometry.blockSize;
+  for (let i = 0; i < 2 * holes; i++) {
+    fs.create(`${prefix}${i}`);
+    fs.truncate(`${prefix}${i}`, blockSize);
+  }
+  fs.create('/filler');
+  fs.truncate('/filler', fs.statfs().freeBlocks * blockSize);
+  for (let i = 0; i < 2 * holes; i += 2) fs.unlink(`${prefix}${i}`);
+}

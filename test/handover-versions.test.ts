@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FIXED_HEADER_BYTES, readSuperblock, writeSuperblockSlot } from '../lib/fs/layout';
 import { check, decodeHandoverBlob, type Filesystem, HANDOVER_VERSIONS, KiB, MiB, mkfs, mount, Pool } from '../lib/index';
 import { crc32, RECORD_HASH } from '../lib/checksum';
+import { leaveHoles } from './fs-helpers';
 import { captureError } from './helpers';
 
 const B = 64 * KiB;
@@ -74,13 +75,7 @@ describe('handover version 2', () => {
     for (const length of [1, 3, 4, 7, 8, 9, 16, 100, 255]) fs.create(`/vms/${'n'.repeat(length)}`, { type: 'guest' });
     fs.create('/vms/é-ünïcode-名前', { type: 'state' });
     fs.create('/spread');
-    for (let i = 0; i < 10; i++) {
-      fs.create(`/hole${i}`);
-      fs.truncate(`/hole${i}`, B);
-    }
-    fs.create('/filler');
-    fs.truncate('/filler', fs.statfs().freeBlocks * B);
-    for (let i = 0; i < 10; i += 2) fs.unlink(`/hole${i}`);
+    leaveHoles(fs, 5, '/hole');
     fs.truncate('/spread', 5 * B); // into the holes: more extents than a record holds inline
     expect(fs.extents('/spread').length).toBeGreaterThan(4);
   }

@@ -30,6 +30,7 @@ import { BufferMetadata } from '../lib/fs/metadata';
 import { openViews } from '../lib/fs/views';
 import { buildHandoverBlob } from '../lib/handover/blob';
 import { crc32 } from '../lib/checksum';
+import { leaveHoles } from './fs-helpers';
 import { captureError, captureRejection, machine, repoRoot, skipReason, uniquePath } from './helpers';
 
 const m = machine();
@@ -318,13 +319,7 @@ describe('the mapping blocks of a handover', () => {
       mkfs(pool, { blockSize: B });
       const gfs = mount(pool);
       // Two files of six extents each (more than the four an inode holds): one extent page apiece.
-      for (let i = 0; i < 24; i++) {
-        gfs.create(`/s${i}`);
-        gfs.truncate(`/s${i}`, B);
-      }
-      gfs.create('/filler');
-      gfs.truncate('/filler', gfs.statfs().freeBlocks * B);
-      for (let i = 0; i < 24; i += 2) gfs.unlink(`/s${i}`);
+      leaveHoles(gfs, 12, '/s');
       for (const name of ['/many-a', '/plain', '/many-b']) gfs.create(name);
       gfs.truncate('/many-a', 6 * B);
       gfs.truncate('/many-b', 6 * B);
