@@ -97,7 +97,12 @@ describe('guestmemfs mount', () => {
     expect((await cli('serialise', poolPath, '--handover-version', '1')).stdout).toMatch(
       /serialised at generation \d+ \(handover version 1,/,
     );
-    // The same version again is the same handover; another one waits for an abort.
+    // A version this release does not write is bad input (400), and the same version again is the same handover;
+    // another one waits for an abort.
+    await expect(gfs.serialise({ handoverVersion: 3 as 1 })).rejects.toMatchObject({
+      code: 'EINVAL',
+      message: expect.stringContaining('handoverVersion must be one of 1, 2, got 3'),
+    });
     expect(await gfs.serialise({ handoverVersion: 1 })).toMatchObject({ handoverVersion: 1 });
     await expect(gfs.serialise({ handoverVersion: 2 })).rejects.toMatchObject({ code: 'EBUSY' });
     expect((await cli('touch', poolPath, '/frozen')).stderr).toContain('EBUSY');
