@@ -37,9 +37,10 @@ interface Point {
 }
 
 /**
- * Serialise, let go, mount again (restoring), `runs` times; the first round is a warm-up (its serialise, the first
- * since the files were made, is kept apart). Before each serialise one file's times change, as some metadata changes
- * on a host between two updates: a serialise rehashes the records of the groups written since the last handover.
+ * Serialise, let go, mount again (restoring), `runs` times for each of `versions`, their rounds alternating so that
+ * neither is measured in a quieter minute than the other; each version's first round is a warm-up (its serialise, the
+ * first since the files were made, is kept apart). Before each serialise one file's times change, as some metadata
+ * changes on a host between two updates: a version-2 serialise rehashes the groups written since the last handover.
  */
 function measure(
   pool: Pool,
@@ -47,15 +48,14 @@ function measure(
   label: string,
   files: number,
   describedBytes: number,
-  version: HandoverVersion,
+  versions: readonly HandoverVersion[],
   changed: string,
-): { point: Point; fs: Filesystem } {
-  const serialise: number[] = [];
-  const restore: number[] = [];
-  let firstSerialiseMs = 0;
-  let blobBytes = 0;
+): { points: Point[]; fs: Filesystem } {
+  const samples = versions.map(() => ({ serialise: [] as number[], restore: [] as number[], firstSerialiseMs: 0, blobBytes: 0 }));
   let current = fs;
-  for (let round = 0; round <= runs; round++) {
+  for (let round = 0; round < (runs + 1) * versions.length; round++) {
+    const version = versions[round % versions.length]!;
+    const sample = samples[round % versions.length]!;
     current.utimes(changed, BigInt(round), BigInt(round));
     const started = process.hrtime.bigint();
     const result = current.serialise({ handoverVersion: version });
@@ -65,28 +65,25 @@ function measure(
     current = mount(pool);
     const restored = process.hrtime.bigint();
     if (current.restored?.description.handoverVersion !== version) throw new Error(`mount did not restore a version-${version} handover`);
-    blobBytes = result.blob.length;
-    if (round === 0) {
-      firstSerialiseMs = Number(serialised - started) / 1e6;
+    sample.blobBytes = result.blob.length;
+    if (round < versions.length) {
+      sample.firstSerialiseMs = Number(serialised - started) / 1e6;
       continue;
     }
-    serialise.push(Number(serialised - started) / 1e6);
-    restore.push(Number(restored - unmounted) / 1e6);
+    sample.serialise.push(Number(serialised - started) / 1e6);
+    sample.restore.push(Number(restored - unmounted) / 1e6);
   }
-  const total = serialise.map((ms, index) => ms + restore[index]!);
-  return {
-    point: {
-      label,
-      files,
-      describedBytes,
-      blobBytes,
-      firstSerialiseMs,
-      serialiseMs: stats(serialise),
-      restoreMs: stats(restore),
-      totalMs: stats(total),
-    },
-    fs: current,
-  };
+  const points = samples.map((sample) => ({
+    label,
+    files,
+    describedBytes,
+    blobBytes: sample.blobBytes,
+    firstSerialiseMs: sample.firstSerialiseMs,
+    serialiseMs: stats(sample.serialise),
+    restoreMs: stats(sample.restore),
+    totalMs: stats(sample.serialise.map((ms, index) => ms + sample.restore[index]!)),
+  }));
+  return { points, fs: current };
 }
 
 /**
@@ -113,20 +110,21 @@ function recordFloor(pool: Pool, fs: Filesystem, live: number): Stats {
   return stats(samples);
 }
 
-/** The file-count series on one pool: each count for `version`, with the record floor beside it. */
-function byFileCount(pool: Pool, version: HandoverVersion, withFloor: boolean): Point[] {
-  const points: Point[] = [];
+/** The file-count series on one pool: each count for each of `versions`, with the record floor beside version 2. */
+function byFileCount(pool: Pool, versions: readonly HandoverVersion[]): Point[][] {
+  const series: Point[][] = versions.map(() => []);
   mkfs(pool, { inodes: mostFiles + 16, force: true });
   let fs = mount(pool);
   let made = 0;
   for (const count of counts) {
     for (; made < count; made++) fs.create(`/vm-${made}`, { type: 'guest' });
-    const { point, fs: next } = measure(pool, fs, `${count} files`, count, 0, version, '/vm-0');
+    const { points, fs: next } = measure(pool, fs, `${count} files`, count, 0, versions, '/vm-0');
     fs = next;
-    points.push(withFloor ? { ...point, recordFloorMs: recordFloor(pool, fs, count + 1) } : point);
+    const floor = recordFloor(pool, fs, count + 1);
+    points.forEach((point, index) => series[index]!.push(versions[index] === 2 ? { ...point, recordFloorMs: floor } : point));
   }
   fs.unmount();
-  return points;
+  return series;
 }
 
 /** Restores in a fresh process `runs` times (the successor of a live update), on a pool holding `files` files. */
@@ -162,7 +160,8 @@ function onHugePages(): { v2: Point[]; v1: Point[]; fresh: ReturnType<typeof fre
   }
   const pool = Pool.create({ backend: 'hugetlbfs', path: path.join(reservation.mountpoint!, `handover-${process.pid}`), size });
   try {
-    return { v2: byFileCount(pool, 2, true), v1: byFileCount(pool, 1, false), fresh: freshProcessRestore(pool) };
+    const [v2, v1] = byFileCount(pool, [2, 1]);
+    return { v2: v2!, v1: v1!, fresh: freshProcessRestore(pool) };
   } finally {
     pool.close();
     fs.rmSync(pool.path!, { force: true });
@@ -173,7 +172,7 @@ function onHugePages(): { v2: Point[]; v1: Point[]; fresh: ReturnType<typeof fre
 function onSmallPages(): Point[] {
   const pool = Pool.create({ backend: 'memfd-4k', size: 512 * MiB, sparse: true });
   try {
-    return byFileCount(pool, 2, true);
+    return byFileCount(pool, [2])[0]!;
   } finally {
     pool.close();
   }
@@ -190,9 +189,12 @@ function byDescribedSize(): Point[] {
       const fs = mount(pool);
       fs.create('/ram', { type: 'guest' });
       fs.truncate('/ram', size);
-      const { point, fs: last } = measure(pool, fs, `${formatSize(size)} in one file`, 1, size, 2, '/ram');
+      const {
+        points: [point],
+        fs: last,
+      } = measure(pool, fs, `${formatSize(size)} in one file`, 1, size, [2], '/ram');
       last.unmount();
-      points.push(point);
+      points.push(point!);
     } finally {
       pool.close();
     }

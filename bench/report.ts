@@ -370,7 +370,8 @@ export function writeReport(options: ReportOptions): string {
       '',
       'The record floor is what any handover that verifies every live record must read: one word of each cache line a ' +
         "live record uses (its fields and its name's first line), from a fresh mapping of the metadata (the restore), " +
-        'then again from that mapping (the serialise, whose mount holds one). Version 1 checksums each live record ' +
+        'then again from that mapping (the serialise, whose mount holds one). Versions 1 and 2 are measured on the same ' +
+        'pool and files, their rounds alternating. Version 1 checksums each live record ' +
         'whole with CRC-32 (three times the bytes, from cold memory); version 2 hashes only the words a record uses, in ' +
         'the pass that indexes its name (lib/handover/blob.ts). On 4 KiB pages the floor is the page touches: each first ' +
         'touch of a page costs microseconds in this VM. Before each serialise one file changes (its times), as metadata ' +

@@ -293,7 +293,10 @@ export class InodeTable {
   ): RecordHash {
     const records = this.#records;
     const lanes = this.#groupLanes;
-    const [multiplierA, multiplierB, multiplierC, multiplierD] = RECORD_HASH.multipliers;
+    const multiplierA = RECORD_HASH.multipliers[0];
+    const multiplierB = RECORD_HASH.multipliers[1];
+    const multiplierC = RECORD_HASH.multipliers[2];
+    const multiplierD = RECORD_HASH.multipliers[3];
     let sumA = 0;
     let sumB = 0;
     let sumC = 0;
@@ -336,7 +339,10 @@ export class InodeTable {
             visit(ino, words[base + W.parent]!, words[base + W.flags]!, hashStoredName(bytes, nameStart, nameStart + nameLength));
           }
         }
-        lanes.set([a, b, c, d], 4 * group);
+        lanes[4 * group] = a;
+        lanes[4 * group + 1] = b;
+        lanes[4 * group + 2] = c;
+        lanes[4 * group + 3] = d;
         this.#groupRecords[group] = hashed;
         this.#groupWritten[group] = 0;
       }

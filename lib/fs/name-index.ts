@@ -187,8 +187,12 @@ export class NameIndex {
   /** Gives the table's memory back (the mount is over) and leaves the index empty. */
   release(): void {
     const old = this.#slots;
-    this.#slots = hugeArray(Int32Array, 2 * INITIAL_SLOTS);
     this.#used = 0;
+    if (old.length === 2 * INITIAL_SLOTS) {
+      old.fill(0);
+      return;
+    }
+    this.#slots = hugeArray(Int32Array, 2 * INITIAL_SLOTS);
     releaseHugeArray(old);
   }
 }
