@@ -106,6 +106,18 @@ enum MapResultSlot : size_t {
   kMapResultSlots,
 };
 
+// Hands the range [base, base + length) to this environment's registry, which unmaps it once; returns its id.
+uint32_t RegisterMapping(Napi::Env env, uint8_t* base, size_t length) {
+  auto mapping = std::make_shared<Mapping>();
+  mapping->base = base;
+  mapping->length = length;
+  MapRegistry& registry = Registry(env);
+  registry.PruneReleased();
+  uint32_t id = registry.nextId++;
+  registry.entries.emplace(id, RegistryEntry{mapping, {}});
+  return id;
+}
+
 struct Extent {
   int64_t offset;  // in the file `fd` names
   int64_t length;
@@ -272,13 +284,7 @@ Napi::Value MapExtents(const Napi::CallbackInfo& info) {
   bool hugepageAccepted = hugepage && madvise(base, total, MADV_HUGEPAGE) == 0;
   if (lock && mlock(base, total) < 0) throw failWith(errno, "mlock");
 
-  auto mapping = std::make_shared<Mapping>();
-  mapping->base = base;
-  mapping->length = static_cast<size_t>(total);
-  MapRegistry& registry = Registry(env);
-  registry.PruneReleased();
-  uint32_t id = registry.nextId++;
-  registry.entries.emplace(id, RegistryEntry{mapping, {}});
+  uint32_t id = RegisterMapping(env, base, static_cast<size_t>(total));
 
   out[kMapResultId] = id;
   out[kMapResultAddress] = static_cast<double>(reinterpret_cast<uintptr_t>(base));  // user addresses fit in 2^53
@@ -308,14 +314,7 @@ Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
   uint8_t* base = reinterpret_cast<uint8_t*>(aligned);
   // Advice only: with THP off (enabled=never) the memory is still there, in 4 KiB pages.
   if (hugepage) madvise(base, bytes, MADV_HUGEPAGE);
-  auto mapping = std::make_shared<Mapping>();
-  mapping->base = base;
-  mapping->length = bytes;
-  MapRegistry& registry = Registry(env);
-  registry.PruneReleased();
-  uint32_t id = registry.nextId++;
-  registry.entries.emplace(id, RegistryEntry{mapping, {}});
-  return Napi::Number::New(env, id);
+  return Napi::Number::New(env, RegisterMapping(env, base, bytes));
 }
 
 uint32_t ArgId(const Napi::CallbackInfo& info) {

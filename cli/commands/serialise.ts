@@ -1,15 +1,14 @@
 // guestmemfs serialise: serialise the filesystem for handover (KHO activate): it is frozen until abort or restore.
 import type { Command } from 'commander';
-import { HANDOVER_VERSIONS, type HandoverVersion } from '../../lib/handover/blob';
+import { HANDOVER_VERSIONS, type HandoverVersion, isHandoverVersion } from '../../lib/handover/blob';
 import { command, type Common, print, usageError } from '../common';
 import { servedOr, withMount } from '../pools';
 
 function handoverVersion(text: string | undefined): HandoverVersion | undefined {
   if (text === undefined) return undefined;
   const version = Number(text);
-  if (!HANDOVER_VERSIONS.includes(version as HandoverVersion))
-    throw usageError(`--handover-version must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${text}`);
-  return version as HandoverVersion;
+  if (!isHandoverVersion(version)) throw usageError(`--handover-version must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${text}`);
+  return version;
 }
 
 export function register(program: Command): void {

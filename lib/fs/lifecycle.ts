@@ -11,6 +11,7 @@ import {
   HANDOVER_VERSION,
   HANDOVER_VERSIONS,
   type HandoverVersion,
+  isHandoverVersion,
   type LiveMetadata,
   POOL_FD_ENV,
   POOL_LARGE_FD_ENV,
@@ -162,9 +163,8 @@ export function unmount(ctx: MountContext): void {
 function requestedVersion(version: unknown): HandoverVersion {
   if (version === undefined) return HANDOVER_VERSION;
   if (typeof version !== 'number') throw new TypeError(`handoverVersion must be a number, got ${typeof version}`);
-  if (!HANDOVER_VERSIONS.includes(version as HandoverVersion))
-    throw new RangeError(`handoverVersion must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${version}`);
-  return version as HandoverVersion;
+  if (!isHandoverVersion(version)) throw new RangeError(`handoverVersion must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${version}`);
+  return version;
 }
 
 /**

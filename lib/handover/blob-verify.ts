@@ -8,6 +8,7 @@ import {
   type HandoverDescription,
   type HandoverVersion,
   HANDOVER_VERSIONS,
+  isHandoverVersion,
   liveMetadataCrc,
   type LiveMetadata,
 } from './blob';
@@ -49,14 +50,14 @@ export function verifyHandoverBlob(blob: Uint8Array, expect: RestoreExpectations
     };
     if (d.compatible !== HANDOVER_COMPATIBLE)
       reject('EINVAL', 'compatible', `compatible is "${d.compatible}", this guestmemfs reads "${HANDOVER_COMPATIBLE}"`);
-    const version = d.handoverVersion as HandoverVersion;
-    if (!HANDOVER_VERSIONS.includes(version)) {
+    if (!isHandoverVersion(d.handoverVersion)) {
       reject(
         'EINVAL',
         'version',
         `handover version ${d.handoverVersion} is not supported (this guestmemfs reads ${HANDOVER_VERSIONS.join(' and ')})`,
       );
     }
+    const version = d.handoverVersion as HandoverVersion;
     if (version >= 2 && !d.liveHash) reject('EUCLEAN', 'missing-property', '/guestmemfs/inodes has no "live-hash" property');
     if (d.formatVersion[0] !== g.formatVersion[0])
       reject(

@@ -99,6 +99,11 @@ export const HANDOVER_COMPATIBLE = 'guestmemfs-v1';
 export const HANDOVER_VERSION = 2;
 export const HANDOVER_VERSIONS = [1, 2] as const;
 export type HandoverVersion = (typeof HANDOVER_VERSIONS)[number];
+
+/** Whether this release reads (and can write) blobs of handover version `value`. */
+export function isHandoverVersion(value: unknown): value is HandoverVersion {
+  return HANDOVER_VERSIONS.includes(value as HandoverVersion);
+}
 export const POOL_FD_ENV = 'GUESTMEMFS_POOL_FD';
 export const POOL_PATH_ENV = 'GUESTMEMFS_POOL';
 
@@ -166,7 +171,7 @@ export interface HandoverDescription {
   };
   regions: Array<{ name: string; offset: number; length: number }>;
   crc32: number;
-  /** Version 2's record hash of the live inodes, [A, B]. */
+  /** Version 2's record hash of the live inodes, [A, B, C, D]. */
   liveHash?: [number, number, number, number];
   /** Quarantined blocks (empty when the blob has no bad-blocks property). */
   badBlocks: number[];

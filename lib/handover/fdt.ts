@@ -159,8 +159,7 @@ export class FdtWriter {
   propU32List(name: string, values: ArrayLike<number>): this {
     this.#propHeader(name, values.length * 4);
     const at = this.#struct.reserve(values.length * 4);
-    const view = new DataView(this.#struct.bytes.buffer, at, values.length * 4);
-    for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!);
+    writeCellsU32(new DataView(this.#struct.bytes.buffer, at, values.length * 4), values);
     return this;
   }
 
@@ -216,9 +215,13 @@ export class FdtWriter {
 
 export function cellsU32(values: ArrayLike<number>): Uint8Array {
   const out = new Uint8Array(values.length * 4);
-  const view = new DataView(out.buffer);
-  for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!);
+  writeCellsU32(new DataView(out.buffer), values);
   return out;
+}
+
+/** Big-endian 32-bit cells of `values`, written from the start of `view`. */
+function writeCellsU32(view: DataView, values: ArrayLike<number>): void {
+  for (let index = 0; index < values.length; index++) view.setUint32(index * 4, values[index]!);
 }
 
 export function cellsU64(values: ArrayLike<bigint | number>): Uint8Array {

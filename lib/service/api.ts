@@ -2,7 +2,7 @@
 // Filesystem call behind each), from which the server dispatches, the client is typed and the OpenAPI schema is built.
 import type { Filesystem } from '../fs/filesystem';
 import type { QuotaTarget } from '../fs/quota';
-import { HANDOVER_VERSIONS, type HandoverVersion } from '../handover/blob';
+import { HANDOVER_VERSIONS, isHandoverVersion } from '../handover/blob';
 import { GuestmemfsError } from '../errors';
 
 export const API_VERSION = 1;
@@ -466,13 +466,17 @@ export const OPERATIONS: readonly Operation[] = [
     mutates: true,
     run: (fs, p) => {
       requireRoot(fs, 'serialise');
-      const version = p.handoverVersion as number | undefined;
-      if (version !== undefined && !HANDOVER_VERSIONS.includes(version as HandoverVersion)) {
-        throw new GuestmemfsError('EINVAL', `handoverVersion must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${version}`, {
-          syscall: 'serialise',
-        });
+      const version = p.handoverVersion;
+      if (version !== undefined && !isHandoverVersion(version)) {
+        throw new GuestmemfsError(
+          'EINVAL',
+          `handoverVersion must be one of ${HANDOVER_VERSIONS.join(', ')}, got ${JSON.stringify(version)}`,
+          {
+            syscall: 'serialise',
+          },
+        );
       }
-      const result = fs.serialise(version === undefined ? {} : { handoverVersion: version as HandoverVersion });
+      const result = fs.serialise(version === undefined ? {} : { handoverVersion: version });
       return {
         generation: result.generation,
         bytes: result.blob.length,
